@@ -1,0 +1,2 @@
+//! layerstream: an inference engine for Qwen2-family GGUF models.
+pub mod gguf;
