@@ -1,1 +1,5 @@
-fn main() {}
+//! The `layerstream` binary: see `layerstream --help`.
+
+fn main() -> std::process::ExitCode {
+    layerstream::cli::main()
+}

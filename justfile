@@ -1,0 +1,25 @@
+# Common tasks; each recipe is a thin wrapper over a script so a fresh machine needs no `just`.
+
+# Build, fetch the default model, run a chat request on it.
+run *ARGS:
+    scripts/run {{ARGS}}
+
+# The whole test suite (what CI runs).
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# Fetch and cache the real test model (Q4_K_M + its F16 conversion); prints their paths.
+fetch-model:
+    scripts/fetch-test-model
+
+# CPU throughput of layerstream next to llama.cpp on the real F16 model.
+bench-cpu:
+    scripts/bench-cpu
+
+# Regenerate golden data from Hugging Face transformers (needs the golden venv).
+golden:
+    scripts/golden/setup-venv
+    .venv-golden/bin/python scripts/golden/tokenizer.py
+    .venv-golden/bin/python scripts/golden/model.py tiny
+    .venv-golden/bin/python scripts/golden/model.py real
+    .venv-golden/bin/python scripts/golden/dequant.py

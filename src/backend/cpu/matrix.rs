@@ -1,0 +1,202 @@
+//! A weight matrix in the CPU backend's compute layout, and its parallel products.
+//!
+//! Row-major `[rows][cols]` (a GGUF tensor with dims `[cols, rows]` as stored), F16 or F32.
+//! Work is split over output rows with rayon; no allocation happens per call (packing buffers
+//! are thread-local and reused).
+
+use std::cell::RefCell;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::gemm::{self, KC, MR, NR};
+use super::simd::WeightElem;
+
+/// Weight storage.
+#[derive(Debug)]
+pub enum MatData {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+/// A `[rows][cols]` weight matrix.
+#[derive(Debug)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: MatData,
+}
+
+/// Rows handed to one rayon task in a matrix-vector product.
+const MATVEC_ROWS_PER_TASK: usize = 64;
+
+impl Matrix {
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            MatData::F16(v) => v.len() * 2,
+            MatData::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// Copy row `r` into `out` as F32 (embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let range = r * self.cols..(r + 1) * self.cols;
+        match &self.data {
+            MatData::F16(v) => f16::widen(&v[range], out),
+            MatData::F32(v) => out.copy_from_slice(&v[range]),
+        }
+    }
+
+    /// `y = W x` (`x.len() == cols`, `y.len() == rows`).
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        match &self.data {
+            MatData::F16(w) => matvec_impl(w, self.cols, x, y),
+            MatData::F32(w) => matvec_impl(w, self.cols, x, y),
+        }
+    }
+
+    /// `Y[t] = W X[t]` for `n_tok` tokens: `x` is `[n_tok][cols]`, `y` is `[n_tok][rows]`.
+    pub fn matmul(&self, x: &[f32], n_tok: usize, y: &mut [f32]) {
+        if n_tok == 1 {
+            return self.matvec(&x[..self.cols], &mut y[..self.rows]);
+        }
+        match &self.data {
+            MatData::F16(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
+            MatData::F32(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
+        }
+    }
+}
+
+fn matvec_impl<W: WeightElem>(w: &[W], cols: usize, x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(MATVEC_ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let r0 = chunk * MATVEC_ROWS_PER_TASK;
+            let row = |r: usize| &w[(r0 + r) * cols..(r0 + r + 1) * cols];
+            let mut r = 0;
+            while r + 4 <= out.len() {
+                let d = W::dot4([row(r), row(r + 1), row(r + 2), row(r + 3)], x);
+                out[r..r + 4].copy_from_slice(&d);
+                r += 4;
+            }
+            while r < out.len() {
+                out[r] = super::simd::dot(row(r), x);
+                r += 1;
+            }
+        });
+}
+
+thread_local! {
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only the columns of its own row block.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn matmul_impl<W: WeightElem>(
+    w: &[W],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= n_tok * cols && y.len() >= n_tok * rows && w.len() >= rows * cols);
+    y[..n_tok * rows].fill(0.0);
+    let out = OutPtr(y.as_mut_ptr());
+    let blocks = rows.div_ceil(NR);
+    (0..blocks).into_par_iter().for_each(|b| {
+        let out = out;
+        PACK.with(|cell| {
+            let mut packed = cell.borrow_mut();
+            if packed.len() < KC * NR {
+                packed.resize(KC * NR, 0.0);
+            }
+            let r0 = b * NR;
+            let nr = NR.min(rows - r0);
+            let mut k0 = 0;
+            while k0 < cols {
+                let kc = KC.min(cols - k0);
+                gemm::pack(w, cols, r0, nr, k0, kc, &mut packed);
+                let mut t0 = 0;
+                while t0 < n_tok {
+                    let mt = MR.min(n_tok - t0);
+                    // SAFETY: bounds asserted above; this task alone writes columns [r0, r0+nr).
+                    unsafe {
+                        gemm::tile(
+                            &packed[..kc * NR],
+                            kc,
+                            x.as_ptr().add(t0 * cols + k0),
+                            cols,
+                            mt,
+                            out.0.add(t0 * rows + r0),
+                            rows,
+                            nr,
+                        );
+                    }
+                    t0 += mt;
+                }
+                k0 += kc;
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                y[t * rows + r] = (0..cols).map(|k| w[r * cols + k] * x[t * cols + k]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matmul_and_matvec_match_reference_on_ragged_shapes() {
+        for (rows, cols, n) in [
+            (1, 1, 1),
+            (17, 33, 7),
+            (40, 300, 13),
+            (64, 512, 2),
+            (5, 8, 6),
+        ] {
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 31 % 23) as f32 - 11.0) / 16.0)
+                .collect();
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.0)
+                .collect();
+            let want = reference(&w, rows, cols, &x, n);
+            for m in [
+                Matrix {
+                    rows,
+                    cols,
+                    data: MatData::F32(w.clone()),
+                },
+                Matrix {
+                    rows,
+                    cols,
+                    data: MatData::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
+                },
+            ] {
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut y);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                        "{rows}x{cols}x{n}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Element-wise and row-wise operations of the Qwen2 forward pass on the CPU, in F32.
+
+/// `out = x / sqrt(mean(x²) + eps) * w` (RMSNorm, as in HF's Qwen2RMSNorm).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// `x += b` row by row (`x` holds whole rows of `b.len()`).
+pub fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_mut(b.len()) {
+        for (v, &bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+}
+
+/// `x += y`.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// SwiGLU: `out[i] = silu(gate[i]) * up[i]`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// Rotary tables for one position: `cos[i]`, `sin[i]` for `i < head_dim/2`.
+///
+/// Matches HF: `inv_freq = 1 / base^(2i/d)` in F32, angle `= pos * inv_freq` in F32.
+pub fn rope_table(pos: usize, head_dim: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    let half = head_dim / 2;
+    for i in 0..half {
+        let inv_freq = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+        let angle = pos as f32 * inv_freq;
+        cos[i] = angle.cos();
+        sin[i] = angle.sin();
+    }
+}
+
+/// Rotate each head of `x` (heads of `head_dim`) in the NeoX / half-rotation layout that Qwen2 uses:
+/// element `i` pairs with `i + head_dim/2`.
+pub fn rope_apply(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_mut(head_dim) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x0, x1) = (a[i], b[i]);
+            a[i] = x0 * cos[i] - x1 * sin[i];
+            b[i] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let (mut c, mut s) = (vec![0.0; 4], vec![0.0; 4]);
+        rope_table(0, 8, 10_000.0, &mut c, &mut s);
+        let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let orig = x.clone();
+        rope_apply(&mut x, 8, &c, &s);
+        assert_eq!(x, orig);
+        rope_table(17, 8, 10_000.0, &mut c, &mut s);
+        rope_apply(&mut x, 8, &c, &s);
+        let n0: f32 = orig.iter().map(|v| v * v).sum();
+        let n1: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1.0, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+}

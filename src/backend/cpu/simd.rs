@@ -1,0 +1,252 @@
+//! Dot-product kernels over F16 or F32 weight rows with F32 activations.
+//!
+//! AVX2 + FMA + F16C where the CPU has them (checked once at runtime), a portable scalar loop
+//! otherwise. Four weight rows share each activation load, since decode is bound by memory traffic.
+
+use half::f16;
+use std::sync::OnceLock;
+
+/// Whether the AVX2/FMA/F16C kernels may run on this CPU.
+pub fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// A weight element type the kernels read.
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// `out[j] = rows[j] · x` for four rows of `x.len()` elements each.
+    fn dot4(rows: [&[Self]; 4], x: &[f32]) -> [f32; 4];
+    /// Convert `src` into `dst` (same length).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl WeightElem for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn dot4(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU features were checked above; slices are bounds-checked inside.
+            return unsafe { x86::dot4_f32(rows, x) };
+        }
+        rows.map(|r| dot_scalar(r, x))
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl WeightElem for f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn dot4(rows: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU features were checked above; slices are bounds-checked inside.
+            return unsafe { x86::dot4_f16(rows, x) };
+        }
+        rows.map(|r| dot_scalar(r, x))
+    }
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU features were checked above.
+            unsafe { x86::widen_f16(src, dst) };
+            return;
+        }
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+/// One row's dot product (used for row tails and as the portable path).
+pub fn dot<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
+    W::dot4([row, row, row, row], x)[0]
+}
+
+fn dot_scalar<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = row.len().min(x.len());
+    let chunks = n / 8;
+    for c in 0..chunks {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += row[c * 8 + l].to_f32() * x[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        s += row[i].to_f32() * x[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_f16(rows: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
+        let main = n / 16 * 16;
+        let (r0, r1, r2, r3) = (
+            rows[0].as_ptr(),
+            rows[1].as_ptr(),
+            rows[2].as_ptr(),
+            rows[3].as_ptr(),
+        );
+        let xp = x.as_ptr();
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < main {
+            let x0 = _mm256_loadu_ps(xp.add(i));
+            let x1 = _mm256_loadu_ps(xp.add(i + 8));
+            a[0] = _mm256_fmadd_ps(load_f16(r0.add(i)), x0, a[0]);
+            a[1] = _mm256_fmadd_ps(load_f16(r1.add(i)), x0, a[1]);
+            a[2] = _mm256_fmadd_ps(load_f16(r2.add(i)), x0, a[2]);
+            a[3] = _mm256_fmadd_ps(load_f16(r3.add(i)), x0, a[3]);
+            a[4] = _mm256_fmadd_ps(load_f16(r0.add(i + 8)), x1, a[4]);
+            a[5] = _mm256_fmadd_ps(load_f16(r1.add(i + 8)), x1, a[5]);
+            a[6] = _mm256_fmadd_ps(load_f16(r2.add(i + 8)), x1, a[6]);
+            a[7] = _mm256_fmadd_ps(load_f16(r3.add(i + 8)), x1, a[7]);
+            i += 16;
+        }
+        let mut out = [
+            hsum(_mm256_add_ps(a[0], a[4])),
+            hsum(_mm256_add_ps(a[1], a[5])),
+            hsum(_mm256_add_ps(a[2], a[6])),
+            hsum(_mm256_add_ps(a[3], a[7])),
+        ];
+        for (j, o) in out.iter_mut().enumerate() {
+            for k in main..n {
+                *o += rows[j][k].to_f32() * x[k];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
+        let main = n / 16 * 16;
+        let (r0, r1, r2, r3) = (
+            rows[0].as_ptr(),
+            rows[1].as_ptr(),
+            rows[2].as_ptr(),
+            rows[3].as_ptr(),
+        );
+        let xp = x.as_ptr();
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < main {
+            let x0 = _mm256_loadu_ps(xp.add(i));
+            let x1 = _mm256_loadu_ps(xp.add(i + 8));
+            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), x0, a[0]);
+            a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i)), x0, a[1]);
+            a[2] = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i)), x0, a[2]);
+            a[3] = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i)), x0, a[3]);
+            a[4] = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i + 8)), x1, a[4]);
+            a[5] = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i + 8)), x1, a[5]);
+            a[6] = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i + 8)), x1, a[6]);
+            a[7] = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i + 8)), x1, a[7]);
+            i += 16;
+        }
+        let mut out = [
+            hsum(_mm256_add_ps(a[0], a[4])),
+            hsum(_mm256_add_ps(a[1], a[5])),
+            hsum(_mm256_add_ps(a[2], a[6])),
+            hsum(_mm256_add_ps(a[3], a[7])),
+        ];
+        for (j, o) in out.iter_mut().enumerate() {
+            for k in main..n {
+                *o += rows[j][k] * x[k];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let main = n / 8 * 8;
+        let mut i = 0;
+        while i < main {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), load_f16(src.as_ptr().add(i)));
+            i += 8;
+        }
+        for k in main..n {
+            dst[k] = src[k].to_f32();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot4_matches_scalar_for_f16_and_f32_with_tails() {
+        for n in [1usize, 7, 16, 33, 896] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|r| {
+                    (0..n)
+                        .map(|i| ((i * 13 + r * 7) % 17) as f32 * 0.05 - 0.4)
+                        .collect()
+                })
+                .collect();
+            let rows16: Vec<Vec<f16>> = rows
+                .iter()
+                .map(|r| r.iter().map(|&v| f16::from_f32(v)).collect())
+                .collect();
+            let got32 = f32::dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+            let got16 = f16::dot4([&rows16[0], &rows16[1], &rows16[2], &rows16[3]], &x);
+            for j in 0..4 {
+                let want32: f32 = rows[j].iter().zip(&x).map(|(a, b)| a * b).sum();
+                let want16: f32 = rows16[j].iter().zip(&x).map(|(a, b)| a.to_f32() * b).sum();
+                assert!(
+                    (got32[j] - want32).abs() <= 1e-4 * (1.0 + want32.abs()),
+                    "f32 n={n}"
+                );
+                assert!(
+                    (got16[j] - want16).abs() <= 1e-4 * (1.0 + want16.abs()),
+                    "f16 n={n}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The command line: one subcommand per file, every flag also settable from `LAYERSTREAM_*`.
+
+mod bench;
+mod generate;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::random::WeightDtype;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "layerstream",
+    version,
+    about = "Qwen2 GGUF inference, ready as soon as layer 0 is resident"
+)]
+pub struct Cli {
+    /// CPU threads for the compute backend (default: all cores).
+    #[arg(long, env = "LAYERSTREAM_THREADS", global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one request (the JSON body of POST /generate) and stream the text to stdout.
+    Generate(GenerateArgs),
+    /// Print the token ids of a text (raw-prompt semantics: special tokens are parsed) as JSON.
+    Tokenize(TokenizeArgs),
+    /// Dump a GGUF file's header, metadata and tensor index.
+    Inspect {
+        #[arg(long, env = "LAYERSTREAM_MODEL")]
+        model: PathBuf,
+    },
+    /// Rewrite a (quantized) GGUF as F16 (2-D tensors) / F32 (1-D tensors).
+    Convert(ConvertArgs),
+    /// Write a random-weight Qwen2 model of any shape.
+    GenModel(GenModelArgs),
+    /// Measure prefill and decode speed.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[arg(long, env = "LAYERSTREAM_MODEL")]
+    pub model: PathBuf,
+    /// The request JSON, exactly as POST /generate accepts it.
+    #[arg(long)]
+    pub request: String,
+    /// Print the whole result as JSON instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096)]
+    pub ctx_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[arg(long, env = "LAYERSTREAM_MODEL")]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub text: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Output type (only f16 for now).
+    #[arg(long, value_parser = ["f16"], default_value = "f16")]
+    pub to: String,
+    pub input: PathBuf,
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GenModelArgs {
+    #[arg(long, value_parser = ["qwen2"], default_value = "qwen2")]
+    pub arch: String,
+    #[arg(long)]
+    pub layers: usize,
+    #[arg(long)]
+    pub hidden: usize,
+    #[arg(long)]
+    pub heads: usize,
+    #[arg(long)]
+    pub kv_heads: usize,
+    #[arg(long)]
+    pub ffn: usize,
+    /// Copy the tokenizer (and vocabulary size) from this GGUF file.
+    #[arg(long, conflicts_with = "vocab_size")]
+    pub vocab_from: Option<PathBuf>,
+    /// Vocabulary size when no tokenizer is copied.
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Tie the LM head to the embeddings (no output.weight).
+    #[arg(long)]
+    pub tied: bool,
+    #[arg(long, value_enum, default_value = "f16")]
+    pub dtype: WeightDtype,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub rope_base: f32,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, env = "LAYERSTREAM_MODEL")]
+    pub model: PathBuf,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 64)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init_stderr();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+        {
+            eprintln!("error: cannot set {n} threads: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Tokenize(a) => tools::tokenize(a),
+        Command::Inspect { model } => tools::inspect(&model),
+        Command::Convert(a) => tools::convert(a),
+        Command::GenModel(a) => tools::gen_model(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Print an error and return exit code 1.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}

@@ -1,0 +1,108 @@
+//! The one table of GGUF tensor names for Qwen2 models, and the shape each tensor must have.
+//!
+//! Every other module asks this table for names; nothing else formats `blk.{i}.…` strings.
+
+use super::hparams::HParams;
+
+/// Token embeddings: ggml dims `[hidden, vocab]`.
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+/// Final RMSNorm weight: `[hidden]`.
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+/// LM head: `[hidden, vocab]`; absent when tied to `token_embd`.
+pub const OUTPUT: &str = "output.weight";
+
+/// The tensors of one decoder layer (`blk.{i}.<suffix>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LayerTensor {
+    AttnNorm,
+    AttnQ,
+    AttnQBias,
+    AttnK,
+    AttnKBias,
+    AttnV,
+    AttnVBias,
+    AttnOut,
+    FfnNorm,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+impl LayerTensor {
+    pub const ALL: [LayerTensor; 12] = [
+        LayerTensor::AttnNorm,
+        LayerTensor::AttnQ,
+        LayerTensor::AttnQBias,
+        LayerTensor::AttnK,
+        LayerTensor::AttnKBias,
+        LayerTensor::AttnV,
+        LayerTensor::AttnVBias,
+        LayerTensor::AttnOut,
+        LayerTensor::FfnNorm,
+        LayerTensor::FfnGate,
+        LayerTensor::FfnUp,
+        LayerTensor::FfnDown,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            LayerTensor::AttnNorm => "attn_norm.weight",
+            LayerTensor::AttnQ => "attn_q.weight",
+            LayerTensor::AttnQBias => "attn_q.bias",
+            LayerTensor::AttnK => "attn_k.weight",
+            LayerTensor::AttnKBias => "attn_k.bias",
+            LayerTensor::AttnV => "attn_v.weight",
+            LayerTensor::AttnVBias => "attn_v.bias",
+            LayerTensor::AttnOut => "attn_output.weight",
+            LayerTensor::FfnNorm => "ffn_norm.weight",
+            LayerTensor::FfnGate => "ffn_gate.weight",
+            LayerTensor::FfnUp => "ffn_up.weight",
+            LayerTensor::FfnDown => "ffn_down.weight",
+        }
+    }
+
+    /// The full GGUF name in layer `layer`.
+    pub fn name(self, layer: usize) -> String {
+        format!("blk.{layer}.{}", self.suffix())
+    }
+
+    /// True for norms and biases, which stay F32 in every file we write and every backend.
+    pub fn is_vector(self) -> bool {
+        matches!(
+            self,
+            LayerTensor::AttnNorm
+                | LayerTensor::FfnNorm
+                | LayerTensor::AttnQBias
+                | LayerTensor::AttnKBias
+                | LayerTensor::AttnVBias
+        )
+    }
+
+    /// Expected ggml dims (`dims[0]` is the row length).
+    pub fn dims_in(self, hp: &HParams) -> Vec<u64> {
+        let h = hp.hidden as u64;
+        let q = (hp.n_head * hp.head_dim) as u64;
+        let kv = (hp.n_kv_head * hp.head_dim) as u64;
+        let f = hp.ffn as u64;
+        match self {
+            LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+            LayerTensor::AttnQ => vec![h, q],
+            LayerTensor::AttnQBias => vec![q],
+            LayerTensor::AttnK | LayerTensor::AttnV => vec![h, kv],
+            LayerTensor::AttnKBias | LayerTensor::AttnVBias => vec![kv],
+            LayerTensor::AttnOut => vec![q, h],
+            LayerTensor::FfnGate | LayerTensor::FfnUp => vec![h, f],
+            LayerTensor::FfnDown => vec![f, h],
+        }
+    }
+}
+
+/// Expected dims of the non-layer tensors.
+pub fn global_dims(name: &str, hp: &HParams) -> Option<Vec<u64>> {
+    let (h, v) = (hp.hidden as u64, hp.vocab as u64);
+    match name {
+        TOKEN_EMBD | OUTPUT => Some(vec![h, v]),
+        OUTPUT_NORM => Some(vec![h]),
+        _ => None,
+    }
+}

@@ -1,0 +1,223 @@
+//! Random-weight Qwen2 models of any shape, written with our GGUF writer: tiny ones for tests,
+//! real-size ones for speed and loading measurements (values don't change either).
+
+use std::path::Path;
+
+use half::{bf16, f16};
+
+use super::names::{self, LayerTensor};
+use super::HParams;
+use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
+use crate::rng::Rng;
+
+/// Element type of the 2-D weights (norms and biases are always F32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightDtype {
+    F16,
+    F32,
+    Bf16,
+}
+
+/// Where the vocabulary comes from.
+#[derive(Clone, Debug)]
+pub enum VocabSource {
+    /// Copy every `tokenizer.*` key from this GGUF file; vocab size = its token count.
+    FromFile(std::path::PathBuf),
+    /// No tokenizer; a vocabulary of this many ids (forward-only tests).
+    Size(usize),
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct RandomModelSpec {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+    pub vocab: VocabSource,
+    pub tied: bool,
+    pub dtype: WeightDtype,
+    pub seed: u64,
+    pub context: usize,
+    pub rope_base: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RandomModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("invalid shape: {0}")]
+    Shape(String),
+}
+
+/// Write a random model to `out` and return its hyper-parameters.
+pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams, RandomModelError> {
+    if spec.heads == 0
+        || spec.kv_heads == 0
+        || spec.hidden % spec.heads != 0
+        || spec.heads % spec.kv_heads != 0
+    {
+        return Err(RandomModelError::Shape(format!(
+            "heads {} must divide hidden {} and kv-heads {} must divide heads",
+            spec.heads, spec.hidden, spec.kv_heads
+        )));
+    }
+    if (spec.hidden / spec.heads) % 2 != 0 || spec.layers == 0 || spec.ffn == 0 {
+        return Err(RandomModelError::Shape(
+            "head dim must be even; layers and ffn must be >= 1".into(),
+        ));
+    }
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", Value::String("qwen2".into()))?;
+    w.add_kv(
+        "general.name",
+        Value::String(format!(
+            "random-qwen2-{}l-{}h-seed{}",
+            spec.layers, spec.hidden, spec.seed
+        )),
+    )?;
+    let file_type = match spec.dtype {
+        WeightDtype::F32 => 0,
+        WeightDtype::F16 => 1,
+        WeightDtype::Bf16 => 32,
+    };
+    w.add_kv("general.file_type", Value::U32(file_type))?;
+    let k = |s: &str| format!("qwen2.{s}");
+    w.add_kv(k("block_count"), Value::U32(spec.layers as u32))?;
+    w.add_kv(k("context_length"), Value::U32(spec.context as u32))?;
+    w.add_kv(k("embedding_length"), Value::U32(spec.hidden as u32))?;
+    w.add_kv(k("feed_forward_length"), Value::U32(spec.ffn as u32))?;
+    w.add_kv(k("attention.head_count"), Value::U32(spec.heads as u32))?;
+    w.add_kv(
+        k("attention.head_count_kv"),
+        Value::U32(spec.kv_heads as u32),
+    )?;
+    w.add_kv(k("rope.freq_base"), Value::F32(spec.rope_base))?;
+    w.add_kv(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6))?;
+    let vocab = match &spec.vocab {
+        VocabSource::Size(n) => *n,
+        VocabSource::FromFile(p) => copy_tokenizer(&mut w, p)?,
+    };
+    let hp = HParams {
+        n_layer: spec.layers,
+        hidden: spec.hidden,
+        ffn: spec.ffn,
+        n_head: spec.heads,
+        n_kv_head: spec.kv_heads,
+        head_dim: spec.hidden / spec.heads,
+        vocab,
+        context: spec.context,
+        rope_base: spec.rope_base,
+        rms_eps: 1e-6,
+    };
+    let mut rng = Rng::new(spec.seed);
+    let dims = |n: &str| names::global_dims(n, &hp).unwrap_or_default();
+    add_matrix(
+        &mut w,
+        &mut rng,
+        names::TOKEN_EMBD,
+        &dims(names::TOKEN_EMBD),
+        spec.dtype,
+        1.0,
+    )?;
+    for layer in 0..spec.layers {
+        for t in LayerTensor::ALL {
+            let d = t.dims_in(&hp);
+            match t {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => {
+                    add_vector(&mut w, &mut rng, &t.name(layer), &d, 1.0, 0.2)?
+                }
+                _ if t.is_vector() => add_vector(&mut w, &mut rng, &t.name(layer), &d, 0.0, 0.1)?,
+                _ => add_matrix(
+                    &mut w,
+                    &mut rng,
+                    &t.name(layer),
+                    &d,
+                    spec.dtype,
+                    1.0 / (d[0] as f32).sqrt(),
+                )?,
+            }
+        }
+    }
+    add_vector(
+        &mut w,
+        &mut rng,
+        names::OUTPUT_NORM,
+        &dims(names::OUTPUT_NORM),
+        1.0,
+        0.2,
+    )?;
+    if !spec.tied {
+        let d = dims(names::OUTPUT);
+        add_matrix(
+            &mut w,
+            &mut rng,
+            names::OUTPUT,
+            &d,
+            spec.dtype,
+            1.0 / (d[0] as f32).sqrt(),
+        )?;
+    }
+    w.write_file(out)?;
+    Ok(hp)
+}
+
+fn copy_tokenizer(w: &mut GgufWriter, path: &Path) -> Result<usize, RandomModelError> {
+    let src = GgufFile::open(path)?;
+    for (key, v) in src.metadata().iter() {
+        if key.starts_with("tokenizer.") {
+            w.add_kv(key, v.clone())?;
+        }
+    }
+    Ok(src.metadata().strings("tokenizer.ggml.tokens")?.len())
+}
+
+fn add_vector(
+    w: &mut GgufWriter,
+    rng: &mut Rng,
+    name: &str,
+    dims: &[u64],
+    mean: f32,
+    std: f32,
+) -> Result<(), RandomModelError> {
+    let n: u64 = dims.iter().product();
+    let bytes: Vec<u8> = (0..n)
+        .flat_map(|_| (mean + std * rng.normal()).to_le_bytes())
+        .collect();
+    w.add_tensor(name, GgmlType::F32, dims, bytes)?;
+    Ok(())
+}
+
+fn add_matrix(
+    w: &mut GgufWriter,
+    rng: &mut Rng,
+    name: &str,
+    dims: &[u64],
+    dtype: WeightDtype,
+    std: f32,
+) -> Result<(), RandomModelError> {
+    let n: u64 = dims.iter().product();
+    let (ty, bytes): (GgmlType, Vec<u8>) = match dtype {
+        WeightDtype::F32 => (
+            GgmlType::F32,
+            (0..n)
+                .flat_map(|_| (std * rng.normal()).to_le_bytes())
+                .collect(),
+        ),
+        WeightDtype::F16 => (
+            GgmlType::F16,
+            (0..n)
+                .flat_map(|_| f16::from_f32(std * rng.normal()).to_le_bytes())
+                .collect(),
+        ),
+        WeightDtype::Bf16 => (
+            GgmlType::BF16,
+            (0..n)
+                .flat_map(|_| bf16::from_f32(std * rng.normal()).to_le_bytes())
+                .collect(),
+        ),
+    };
+    w.add_tensor(name, ty, dims, bytes)?;
+    Ok(())
+}

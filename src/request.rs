@@ -1,0 +1,438 @@
+//! The one request format, shared by `layerstream generate` and `POST /generate`: raw JSON in,
+//! a `ValidRequest` with every field checked and defaulted out. Each error names the field and
+//! the limit it broke.
+
+use serde_json::{Map, Value};
+
+use crate::chat_template::ChatMessage;
+use crate::sampler::SamplingParams;
+
+/// Largest accepted request body (HTTP answers 413 above it).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+pub const MAX_STOP_STRINGS: usize = 8;
+pub const MAX_STOP_BYTES: usize = 256;
+pub const MAX_MESSAGES: usize = 1024;
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+const FIELDS: [&str; 11] = [
+    "prompt",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "stream",
+];
+
+/// A request that failed validation; `field` is the JSON path of the offending value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> RequestError {
+    RequestError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// What to feed the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// The caller's whole prompt; special tokens written in it are parsed.
+    Prompt(String),
+    /// Chat messages, rendered with the model's chat template.
+    Messages(Vec<ChatMessage>),
+}
+
+/// A request with every field validated and defaulted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidRequest {
+    pub input: Input,
+    pub max_tokens: usize,
+    /// Whether `max_tokens` was given (if not, generation may stop at the context end).
+    pub max_tokens_given: bool,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+}
+
+/// Limits that depend on the running model and configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub ctx_size: usize,
+}
+
+impl ValidRequest {
+    /// Parse and validate a request body. `default_seed` is used when the body has no `seed`.
+    pub fn parse(
+        body: &[u8],
+        limits: Limits,
+        default_seed: u64,
+    ) -> Result<ValidRequest, RequestError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(err(
+                "body",
+                format!(
+                    "request body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                    body.len()
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|e| err("body", format!("request body is not valid UTF-8: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| err("body", format!("request body is not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(err("body", "request body must be a JSON object"));
+        };
+        Self::from_object(&obj, limits, default_seed)
+    }
+
+    fn from_object(
+        obj: &Map<String, Value>,
+        limits: Limits,
+        default_seed: u64,
+    ) -> Result<ValidRequest, RequestError> {
+        if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(err(
+                k.clone(),
+                format!(
+                    "unknown field '{k}'; accepted fields: {}",
+                    FIELDS.join(", ")
+                ),
+            ));
+        }
+        let input = match (obj.get("prompt"), obj.get("messages")) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "prompt",
+                    "give either 'prompt' or 'messages', not both",
+                ))
+            }
+            (None, None) => return Err(err("prompt", "one of 'prompt' or 'messages' is required")),
+            (Some(p), None) => Input::Prompt(prompt(p)?),
+            (None, Some(m)) => Input::Messages(messages(m)?),
+        };
+        let max_tokens = opt_uint(obj, "max_tokens")?;
+        if let Some(n) = max_tokens {
+            if n == 0 || n > limits.ctx_size as u64 {
+                return Err(err(
+                    "max_tokens",
+                    format!(
+                        "max_tokens must be >= 1 and <= {} (the context size); got {n}",
+                        limits.ctx_size
+                    ),
+                ));
+            }
+        }
+        let sampling = SamplingParams {
+            temperature: opt_num(
+                obj,
+                "temperature",
+                0.8,
+                |v| v >= 0.0 && v <= 100.0,
+                "must be >= 0.0 and <= 100.0",
+            )?,
+            top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,
+            top_p: opt_num(
+                obj,
+                "top_p",
+                0.95,
+                |v| v > 0.0 && v <= 1.0,
+                "must be > 0.0 and <= 1.0",
+            )?,
+            min_p: opt_num(
+                obj,
+                "min_p",
+                0.05,
+                |v| (0.0..=1.0).contains(&v),
+                "must be >= 0.0 and <= 1.0",
+            )?,
+            repetition_penalty: opt_num(
+                obj,
+                "repetition_penalty",
+                1.0,
+                |v| v > 0.0 && v <= 10.0,
+                "must be > 0.0 and <= 10.0",
+            )?,
+            seed: opt_uint(obj, "seed")?.unwrap_or(default_seed),
+        };
+        let stream = match obj.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(err("stream", "stream must be a boolean")),
+        };
+        Ok(ValidRequest {
+            input,
+            max_tokens: max_tokens.map_or(DEFAULT_MAX_TOKENS, |n| n as usize),
+            max_tokens_given: max_tokens.is_some(),
+            sampling,
+            stop: stop(obj.get("stop"))?,
+            stream,
+        })
+    }
+
+    /// Check that the prompt plus the tokens to generate fit the context; when `max_tokens` was not
+    /// given, shrink the default to what fits.
+    pub fn fit_context(
+        &mut self,
+        prompt_tokens: usize,
+        limits: Limits,
+    ) -> Result<(), RequestError> {
+        if prompt_tokens == 0 {
+            return Err(err("prompt", "the prompt is empty after tokenization"));
+        }
+        let room = limits.ctx_size.saturating_sub(prompt_tokens);
+        if !self.max_tokens_given && room > 0 {
+            self.max_tokens = self.max_tokens.min(room);
+        }
+        if prompt_tokens + self.max_tokens > limits.ctx_size {
+            return Err(err(
+                "max_tokens",
+                format!(
+                    "prompt ({prompt_tokens} tokens) + max_tokens ({}) = {} exceeds the context size of {} tokens",
+                    self.max_tokens,
+                    prompt_tokens + self.max_tokens,
+                    limits.ctx_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn prompt(v: &Value) -> Result<String, RequestError> {
+    match v {
+        Value::String(s) if s.is_empty() => Err(err("prompt", "prompt must not be empty")),
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(err("prompt", "prompt must be a string")),
+    }
+}
+
+fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
+    let Value::Array(items) = v else {
+        return Err(err(
+            "messages",
+            "messages must be an array of {role, content} objects",
+        ));
+    };
+    if items.is_empty() {
+        return Err(err("messages", "messages must not be empty"));
+    }
+    if items.len() > MAX_MESSAGES {
+        return Err(err(
+            "messages",
+            format!(
+                "at most {MAX_MESSAGES} messages are accepted; got {}",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = |f: &str| format!("messages[{i}].{f}");
+            let Value::Object(o) = m else {
+                return Err(err(
+                    format!("messages[{i}]"),
+                    format!("messages[{i}] must be an object with 'role' and 'content'"),
+                ));
+            };
+            if let Some(k) = o.keys().find(|k| *k != "role" && *k != "content") {
+                return Err(err(
+                    at(k),
+                    format!(
+                        "unknown field '{}'; a message has 'role' and 'content'",
+                        at(k)
+                    ),
+                ));
+            }
+            let role = match o.get("role") {
+                Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
+                Some(Value::String(r)) => {
+                    return Err(err(
+                        at("role"),
+                        format!(
+                            "{} must be one of {}; got '{r}'",
+                            at("role"),
+                            ROLES.join(", ")
+                        ),
+                    ))
+                }
+                _ => return Err(err(at("role"), format!("{} must be a string", at("role")))),
+            };
+            let content = match o.get("content") {
+                Some(Value::String(c)) => c.clone(),
+                _ => {
+                    return Err(err(
+                        at("content"),
+                        format!("{} must be a string", at("content")),
+                    ))
+                }
+            };
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
+}
+
+fn opt_uint(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, RequestError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            err(
+                field,
+                format!("{field} must be a non-negative integer; got {n}"),
+            )
+        }),
+        Some(_) => Err(err(
+            field,
+            format!("{field} must be a non-negative integer"),
+        )),
+    }
+}
+
+fn opt_num(
+    obj: &Map<String, Value>,
+    field: &str,
+    default: f32,
+    ok: impl Fn(f64) -> bool,
+    limit: &str,
+) -> Result<f32, RequestError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && ok(v) => Ok(v as f32),
+            _ => Err(err(field, format!("{field} {limit}; got {n}"))),
+        },
+        Some(_) => Err(err(field, format!("{field} must be a number"))),
+    }
+}
+
+fn stop(v: Option<&Value>) -> Result<Vec<String>, RequestError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(err(
+                    format!("stop[{i}]"),
+                    format!("stop[{i}] must be a string"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(err("stop", "stop must be a string or an array of strings")),
+    };
+    if list.len() > MAX_STOP_STRINGS {
+        return Err(err(
+            "stop",
+            format!(
+                "at most {MAX_STOP_STRINGS} stop strings are accepted; got {}",
+                list.len()
+            ),
+        ));
+    }
+    for (i, s) in list.iter().enumerate() {
+        if s.is_empty() {
+            return Err(err(
+                format!("stop[{i}]"),
+                format!("stop[{i}] must not be empty"),
+            ));
+        }
+        if s.len() > MAX_STOP_BYTES {
+            return Err(err(
+                format!("stop[{i}]"),
+                format!(
+                    "stop[{i}] is {} bytes; the limit is {MAX_STOP_BYTES}",
+                    s.len()
+                ),
+            ));
+        }
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits { ctx_size: 4096 };
+
+    fn parse(s: &str) -> Result<ValidRequest, RequestError> {
+        ValidRequest::parse(s.as_bytes(), L, 1)
+    }
+
+    #[test]
+    fn defaults_and_fields() {
+        let r = parse(r#"{"prompt":"hi","temperature":0,"stop":"x","seed":5}"#).unwrap();
+        assert_eq!(r.input, Input::Prompt("hi".into()));
+        assert_eq!(r.sampling.temperature, 0.0);
+        assert_eq!(r.sampling.seed, 5);
+        assert_eq!(r.stop, vec!["x".to_string()]);
+        assert_eq!(r.max_tokens, DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let cases = [
+            (r#"{"prompt":"a","bogus":1}"#, "bogus"),
+            (r#"{"prompt":""}"#, "prompt"),
+            (r#"{"prompt":3}"#, "prompt"),
+            (r#"{}"#, "prompt"),
+            (r#"{"messages":[]}"#, "messages"),
+            (
+                r#"{"messages":[{"role":"god","content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":1}]}"#,
+                "messages[0].content",
+            ),
+            (r#"{"prompt":"a","max_tokens":0}"#, "max_tokens"),
+            (r#"{"prompt":"a","max_tokens":5000}"#, "max_tokens"),
+            (r#"{"prompt":"a","max_tokens":-1}"#, "max_tokens"),
+            (r#"{"prompt":"a","temperature":-0.1}"#, "temperature"),
+            (r#"{"prompt":"a","temperature":"hot"}"#, "temperature"),
+            (r#"{"prompt":"a","top_p":0}"#, "top_p"),
+            (r#"{"prompt":"a","top_p":1.5}"#, "top_p"),
+            (
+                r#"{"prompt":"a","stop":["a","b","c","d","e","f","g","h","i"]}"#,
+                "stop",
+            ),
+            (r#"{"prompt":"a","stop":[""]}"#, "stop[0]"),
+            (r#"{"prompt":"a","stream":"yes"}"#, "stream"),
+            (r#"[1]"#, "body"),
+            (r#"{"prompt":"a""#, "body"),
+        ];
+        for (body, field) in cases {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        let e = ValidRequest::parse(b"\xff\xfe", L, 0).unwrap_err();
+        assert!(e.message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn context_overflow_states_both_numbers() {
+        let mut r = parse(r#"{"prompt":"a","max_tokens":100}"#).unwrap();
+        let e = r.fit_context(4000, L).unwrap_err();
+        assert!(
+            e.message.contains("4000") && e.message.contains("100") && e.message.contains("4096"),
+            "{e}"
+        );
+        let mut r = parse(r#"{"prompt":"a"}"#).unwrap();
+        r.fit_context(4000, L).unwrap();
+        assert_eq!(r.max_tokens, 96);
+    }
+}
