@@ -28,8 +28,8 @@ pub enum GgufError {
     },
 
     #[error(
-        "header declares {count} {what}, but each takes at least {min_bytes} bytes and only {have} \
-         bytes are left"
+        "header declares {count} {what} of at least {min_bytes} bytes each, but only {have} bytes \
+         follow: the file is truncated or corrupt"
     )]
     CountTooLarge {
         what: &'static str,
