@@ -8,13 +8,18 @@
 //! - `tokenizer`, `chat_template`: Qwen2 byte-level BPE and Jinja chat templates from GGUF metadata.
 //! - `request`: the one request format (raw JSON → `ValidRequest`).
 //! - `sampler`, `stop`, `generation`: sampling, stop strings, the generation loop.
-//! - `loaded`: a model opened for use; `cli`: the command line.
+//! - `load`: the load plan, residency gate, progress, and the loader thread.
+//! - `engine`: the thread that runs requests; `server`: HTTP; `serve`: startup that ties them.
+//! - `loaded`: a model opened for use; `cli`, `config`: the command line.
 pub mod backend;
 pub mod chat_template;
 pub mod cli;
+pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod generation;
 pub mod gguf;
+pub mod load;
 pub mod loaded;
 pub mod logging;
 pub mod model;
@@ -22,5 +27,7 @@ pub mod quant;
 pub mod request;
 pub mod rng;
 pub mod sampler;
+pub mod serve;
+pub mod server;
 pub mod stop;
 pub mod tokenizer;

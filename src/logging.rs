@@ -1,11 +1,16 @@
-//! Log setup: tracing-subscriber to stderr, filtered by `RUST_LOG` (default `info`).
+//! Log setup: tracing-subscriber to stderr (stdout carries command output), text or JSON,
+//! filtered by `RUST_LOG` (default `info`).
 
-/// Text logs on stderr (stdout carries command output).
-pub fn init_stderr() {
+use crate::config::LogFormat;
+
+pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -138,7 +138,7 @@ impl ValidRequest {
                 obj,
                 "temperature",
                 0.8,
-                |v| v >= 0.0 && v <= 100.0,
+                |v| (0.0..=100.0).contains(&v),
                 "must be >= 0.0 and <= 100.0",
             )?,
             top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,

@@ -4,6 +4,8 @@ mod bench;
 mod generate;
 mod tools;
 
+pub use generate::clock_seed;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the HTTP API; ready as soon as the embeddings and layer 0 are resident.
+    Serve(crate::config::ServeArgs),
     /// Run one request (the JSON body of POST /generate) and stream the text to stdout.
     Generate(GenerateArgs),
     /// Print the token ids of a text (raw-prompt semantics: special tokens are parsed) as JSON.
@@ -130,8 +134,13 @@ pub struct BenchArgs {
 
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
-    crate::logging::init_stderr();
+    let format = match &cli.command {
+        Command::Serve(a) => a.log_format,
+        _ => crate::config::LogFormat::Text,
+    };
+    crate::logging::init(format);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -142,6 +151,7 @@ pub fn main() -> ExitCode {
         }
     }
     match cli.command {
+        Command::Serve(a) => crate::serve::run(a, started),
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Inspect { model } => tools::inspect(&model),

@@ -55,15 +55,15 @@ pub enum RandomModelError {
 pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams, RandomModelError> {
     if spec.heads == 0
         || spec.kv_heads == 0
-        || spec.hidden % spec.heads != 0
-        || spec.heads % spec.kv_heads != 0
+        || !spec.hidden.is_multiple_of(spec.heads)
+        || !spec.heads.is_multiple_of(spec.kv_heads)
     {
         return Err(RandomModelError::Shape(format!(
             "heads {} must divide hidden {} and kv-heads {} must divide heads",
             spec.heads, spec.hidden, spec.kv_heads
         )));
     }
-    if (spec.hidden / spec.heads) % 2 != 0 || spec.layers == 0 || spec.ffn == 0 {
+    if !(spec.hidden / spec.heads).is_multiple_of(2) || spec.layers == 0 || spec.ffn == 0 {
         return Err(RandomModelError::Shape(
             "head dim must be even; layers and ffn must be >= 1".into(),
         ));

@@ -46,6 +46,7 @@ pub fn pack<W: WeightElem>(
 /// # Safety
 /// `x` must hold `mt` rows of stride `ldx` with `kc` readable columns each; `y` must hold `mt`
 /// rows of stride `ldy` with `nr` writable columns; nobody else may write those `y` elements.
+#[allow(clippy::too_many_arguments)] // the operands of a register-tile kernel
 pub unsafe fn tile(
     packed: &[f32],
     kc: usize,

@@ -110,7 +110,7 @@ fn matmul_impl<W: WeightElem>(
     let out = OutPtr(y.as_mut_ptr());
     let blocks = rows.div_ceil(NR);
     (0..blocks).into_par_iter().for_each(|b| {
-        let out = out;
+        let out = &out; // capture the whole Send wrapper, not its raw field
         PACK.with(|cell| {
             let mut packed = cell.borrow_mut();
             if packed.len() < KC * NR {

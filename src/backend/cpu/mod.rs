@@ -9,54 +9,118 @@ pub mod qwen2;
 pub mod simd;
 pub mod weights;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use attention::KvCache;
 use matrix::Matrix;
 use qwen2::{Scratch, WeightView};
-use weights::{HeadWeights, LayerWeights};
+use weights::{HeadWeights, LayerWeights, NoHook, UnitWeights};
 
 use super::BackendError;
 use crate::gguf::GgufFile;
+use crate::load::plan::{LoadPlan, UnitKind};
+use crate::load::residency::Residency;
 use crate::model::{HParams, ModelError, ModelSpec};
 
 /// Prompt tokens processed per matrix-matrix pass.
 pub const DEFAULT_MAX_BATCH: usize = 256;
 
-/// A model whose every unit is resident in CPU memory.
+/// A model's weights in CPU memory, unit by unit. Units are installed as they land (by the
+/// loader thread, or all at once by `load`); the forward pass waits on a unit that is not there.
 pub struct CpuModel {
     pub hp: HParams,
-    embed: Matrix,
-    layers: Vec<LayerWeights>,
-    head: HeadWeights,
+    embed: OnceLock<Matrix>,
+    layers: Vec<OnceLock<Box<LayerWeights>>>,
+    head: OnceLock<HeadWeights>,
+    residency: Residency,
+    waited_ns: AtomicU64,
 }
 
 impl CpuModel {
-    /// Read every unit from `file` (already validated into `spec`).
-    pub fn load(file: &GgufFile, spec: &ModelSpec) -> Result<CpuModel, ModelError> {
-        let embed = weights::load_embedding(file)?;
-        let layers = (0..spec.hp.n_layer)
-            .map(|i| weights::load_layer(file, i))
-            .collect::<Result<_, _>>()?;
-        let head = weights::load_head(file, spec)?;
-        Ok(CpuModel {
+    /// An empty model whose units will be installed later.
+    pub fn empty(spec: &ModelSpec) -> CpuModel {
+        let n = spec.hp.n_layer;
+        CpuModel {
             hp: spec.hp.clone(),
-            embed,
-            layers,
-            head,
+            embed: OnceLock::new(),
+            layers: (0..n).map(|_| OnceLock::new()).collect(),
+            head: OnceLock::new(),
+            residency: Residency::new(n + 2),
+            waited_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Read every unit from `file` (already validated into `spec`) on this thread.
+    pub fn load(file: &GgufFile, spec: &ModelSpec) -> Result<CpuModel, ModelError> {
+        let model = CpuModel::empty(spec);
+        for unit in LoadPlan::new(file, spec).units {
+            let w = weights::load_unit(file, spec, unit.kind, &mut NoHook)?;
+            model.install(unit.kind, w);
+        }
+        Ok(model)
+    }
+
+    /// Make a unit available to the forward pass and wake anyone waiting for it.
+    pub fn install(&self, kind: UnitKind, w: UnitWeights) {
+        let _ = match w {
+            UnitWeights::Embed(m) => self.embed.set(m).is_ok(),
+            UnitWeights::Layer(l) => self
+                .layers
+                .get(layer_index(kind))
+                .is_some_and(|slot| slot.set(l).is_ok()),
+            UnitWeights::Head(h) => self.head.set(h).is_ok(),
+        };
+        self.residency
+            .mark_resident(LoadPlan::slot(kind, self.hp.n_layer));
+    }
+
+    pub fn residency(&self) -> &Residency {
+        &self.residency
+    }
+
+    /// Time spent waiting for units since the last call.
+    pub fn take_waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.swap(0, Ordering::Relaxed))
+    }
+
+    fn gate<'a, T>(&self, cell: &'a OnceLock<T>, kind: UnitKind) -> Result<&'a T, BackendError> {
+        if let Some(v) = cell.get() {
+            return Ok(v);
+        }
+        let waited = self
+            .residency
+            .wait(LoadPlan::slot(kind, self.hp.n_layer))
+            .map_err(BackendError::LoadFailed)?;
+        self.waited_ns
+            .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        cell.get().ok_or_else(|| {
+            BackendError::LoadFailed(format!("unit {kind:?} marked resident without weights"))
         })
+    }
+}
+
+fn layer_index(kind: UnitKind) -> usize {
+    match kind {
+        UnitKind::Layer(i) => i,
+        _ => usize::MAX,
     }
 }
 
 impl WeightView for CpuModel {
     fn embedding(&self) -> Result<&Matrix, BackendError> {
-        Ok(&self.embed)
+        self.gate(&self.embed, UnitKind::Embed)
     }
     fn layer(&self, i: usize) -> Result<&LayerWeights, BackendError> {
-        self.layers.get(i).ok_or(BackendError::LoadFailed(format!(
-            "layer {i} does not exist"
-        )))
+        let cell = self
+            .layers
+            .get(i)
+            .ok_or_else(|| BackendError::LoadFailed(format!("layer {i} does not exist")))?;
+        self.gate(cell, UnitKind::Layer(i)).map(|b| &**b)
     }
     fn head(&self) -> Result<&HeadWeights, BackendError> {
-        Ok(&self.head)
+        self.gate(&self.head, UnitKind::Head)
     }
 }
 

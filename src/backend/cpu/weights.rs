@@ -1,16 +1,20 @@
-//! Reading a unit's tensors from a GGUF file into the CPU backend's compute layout.
+//! A unit's tensors in the CPU backend's compute layout: allocated first (so all weight memory is
+//! reserved before any byte is copied), then filled from the GGUF file.
 //!
-//! Bytes come in with `pread` (never by touching the mmap, which would SIGBUS if the file were
-//! truncated under us). Matrices become F16 (F16 and quantized sources) or F32 (F32/BF16
-//! sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer needs
-//! three parallel products fewer per token. Norms and biases are F32.
-
-use half::f16;
+//! Bytes come in with `pread` in bounded chunks (never by touching the mmap, which would SIGBUS if
+//! the file were truncated under us), and every chunk passes through a `ReadHook` that throttles,
+//! reports progress, or injects faults. Matrices become F16 (F16 and quantized sources) or F32
+//! (F32/BF16 sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer
+//! needs fewer parallel products per token. Norms and biases are F32.
 
 use super::matrix::{MatData, Matrix};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::load::plan::UnitKind;
 use crate::model::names::{LayerTensor, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 use crate::model::{ModelError, ModelSpec};
+
+/// Largest single read; keeps throttling smooth and progress fine-grained.
+const READ_CHUNK: usize = 4 << 20;
 
 /// One decoder layer.
 #[derive(Debug)]
@@ -31,11 +35,48 @@ pub struct HeadWeights {
     pub output: Option<Matrix>, // (vocab, hidden)
 }
 
+/// The weights of one load unit.
+#[derive(Debug)]
+pub enum UnitWeights {
+    Embed(Matrix), // (vocab, hidden)
+    Layer(Box<LayerWeights>),
+    Head(HeadWeights),
+}
+
+impl UnitWeights {
+    /// Memory held (the reservation for this unit).
+    pub fn bytes(&self) -> usize {
+        match self {
+            UnitWeights::Embed(m) => m.bytes(),
+            UnitWeights::Layer(l) => l.bytes(),
+            UnitWeights::Head(h) => h.norm.len() * 4 + h.output.as_ref().map_or(0, |m| m.bytes()),
+        }
+    }
+}
+
 impl LayerWeights {
     pub fn bytes(&self) -> usize {
         let v = (self.attn_norm.len() + self.bqkv.len() + self.ffn_norm.len()) * 4;
         v + self.wqkv.bytes() + self.wo.bytes() + self.w_gate_up.bytes() + self.w_down.bytes()
     }
+}
+
+/// Called around every read of the load path.
+pub trait ReadHook {
+    /// Before reading `bytes` of `tensor` (throttle, inject faults).
+    fn before_read(&mut self, tensor: &str, bytes: u64) -> Result<(), ModelError>;
+    /// After they arrived (progress).
+    fn after_read(&mut self, bytes: u64);
+}
+
+/// A hook that does nothing (tools and tests).
+pub struct NoHook;
+
+impl ReadHook for NoHook {
+    fn before_read(&mut self, _: &str, _: u64) -> Result<(), ModelError> {
+        Ok(())
+    }
+    fn after_read(&mut self, _: u64) {}
 }
 
 fn info<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
@@ -50,24 +91,35 @@ fn data_err(t: &TensorInfo, e: impl std::fmt::Display) -> ModelError {
     }
 }
 
-/// Read a whole tensor's raw bytes.
-fn read_raw(file: &GgufFile, t: &TensorInfo) -> Result<Vec<u8>, ModelError> {
+/// Read `dst.len()` bytes of `t` from `start`, chunk by chunk through the hook.
+fn read_into(
+    file: &GgufFile,
+    t: &TensorInfo,
+    dst: &mut [u8],
+    hook: &mut dyn ReadHook,
+) -> Result<(), ModelError> {
+    let mut done = 0usize;
+    for chunk in dst.chunks_mut(READ_CHUNK) {
+        hook.before_read(&t.name, chunk.len() as u64)?;
+        file.read_tensor_at(t, done as u64, chunk)?;
+        done += chunk.len();
+        hook.after_read(chunk.len() as u64);
+    }
+    Ok(())
+}
+
+fn read_raw(
+    file: &GgufFile,
+    t: &TensorInfo,
+    hook: &mut dyn ReadHook,
+) -> Result<Vec<u8>, ModelError> {
     let mut buf = vec![0u8; t.n_bytes as usize];
-    file.read_tensor_at(t, 0, &mut buf)?;
+    read_into(file, t, &mut buf, hook)?;
     Ok(buf)
 }
 
-/// A 1-D tensor as F32.
-pub fn load_vector(file: &GgufFile, name: &str) -> Result<Vec<f32>, ModelError> {
-    let t = info(file, name)?;
-    let raw = read_raw(file, t)?;
-    let mut out = vec![0f32; t.n_elems as usize];
-    crate::quant::dequantize(t.ty, &raw, &mut out).map_err(|e| data_err(t, e))?;
-    Ok(out)
-}
-
-/// Stack the rows of several 2-D tensors (same row length) into one matrix.
-pub fn load_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelError> {
+/// Stacked rows of several 2-D tensors, allocated (zeroed) but not filled.
+fn alloc_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelError> {
     let infos = names
         .iter()
         .map(|n| info(file, n))
@@ -77,73 +129,184 @@ pub fn load_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelErro
     let wide = infos
         .iter()
         .any(|t| matches!(t.ty, GgmlType::F32 | GgmlType::BF16));
+    // Zeroed allocations map fresh pages lazily: reserving the whole model costs no memset.
     let data = if wide {
-        let mut out = vec![0f32; rows * cols];
-        let mut at = 0;
-        for t in &infos {
-            let n = t.n_elems as usize;
-            let raw = read_raw(file, t)?;
-            crate::quant::dequantize(t.ty, &raw, &mut out[at..at + n])
-                .map_err(|e| data_err(t, e))?;
-            at += n;
-        }
-        MatData::F32(out)
+        MatData::F32(vec![0.0; rows * cols])
     } else {
-        let mut out = vec![f16::ZERO; rows * cols];
-        let mut at = 0;
-        for t in &infos {
-            let n = t.n_elems as usize;
-            let dst = &mut out[at..at + n];
-            if t.ty == GgmlType::F16 {
-                file.read_tensor_at(t, 0, bytemuck::cast_slice_mut(dst))?;
-            } else {
-                let raw = read_raw(file, t)?;
-                crate::quant::dequantize_f16(t.ty, &raw, dst).map_err(|e| data_err(t, e))?;
-            }
-            at += n;
-        }
-        MatData::F16(out)
+        MatData::F16(bytemuck::zeroed_vec(rows * cols))
     };
     Ok(Matrix { rows, cols, data })
 }
 
-/// The token embedding table.
-pub fn load_embedding(file: &GgufFile) -> Result<Matrix, ModelError> {
-    load_stacked(file, &[TOKEN_EMBD])
+fn fill_stacked(
+    file: &GgufFile,
+    names: &[&str],
+    m: &mut Matrix,
+    hook: &mut dyn ReadHook,
+) -> Result<(), ModelError> {
+    let mut at = 0usize;
+    for name in names {
+        let t = info(file, name)?;
+        let n = t.n_elems as usize;
+        match &mut m.data {
+            MatData::F16(out) if t.ty == GgmlType::F16 => read_into(
+                file,
+                t,
+                bytemuck::cast_slice_mut(&mut out[at..at + n]),
+                hook,
+            )?,
+            MatData::F16(out) => {
+                let raw = read_raw(file, t, hook)?;
+                crate::quant::dequantize_f16(t.ty, &raw, &mut out[at..at + n])
+                    .map_err(|e| data_err(t, e))?;
+            }
+            MatData::F32(out) if t.ty == GgmlType::F32 => read_into(
+                file,
+                t,
+                bytemuck::cast_slice_mut(&mut out[at..at + n]),
+                hook,
+            )?,
+            MatData::F32(out) => {
+                let raw = read_raw(file, t, hook)?;
+                crate::quant::dequantize(t.ty, &raw, &mut out[at..at + n])
+                    .map_err(|e| data_err(t, e))?;
+            }
+        }
+        at += n;
+    }
+    Ok(())
 }
 
-/// Layer `layer`'s weights.
-pub fn load_layer(file: &GgufFile, layer: usize) -> Result<LayerWeights, ModelError> {
-    let n = |t: LayerTensor| t.name(layer);
-    let (q, k, v) = (
-        n(LayerTensor::AttnQ),
-        n(LayerTensor::AttnK),
-        n(LayerTensor::AttnV),
-    );
-    let mut bqkv = load_vector(file, &n(LayerTensor::AttnQBias))?;
-    bqkv.extend(load_vector(file, &n(LayerTensor::AttnKBias))?);
-    bqkv.extend(load_vector(file, &n(LayerTensor::AttnVBias))?);
-    let (gate, up) = (n(LayerTensor::FfnGate), n(LayerTensor::FfnUp));
-    Ok(LayerWeights {
-        attn_norm: load_vector(file, &n(LayerTensor::AttnNorm))?,
-        wqkv: load_stacked(file, &[&q, &k, &v])?,
-        bqkv,
-        wo: load_stacked(file, &[&n(LayerTensor::AttnOut)])?,
-        ffn_norm: load_vector(file, &n(LayerTensor::FfnNorm))?,
-        w_gate_up: load_stacked(file, &[&gate, &up])?,
-        w_down: load_stacked(file, &[&n(LayerTensor::FfnDown)])?,
+fn alloc_vector(file: &GgufFile, names: &[&str]) -> Result<Vec<f32>, ModelError> {
+    let n = names
+        .iter()
+        .map(|n| info(file, n).map(|t| t.n_elems as usize))
+        .sum::<Result<usize, _>>()?;
+    Ok(vec![0.0; n])
+}
+
+fn fill_vector(
+    file: &GgufFile,
+    names: &[&str],
+    out: &mut [f32],
+    hook: &mut dyn ReadHook,
+) -> Result<(), ModelError> {
+    let mut at = 0usize;
+    for name in names {
+        let t = info(file, name)?;
+        let n = t.n_elems as usize;
+        let raw = read_raw(file, t, hook)?;
+        crate::quant::dequantize(t.ty, &raw, &mut out[at..at + n]).map_err(|e| data_err(t, e))?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// The GGUF tensor groups that make up each field of a layer, in file-name form.
+struct LayerNames {
+    attn_norm: [String; 1],
+    qkv: [String; 3],
+    bqkv: [String; 3],
+    wo: [String; 1],
+    ffn_norm: [String; 1],
+    gate_up: [String; 2],
+    down: [String; 1],
+}
+
+impl LayerNames {
+    fn new(i: usize) -> LayerNames {
+        use LayerTensor as T;
+        LayerNames {
+            attn_norm: [T::AttnNorm.name(i)],
+            qkv: [T::AttnQ.name(i), T::AttnK.name(i), T::AttnV.name(i)],
+            bqkv: [
+                T::AttnQBias.name(i),
+                T::AttnKBias.name(i),
+                T::AttnVBias.name(i),
+            ],
+            wo: [T::AttnOut.name(i)],
+            ffn_norm: [T::FfnNorm.name(i)],
+            gate_up: [T::FfnGate.name(i), T::FfnUp.name(i)],
+            down: [T::FfnDown.name(i)],
+        }
+    }
+}
+
+fn refs<const N: usize>(a: &[String; N]) -> [&str; N] {
+    a.each_ref().map(|s| s.as_str())
+}
+
+/// Reserve the memory of one unit (zeroed, not yet read).
+pub fn alloc_unit(
+    file: &GgufFile,
+    spec: &ModelSpec,
+    kind: UnitKind,
+) -> Result<UnitWeights, ModelError> {
+    Ok(match kind {
+        UnitKind::Embed => UnitWeights::Embed(alloc_stacked(file, &[TOKEN_EMBD])?),
+        UnitKind::Layer(i) => {
+            let n = LayerNames::new(i);
+            UnitWeights::Layer(Box::new(LayerWeights {
+                attn_norm: alloc_vector(file, &refs(&n.attn_norm))?,
+                wqkv: alloc_stacked(file, &refs(&n.qkv))?,
+                bqkv: alloc_vector(file, &refs(&n.bqkv))?,
+                wo: alloc_stacked(file, &refs(&n.wo))?,
+                ffn_norm: alloc_vector(file, &refs(&n.ffn_norm))?,
+                w_gate_up: alloc_stacked(file, &refs(&n.gate_up))?,
+                w_down: alloc_stacked(file, &refs(&n.down))?,
+            }))
+        }
+        UnitKind::Head => UnitWeights::Head(HeadWeights {
+            norm: alloc_vector(file, &[OUTPUT_NORM])?,
+            output: if spec.tied {
+                None
+            } else {
+                Some(alloc_stacked(file, &[OUTPUT])?)
+            },
+        }),
     })
 }
 
-/// The final norm and (untied) LM head.
-pub fn load_head(file: &GgufFile, spec: &ModelSpec) -> Result<HeadWeights, ModelError> {
-    let output = if spec.tied {
-        None
-    } else {
-        Some(load_stacked(file, &[OUTPUT])?)
-    };
-    Ok(HeadWeights {
-        norm: load_vector(file, OUTPUT_NORM)?,
-        output,
-    })
+/// Read one unit's bytes into its reserved memory.
+pub fn fill_unit(
+    file: &GgufFile,
+    kind: UnitKind,
+    w: &mut UnitWeights,
+    hook: &mut dyn ReadHook,
+) -> Result<(), ModelError> {
+    match (kind, w) {
+        (UnitKind::Embed, UnitWeights::Embed(m)) => fill_stacked(file, &[TOKEN_EMBD], m, hook),
+        (UnitKind::Layer(i), UnitWeights::Layer(l)) => {
+            let n = LayerNames::new(i);
+            fill_vector(file, &refs(&n.attn_norm), &mut l.attn_norm, hook)?;
+            fill_stacked(file, &refs(&n.qkv), &mut l.wqkv, hook)?;
+            fill_vector(file, &refs(&n.bqkv), &mut l.bqkv, hook)?;
+            fill_stacked(file, &refs(&n.wo), &mut l.wo, hook)?;
+            fill_vector(file, &refs(&n.ffn_norm), &mut l.ffn_norm, hook)?;
+            fill_stacked(file, &refs(&n.gate_up), &mut l.w_gate_up, hook)?;
+            fill_stacked(file, &refs(&n.down), &mut l.w_down, hook)
+        }
+        (UnitKind::Head, UnitWeights::Head(h)) => {
+            fill_vector(file, &[OUTPUT_NORM], &mut h.norm, hook)?;
+            match &mut h.output {
+                Some(m) => fill_stacked(file, &[OUTPUT], m, hook),
+                None => Ok(()),
+            }
+        }
+        (kind, _) => Err(ModelError::Shape(format!(
+            "unit {kind:?} was given another unit's memory"
+        ))),
+    }
+}
+
+/// Allocate and fill one unit in one go.
+pub fn load_unit(
+    file: &GgufFile,
+    spec: &ModelSpec,
+    kind: UnitKind,
+    hook: &mut dyn ReadHook,
+) -> Result<UnitWeights, ModelError> {
+    let mut w = alloc_unit(file, spec, kind)?;
+    fill_unit(file, kind, &mut w, hook)?;
+    Ok(w)
 }

@@ -1,0 +1,68 @@
+//! `layerstream serve` configuration: clap derive, every flag also from `LAYERSTREAM_*`.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// GGUF model file (default: the cached F16 test model, if `scripts/fetch-test-model` ran).
+    #[arg(long, env = "LAYERSTREAM_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "LAYERSTREAM_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 binds any free port; the bound address is printed as `listening on http://HOST:PORT`.
+    #[arg(long, env = "LAYERSTREAM_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[arg(long, env = "LAYERSTREAM_DEVICE", value_enum, default_value = "auto")]
+    pub device: Device,
+    #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
+    pub gpu_device: usize,
+    /// Identifier reported to the ready callback.
+    #[arg(long, env = "LAYERSTREAM_WORKER_ID", default_value = "layerstream")]
+    pub worker_id: String,
+    /// POST `{worker_id, uri, vram_bytes, ready_ms}` here once ready (http only).
+    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Context size (positions per sequence); capped at the model's trained context.
+    #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Requests that may wait for the engine; more get 429.
+    #[arg(long, env = "LAYERSTREAM_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// Throttle the loader to this many MB/s (co-located services; tests).
+    #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT")]
+    pub load_bandwidth_limit: Option<f64>,
+    #[arg(
+        long,
+        env = "LAYERSTREAM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The model `serve` uses when `--model` is not given.
+pub fn default_model() -> PathBuf {
+    let cache = std::env::var("LAYERSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            PathBuf::from(home).join(".cache/layerstream")
+        });
+    cache.join("models/qwen2.5-coder-0.5b-instruct-f16.gguf")
+}

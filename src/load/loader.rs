@@ -1,0 +1,154 @@
+//! The loader thread: reserves every unit's memory, then reads units in plan order, installing
+//! each into the model and marking it resident. Optional bandwidth limit (for co-located
+//! services and for tests) and a test-only fault injection.
+//!
+//! Test-only fault injection: with `LAYERSTREAM_TEST_FAIL_UNIT=<unit name>` (e.g. `layer.5`) the
+//! loader fails with an I/O-style error when it reaches that unit, as a disk error would.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backend::cpu::weights::{self, ReadHook, UnitWeights};
+use crate::backend::cpu::CpuModel;
+use crate::gguf::GgufFile;
+use crate::load::plan::{LoadPlan, UnitKind};
+use crate::load::progress::Progress;
+use crate::model::{ModelError, ModelSpec};
+
+/// The environment variable that injects a load fault (tests only).
+pub const FAULT_ENV: &str = "LAYERSTREAM_TEST_FAIL_UNIT";
+
+/// How the loader behaves.
+#[derive(Clone, Debug, Default)]
+pub struct LoaderOptions {
+    /// Throttle reads to this many MB/s (10^6 bytes).
+    pub bandwidth_limit_mb_s: Option<f64>,
+    /// Fail when this unit is reached (from `FAULT_ENV`).
+    pub fail_unit: Option<String>,
+}
+
+impl LoaderOptions {
+    pub fn with_env_fault(mut self) -> LoaderOptions {
+        self.fail_unit = std::env::var(FAULT_ENV).ok().filter(|s| !s.is_empty());
+        self
+    }
+}
+
+/// Everything the loader thread needs.
+pub struct LoadJob {
+    pub file: Arc<GgufFile>,
+    pub spec: ModelSpec,
+    pub plan: LoadPlan,
+    pub model: Arc<CpuModel>,
+    pub progress: Arc<Progress>,
+    pub options: LoaderOptions,
+}
+
+/// Start the loader thread.
+pub fn spawn(job: LoadJob) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("loader".into())
+        .spawn(move || {
+            if let Err(e) = run(&job) {
+                let msg = e.to_string();
+                tracing::error!("model load failed: {msg}");
+                job.model.residency().fail(msg.clone());
+                job.progress.fail(msg);
+            }
+        })
+}
+
+struct Hook<'a> {
+    progress: &'a Progress,
+    slot: usize,
+    unit: &'a str,
+    fail_unit: Option<&'a str>,
+    rate: Option<f64>,
+    t0: Instant,
+    bytes: u64,
+}
+
+impl ReadHook for Hook<'_> {
+    fn before_read(&mut self, tensor: &str, bytes: u64) -> Result<(), ModelError> {
+        if self.fail_unit == Some(self.unit) {
+            return Err(ModelError::TensorData {
+                name: tensor.to_string(),
+                message: format!(
+                    "read failed: injected fault in unit '{}' ({FAULT_ENV})",
+                    self.unit
+                ),
+            });
+        }
+        if let Some(rate) = self.rate {
+            // Sleep until the bytes read so far fit the budget, counting the chunk about to be read.
+            let due = Duration::from_secs_f64((self.bytes + bytes) as f64 / rate);
+            if let Some(wait) = due.checked_sub(self.t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    }
+
+    fn after_read(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        self.progress.add_bytes(self.slot, bytes);
+    }
+}
+
+fn run(job: &LoadJob) -> Result<(), ModelError> {
+    job.progress.load_started();
+    // Reserve all weight memory before the first copy: a model that cannot fit fails here.
+    let mut reserved: Vec<(UnitKind, UnitWeights)> = Vec::with_capacity(job.plan.units.len());
+    for u in &job.plan.units {
+        reserved.push((u.kind, weights::alloc_unit(&job.file, &job.spec, u.kind)?));
+    }
+    check_memory(&reserved)?;
+    let t0 = Instant::now();
+    let rate = job.options.bandwidth_limit_mb_s.map(|mb| mb * 1e6);
+    let mut total = 0u64;
+    for (slot, ((kind, mut w), unit)) in reserved.into_iter().zip(&job.plan.units).enumerate() {
+        let mut hook = Hook {
+            progress: &job.progress,
+            slot,
+            unit: &unit.name,
+            fail_unit: job.options.fail_unit.as_deref(),
+            rate,
+            t0,
+            bytes: total,
+        };
+        weights::fill_unit(&job.file, kind, &mut w, &mut hook)?;
+        total = hook.bytes;
+        job.model.install(kind, w);
+        job.progress.unit_resident(slot);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        "fully resident in {:.0} ms: {} units, {:.1} MB at {:.0} MB/s",
+        job.progress.snapshot().resident_ms.unwrap_or(0.0),
+        job.plan.units.len(),
+        total as f64 / 1e6,
+        total as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Refuse a model whose reserved memory exceeds what the machine has available.
+fn check_memory(units: &[(UnitKind, UnitWeights)]) -> Result<(), ModelError> {
+    let needed: u64 = units.iter().map(|(_, w)| w.bytes() as u64).sum();
+    if let Some(avail) = mem_available() {
+        if needed > avail {
+            return Err(ModelError::Shape(format!(
+                "model weights need {needed} bytes of memory; {avail} bytes are available"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

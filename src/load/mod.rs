@@ -1,0 +1,8 @@
+//! The load path: a plan of units (`embed`, `layer.0` … `layer.{n-1}`, `head`), the residency
+//! gate the engine waits on, the progress the HTTP API reports, and the loader thread that
+//! streams units in plan order.
+
+pub mod loader;
+pub mod plan;
+pub mod progress;
+pub mod residency;

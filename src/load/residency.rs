@@ -1,0 +1,111 @@
+//! Per-unit residency flags with a condvar: the CPU engine's gate. The loader marks units
+//! resident (or the whole load failed); the engine waits on the unit it needs next. Once every
+//! unit is resident a single atomic read answers, so the gate costs nothing after the load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct State {
+    resident: Vec<bool>,
+    failed: Option<String>,
+}
+
+/// Shared between the loader (writer) and the engine (waiter).
+#[derive(Debug)]
+pub struct Residency {
+    state: Mutex<State>,
+    cv: Condvar,
+    all: AtomicBool,
+}
+
+impl Residency {
+    pub fn new(units: usize) -> Residency {
+        Residency {
+            state: Mutex::new(State {
+                resident: vec![false; units],
+                failed: None,
+            }),
+            cv: Condvar::new(),
+            all: AtomicBool::new(false),
+        }
+    }
+
+    pub fn mark_resident(&self, slot: usize) {
+        let mut s = self.state.lock();
+        if let Some(r) = s.resident.get_mut(slot) {
+            *r = true;
+        }
+        if s.resident.iter().all(|&r| r) {
+            self.all.store(true, Ordering::Release);
+        }
+        self.cv.notify_all();
+    }
+
+    /// The load failed: every waiter (now and later) gets this error.
+    pub fn fail(&self, message: String) {
+        let mut s = self.state.lock();
+        s.failed.get_or_insert(message);
+        self.cv.notify_all();
+    }
+
+    pub fn all_resident(&self) -> bool {
+        self.all.load(Ordering::Acquire)
+    }
+
+    pub fn is_resident(&self, slot: usize) -> bool {
+        self.all_resident()
+            || self
+                .state
+                .lock()
+                .resident
+                .get(slot)
+                .copied()
+                .unwrap_or(false)
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().failed.clone()
+    }
+
+    /// Block until `slot` is resident; returns how long it waited, or the load error.
+    pub fn wait(&self, slot: usize) -> Result<Duration, String> {
+        if self.all_resident() {
+            return Ok(Duration::ZERO);
+        }
+        let t0 = Instant::now();
+        let mut s = self.state.lock();
+        loop {
+            if s.resident.get(slot).copied().unwrap_or(false) {
+                return Ok(t0.elapsed());
+            }
+            if let Some(e) = &s.failed {
+                return Err(e.clone());
+            }
+            self.cv.wait(&mut s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn waiter_wakes_when_unit_lands_and_errors_when_load_fails() {
+        let r = Arc::new(Residency::new(3));
+        let r2 = r.clone();
+        let h = std::thread::spawn(move || r2.wait(1));
+        std::thread::sleep(Duration::from_millis(20));
+        r.mark_resident(1);
+        assert!(h.join().unwrap().unwrap() >= Duration::from_millis(10));
+        assert!(!r.all_resident());
+        let r3 = r.clone();
+        let h = std::thread::spawn(move || r3.wait(2));
+        r.fail("disk gone".into());
+        assert_eq!(h.join().unwrap().unwrap_err(), "disk gone");
+    }
+}

@@ -1,0 +1,209 @@
+//! `layerstream serve`: validate the file, start the loader thread, bind, build the tokenizer,
+//! start the engine, and serve — READY as soon as the embeddings and layer 0 are resident.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::backend::cpu::CpuModel;
+use crate::chat_template::ChatTemplate;
+use crate::config::{default_model, Device, ServeArgs};
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::gguf::GgufFile;
+use crate::load::loader::{self, LoadJob, LoaderOptions};
+use crate::load::plan::LoadPlan;
+use crate::load::progress::{LoadState, Progress};
+use crate::model::ModelSpec;
+use crate::request::Limits;
+use crate::server::callback::{self, ReadyNotice};
+use crate::server::{self, AppState, Runtime};
+use crate::tokenizer::Tokenizer;
+
+/// How long running requests may continue after SIGTERM/SIGINT.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub fn run(args: ServeArgs, started: Instant) -> ExitCode {
+    match start(args, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
+    let path: PathBuf = match &args.model {
+        Some(p) => p.clone(),
+        None if default_model().is_file() => default_model(),
+        None => return Err(format!("no --model given and the default model {} does not exist (run scripts/fetch-test-model)", default_model().display())),
+    };
+    match args.device {
+        Device::Cpu | Device::Auto => {}
+        Device::Cuda => {
+            return Err("--device cuda: this build has no CUDA backend; use --device cpu".into())
+        }
+    }
+    // The whole index is validated before anything else: a bad file never reaches READY.
+    let file = Arc::new(GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let spec = ModelSpec::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plan = LoadPlan::new(&file, &spec);
+    let progress = Arc::new(Progress::new(&plan, started));
+    let model = Arc::new(CpuModel::empty(&spec));
+    let options = LoaderOptions {
+        bandwidth_limit_mb_s: args.load_bandwidth_limit,
+        fail_unit: None,
+    }
+    .with_env_fault();
+    let ctx = args.ctx_size.clamp(1, spec.hp.context);
+    tracing::info!(model = %path.display(), layers = spec.hp.n_layer, bytes = plan.total_bytes(), ctx, "loading");
+    let job = LoadJob {
+        file: file.clone(),
+        spec: spec.clone(),
+        plan,
+        model: model.clone(),
+        progress: progress.clone(),
+        options,
+    };
+    loader::spawn(job).map_err(|e| format!("cannot start the loader thread: {e}"))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("listening on http://{local}");
+        tracing::info!("listening on http://{local}");
+        progress.listener_bound();
+        let state = Arc::new(AppState::new(progress.clone()));
+        let engine = build_runtime(&state, file, model, ctx, args.max_queue).await?;
+        tokio::spawn(announce_ready(
+            progress.clone(),
+            args.callback_url.clone(),
+            args.worker_id.clone(),
+            local,
+        ));
+        server::run(
+            listener,
+            state,
+            shutdown_signal(engine),
+            DRAIN + Duration::from_secs(1),
+        )
+        .await;
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+/// Build the tokenizer and chat template off the async threads, then start the engine.
+async fn build_runtime(
+    state: &Arc<AppState>,
+    file: Arc<GgufFile>,
+    model: Arc<CpuModel>,
+    ctx: usize,
+    max_queue: usize,
+) -> Result<EngineHandle, String> {
+    let built = tokio::task::spawn_blocking(move || {
+        let meta = file.metadata();
+        let tok = Tokenizer::from_metadata(meta).map_err(|e| format!("tokenizer: {e}"))?;
+        let tmpl = ChatTemplate::from_metadata(meta).map_err(|e| format!("chat template: {e}"))?;
+        Ok::<_, String>((tok, tmpl))
+    })
+    .await
+    .map_err(|e| format!("tokenizer task failed: {e}"))?;
+    let (tok, tmpl) = match built {
+        Ok(t) => t,
+        Err(e) => {
+            state.progress.fail(e.clone());
+            return Err(e);
+        }
+    };
+    let tokenizer = Arc::new(tok);
+    let cfg = EngineConfig {
+        model,
+        tokenizer: tokenizer.clone(),
+        ctx_size: ctx,
+        max_queue,
+    };
+    let (engine, _thread) =
+        engine::spawn(cfg).map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    let runtime = Runtime {
+        tokenizer,
+        template: Arc::new(tmpl),
+        engine: engine.clone(),
+        limits: Limits { ctx_size: ctx },
+    };
+    let _ = state.runtime.set(runtime);
+    state.progress.tokenizer_built();
+    Ok(engine)
+}
+
+/// Log READY (and fully resident), and send the ready callback.
+async fn announce_ready(
+    progress: Arc<Progress>,
+    callback_url: Option<String>,
+    worker_id: String,
+    local: SocketAddr,
+) {
+    let mut changes = progress.subscribe();
+    loop {
+        match progress.state() {
+            LoadState::Ready | LoadState::Resident => break,
+            LoadState::Failed => return,
+            LoadState::Loading => {}
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+    let snap = progress.snapshot();
+    let ready_ms = snap.ready_ms.unwrap_or(0.0);
+    tracing::info!(
+        "ready in {ready_ms:.0} ms: embeddings + layer 0 resident ({}/{} units)",
+        snap.units_resident,
+        snap.units_total
+    );
+    if let Some(url) = callback_url {
+        let notice = ReadyNotice {
+            worker_id,
+            uri: format!("http://{local}"),
+            vram_bytes: 0,
+            ready_ms,
+        };
+        callback::notify(&url, &notice).await;
+    }
+}
+
+/// Resolves on SIGINT/SIGTERM, after telling the engine to drain.
+async fn shutdown_signal(engine: EngineHandle) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: refusing new requests, draining for up to {DRAIN:?}");
+    engine.drain.start(Instant::now() + DRAIN);
+}

@@ -1,0 +1,180 @@
+//! `POST /generate`: body → `ValidRequest` → tokens → engine job → JSON or SSE.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::body::{json, sse, sse_event, ResBody};
+use super::error::ApiError;
+use super::state::AppState;
+use crate::engine::{EngineEvent, Finished, Job, SubmitError};
+use crate::generation::{prepare, GenerationError};
+use crate::load::progress::LoadState;
+use crate::request::{ValidRequest, MAX_BODY_BYTES};
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let arrived = Instant::now();
+    match state.progress.state() {
+        LoadState::Loading => return Err(ApiError::Loading),
+        LoadState::Failed => {
+            return Err(ApiError::LoadFailed(
+                state.progress.snapshot().error.unwrap_or_default(),
+            ))
+        }
+        LoadState::Ready | LoadState::Resident => {}
+    }
+    let rt = state.runtime.get().ok_or(ApiError::Loading)?;
+    let body = read_body(req).await?;
+    let mut valid = ValidRequest::parse(&body, rt.limits, crate::cli::clock_seed())
+        .map_err(ApiError::Invalid)?;
+    let (tok, tmpl, limits) = (rt.tokenizer.clone(), rt.template.clone(), rt.limits);
+    let (valid, prompt) = tokio::task::spawn_blocking(move || {
+        prepare(&tok, &tmpl, &mut valid, limits).map(|p| (valid, p))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
+    .map_err(|e| match e {
+        GenerationError::Request(r) => ApiError::Invalid(r),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let id = state.request_id();
+    let stream = valid.stream;
+    let job = Job {
+        id: id.clone(),
+        request: valid,
+        prompt,
+        enqueued: arrived,
+        events: events_tx,
+    };
+    rt.engine.submit(job).map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::QueueFull,
+        SubmitError::ShuttingDown => ApiError::ShuttingDown,
+    })?;
+    if stream {
+        Ok(stream_response(id, events))
+    } else {
+        whole_response(events).await
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            })
+        }
+        Err(e) => Err(ApiError::Invalid(crate::request::RequestError {
+            field: "body".into(),
+            message: format!("could not read the request body: {e}"),
+        })),
+    }
+}
+
+fn timings(f: &Finished) -> Value {
+    let t = &f.generation.timings;
+    json!({
+        "queued_ms": f.queued_ms,
+        "waited_for_load_ms": f.waited_for_load_ms,
+        "prompt_ms": t.prompt_ms,
+        "ttft_ms": f.queued_ms + t.ttft_ms,
+        "decode_tok_per_s": t.decode_tok_per_s,
+        "total_ms": f.queued_ms + t.total_ms,
+    })
+}
+
+/// The JSON document of a finished request (also the `end` event's data).
+fn finished_json(f: &Finished) -> Value {
+    let g = &f.generation;
+    json!({
+        "text": g.text,
+        "token_ids": g.token_ids,
+        "finish_reason": g.finish_reason,
+        "usage": g.usage,
+        "seed": g.seed,
+        "timings": timings(f),
+    })
+}
+
+fn engine_error(code: &str, message: String) -> ApiError {
+    match code {
+        "model_load_failed" => ApiError::LoadFailed(message),
+        "shutting_down" => ApiError::ShuttingDown,
+        _ => ApiError::Internal(message),
+    }
+}
+
+async fn whole_response(
+    mut events: mpsc::UnboundedReceiver<EngineEvent>,
+) -> Result<Response<ResBody>, ApiError> {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
+            EngineEvent::Done(f) => return Ok(json(StatusCode::OK, &finished_json(&f))),
+            EngineEvent::Error { code, message } => return Err(engine_error(code, message)),
+        }
+    }
+    Err(ApiError::Internal("the engine dropped the request".into()))
+}
+
+fn stream_response(
+    id: String,
+    mut events: mpsc::UnboundedReceiver<EngineEvent>,
+) -> Response<ResBody> {
+    let (tx, resp) = sse();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let (frame, last) = match ev {
+                EngineEvent::Started { queued_ms } => (
+                    sse_event("started", &json!({"id": id, "queued_ms": queued_ms})),
+                    false,
+                ),
+                EngineEvent::Token(t) => (sse_event("token", &json!(t)), false),
+                EngineEvent::Done(f) => {
+                    let mut data = finished_json(&f);
+                    data["tail"] = json!(f.generation.tail);
+                    (sse_event("end", &data), true)
+                }
+                EngineEvent::Error { code, message } => (
+                    sse_event("error", &json!({"code": code, "message": message})),
+                    true,
+                ),
+            };
+            // A failed send means the client left: dropping `events` cancels the job.
+            if tx.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+        let lost = json!({"code": "internal", "message": "the engine dropped the request"});
+        let _ = tx.send(sse_event("error", &lost)).await;
+    });
+    resp
+}

@@ -1,0 +1,94 @@
+//! Routing, and the small handlers: `/live`, `/health`, `/ready`, `/load-progress`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::body::{json, sse, sse_event, ResBody};
+use super::error::ApiError;
+use super::generate;
+use super::state::AppState;
+use crate::load::progress::LoadState;
+
+/// Dispatch one request.
+pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+    let path = req.uri().path().to_string();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let result = match path.as_str() {
+        "/live" if get => Ok(json(StatusCode::OK, &json!({"status": "live"}))),
+        "/health" | "/ready" if get => Ok(health(&state)),
+        "/load-progress" if get => Ok(load_progress(&state, &req)),
+        "/generate" if req.method() == Method::POST => generate::handle(state, req).await,
+        "/live" | "/health" | "/ready" | "/load-progress" => {
+            Err(ApiError::MethodNotAllowed { allow: "GET" })
+        }
+        "/generate" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        _ => Err(ApiError::NotFound(path)),
+    };
+    result.unwrap_or_else(|e| e.response())
+}
+
+fn health(state: &AppState) -> Response<ResBody> {
+    let s = state.progress.snapshot();
+    let (status, code) = match s.state {
+        LoadState::Ready | LoadState::Resident => ("ready", StatusCode::OK),
+        LoadState::Loading => ("loading", StatusCode::SERVICE_UNAVAILABLE),
+        LoadState::Failed => ("failed", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let body = json!({
+        "status": status,
+        "state": s.state,
+        "units_resident": s.units_resident,
+        "units_total": s.units_total,
+        "ready_ms": s.ready_ms,
+        "resident_ms": s.resident_ms,
+        "error": s.error,
+    });
+    let mut r = json(code, &body);
+    if code != StatusCode::OK {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn wants_stream(req: &Request<Incoming>) -> bool {
+    let accept = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let query = req.uri().query().unwrap_or("");
+    accept.contains("text/event-stream")
+        || query
+            .split('&')
+            .any(|kv| kv == "stream=true" || kv == "stream=1")
+}
+
+fn load_progress(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<ResBody> {
+    if !wants_stream(req) {
+        return json(StatusCode::OK, &json!(state.progress.snapshot()));
+    }
+    let (tx, resp) = sse();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut changes = state.progress.subscribe();
+        loop {
+            let snap = state.progress.snapshot();
+            let done = matches!(snap.state, LoadState::Resident | LoadState::Failed);
+            if tx.send(sse_event("progress", &json!(snap))).await.is_err() || done {
+                break;
+            }
+            // Coalesce bursts of updates: at most ~20 events per second.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    resp
+}

@@ -1,0 +1,47 @@
+//! What every handler shares: load progress, and — once the tokenizer is built — the runtime that
+//! takes requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::chat_template::ChatTemplate;
+use crate::engine::EngineHandle;
+use crate::load::progress::{LoadState, Progress};
+use crate::request::Limits;
+use crate::tokenizer::Tokenizer;
+
+/// Built after the listener is bound, before READY.
+pub struct Runtime {
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Arc<ChatTemplate>,
+    pub engine: EngineHandle,
+    pub limits: Limits,
+}
+
+pub struct AppState {
+    pub progress: Arc<Progress>,
+    pub runtime: OnceLock<Runtime>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(progress: Arc<Progress>) -> AppState {
+        AppState {
+            progress,
+            runtime: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn request_id(&self) -> String {
+        format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// READY and not failed: the engine may take work.
+    pub fn accepting(&self) -> bool {
+        matches!(
+            self.progress.state(),
+            LoadState::Ready | LoadState::Resident
+        )
+    }
+}
