@@ -1,0 +1,493 @@
+//! The Qwen2 byte-level BPE tokenizer, built from GGUF metadata (`tokenizer.ggml.*`) with the
+//! `tokenizers` crate, and the three ways text becomes ids: a raw prompt (special-token strings are
+//! parsed), plain text (they are not), and a chat rendered by its template (only the template's own
+//! scaffolding yields control tokens). Decoding maps each id to its bytes; `incremental` streams them.
+
+mod incremental;
+mod split;
+
+pub use incremental::IncrementalDecoder;
+
+use std::collections::HashMap;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::chat_template::{ChatMessage, ChatTemplate, TemplateError};
+use crate::gguf::{GgufError, Metadata};
+use split::{AddedTokenMatcher, Segment};
+
+pub const MODEL_KEY: &str = "tokenizer.ggml.model";
+pub const PRE_KEY: &str = "tokenizer.ggml.pre";
+pub const TOKENS_KEY: &str = "tokenizer.ggml.tokens";
+pub const MERGES_KEY: &str = "tokenizer.ggml.merges";
+pub const TOKEN_TYPE_KEY: &str = "tokenizer.ggml.token_type";
+pub const BOS_KEY: &str = "tokenizer.ggml.bos_token_id";
+pub const EOS_KEY: &str = "tokenizer.ggml.eos_token_id";
+pub const EOT_KEY: &str = "tokenizer.ggml.eot_token_id";
+pub const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
+
+/// `tokenizer.ggml.pre` values whose pre-tokenizer is Qwen2's (llama.cpp maps them all to QWEN2).
+pub const QWEN2_PRE_NAMES: &[&str] = &["qwen2", "deepseek-r1-qwen", "megrez"];
+/// Qwen2's split regex (from its `tokenizer.json`).
+pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Token strings that end a turn in Qwen2 chat models, whatever the file names as eos.
+const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>"];
+
+/// GGUF `token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("metadata key '{key}': {source}")]
+    Metadata {
+        key: &'static str,
+        #[source]
+        source: GgufError,
+    },
+    #[error("metadata key '{MODEL_KEY}' is '{0}'; only 'gpt2' (byte-level BPE) is supported")]
+    UnsupportedModel(String),
+    #[error("metadata key '{PRE_KEY}' is '{0}'; expected a Qwen2 pre-tokenizer ({names})", names = QWEN2_PRE_NAMES.join(", "))]
+    UnsupportedPreTokenizer(String),
+    #[error("metadata key '{key}' has {found} entries; expected {expected} (one per token)")]
+    LengthMismatch {
+        key: &'static str,
+        found: usize,
+        expected: usize,
+    },
+    #[error("metadata key '{MERGES_KEY}' entry {index} is '{merge}'; expected two tokens separated by a space")]
+    BadMerge { index: usize, merge: String },
+    #[error("metadata key '{key}' is {id}, outside the vocabulary of {vocab_size} tokens")]
+    SpecialIdOutOfRange {
+        key: &'static str,
+        id: u64,
+        vocab_size: usize,
+    },
+    #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
+    UnknownId { id: u32, vocab_size: usize },
+    #[error("building the BPE tokenizer failed: {0}")]
+    Build(String),
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("the chat template transforms message content, so content holding special-token text cannot be kept plain; remove '{0}' from the messages")]
+    ContentNotIsolated(String),
+}
+
+/// The tokenizer-relevant metadata as plain slices, so tests and tools can build one without a file.
+#[derive(Clone, Copy, Debug)]
+pub struct VocabParts<'a> {
+    pub model: &'a str,
+    pub pre: &'a str,
+    pub tokens: &'a [String],
+    pub merges: &'a [String],
+    pub token_types: &'a [i32],
+    pub bos_id: Option<u64>,
+    pub eos_id: Option<u64>,
+    pub eot_id: Option<u64>,
+    pub add_bos: bool,
+}
+
+pub struct Tokenizer {
+    /// Encodes with special-token strings left as text; control tokens are found by `added` instead.
+    plain: tokenizers::Tokenizer,
+    /// Every added token (control and user-defined), matched leftmost-longest like Hugging Face.
+    added: AddedTokenMatcher,
+    /// Decoded bytes of every token, `bytes[offsets[i]..offsets[i + 1]]`.
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    special: Vec<bool>,
+    eos_ids: Vec<u32>,
+    bos_id: Option<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("eos_ids", &self.eos_ids)
+            .field("bos_id", &self.bos_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn meta_err(key: &'static str) -> impl FnOnce(GgufError) -> TokenizerError {
+    move |source| TokenizerError::Metadata { key, source }
+}
+
+impl Tokenizer {
+    pub fn from_metadata(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
+        let parts = VocabParts {
+            model: meta.str(MODEL_KEY).map_err(meta_err(MODEL_KEY))?,
+            pre: meta
+                .opt_str(PRE_KEY)
+                .map_err(meta_err(PRE_KEY))?
+                .unwrap_or("default"),
+            tokens: meta.strings(TOKENS_KEY).map_err(meta_err(TOKENS_KEY))?,
+            merges: meta.strings(MERGES_KEY).map_err(meta_err(MERGES_KEY))?,
+            token_types: meta
+                .i32s(TOKEN_TYPE_KEY)
+                .map_err(meta_err(TOKEN_TYPE_KEY))?,
+            bos_id: meta.opt_u64(BOS_KEY).map_err(meta_err(BOS_KEY))?,
+            eos_id: meta.opt_u64(EOS_KEY).map_err(meta_err(EOS_KEY))?,
+            eot_id: meta.opt_u64(EOT_KEY).map_err(meta_err(EOT_KEY))?,
+            add_bos: meta
+                .opt_bool(ADD_BOS_KEY)
+                .map_err(meta_err(ADD_BOS_KEY))?
+                .unwrap_or(false),
+        };
+        Tokenizer::from_parts(&parts)
+    }
+
+    pub fn from_parts(parts: &VocabParts<'_>) -> Result<Tokenizer, TokenizerError> {
+        if parts.model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(parts.model.to_owned()));
+        }
+        if !QWEN2_PRE_NAMES.contains(&parts.pre) {
+            return Err(TokenizerError::UnsupportedPreTokenizer(
+                parts.pre.to_owned(),
+            ));
+        }
+        let n = parts.tokens.len();
+        if parts.token_types.len() != n {
+            return Err(TokenizerError::LengthMismatch {
+                key: TOKEN_TYPE_KEY,
+                found: parts.token_types.len(),
+                expected: n,
+            });
+        }
+        let special: Vec<bool> = parts
+            .token_types
+            .iter()
+            .map(|&t| t == TOKEN_TYPE_CONTROL)
+            .collect();
+        let plain = build_bpe(parts)?;
+        let added = AddedTokenMatcher::new(
+            parts
+                .tokens
+                .iter()
+                .zip(parts.token_types)
+                .enumerate()
+                .filter_map(|(id, (text, &ty))| {
+                    let is_added = ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED;
+                    (is_added && !text.is_empty()).then(|| (text.clone(), id as u32))
+                }),
+        );
+        let (bytes, offsets) = token_bytes(parts.tokens);
+        let checked = |key: &'static str, id: Option<u64>| -> Result<Option<u32>, TokenizerError> {
+            match id {
+                None => Ok(None),
+                Some(id) => u32::try_from(id)
+                    .ok()
+                    .filter(|&i| (i as usize) < n)
+                    .map(Some)
+                    .ok_or(TokenizerError::SpecialIdOutOfRange {
+                        key,
+                        id,
+                        vocab_size: n,
+                    }),
+            }
+        };
+        let bos_id = checked(BOS_KEY, parts.bos_id)?;
+        let mut eos_ids: Vec<u32> = Vec::new();
+        let named = TURN_END_TOKENS
+            .iter()
+            .filter_map(|t| parts.tokens.iter().position(|x| x == t).map(|i| i as u32));
+        let listed = [
+            checked(EOS_KEY, parts.eos_id)?,
+            checked(EOT_KEY, parts.eot_id)?,
+        ];
+        for id in listed.into_iter().flatten().chain(named) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        Ok(Tokenizer {
+            plain,
+            added,
+            bytes,
+            offsets,
+            special,
+            eos_ids,
+            bos_id,
+            add_bos: parts.add_bos,
+        })
+    }
+
+    /// Number of token ids (the embedding rows), including control and padding tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.special.len()
+    }
+
+    /// Raw prompt: the caller's whole prompt; special tokens written in it ARE parsed
+    /// (llama-server `/completion`, Hugging Face `encode(text, add_special_tokens=False)`).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_segments(&[Segment::Scaffold(text)])
+    }
+
+    /// Plain text: special-token strings are ordinary text.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoding = self
+            .plain
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Chat: renders the template (add_generation_prompt = true) and tokenizes it so that only the
+    /// template's own scaffolding yields control tokens; message content is tokenized as plain text.
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_chat_with_text(template, messages)
+            .map(|(_, ids)| ids)
+    }
+
+    /// `encode_chat`, also returning the rendered prompt text.
+    pub fn encode_chat_with_text(
+        &self,
+        template: &ChatTemplate,
+        messages: &[ChatMessage],
+    ) -> Result<(String, Vec<u32>), TokenizerError> {
+        let rendered = template.render(messages, true)?;
+        let sentinel_render = template
+            .render(&split::sentinel_messages(messages), true)
+            .ok();
+        let segments = sentinel_render
+            .as_deref()
+            .map(|s| split::segments(s, messages))
+            .filter(|segments| split::reproduces(segments, &rendered));
+        let ids = match segments {
+            Some(segments) => self.encode_segments(&segments)?,
+            None => {
+                // The template reshapes content, so its spans cannot be found in the output. That is
+                // only safe to parse whole when no message holds an added-token string.
+                if let Some(found) = messages.iter().find_map(|m| self.added.find(&m.content, 0)) {
+                    return Err(TokenizerError::ContentNotIsolated(found.text.to_owned()));
+                }
+                self.encode_prompt(&rendered)?
+            }
+        };
+        Ok((rendered, ids))
+    }
+
+    /// Hugging Face's order of work: split on added tokens found in scaffolding, then encode each
+    /// stretch between them as one text (scaffolding and content together), so BPE merges and the
+    /// split regex see exactly what they would see on the whole string.
+    fn encode_segments(&self, segments: &[Segment<'_>]) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        let mut stretch = String::new();
+        for segment in segments {
+            match *segment {
+                Segment::Content(text) => stretch.push_str(text),
+                Segment::Scaffold(text) => {
+                    let mut pos = 0;
+                    while let Some(found) = self.added.find(text, pos) {
+                        stretch.push_str(&text[pos..found.start]);
+                        ids.extend(self.encode_plain(&stretch)?);
+                        stretch.clear();
+                        ids.push(found.id);
+                        pos = found.end;
+                    }
+                    stretch.push_str(&text[pos..]);
+                }
+            }
+        }
+        ids.extend(self.encode_plain(&stretch)?);
+        Ok(ids)
+    }
+
+    /// Text of `ids`, skipping nothing: control tokens appear as their text (`<|im_end|>`).
+    /// Byte sequences that are not UTF-8 become U+FFFD, as in Hugging Face's ByteLevel decoder.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let mut buf = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            buf.extend_from_slice(self.bytes_of(id)?);
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The bytes token `id` decodes to (may be part of a UTF-8 character).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        let i = id as usize;
+        let start = *self.offsets.get(i)?;
+        let end = *self.offsets.get(i + 1)?;
+        self.bytes.get(start..end)
+    }
+
+    fn bytes_of(&self, id: u32) -> Result<&[u8], TokenizerError> {
+        self.token_bytes(id).ok_or(TokenizerError::UnknownId {
+            id,
+            vocab_size: self.vocab_size(),
+        })
+    }
+
+    /// The text token `id` decodes to on its own (lossy where it is part of a character).
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.token_bytes(id)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    /// Ids that end generation: eos, eot, and `<|im_end|>` / `<|endoftext|>` when present; deduped.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// `tokenizer.ggml.add_bos_token` (false for Qwen2).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether `id` is a control token (GGUF token type 3).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Id of a token by its vocabulary string (e.g. `<|im_end|>`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.plain.token_to_id(token)
+    }
+}
+
+/// The `tokenizers` pipeline that reproduces Qwen2's `tokenizer.json` from the GGUF arrays.
+fn build_bpe(parts: &VocabParts<'_>) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
+    let vocab: Vocab = parts
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut merges: Merges = Vec::with_capacity(parts.merges.len());
+    for (index, merge) in parts.merges.iter().enumerate() {
+        match merge.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() => {
+                merges.push((a.to_owned(), b.to_owned()))
+            }
+            _ => {
+                return Err(TokenizerError::BadMerge {
+                    index,
+                    merge: merge.clone(),
+                })
+            }
+        }
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(build)?;
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    let split = Split::new(
+        SplitPattern::Regex(QWEN2_SPLIT_REGEX.to_owned()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(build)?;
+    tok.with_normalizer(Some(NFC)).map_err(build)?;
+    tok.with_pre_tokenizer(Some(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, false, false).into(),
+    ])));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    let mut specials = Vec::new();
+    let mut user_defined = Vec::new();
+    for (text, &ty) in parts.tokens.iter().zip(parts.token_types) {
+        match ty {
+            TOKEN_TYPE_CONTROL => specials.push(AddedToken::from(text.clone(), true)),
+            TOKEN_TYPE_USER_DEFINED => {
+                user_defined.push(AddedToken::from(text.clone(), false).normalized(false))
+            }
+            _ => {}
+        }
+    }
+    tok.add_special_tokens(specials).map_err(build)?;
+    tok.add_tokens(user_defined).map_err(build)?;
+    // Control tokens are matched by `AddedTokenMatcher` only where parsing them is allowed.
+    tok.set_encode_special_tokens(true);
+    Ok(tok)
+}
+
+/// Every token's decoded bytes, laid end to end, by the ByteLevel decoder's rule: each char through
+/// the byte map, or the token's own UTF-8 when any char is outside the map.
+fn token_bytes(tokens: &[String]) -> (Vec<u8>, Vec<usize>) {
+    let char_to_byte: HashMap<char, u8> = byte_level_chars()
+        .into_iter()
+        .map(|(b, c)| (c, b))
+        .collect();
+    let mut bytes = Vec::with_capacity(tokens.len() * 6);
+    let mut offsets = Vec::with_capacity(tokens.len() + 1);
+    offsets.push(0);
+    for token in tokens {
+        let mapped: Option<Vec<u8>> = token
+            .chars()
+            .map(|c| char_to_byte.get(&c).copied())
+            .collect();
+        match mapped {
+            Some(b) => bytes.extend_from_slice(&b),
+            None => bytes.extend_from_slice(token.as_bytes()),
+        }
+        offsets.push(bytes.len());
+    }
+    (bytes, offsets)
+}
+
+/// GPT-2's byte → printable char table used by byte-level BPE.
+fn byte_level_chars() -> Vec<(u8, char)> {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (b, char::from(b))
+            } else {
+                let c = char::from_u32(next).unwrap_or('\u{FFFD}');
+                next += 1;
+                (b, c)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_is_a_bijection_matching_gpt2() {
+        let table = byte_level_chars();
+        let chars: std::collections::HashSet<char> = table.iter().map(|(_, c)| *c).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(table[b' ' as usize].1, 'Ġ');
+        assert_eq!(table[b'\n' as usize].1, 'Ċ');
+        assert_eq!(table[b'a' as usize].1, 'a');
+    }
+
+    #[test]
+    fn every_token_decodes_like_the_tokenizers_byte_level_decoder() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-vocab.gguf");
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let t = Tokenizer::from_metadata(file.metadata()).unwrap();
+        for id in 0..t.vocab_size() as u32 {
+            let reference = t.plain.decode(&[id], false).unwrap();
+            assert_eq!(t.decode(&[id]).unwrap(), reference, "token {id}");
+        }
+    }
+}
