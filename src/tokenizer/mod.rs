@@ -164,6 +164,8 @@ impl Tokenizer {
                 expected: n,
             });
         }
+        let bos_id = checked_id(BOS_KEY, parts.bos_id, n)?;
+        let eos_ids = end_of_sequence_ids(parts)?;
         let special: Vec<bool> = parts
             .token_types
             .iter()
@@ -182,34 +184,6 @@ impl Tokenizer {
                 }),
         );
         let (bytes, offsets) = token_bytes(parts.tokens);
-        let checked = |key: &'static str, id: Option<u64>| -> Result<Option<u32>, TokenizerError> {
-            match id {
-                None => Ok(None),
-                Some(id) => u32::try_from(id)
-                    .ok()
-                    .filter(|&i| (i as usize) < n)
-                    .map(Some)
-                    .ok_or(TokenizerError::SpecialIdOutOfRange {
-                        key,
-                        id,
-                        vocab_size: n,
-                    }),
-            }
-        };
-        let bos_id = checked(BOS_KEY, parts.bos_id)?;
-        let mut eos_ids: Vec<u32> = Vec::new();
-        let named = TURN_END_TOKENS
-            .iter()
-            .filter_map(|t| parts.tokens.iter().position(|x| x == t).map(|i| i as u32));
-        let listed = [
-            checked(EOS_KEY, parts.eos_id)?,
-            checked(EOT_KEY, parts.eot_id)?,
-        ];
-        for id in listed.into_iter().flatten().chain(named) {
-            if !eos_ids.contains(&id) {
-                eos_ids.push(id);
-            }
-        }
         Ok(Tokenizer {
             plain,
             added,
@@ -364,6 +338,43 @@ impl Tokenizer {
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.plain.token_to_id(token)
     }
+}
+
+/// `id` from `key` as a token id, refused when it is outside the vocabulary.
+fn checked_id(
+    key: &'static str,
+    id: Option<u64>,
+    vocab_size: usize,
+) -> Result<Option<u32>, TokenizerError> {
+    let Some(id) = id else { return Ok(None) };
+    u32::try_from(id)
+        .ok()
+        .filter(|&i| (i as usize) < vocab_size)
+        .map(Some)
+        .ok_or(TokenizerError::SpecialIdOutOfRange {
+            key,
+            id,
+            vocab_size,
+        })
+}
+
+/// eos, eot, then the ids of `<|im_end|>` and `<|endoftext|>` when the vocabulary has them; deduped.
+fn end_of_sequence_ids(parts: &VocabParts<'_>) -> Result<Vec<u32>, TokenizerError> {
+    let n = parts.tokens.len();
+    let listed = [
+        checked_id(EOS_KEY, parts.eos_id, n)?,
+        checked_id(EOT_KEY, parts.eot_id, n)?,
+    ];
+    let named = TURN_END_TOKENS
+        .iter()
+        .filter_map(|t| parts.tokens.iter().position(|x| x == t).map(|i| i as u32));
+    let mut ids: Vec<u32> = Vec::new();
+    for id in listed.into_iter().flatten().chain(named) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// The `tokenizers` pipeline that reproduces Qwen2's `tokenizer.json` from the GGUF arrays.
