@@ -5,6 +5,7 @@ pub mod attention;
 pub mod gemm;
 pub mod matrix;
 pub mod ops;
+pub mod pool;
 pub mod qwen2;
 pub mod simd;
 pub mod weights;
@@ -180,15 +181,13 @@ impl CpuSession {
                 vocab: hp.vocab,
             });
         }
-        qwen2::forward(
-            hp,
-            w,
+        let (cache, scratch, logits, len) = (
             &mut self.cache,
-            tokens,
-            self.len,
             &mut self.scratch,
             &mut self.logits,
-        )?;
+            self.len,
+        );
+        pool::pool().install(|| qwen2::forward(hp, w, cache, tokens, len, scratch, logits))?;
         self.len = needed;
         Ok(&self.logits)
     }

@@ -57,7 +57,7 @@ impl Scratch {
 
 /// Read access to the weights of each unit; blocking until the unit is resident is the
 /// implementor's business (the lazy loader gates here).
-pub trait WeightView {
+pub trait WeightView: Sync {
     fn embedding(&self) -> Result<&Matrix, crate::backend::BackendError>;
     fn layer(&self, i: usize) -> Result<&LayerWeights, crate::backend::BackendError>;
     fn head(&self) -> Result<&HeadWeights, crate::backend::BackendError>;
