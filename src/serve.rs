@@ -86,7 +86,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         tracing::info!("listening on http://{local}");
         progress.listener_bound();
         let state = Arc::new(AppState::new(progress.clone()));
-        let engine = build_runtime(&state, file, model, ctx, args.max_queue).await?;
+        let engine = build_runtime(&state, file, model.clone(), ctx, args.max_queue).await?;
         tokio::spawn(announce_ready(
             progress.clone(),
             args.callback_url.clone(),
@@ -96,7 +96,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         server::run(
             listener,
             state,
-            shutdown_signal(engine),
+            shutdown_signal(engine, model),
             DRAIN + Duration::from_secs(1),
         )
         .await;
@@ -185,7 +185,7 @@ async fn announce_ready(
 }
 
 /// Resolves on SIGINT/SIGTERM, after telling the engine to drain.
-async fn shutdown_signal(engine: EngineHandle) {
+async fn shutdown_signal(engine: EngineHandle, model: Arc<CpuModel>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -206,4 +206,9 @@ async fn shutdown_signal(engine: EngineHandle) {
     }
     tracing::info!("shutdown requested: refusing new requests, draining for up to {DRAIN:?}");
     engine.drain.start(Instant::now() + DRAIN);
+    // A request still waiting for a layer at the deadline is ended too.
+    tokio::spawn(async move {
+        tokio::time::sleep(DRAIN).await;
+        model.residency().interrupt();
+    });
 }

@@ -18,4 +18,6 @@ pub enum BackendError {
     ContextFull { needed: usize, capacity: usize },
     #[error("model loading failed: {0}")]
     LoadFailed(String),
+    #[error("interrupted while waiting for the model to load (shutting down)")]
+    Interrupted,
 }

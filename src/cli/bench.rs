@@ -42,7 +42,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     }
     // The first repetition warms caches and the thread pool.
     let (pp, tg) = (median(&prefill[1..]), median(&decode[1..]));
-    let threads = rayon::current_num_threads();
+    let threads = crate::backend::cpu::pool::threads();
     if a.json {
         let j = serde_json::json!({"model": a.model, "threads": threads, "load_ms": load_ms,
             "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "prefill_tok_per_s": pp, "decode_tok_per_s": tg});

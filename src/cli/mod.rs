@@ -142,13 +142,7 @@ pub fn main() -> ExitCode {
     };
     crate::logging::init(format);
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-        {
-            eprintln!("error: cannot set {n} threads: {e}");
-            return ExitCode::from(1);
-        }
+        crate::backend::cpu::pool::set_threads(n);
     }
     match cli.command {
         Command::Serve(a) => crate::serve::run(a, started),

@@ -106,7 +106,11 @@ fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job
         }
         Err(GenerationError::Backend(BackendError::LoadFailed(m))) => EngineEvent::Error {
             code: "model_load_failed",
-            message: format!("model loading failed: {m}"),
+            message: m,
+        },
+        Err(GenerationError::Backend(BackendError::Interrupted)) => EngineEvent::Error {
+            code: "shutting_down",
+            message: "the server shut down while the request waited for the model to load".into(),
         },
         Err(e) => EngineEvent::Error {
             code: "internal",

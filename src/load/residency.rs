@@ -11,6 +11,16 @@ use parking_lot::{Condvar, Mutex};
 struct State {
     resident: Vec<bool>,
     failed: Option<String>,
+    interrupted: bool,
+}
+
+/// Why a wait ended without the unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// The load failed with this error.
+    Failed(String),
+    /// Waiting was interrupted (shutdown).
+    Interrupted,
 }
 
 /// Shared between the loader (writer) and the engine (waiter).
@@ -27,6 +37,7 @@ impl Residency {
             state: Mutex::new(State {
                 resident: vec![false; units],
                 failed: None,
+                interrupted: false,
             }),
             cv: Condvar::new(),
             all: AtomicBool::new(false),
@@ -51,6 +62,12 @@ impl Residency {
         self.cv.notify_all();
     }
 
+    /// Wake every waiter (now and later) with `WaitError::Interrupted`; units keep loading.
+    pub fn interrupt(&self) {
+        self.state.lock().interrupted = true;
+        self.cv.notify_all();
+    }
+
     pub fn all_resident(&self) -> bool {
         self.all.load(Ordering::Acquire)
     }
@@ -71,7 +88,7 @@ impl Residency {
     }
 
     /// Block until `slot` is resident; returns how long it waited, or the load error.
-    pub fn wait(&self, slot: usize) -> Result<Duration, String> {
+    pub fn wait(&self, slot: usize) -> Result<Duration, WaitError> {
         if self.all_resident() {
             return Ok(Duration::ZERO);
         }
@@ -82,7 +99,10 @@ impl Residency {
                 return Ok(t0.elapsed());
             }
             if let Some(e) = &s.failed {
-                return Err(e.clone());
+                return Err(WaitError::Failed(e.clone()));
+            }
+            if s.interrupted {
+                return Err(WaitError::Interrupted);
             }
             self.cv.wait(&mut s);
         }
@@ -106,6 +126,14 @@ mod tests {
         let r3 = r.clone();
         let h = std::thread::spawn(move || r3.wait(2));
         r.fail("disk gone".into());
-        assert_eq!(h.join().unwrap().unwrap_err(), "disk gone");
+        assert_eq!(
+            h.join().unwrap().unwrap_err(),
+            WaitError::Failed("disk gone".into())
+        );
+        let r4 = Arc::new(Residency::new(2));
+        let r5 = r4.clone();
+        let h = std::thread::spawn(move || r5.wait(0));
+        r4.interrupt();
+        assert_eq!(h.join().unwrap().unwrap_err(), WaitError::Interrupted);
     }
 }

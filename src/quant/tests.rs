@@ -207,7 +207,11 @@ fn arbitrary_lengths_are_decoded_or_refused() {
             for len in lengths.clone() {
                 let mut guard = vec![1.5f32; n + 8];
                 let ok = dequantize(ty, &pool[..len], &mut guard[..n]).is_ok();
-                assert!(guard[n..].iter().all(|&x| x == 1.5), "{} n={n} len={len}", ty.name());
+                assert!(
+                    guard[n..].iter().all(|&x| x == 1.5),
+                    "{} n={n} len={len}",
+                    ty.name()
+                );
                 let want_ok = layout(ty).is_some_and(|(b, e)| n % e == 0 && n / e * b == len);
                 assert_eq!(ok, want_ok, "{} n={n} len={len}", ty.name());
                 let mut guard16 = vec![f16::ONE; n + 8];

@@ -163,10 +163,13 @@ fn stream_response(
                     data["tail"] = json!(f.generation.tail);
                     (sse_event("end", &data), true)
                 }
-                EngineEvent::Error { code, message } => (
-                    sse_event("error", &json!({"code": code, "message": message})),
-                    true,
-                ),
+                EngineEvent::Error { code, message } => {
+                    let e = engine_error(code, message);
+                    (
+                        sse_event("error", &json!({"code": e.kind(), "message": e.message()})),
+                        true,
+                    )
+                }
             };
             // A failed send means the client left: dropping `events` cancels the job.
             if tx.send(frame).await.is_err() || last {

@@ -22,7 +22,7 @@ use weights::{HeadWeights, LayerWeights, NoHook, UnitWeights};
 use super::BackendError;
 use crate::gguf::GgufFile;
 use crate::load::plan::{LoadPlan, UnitKind};
-use crate::load::residency::Residency;
+use crate::load::residency::{Residency, WaitError};
 use crate::model::{HParams, ModelError, ModelSpec};
 
 /// Prompt tokens processed per matrix-matrix pass.
@@ -93,7 +93,10 @@ impl CpuModel {
         let waited = self
             .residency
             .wait(LoadPlan::slot(kind, self.hp.n_layer))
-            .map_err(BackendError::LoadFailed)?;
+            .map_err(|e| match e {
+                WaitError::Failed(m) => BackendError::LoadFailed(m),
+                WaitError::Interrupted => BackendError::Interrupted,
+            })?;
         self.waited_ns
             .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         cell.get().ok_or_else(|| {
