@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Golden logits and greedy tokens from Hugging Face transformers' Qwen2ForCausalLM (float32, CPU).
+
+Run from the repository root, with the venv from scripts/golden/setup-venv:
+
+    .venv-golden/bin/python scripts/golden/model.py tiny          # needs target/release/layerstream
+    .venv-golden/bin/python scripts/golden/model.py real [MODEL.gguf]
+    .venv-golden/bin/python scripts/golden/model.py all [MODEL.gguf]
+
+`tiny` writes random-weight models with `layerstream gen-model` into tests/golden/models/ and, for
+each, `<name>.json`: a prompt of token ids, then greedy decode steps fed back one token at a time
+through transformers' KV cache (`use_cache=True`, then `cache=`, 5.24's name for `past_key_values`),
+with the full float32 logits of the last prompt position and of every decode step (read by
+tests/golden_tiny_models.rs).
+
+`real` runs the F16 conversion of Qwen2.5-Coder-0.5B-Instruct (default: the file the test cache
+holds) on chat prompts (rendered by the GGUF's chat template through transformers' tokenizer,
+add_generation_prompt=True) and raw prompts, and writes tests/golden/real-model.json: prompt ids,
+the top-5 (id, logit) at the last prompt position, and the greedy continuation with the top-5 at
+every step (read by tests/golden_real_model.rs).
+
+The model is loaded by transformers' GGUF loader and checked against an independent gguf-py
+reading of the file (config, RoPE, RMSNorm eps, tying, every tensor); see model_load.py for the
+check, the fallback, and the one case the loader gets wrong (vocabulary size without a tokenizer).
+The JSON files are outputs of this script only: regenerate, never edit.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_load  # noqa: E402
+import model_real  # noqa: E402
+from model_util import f32_list, sha256, versions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "tests" / "golden" / "models"
+BINARY = Path(os.environ.get("LAYERSTREAM_BIN", REPO / "target" / "release" / "layerstream"))
+MAX_FILE_BYTES = 1_500_000
+DECODE_STEPS = 6
+PROMPT_LEN = 7
+# A greedy step whose best two logits are closer than this (relative to max |logit|; 5x the
+# tests' 1e-3 tolerance) would make the engine's argmax depend on rounding: such a configuration
+# is rejected, not recorded.
+MIN_TOP2_GAP = 0.005
+
+# name, generator flags, prompt seed. Shapes are chosen to cover: GQA (4/2, 4/1, 5/1), MHA (2/2),
+# tied and untied heads, F32/F16/BF16 weights, rope bases 1e4/1e6/5e5, head dims 8/16/32/48,
+# widths that are not multiples of the SIMD width (hidden 40, ffn 88, vocab 301), 1-3 layers.
+TINY = [
+    ("gqa-f32-untied", ["--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                        "--ffn", "128", "--vocab-size", "512", "--dtype", "f32", "--seed", "11",
+                        "--context", "256", "--rope-base", "10000"], 101),
+    ("tied-f16-gqa4to1", ["--layers", "2", "--hidden", "128", "--heads", "4", "--kv-heads", "1",
+                          "--ffn", "256", "--vocab-size", "640", "--tied", "--dtype", "f16",
+                          "--seed", "22", "--context", "512"], 202),
+    ("mha-bf16-3layers", ["--layers", "3", "--hidden", "96", "--heads", "2", "--kv-heads", "2",
+                          "--ffn", "160", "--vocab-size", "1000", "--dtype", "bf16", "--seed", "33",
+                          "--context", "128", "--rope-base", "500000"], 303),
+    ("odd-f16-5heads", ["--layers", "1", "--hidden", "40", "--heads", "5", "--kv-heads", "1",
+                        "--ffn", "88", "--vocab-size", "301", "--dtype", "f16", "--seed", "44",
+                        "--context", "64", "--rope-base", "10000"], 404),
+]
+
+
+def top2_gap(logits: torch.Tensor) -> float:
+    top = torch.topk(logits, 2).values
+    return float((top[0] - top[1]) / logits.abs().max())
+
+
+@torch.inference_mode()
+def tiny_steps(model, prompt: list) -> list:
+    """Prompt, then DECODE_STEPS greedy tokens fed back through the KV cache."""
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    logits, past, history = out.logits[0, -1], out.cache, list(prompt)
+    steps = [{"input": list(prompt), "logits": logits}]
+    for _ in range(DECODE_STEPS):
+        token = int(torch.argmax(logits))
+        history.append(token)
+        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
+        logits, past = out.logits[0, -1], out.cache
+        steps.append({"input": [token], "logits": logits})
+    # transformers against itself: the cached path must equal one uncached pass over the history.
+    full = model(input_ids=torch.tensor([history]), use_cache=False).logits[0, len(prompt) - 1:]
+    for i, step in enumerate(steps):
+        err = float((full[i] - step["logits"]).abs().max() / step["logits"].abs().max())
+        if err > 1e-5:
+            raise AssertionError(f"transformers cached vs uncached differ at step {i}: {err}")
+    return steps
+
+
+def tiny_one(name: str, flags: list, prompt_seed: int) -> None:
+    gguf_path = MODELS / f"{name}.gguf"
+    subprocess.run([str(BINARY), "gen-model", "--arch", "qwen2", *flags, "--out", str(gguf_path)], check=True)
+    size = gguf_path.stat().st_size
+    if size >= MAX_FILE_BYTES:
+        raise ValueError(f"{gguf_path} is {size} bytes; keep tiny models under {MAX_FILE_BYTES}")
+    loaded = model_load.load_checked(gguf_path)
+    fallback = model_load.build_from_state_dict(model_load.read_file(gguf_path))
+    rng = np.random.default_rng(prompt_seed)
+    prompt = [int(t) for t in rng.integers(0, loaded.hp["vocab"], PROMPT_LEN)]
+    steps = tiny_steps(loaded.model, prompt)
+    # The two ways of building the model must compute the same thing.
+    for i, step in enumerate(tiny_steps(fallback, prompt)):
+        err = float((step["logits"] - steps[i]["logits"]).abs().max() / steps[i]["logits"].abs().max())
+        if err > 1e-5:
+            raise AssertionError(f"{name}: GGUF-loaded and state-dict models differ at step {i}: {err}")
+    records = []
+    for step in steps:
+        gap = top2_gap(step["logits"])
+        if gap < MIN_TOP2_GAP:
+            raise ValueError(f"{name}: top-2 logits only {gap:.2e} apart; pick another seed")
+        argmax = int(torch.argmax(step["logits"]))
+        records.append({"input": step["input"], "argmax": argmax, "top2_gap": round(gap, 6),
+                        "logits": f32_list(step["logits"])})
+    doc = {
+        "generated_by": "scripts/golden/model.py tiny",
+        "versions": versions(),
+        "model_file": gguf_path.name,
+        "model_sha256": sha256(gguf_path),
+        "gen_model_flags": flags,
+        "loader": loaded.loader,
+        "hparams": loaded.hp,
+        "prompt": prompt,
+        "steps": records,
+    }
+    out = MODELS / f"{name}.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"{out.relative_to(REPO)}: {size} B model, {len(records)} steps, loader: {loaded.loader}")
+
+
+def tiny() -> None:
+    if not BINARY.is_file():
+        raise SystemExit(f"{BINARY} is missing: run `cargo build --release` first")
+    MODELS.mkdir(parents=True, exist_ok=True)
+    for name, flags, prompt_seed in TINY:
+        tiny_one(name, flags, prompt_seed)
+
+
+def main(argv: list) -> None:
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    if len(argv) < 2 or argv[1] not in ("tiny", "real", "all"):
+        raise SystemExit(__doc__)
+    if argv[1] in ("tiny", "all"):
+        tiny()
+    if argv[1] in ("real", "all"):
+        model_path = Path(argv[2]) if len(argv) > 2 else model_real.default_model()
+        model_real.run(model_path, REPO / "tests" / "golden" / "real-model.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
