@@ -285,3 +285,41 @@ fn a_file_truncated_under_the_running_server_fails_the_load_without_sigbus() {
     );
     assert!(s.try_exit().is_none(), "the process died (SIGBUS?)");
 }
+
+#[test]
+fn a_bandwidth_limit_that_is_not_a_positive_rate_is_refused_at_startup() {
+    let model = tiny_model();
+    let m = model.to_str().unwrap();
+    for limit in ["0", "-5", "NaN", "inf"] {
+        let flag = format!("--load-bandwidth-limit={limit}");
+        match Server::try_spawn(&["--model", m, &flag], &[]) {
+            Err(exit) => {
+                assert!(!exit.status.success(), "{limit}: exit 0");
+                assert!(exit.status.code().is_some(), "{limit}: {:?}", exit.status);
+                assert!(
+                    exit.stderr.contains("load-bandwidth-limit"),
+                    "{limit}: the error does not name the flag:\n{}",
+                    exit.stderr
+                );
+            }
+            // Serving anyway is acceptable only if the limit is read as "no limit": the load
+            // must then complete, not stall in `loading`.
+            Ok(s) => {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let p = s.get("/load-progress").json();
+                    if p["state"] == "resident" {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "--load-bandwidth-limit {limit}: still {} after 15 s (the loader is gone?); log:\n{}",
+                        p["state"],
+                        s.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}

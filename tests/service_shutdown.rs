@@ -230,3 +230,30 @@ fn a_stream_gated_on_a_slow_load_at_sigterm_ends_with_an_error_event_after_the_d
         .expect("still running after the drain");
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[test]
+fn a_load_progress_watcher_does_not_hold_up_shutdown() {
+    let model = tiny_model();
+    let s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--load-bandwidth-limit",
+            "0.5",
+        ],
+        &[],
+    );
+    let mut sse = s.sse_get("/load-progress", Duration::from_secs(30));
+    assert_eq!(sse.status, 200);
+    let first = sse.next_event().expect("no progress event");
+    assert_eq!(first.data["state"], "loading", "{:?}", first.data);
+    s.terminate();
+    let status = s
+        .wait_exit(Duration::from_secs(5))
+        .expect("an open /load-progress stream kept the process alive 5 s after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The stream was ended properly, not cut inside its body.
+    let rest: Result<Vec<SseEvent>, _> =
+        std::iter::from_fn(|| sse.try_next_event().transpose()).collect();
+    assert!(rest.is_ok(), "the progress stream was cut: {rest:?}");
+}

@@ -122,6 +122,19 @@ impl Server {
     /// Start `layerstream serve --port 0 ARGS…` with extra environment variables and wait until it
     /// prints `listening on http://HOST:PORT` (10 s; fails fast with the log tail if it exits).
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::try_spawn(args, envs).unwrap_or_else(|exit| {
+            panic!(
+                "`serve {}` exited with {} before listening; log tail:\n{}",
+                args.join(" "),
+                exit.status,
+                tail(&exit.stderr, 30)
+            )
+        })
+    }
+
+    /// Like `spawn`, but a process that exits before listening is an answer, not a failure:
+    /// `Err` carries its status and log.
+    pub fn try_spawn(args: &[&str], envs: &[(&str, &str)]) -> Result<Server, Exit> {
         let log_path = next_log_path();
         let log = File::create(&log_path).unwrap();
         let mut cmd = Command::new(binary());
@@ -151,7 +164,11 @@ impl Server {
         server.await_listening(lines, args)
     }
 
-    fn await_listening(mut self, lines: mpsc::Receiver<String>, args: &[&str]) -> Server {
+    fn await_listening(
+        mut self,
+        lines: mpsc::Receiver<String>,
+        args: &[&str],
+    ) -> Result<Server, Exit> {
         let deadline = self.spawned_at + LISTEN_TIMEOUT;
         loop {
             match lines.recv_timeout(Duration::from_millis(50)) {
@@ -159,25 +176,24 @@ impl Server {
                     if let Some(addr) = line.trim().strip_prefix("listening on http://") {
                         self.addr = addr.to_string();
                         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-                        return self;
+                        return Ok(self);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.wait_exit(Duration::from_secs(5));
-                    panic!(
-                        "`serve {}` closed stdout without listening (exit: {status:?}); log tail:\n{}",
-                        args.join(" "),
-                        tail(&self.log(), 30)
-                    );
+                    // Stdout closed: the process is exiting (or closed it, which counts as failing).
+                    let status = self.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
+                        panic!(
+                            "`serve {}` closed stdout without listening and kept running; log tail:\n{}",
+                            args.join(" "),
+                            tail(&self.log(), 30)
+                        )
+                    });
+                    return Err(self.exit_of(status));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if let Some(status) = self.try_exit() {
-                panic!(
-                    "`serve {}` exited with {status} before listening; log tail:\n{}",
-                    args.join(" "),
-                    tail(&self.log(), 30)
-                );
+                return Err(self.exit_of(status));
             }
             assert!(
                 Instant::now() < deadline,
@@ -185,6 +201,14 @@ impl Server {
                 args.join(" "),
                 tail(&self.log(), 30)
             );
+        }
+    }
+
+    fn exit_of(&self, status: ExitStatus) -> Exit {
+        Exit {
+            status,
+            stdout: String::new(),
+            stderr: self.log(),
         }
     }
 
