@@ -135,6 +135,32 @@ fn a_truncated_model_is_refused_before_ready_with_a_named_error() {
 }
 
 #[test]
+fn a_missing_model_or_a_taken_port_is_refused_with_a_named_error() {
+    let missing = harness::artifacts_dir().join("models/does-not-exist.gguf");
+    let m = missing.to_string_lossy();
+    let exit = run_to_exit(&["serve", "--model", &m, "--port", "0"], &[], NO_HANG);
+    assert!(!exit.status.success());
+    assert!(
+        exit.stderr.contains("does-not-exist.gguf"),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stdout.contains("listening on"), "{}", exit.stdout);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let model = tiny_model();
+    let t = model.to_string_lossy();
+    let exit = run_to_exit(&["serve", "--model", &t, "--port", &port], &[], NO_HANG);
+    assert!(!exit.status.success(), "served on a taken port");
+    assert!(
+        exit.stderr.contains(&port) && exit.stderr.contains("bind"),
+        "the error does not name the address: {}",
+        exit.stderr
+    );
+}
+
+#[test]
 fn an_injected_fault_at_layer_1_fails_the_load_without_hanging() {
     let model = tiny_model();
     let s = Server::spawn(

@@ -285,3 +285,33 @@ fn a_request_at_ready_waits_for_the_layers_and_matches_the_resident_answer() {
         "greedy answer differs from the reference: {text:?}"
     );
 }
+
+#[test]
+fn live_answers_as_soon_as_listening_is_printed() {
+    let _one = REAL_MODEL.lock().unwrap_or_else(|e| e.into_inner());
+    let model = harness::tiny_model();
+    // Slow load: nothing is ready, but the process serves HTTP from the moment it says so.
+    let s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--load-bandwidth-limit",
+            "0.5",
+        ],
+        &[],
+    );
+    // Generous for a loopback request; building the tokenizer alone takes longer.
+    let bound = Duration::from_millis(200);
+    let t0 = std::time::Instant::now();
+    let live =
+        harness::request(&s.addr, "GET", "/live", &[], b"", Duration::from_secs(30)).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(live.status, 200);
+    let health = s.get("/health");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert!(
+        took < bound,
+        "/live answered {took:?} after `listening on` was printed (bound {bound:?}): requests wait \
+         unserved during startup"
+    );
+}

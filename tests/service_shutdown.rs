@@ -257,3 +257,27 @@ fn a_load_progress_watcher_does_not_hold_up_shutdown() {
         std::iter::from_fn(|| sse.try_next_event().transpose()).collect();
     assert!(rest.is_ok(), "the progress stream was cut: {rest:?}");
 }
+
+#[test]
+fn sigterm_right_after_listening_exits_0() {
+    let model = tiny_model();
+    // Slow load: the service is still starting (tokenizer, embeddings) when the signal comes.
+    let s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--load-bandwidth-limit",
+            "0.5",
+        ],
+        &[],
+    );
+    s.terminate();
+    let status = s
+        .wait_exit(Duration::from_secs(5))
+        .expect("still running 5 s after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM during startup killed the process instead of shutting it down: {status:?}"
+    );
+}
