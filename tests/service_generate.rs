@@ -290,3 +290,23 @@ fn a_full_queue_answers_429_with_retry_after() {
 fn statuses(rs: &[harness::HttpResponse]) -> Vec<u16> {
     rs.iter().map(|r| r.status).collect()
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let s = spawn_tiny(&["--log-format", "json"]);
+    generate_ok(
+        &s,
+        &json!({"prompt": "hi", "max_tokens": 2, "temperature": 0}),
+    );
+    let line = s.wait_for_log("request done", Duration::from_secs(10));
+    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(done["fields"]["completion_tokens"], 2, "{done}");
+    assert!(done["fields"]["id"].is_string(), "{done}");
+    for line in s.log().lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{v}"
+        );
+    }
+}

@@ -264,3 +264,15 @@ fn generate_before_ready_is_503_with_retry_after_while_live_is_200() {
     assert_eq!(p["state"], "loading", "{p}");
     assert_eq!(p["ready"], false, "{p}");
 }
+
+#[test]
+fn flags_can_come_from_the_environment() {
+    let model = tiny_model();
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap()],
+        &[("LAYERSTREAM_CTX_SIZE", "64")],
+    );
+    s.wait_ready(Duration::from_secs(30));
+    let m = assert_invalid(&s, br#"{"prompt": "a", "max_tokens": 65}"#, "max_tokens");
+    assert!(m.contains("64"), "LAYERSTREAM_CTX_SIZE=64 not applied: {m}");
+}
