@@ -217,7 +217,11 @@ impl Server {
     pub fn wait_ready(&self, timeout: Duration) -> Duration {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = self.try_request("GET", "/health", &[], b"") {
+            // Bounded per poll, so that a server that accepts but never answers still fails on time.
+            let per_poll = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            if let Ok(r) = request(&self.addr, "GET", "/health", &[], b"", per_poll) {
                 if r.status == 200 {
                     return self.spawned_at.elapsed();
                 }
