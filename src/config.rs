@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LAYERSTREAM_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
     /// Throttle the loader to this many MB/s (co-located services; tests).
-    #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT")]
+    #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT", value_parser = positive_rate)]
     pub load_bandwidth_limit: Option<f64>,
     #[arg(
         long,
@@ -65,4 +65,14 @@ pub fn default_model() -> PathBuf {
             PathBuf::from(home).join(".cache/layerstream")
         });
     cache.join("models/qwen2.5-coder-0.5b-instruct-f16.gguf")
+}
+
+/// A finite rate > 0 (MB/s).
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a rate in MB/s; expected a finite number > 0"
+        )),
+    }
 }

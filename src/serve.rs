@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::backend::cpu::CpuModel;
 use crate::chat_template::ChatTemplate;
 use crate::config::{default_model, Device, ServeArgs};
-use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::engine::{self, EngineConfig};
 use crate::gguf::GgufFile;
 use crate::load::loader::{self, LoadJob, LoaderOptions};
 use crate::load::plan::LoadPlan;
@@ -77,6 +78,9 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     rt.block_on(async move {
+        // Signals are caught from the start, so SIGTERM during startup is an orderly exit too.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(watch_signals(stop_tx.clone()));
         let addr = format!("{}:{}", args.host, args.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -85,23 +89,45 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         println!("listening on http://{local}");
         tracing::info!("listening on http://{local}");
         progress.listener_bound();
-        let state = Arc::new(AppState::new(progress.clone()));
-        let engine = build_runtime(&state, file, model.clone(), ctx, args.max_queue).await?;
+        let state = Arc::new(AppState::new(progress.clone(), stop_rx.clone()));
+        // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
+        let startup_error = Arc::new(parking_lot::Mutex::new(None));
+        let build = {
+            let (state, model, err, stop) = (
+                state.clone(),
+                model.clone(),
+                startup_error.clone(),
+                stop_tx.clone(),
+            );
+            async move {
+                if let Err(e) = build_runtime(&state, file, model, ctx, args.max_queue).await {
+                    tracing::error!("{e}");
+                    *err.lock() = Some(e);
+                    let _ = stop.send(true);
+                }
+            }
+        };
+        tokio::spawn(build);
         tokio::spawn(announce_ready(
             progress.clone(),
             args.callback_url.clone(),
             args.worker_id.clone(),
             local,
         ));
+        tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
         server::run(
             listener,
             state,
-            shutdown_signal(engine, model),
+            stopped(stop_rx),
             DRAIN + Duration::from_secs(1),
         )
         .await;
         tracing::info!("shut down");
-        Ok(())
+        let failed = startup_error.lock().take();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     })
 }
 
@@ -112,7 +138,7 @@ async fn build_runtime(
     model: Arc<CpuModel>,
     ctx: usize,
     max_queue: usize,
-) -> Result<EngineHandle, String> {
+) -> Result<(), String> {
     let built = tokio::task::spawn_blocking(move || {
         let meta = file.metadata();
         let tok = Tokenizer::from_metadata(meta).map_err(|e| format!("tokenizer: {e}"))?;
@@ -145,7 +171,7 @@ async fn build_runtime(
     };
     let _ = state.runtime.set(runtime);
     state.progress.tokenizer_built();
-    Ok(engine)
+    Ok(())
 }
 
 /// Log READY (and fully resident), and send the ready callback.
@@ -184,8 +210,8 @@ async fn announce_ready(
     }
 }
 
-/// Resolves on SIGINT/SIGTERM, after telling the engine to drain.
-async fn shutdown_signal(engine: EngineHandle, model: Arc<CpuModel>) {
+/// Flip `stop` on SIGINT/SIGTERM.
+async fn watch_signals(stop: watch::Sender<bool>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -204,11 +230,22 @@ async fn shutdown_signal(engine: EngineHandle, model: Arc<CpuModel>) {
         _ = ctrl_c => {},
         _ = term => {},
     }
+    let _ = stop.send(true);
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// On stop: refuse new work, let running requests go on until the deadline, then end the ones
+/// still waiting for a layer.
+async fn drain_on_stop(state: Arc<AppState>, model: Arc<CpuModel>, stop: watch::Receiver<bool>) {
+    stopped(stop).await;
     tracing::info!("shutdown requested: refusing new requests, draining for up to {DRAIN:?}");
-    engine.drain.start(Instant::now() + DRAIN);
-    // A request still waiting for a layer at the deadline is ended too.
-    tokio::spawn(async move {
-        tokio::time::sleep(DRAIN).await;
-        model.residency().interrupt();
-    });
+    if let Some(rt) = state.runtime.get() {
+        rt.engine.drain.start(Instant::now() + DRAIN);
+    }
+    tokio::time::sleep(DRAIN).await;
+    model.residency().interrupt();
 }

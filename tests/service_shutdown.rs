@@ -101,7 +101,25 @@ fn sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits_0() {
 
 #[test]
 fn a_stream_longer_than_the_drain_window_ends_with_an_error_event_then_exit_0() {
-    let s = spawn_tiny();
+    // A wide LM head (151936 × 256) makes every token read ~78 MB: 4000 tokens take far longer than
+    // the drain window on any CPU, so the stream is still running when the window closes.
+    let wide = gen_model(
+        "wide-head",
+        &[
+            "--layers",
+            "2",
+            "--hidden",
+            "256",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "256",
+        ],
+    );
+    let s = Arc::new(Server::spawn(&["--model", wide.to_str().unwrap()], &[]));
+    s.wait_ready(Duration::from_secs(30));
     let reader = start_stream(&s, 4000);
     let term_at = Instant::now();
     s.terminate();

@@ -50,12 +50,23 @@ pub fn spawn(job: LoadJob) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("loader".into())
         .spawn(move || {
-            if let Err(e) = run(&job) {
-                let msg = e.to_string();
-                tracing::error!("model load failed: {msg}");
-                job.model.residency().fail(msg.clone());
-                job.progress.fail(msg);
-            }
+            // A panic on this thread must still reach waiters and the API as a failed load.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!(
+                    "loader thread panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or(panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown cause")
+                ),
+            };
+            tracing::error!("model load failed: {error}");
+            job.model.residency().fail(error.clone());
+            job.progress.fail(error);
         })
 }
 

@@ -77,16 +77,21 @@ fn load_progress(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Res
     let state = state.clone();
     tokio::spawn(async move {
         let mut changes = state.progress.subscribe();
+        let mut stopping = state.stopping.clone();
         loop {
             let snap = state.progress.snapshot();
             let done = matches!(snap.state, LoadState::Resident | LoadState::Failed);
             if tx.send(sse_event("progress", &json!(snap))).await.is_err() || done {
                 break;
             }
-            // Coalesce bursts of updates: at most ~20 events per second.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if changes.changed().await.is_err() {
-                break;
+            // Coalesce bursts of updates (at most ~20 events per second); end on shutdown.
+            let next = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                changes.changed().await
+            };
+            tokio::select! {
+                changed = next => if changed.is_err() { break },
+                _ = stopping.wait_for(|s| *s) => break,
             }
         }
     });

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::load::progress::{LoadState, Progress};
@@ -20,14 +22,17 @@ pub struct Runtime {
 
 pub struct AppState {
     pub progress: Arc<Progress>,
+    /// Set once the server is stopping; long-lived streams end on it.
+    pub stopping: watch::Receiver<bool>,
     pub runtime: OnceLock<Runtime>,
     next_id: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(progress: Arc<Progress>) -> AppState {
+    pub fn new(progress: Arc<Progress>, stopping: watch::Receiver<bool>) -> AppState {
         AppState {
             progress,
+            stopping,
             runtime: OnceLock::new(),
             next_id: AtomicU64::new(1),
         }

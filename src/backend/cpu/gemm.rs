@@ -1,115 +1,159 @@
 //! Matrix-matrix product for prefill: `Y[t][r] = Σ_k W[r][k] · X[t][k]`.
 //!
-//! Algorithm (BLIS-style): a block of 16 weight rows × `KC` columns is widened to F32 and packed
-//! k-major (`packed[k][16]`), then a 6-token × 16-row register tile is accumulated over the block
-//! with two 8-lane FMAs per token per k. The packed block stays in L1, the token rows in L2, so
-//! the kernel runs near the FMA limit instead of the F16→F32 conversion limit.
+//! Algorithm: a register tile of 3 weight rows × 3 tokens keeps 9 eight-lane accumulators; each
+//! step loads 8 weights of each row once (widening F16 → F32 in registers) and 8 activations of
+//! each token once, and issues 12 FMAs. No packing pass: a 3-row × `KC` slice of W (≤ 3 KiB) stays
+//! in L1 while every token tile of the chunk streams past it from L2. The reduction is split into
+//! `KC`-long blocks so that long rows (the FFN down projection) keep X's working set in L2.
 
-use super::simd::{has_avx2, WeightElem};
+use half::f16;
 
-/// Rows per packed block (two 8-lane registers).
-pub const NR: usize = 16;
-/// Tokens per register tile.
-pub const MR: usize = 6;
-/// Columns (reduction length) per packed block.
+use super::simd::has_avx2;
+
+/// Reduction (column) block length.
 pub const KC: usize = 256;
+/// Tokens per register tile.
+pub const MT: usize = 3;
+/// Weight rows per register tile.
+pub const NR: usize = 3;
 
-/// Pack rows `[r0, r0+nr)` × columns `[k0, k0+kc)` of row-major `w` (row length `k`) into
-/// `out[kk*NR + j]`; rows past `nr` are zero.
-pub fn pack<W: WeightElem>(
-    w: &[W],
-    k: usize,
-    r0: usize,
-    nr: usize,
-    k0: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
-    let mut tmp = [0f32; KC];
-    for j in 0..NR {
-        if j < nr {
-            let row = &w[(r0 + j) * k + k0..(r0 + j) * k + k0 + kc];
-            W::widen(row, &mut tmp[..kc]);
-            for kk in 0..kc {
-                out[kk * NR + j] = tmp[kk];
-            }
-        } else {
-            for kk in 0..kc {
-                out[kk * NR + j] = 0.0;
-            }
-        }
-    }
+/// Weight element types the tile kernels read.
+pub trait GemmElem: super::simd::WeightElem {
+    /// `out[j][t] = Σ_{k<kc} w[j*ldw + k] · x[t*ldx + k]` for `j < NR`, `t < mt`.
+    ///
+    /// # Safety
+    /// `w` must have `NR` readable rows of stride `ldw` with `kc` columns; `x` `mt` rows of stride
+    /// `ldx` with `kc` columns.
+    unsafe fn tile(
+        w: *const Self,
+        ldw: usize,
+        x: *const f32,
+        ldx: usize,
+        kc: usize,
+        mt: usize,
+    ) -> [[f32; MT]; NR];
 }
 
-/// Accumulate `y[t*ldy + j] += Σ_kk packed[kk][j] · x[t*ldx + kk]` for `t < mt`, `j < nr`.
-///
-/// # Safety
-/// `x` must hold `mt` rows of stride `ldx` with `kc` readable columns each; `y` must hold `mt`
-/// rows of stride `ldy` with `nr` writable columns; nobody else may write those `y` elements.
-#[allow(clippy::too_many_arguments)] // the operands of a register-tile kernel
-pub unsafe fn tile(
-    packed: &[f32],
-    kc: usize,
+macro_rules! impl_tile {
+    ($ty:ty, $load:ident) => {
+        impl GemmElem for $ty {
+            unsafe fn tile(
+                w: *const $ty,
+                ldw: usize,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+                mt: usize,
+            ) -> [[f32; MT]; NR] {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() && kc % 8 == 0 {
+                    return x86::$load(w, ldw, x, ldx, kc, mt);
+                }
+                scalar_tile(w, ldw, x, ldx, kc, mt)
+            }
+        }
+    };
+}
+
+impl_tile!(f16, tile_f16);
+impl_tile!(f32, tile_f32);
+
+unsafe fn scalar_tile<W: super::simd::WeightElem>(
+    w: *const W,
+    ldw: usize,
     x: *const f32,
     ldx: usize,
+    kc: usize,
     mt: usize,
-    y: *mut f32,
-    ldy: usize,
-    nr: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && nr == NR {
-        match mt {
-            6 => return x86::tile::<6>(packed, kc, x, ldx, y, ldy),
-            5 => return x86::tile::<5>(packed, kc, x, ldx, y, ldy),
-            4 => return x86::tile::<4>(packed, kc, x, ldx, y, ldy),
-            3 => return x86::tile::<3>(packed, kc, x, ldx, y, ldy),
-            2 => return x86::tile::<2>(packed, kc, x, ldx, y, ldy),
-            1 => return x86::tile::<1>(packed, kc, x, ldx, y, ldy),
-            _ => {}
-        }
-    }
-    for t in 0..mt {
-        for j in 0..nr {
+) -> [[f32; MT]; NR] {
+    let mut out = [[0f32; MT]; NR];
+    for (j, row) in out.iter_mut().enumerate() {
+        for (t, o) in row.iter_mut().enumerate().take(mt) {
             let mut s = 0f32;
-            for kk in 0..kc {
-                s += packed[kk * NR + j] * *x.add(t * ldx + kk);
+            for k in 0..kc {
+                s += (*w.add(j * ldw + k)).to_f32() * *x.add(t * ldx + k);
             }
-            *y.add(t * ldy + j) += s;
+            *o = s;
         }
     }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::NR;
+    use super::{MT, NR};
+    use half::f16;
     use std::arch::x86_64::*;
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const M: usize>(
-        packed: &[f32],
-        kc: usize,
-        x: *const f32,
-        ldx: usize,
-        y: *mut f32,
-        ldy: usize,
-    ) {
-        let mut c0 = [_mm256_setzero_ps(); M];
-        let mut c1 = [_mm256_setzero_ps(); M];
-        let p = packed.as_ptr();
-        for kk in 0..kc.min(packed.len() / NR) {
-            let b0 = _mm256_loadu_ps(p.add(kk * NR));
-            let b1 = _mm256_loadu_ps(p.add(kk * NR + 8));
-            for t in 0..M {
-                let a = _mm256_broadcast_ss(&*x.add(t * ldx + kk));
-                c0[t] = _mm256_fmadd_ps(a, b0, c0[t]);
-                c1[t] = _mm256_fmadd_ps(a, b1, c1[t]);
-            }
-        }
-        for t in 0..M {
-            let yp = y.add(t * ldy);
-            _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), c0[t]));
-            _mm256_storeu_ps(yp.add(8), _mm256_add_ps(_mm256_loadu_ps(yp.add(8)), c1[t]));
-        }
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
+
+    macro_rules! tile_fn {
+        ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
+            /// The 3 × 3 tile with every accumulator a named local: nine accumulators, three
+            /// activation vectors and one weight vector fit the sixteen registers without spills.
+            /// Fewer than 3 tokens reuse token 0's row and drop the extra sums.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(
+                w: *const $ty,
+                ldw: usize,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+                mt: usize,
+            ) -> [[f32; MT]; NR] {
+                let x0 = x;
+                let x1 = if mt > 1 { x.add(ldx) } else { x };
+                let x2 = if mt > 2 { x.add(2 * ldx) } else { x };
+                let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
+                let z = _mm256_setzero_ps();
+                let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (z, z, z, z, z, z);
+                let (mut a20, mut a21, mut a22) = (z, z, z);
+                let mut k = 0;
+                while k < kc {
+                    let v0 = _mm256_loadu_ps(x0.add(k));
+                    let v1 = _mm256_loadu_ps(x1.add(k));
+                    let v2 = _mm256_loadu_ps(x2.add(k));
+                    let wv = $load(w0.add(k));
+                    a00 = _mm256_fmadd_ps(wv, v0, a00);
+                    a01 = _mm256_fmadd_ps(wv, v1, a01);
+                    a02 = _mm256_fmadd_ps(wv, v2, a02);
+                    let wv = $load(w1.add(k));
+                    a10 = _mm256_fmadd_ps(wv, v0, a10);
+                    a11 = _mm256_fmadd_ps(wv, v1, a11);
+                    a12 = _mm256_fmadd_ps(wv, v2, a12);
+                    let wv = $load(w2.add(k));
+                    a20 = _mm256_fmadd_ps(wv, v0, a20);
+                    a21 = _mm256_fmadd_ps(wv, v1, a21);
+                    a22 = _mm256_fmadd_ps(wv, v2, a22);
+                    k += 8;
+                }
+                [
+                    [hsum(a00), hsum(a01), hsum(a02)],
+                    [hsum(a10), hsum(a11), hsum(a12)],
+                    [hsum(a20), hsum(a21), hsum(a22)],
+                ]
+            }
+        };
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    tile_fn!(tile_f16, f16, "avx2,fma,f16c", load_f16);
+    tile_fn!(tile_f32, f32, "avx2,fma", load_f32);
 }

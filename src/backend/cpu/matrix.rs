@@ -4,19 +4,18 @@
 //! Work is split over output rows with rayon; no allocation happens per call (packing buffers
 //! are thread-local and reused).
 
-use std::cell::RefCell;
-
 use half::f16;
 use rayon::prelude::*;
 
-use super::gemm::{self, KC, MR, NR};
+use super::buffer::WeightBuf;
+use super::gemm::{GemmElem, KC, MT, NR};
 use super::simd::WeightElem;
 
 /// Weight storage.
 #[derive(Debug)]
 pub enum MatData {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
+    F16(WeightBuf<f16>),
+    F32(WeightBuf<f32>),
 }
 
 /// A `[rows][cols]` weight matrix.
@@ -86,10 +85,6 @@ fn matvec_impl<W: WeightElem>(w: &[W], cols: usize, x: &[f32], y: &mut [f32]) {
         });
 }
 
-thread_local! {
-    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Raw output pointer shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -97,7 +92,10 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-fn matmul_impl<W: WeightElem>(
+/// Weight rows per rayon task in a matrix-matrix product.
+const MATMUL_ROWS_PER_TASK: usize = 48;
+
+fn matmul_impl<W: GemmElem>(
     w: &[W],
     rows: usize,
     cols: usize,
@@ -108,41 +106,53 @@ fn matmul_impl<W: WeightElem>(
     assert!(x.len() >= n_tok * cols && y.len() >= n_tok * rows && w.len() >= rows * cols);
     y[..n_tok * rows].fill(0.0);
     let out = OutPtr(y.as_mut_ptr());
-    let blocks = rows.div_ceil(NR);
-    (0..blocks).into_par_iter().for_each(|b| {
-        let out = &out; // capture the whole Send wrapper, not its raw field
-        PACK.with(|cell| {
-            let mut packed = cell.borrow_mut();
-            if packed.len() < KC * NR {
-                packed.resize(KC * NR, 0.0);
-            }
-            let r0 = b * NR;
-            let nr = NR.min(rows - r0);
-            let mut k0 = 0;
-            while k0 < cols {
-                let kc = KC.min(cols - k0);
-                gemm::pack(w, cols, r0, nr, k0, kc, &mut packed);
-                let mut t0 = 0;
-                while t0 < n_tok {
-                    let mt = MR.min(n_tok - t0);
-                    // SAFETY: bounds asserted above; this task alone writes columns [r0, r0+nr).
+    let tasks = rows.div_ceil(MATMUL_ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let out = &out;
+        let r_end = ((task + 1) * MATMUL_ROWS_PER_TASK).min(rows);
+        let r_start = task * MATMUL_ROWS_PER_TASK;
+        let mut k0 = 0;
+        while k0 < cols {
+            let kc = KC.min(cols - k0);
+            // The task's W block (≤ 48 rows × KC) stays in L1 while token tiles pass over it.
+            let mut t = 0;
+            while t < n_tok {
+                let mt = MT.min(n_tok - t);
+                let mut r = r_start;
+                while r < r_end {
+                    let nr = NR.min(r_end - r);
+                    // SAFETY: bounds asserted above; this task alone writes columns [r_start, r_end).
                     unsafe {
-                        gemm::tile(
-                            &packed[..kc * NR],
-                            kc,
-                            x.as_ptr().add(t0 * cols + k0),
-                            cols,
-                            mt,
-                            out.0.add(t0 * rows + r0),
-                            rows,
-                            nr,
-                        );
+                        if nr == NR {
+                            let acc = W::tile(
+                                w.as_ptr().add(r * cols + k0),
+                                cols,
+                                x.as_ptr().add(t * cols + k0),
+                                cols,
+                                kc,
+                                mt,
+                            );
+                            for (j, row) in acc.iter().enumerate() {
+                                for (tt, v) in row.iter().enumerate().take(mt) {
+                                    *out.0.add((t + tt) * rows + r + j) += v;
+                                }
+                            }
+                        } else {
+                            for j in 0..nr {
+                                let wr = &w[(r + j) * cols + k0..(r + j) * cols + k0 + kc];
+                                for tt in 0..mt {
+                                    let xr = &x[(t + tt) * cols + k0..(t + tt) * cols + k0 + kc];
+                                    *out.0.add((t + tt) * rows + r + j) += super::simd::dot(wr, xr);
+                                }
+                            }
+                        }
                     }
-                    t0 += mt;
+                    r += nr;
                 }
-                k0 += kc;
+                t += mt;
             }
-        });
+            k0 += kc;
+        }
     });
 }
 
@@ -180,12 +190,17 @@ mod tests {
                 Matrix {
                     rows,
                     cols,
-                    data: MatData::F32(w.clone()),
+                    data: MatData::F32(WeightBuf::from_slice(&w).unwrap()),
                 },
                 Matrix {
                     rows,
                     cols,
-                    data: MatData::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
+                    data: MatData::F16(
+                        WeightBuf::from_slice(
+                            &w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+                        )
+                        .unwrap(),
+                    ),
                 },
             ] {
                 let mut y = vec![f32::NAN; n * rows];
@@ -198,5 +213,38 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    fn gemm_speed_probe() {
+        let (rows, cols, n) = (9728, 896, 64);
+        let w: Vec<f16> = (0..rows * cols)
+            .map(|i| f16::from_f32((i % 7) as f32 * 0.01))
+            .collect();
+        let m = Matrix {
+            rows,
+            cols,
+            data: MatData::F16(WeightBuf::from_slice(&w).unwrap()),
+        };
+        let x = vec![0.5f32; n * cols];
+        let mut y = vec![0f32; n * rows];
+        for _ in 0..2 {
+            m.matmul(&x, n, &mut y);
+        }
+        let t = std::time::Instant::now();
+        let reps = 5;
+        for _ in 0..reps {
+            m.matmul(&x, n, &mut y);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        eprintln!(
+            "gemm {rows}x{cols}x{n}: {:.1} ms, {:.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (rows * cols * n) as f64 / s / 1e9
+        );
     }
 }

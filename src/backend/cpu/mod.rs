@@ -2,6 +2,7 @@
 //! rayon, F32 activations and KV cache. It is the reference the other backends are tested against.
 
 pub mod attention;
+pub mod buffer;
 pub mod gemm;
 pub mod matrix;
 pub mod ops;

@@ -7,6 +7,7 @@
 //! (F32/BF16 sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer
 //! needs fewer parallel products per token. Norms and biases are F32.
 
+use super::buffer::WeightBuf;
 use super::matrix::{MatData, Matrix};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::load::plan::UnitKind;
@@ -131,11 +132,18 @@ fn alloc_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelError> 
         .any(|t| matches!(t.ty, GgmlType::F32 | GgmlType::BF16));
     // Zeroed allocations map fresh pages lazily: reserving the whole model costs no memset.
     let data = if wide {
-        MatData::F32(vec![0.0; rows * cols])
+        MatData::F32(WeightBuf::zeroed(rows * cols).map_err(|e| reserve_err(names, e))?)
     } else {
-        MatData::F16(bytemuck::zeroed_vec(rows * cols))
+        MatData::F16(WeightBuf::zeroed(rows * cols).map_err(|e| reserve_err(names, e))?)
     };
     Ok(Matrix { rows, cols, data })
+}
+
+fn reserve_err(names: &[&str], e: std::io::Error) -> ModelError {
+    ModelError::TensorData {
+        name: names.join("+"),
+        message: format!("cannot reserve memory: {e}"),
+    }
 }
 
 fn fill_stacked(
