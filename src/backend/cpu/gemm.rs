@@ -11,7 +11,7 @@ use half::f16;
 use super::simd::has_avx2;
 
 /// Reduction (column) block length.
-pub const KC: usize = 256;
+pub const KC: usize = 1024;
 /// Tokens per register tile.
 pub const MT: usize = 3;
 /// Weight rows per register tile.

@@ -72,15 +72,8 @@ fn matvec_impl<W: WeightElem>(w: &[W], cols: usize, x: &[f32], y: &mut [f32]) {
         .for_each(|(chunk, out)| {
             let r0 = chunk * MATVEC_ROWS_PER_TASK;
             let row = |r: usize| &w[(r0 + r) * cols..(r0 + r + 1) * cols];
-            let mut r = 0;
-            while r + 4 <= out.len() {
-                let d = W::dot4([row(r), row(r + 1), row(r + 2), row(r + 3)], x);
-                out[r..r + 4].copy_from_slice(&d);
-                r += 4;
-            }
-            while r < out.len() {
-                out[r] = super::simd::dot(row(r), x);
-                r += 1;
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = W::dot1(row(r), x);
             }
         });
 }
@@ -93,7 +86,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Weight rows per rayon task in a matrix-matrix product.
-const MATMUL_ROWS_PER_TASK: usize = 48;
+const MATMUL_ROWS_PER_TASK: usize = 12;
 
 fn matmul_impl<W: GemmElem>(
     w: &[W],
@@ -107,14 +100,17 @@ fn matmul_impl<W: GemmElem>(
     y[..n_tok * rows].fill(0.0);
     let out = OutPtr(y.as_mut_ptr());
     let tasks = rows.div_ceil(MATMUL_ROWS_PER_TASK);
+    // Equal reduction blocks of at most KC columns: long enough that the per-tile horizontal sums
+    // are cheap, short enough that the task's W block and one token tile stay near L1.
+    let block = cols.div_ceil(cols.div_ceil(KC)).next_multiple_of(8);
     (0..tasks).into_par_iter().for_each(|task| {
         let out = &out;
         let r_end = ((task + 1) * MATMUL_ROWS_PER_TASK).min(rows);
         let r_start = task * MATMUL_ROWS_PER_TASK;
         let mut k0 = 0;
         while k0 < cols {
-            let kc = KC.min(cols - k0);
-            // The task's W block (≤ 48 rows × KC) stays in L1 while token tiles pass over it.
+            let kc = block.min(cols - k0);
+            // The task's W block (12 rows × ≤ KC) stays in L1 while token tiles pass over it.
             let mut t = 0;
             while t < n_tok {
                 let mt = MT.min(n_tok - t);
@@ -213,38 +209,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    #[test]
-    fn gemm_speed_probe() {
-        let (rows, cols, n) = (9728, 896, 64);
-        let w: Vec<f16> = (0..rows * cols)
-            .map(|i| f16::from_f32((i % 7) as f32 * 0.01))
-            .collect();
-        let m = Matrix {
-            rows,
-            cols,
-            data: MatData::F16(WeightBuf::from_slice(&w).unwrap()),
-        };
-        let x = vec![0.5f32; n * cols];
-        let mut y = vec![0f32; n * rows];
-        for _ in 0..2 {
-            m.matmul(&x, n, &mut y);
-        }
-        let t = std::time::Instant::now();
-        let reps = 5;
-        for _ in 0..reps {
-            m.matmul(&x, n, &mut y);
-        }
-        let s = t.elapsed().as_secs_f64() / reps as f64;
-        eprintln!(
-            "gemm {rows}x{cols}x{n}: {:.1} ms, {:.1} GFLOP/s",
-            s * 1e3,
-            2.0 * (rows * cols * n) as f64 / s / 1e9
-        );
     }
 }

@@ -28,6 +28,8 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// `out[j] = rows[j] · x` for four rows of `x.len()` elements each.
     fn dot4(rows: [&[Self]; 4], x: &[f32]) -> [f32; 4];
+    /// `row · x` with one sequential stream over the row (decode reads weights in memory order).
+    fn dot1(row: &[Self], x: &[f32]) -> f32;
     /// Convert `src` into `dst` (same length).
     fn widen(src: &[Self], dst: &mut [f32]);
 }
@@ -44,6 +46,14 @@ impl WeightElem for f32 {
             return unsafe { x86::dot4_f32(rows, x) };
         }
         rows.map(|r| dot_scalar(r, x))
+    }
+    fn dot1(row: &[f32], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU features were checked above; lengths are clamped inside.
+            return unsafe { x86::dot1_f32(row, x) };
+        }
+        dot_scalar(row, x)
     }
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -62,6 +72,14 @@ impl WeightElem for f16 {
             return unsafe { x86::dot4_f16(rows, x) };
         }
         rows.map(|r| dot_scalar(r, x))
+    }
+    fn dot1(row: &[f16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU features were checked above; lengths are clamped inside.
+            return unsafe { x86::dot1_f16(row, x) };
+        }
+        dot_scalar(row, x)
     }
     fn widen(src: &[f16], dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
@@ -198,6 +216,53 @@ mod x86 {
         }
         out
     }
+
+    macro_rules! dot1_fn {
+        ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
+            /// Four independent 8-lane accumulators over 32 elements per step.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(row: &[$ty], x: &[f32]) -> f32 {
+                let n = row.len().min(x.len());
+                let main = n / 32 * 32;
+                let (r, xp) = (row.as_ptr(), x.as_ptr());
+                let mut a = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                while i < main {
+                    a[0] = _mm256_fmadd_ps($load(r.add(i)), _mm256_loadu_ps(xp.add(i)), a[0]);
+                    a[1] =
+                        _mm256_fmadd_ps($load(r.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a[1]);
+                    a[2] = _mm256_fmadd_ps(
+                        $load(r.add(i + 16)),
+                        _mm256_loadu_ps(xp.add(i + 16)),
+                        a[2],
+                    );
+                    a[3] = _mm256_fmadd_ps(
+                        $load(r.add(i + 24)),
+                        _mm256_loadu_ps(xp.add(i + 24)),
+                        a[3],
+                    );
+                    i += 32;
+                }
+                let mut s = hsum(_mm256_add_ps(
+                    _mm256_add_ps(a[0], a[1]),
+                    _mm256_add_ps(a[2], a[3]),
+                ));
+                for k in main..n {
+                    s += super::WeightElem::to_f32(*r.add(k)) * x[k];
+                }
+                s
+            }
+        };
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    dot1_fn!(dot1_f16, f16, "avx2,fma,f16c", load_f16);
+    dot1_fn!(dot1_f32, f32, "avx2,fma", load_f32);
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
