@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::ops::softmax;
+use super::simd::WeightElem;
 
 /// One sequence's keys and values for every layer: `[layer][position][kv_dim]`, F32.
 #[derive(Debug)]
@@ -80,7 +81,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], start: usize, s: AttnShape, ou
             scores.clear();
             scores.extend((0..len).map(|p| {
                 let kp = &k[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd];
-                qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale
+                f32::dot1(kp, qh) * scale
             }));
             softmax(&mut scores);
             o.fill(0.0);

@@ -99,14 +99,15 @@ fn matmul_impl<W: GemmElem>(
     assert!(x.len() >= n_tok * cols && y.len() >= n_tok * rows && w.len() >= rows * cols);
     y[..n_tok * rows].fill(0.0);
     let out = OutPtr(y.as_mut_ptr());
-    let tasks = rows.div_ceil(MATMUL_ROWS_PER_TASK);
+    let rpt = MATMUL_ROWS_PER_TASK;
+    let tasks = rows.div_ceil(rpt);
     // Equal reduction blocks of at most KC columns: long enough that the per-tile horizontal sums
     // are cheap, short enough that the task's W block and one token tile stay near L1.
     let block = cols.div_ceil(cols.div_ceil(KC)).next_multiple_of(8);
     (0..tasks).into_par_iter().for_each(|task| {
         let out = &out;
-        let r_end = ((task + 1) * MATMUL_ROWS_PER_TASK).min(rows);
-        let r_start = task * MATMUL_ROWS_PER_TASK;
+        let r_end = ((task + 1) * rpt).min(rows);
+        let r_start = task * rpt;
         let mut k0 = 0;
         while k0 < cols {
             let kc = block.min(cols - k0);

@@ -5,6 +5,8 @@
 //! Prompts are processed in chunks of at most `max_batch` tokens with matrix-matrix products;
 //! decode is the same path with one token. All buffers live in `Scratch`, sized once.
 
+use rayon::prelude::*;
+
 use super::attention::{attention, AttnShape, KvCache};
 use super::matrix::Matrix;
 use super::ops;
@@ -185,10 +187,11 @@ fn mlp_block(hp: &HParams, lw: &LayerWeights, n: usize, s: &mut Scratch) {
     }
     lw.w_gate_up
         .matmul(&s.xn[..n * h], n, &mut s.gu[..n * 2 * f]);
-    for t in 0..n {
-        let row = &s.gu[t * 2 * f..(t + 1) * 2 * f];
-        ops::silu_mul(&row[..f], &row[f..], &mut s.act[t * f..(t + 1) * f]);
-    }
+    // One token per task: a prompt's SwiGLU is n × ffn exponentials.
+    s.act[..n * f]
+        .par_chunks_mut(f)
+        .zip(s.gu[..n * 2 * f].par_chunks(2 * f))
+        .for_each(|(act, row)| ops::silu_mul(&row[..f], &row[f..], act));
     lw.w_down.matmul(&s.act[..n * f], n, &mut s.proj[..n * h]);
     ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
 }
