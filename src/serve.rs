@@ -59,6 +59,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
     let options = LoaderOptions {
         bandwidth_limit_mb_s: args.load_bandwidth_limit,
         fail_unit: None,
+        yield_to_startup: Some(Duration::from_secs(2)),
     }
     .with_env_fault();
     let ctx = args.ctx_size.clamp(1, spec.hp.context);
@@ -80,7 +81,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
     rt.block_on(async move {
         // Signals are caught from the start, so SIGTERM during startup is an orderly exit too.
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(watch_signals(stop_tx.clone()));
+        tokio::spawn(watch_signals(Signals::install()?, stop_tx.clone()));
         let addr = format!("{}:{}", args.host, args.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -210,25 +211,43 @@ async fn announce_ready(
     }
 }
 
-/// Flip `stop` on SIGINT/SIGTERM.
-async fn watch_signals(stop: watch::Sender<bool>) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM handlers, installed before the listener is announced so that a signal
+/// arriving at any point after `listening on` is an orderly shutdown.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+            Ok(Signals { int, term })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+}
+
+/// Flip `stop` on SIGINT/SIGTERM.
+#[allow(unused_mut)]
+async fn watch_signals(mut signals: Signals, stop: watch::Sender<bool>) {
+    #[cfg(unix)]
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = signals.int.recv() => {},
+        _ = signals.term.recv() => {},
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = &signals;
+        let _ = tokio::signal::ctrl_c().await;
     }
     let _ = stop.send(true);
 }

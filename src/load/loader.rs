@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::backend::cpu::weights::{self, ReadHook, UnitWeights};
 use crate::backend::cpu::CpuModel;
 use crate::gguf::GgufFile;
-use crate::load::plan::{LoadPlan, UnitKind};
+use crate::load::plan::{LoadPlan, UnitKind, READY_UNITS};
 use crate::load::progress::Progress;
 use crate::model::{ModelError, ModelSpec};
 
@@ -26,6 +26,9 @@ pub struct LoaderOptions {
     pub bandwidth_limit_mb_s: Option<f64>,
     /// Fail when this unit is reached (from `FAULT_ENV`).
     pub fail_unit: Option<String>,
+    /// After the READY units, pause until the tokenizer is built (at most this long), so that
+    /// on a machine with few cores the bulk copy does not slow the last step before READY.
+    pub yield_to_startup: Option<Duration>,
 }
 
 impl LoaderOptions {
@@ -115,8 +118,10 @@ fn run(job: &LoadJob) -> Result<(), ModelError> {
         reserved.push((u.kind, weights::alloc_unit(&job.file, &job.spec, u.kind)?));
     }
     check_memory(&reserved)?;
-    let t0 = Instant::now();
+    let started = Instant::now();
     let rate = job.options.bandwidth_limit_mb_s.map(|mb| mb * 1e6);
+    // The throttle's budget: bytes read since `t0`.
+    let (mut t0, mut budget_bytes) = (started, 0u64);
     let mut total = 0u64;
     for (slot, ((kind, mut w), unit)) in reserved.into_iter().zip(&job.plan.units).enumerate() {
         let mut hook = Hook {
@@ -126,14 +131,26 @@ fn run(job: &LoadJob) -> Result<(), ModelError> {
             fail_unit: job.options.fail_unit.as_deref(),
             rate,
             t0,
-            bytes: total,
+            bytes: budget_bytes,
         };
         weights::fill_unit(&job.file, kind, &mut w, &mut hook)?;
-        total = hook.bytes;
+        total += hook.bytes - budget_bytes;
+        budget_bytes = hook.bytes;
         job.model.install(kind, w);
         job.progress.unit_resident(slot);
+        if slot + 1 == READY_UNITS {
+            if let Some(limit) = job.options.yield_to_startup {
+                let until = Instant::now() + limit;
+                while !job.progress.is_tokenizer_built() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // The throttle budget restarts: the pause is not bandwidth to catch up on.
+                t0 = Instant::now();
+                budget_bytes = 0;
+            }
+        }
     }
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         "fully resident in {:.0} ms: {} units, {:.1} MB at {:.0} MB/s",
         job.progress.snapshot().resident_ms.unwrap_or(0.0),

@@ -198,6 +198,10 @@ impl Progress {
         });
     }
 
+    pub fn is_tokenizer_built(&self) -> bool {
+        self.inner.lock().tokenizer_built
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
