@@ -1,0 +1,192 @@
+//! The command line through the real binary: `generate` (one request format, JSON or streamed text,
+//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(common::binary())
+        .args(args)
+        .output()
+        .expect("spawn layerstream")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tiny_model() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("tiny-{}.gguf", std::process::id()));
+    let vocab = common::vocab_gguf();
+    let o = run(&[
+        "gen-model",
+        "--layers",
+        "2",
+        "--hidden",
+        "64",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--ffn",
+        "96",
+        "--vocab-from",
+        vocab.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "gen-model failed: {}", text(&o.stderr));
+    out
+}
+
+#[test]
+fn generate_json_on_the_real_model_gives_the_known_greedy_haiku() {
+    let model = common::real_model_f16();
+    let req = r#"{"messages":[{"role":"user","content":"Write a haiku about GPU computing."}],"temperature":0,"max_tokens":40}"#;
+    let o = run(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--request",
+        req,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON document on stdout");
+    assert_eq!(
+        v["text"],
+        "GPU Computing,  \nComputing power,  \nPowerful,  \nComputing power."
+    );
+    assert_eq!(v["finish_reason"], "stop");
+    assert_eq!(
+        v["usage"]["completion_tokens"],
+        v["token_ids"].as_array().unwrap().len()
+    );
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    for key in ["prompt_ms", "ttft_ms", "decode_tok_per_s", "total_ms"] {
+        assert!(v["timings"][key].is_number(), "timings.{key} missing: {v}");
+    }
+}
+
+#[test]
+fn generate_streams_text_and_the_same_seed_repeats_itself() {
+    let model = tiny_model();
+    let m = model.to_str().unwrap();
+    let req = r#"{"prompt":"Once upon a time","temperature":0.9,"seed":11,"max_tokens":12}"#;
+    let a = run(&["generate", "--model", m, "--request", req]);
+    let b = run(&["generate", "--model", m, "--request", req]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(!text(&a.stdout).trim().is_empty());
+    assert_eq!(a.stdout, b.stdout);
+    let json = run(&["generate", "--model", m, "--request", req, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    // Streamed text (plus the trailing newline) is the JSON text.
+    assert_eq!(
+        text(&a.stdout),
+        format!("{}\n", v["text"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn an_invalid_request_exits_2_and_names_the_field() {
+    let model = tiny_model();
+    let cases = [
+        (r#"{"prompt":"x","top_p":2}"#, "top_p"),
+        (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
+        (r#"{"prompt":"x","colour":"red"}"#, "colour"),
+        (r#"{"messages":[{"role":"user"}]}"#, "messages[0].content"),
+        (r#"not json"#, "body"),
+    ];
+    for (req, field) in cases {
+        let o = run(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--request",
+            req,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{req}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(field),
+            "{req}: stderr does not name {field}: {}",
+            text(&o.stderr)
+        );
+    }
+    let o = run(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--ctx-size",
+        "8",
+        "--request",
+        r#"{"prompt":"a b c d e f g h i j","max_tokens":4}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("context"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn tokenize_parses_special_tokens_in_a_raw_prompt() {
+    let vocab = common::vocab_gguf();
+    let o = run(&[
+        "tokenize",
+        "--model",
+        vocab.to_str().unwrap(),
+        "--text",
+        "<|im_start|>user\nHello world",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ids: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids.first(), Some(&151644));
+    assert_eq!(&ids[ids.len() - 2..], &[9707, 1879]);
+}
+
+#[test]
+fn inspect_dumps_header_metadata_and_tensors() {
+    let model = tiny_model();
+    let o = run(&["inspect", "--model", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for needle in [
+        "general.architecture",
+        "qwen2.block_count",
+        "tokenizer.ggml.tokens",
+        "blk.1.ffn_down.weight",
+        "token_embd.weight",
+    ] {
+        assert!(out.contains(needle), "inspect output lacks {needle}");
+    }
+    let bad = run(&["inspect", "--model", "/nonexistent.gguf"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("/nonexistent.gguf"));
+}
+
+#[test]
+fn gen_model_refuses_shapes_that_do_not_divide() {
+    let o = run(&[
+        "gen-model",
+        "--layers",
+        "1",
+        "--hidden",
+        "60",
+        "--heads",
+        "7",
+        "--kv-heads",
+        "1",
+        "--ffn",
+        "8",
+        "--vocab-size",
+        "32",
+        "--out",
+        "/tmp/never.gguf",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("heads 7"), "{}", text(&o.stderr));
+}
