@@ -76,6 +76,28 @@ fn generate_json_on_the_real_model_gives_the_known_greedy_haiku() {
 }
 
 #[test]
+fn the_quantized_file_runs_directly_and_matches_its_f16_conversion() {
+    // Q4_K/Q5_0/Q6_K/Q8_0 tensors are dequantized on load to exactly the F16 values the converter
+    // writes, so greedy output is the same as on the F16 file.
+    let model = common::real_model_q4();
+    let req = r#"{"messages":[{"role":"user","content":"Write a haiku about GPU computing."}],"temperature":0,"max_tokens":40}"#;
+    let o = run(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--request",
+        req,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["text"],
+        "GPU Computing,  \nComputing power,  \nPowerful,  \nComputing power."
+    );
+}
+
+#[test]
 fn generate_streams_text_and_the_same_seed_repeats_itself() {
     let model = tiny_model();
     let m = model.to_str().unwrap();

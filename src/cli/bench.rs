@@ -44,7 +44,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     let (pp, tg) = (median(&prefill[1..]), median(&decode[1..]));
     let threads = crate::backend::cpu::pool::threads();
     if a.json {
-        let j = serde_json::json!({"model": a.model, "threads": threads, "load_ms": load_ms,
+        let j = serde_json::json!({"commit": env!("LAYERSTREAM_COMMIT"), "model": a.model, "threads": threads, "load_ms": load_ms,
             "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "prefill_tok_per_s": pp, "decode_tok_per_s": tg});
         println!("{j}");
     } else {

@@ -16,7 +16,7 @@ use crate::model::random::WeightDtype;
 #[derive(Parser, Debug)]
 #[command(
     name = "layerstream",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LAYERSTREAM_COMMIT"), ")"),
     about = "Qwen2 GGUF inference, ready as soon as layer 0 is resident"
 )]
 pub struct Cli {
