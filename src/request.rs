@@ -28,6 +28,14 @@ const FIELDS: [&str; 11] = [
     "stream",
 ];
 
+/// A seed for requests that don't give one (nanoseconds of the wall clock).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// A request that failed validation; `field` is the JSON path of the offending value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::{fail, GenerateArgs};
 use crate::generation::{generate, prepare, GenerationError};
 use crate::loaded::LoadedModel;
-use crate::request::{Limits, ValidRequest};
+use crate::request::{clock_seed, Limits, ValidRequest};
 
 /// Exit code for a request that failed validation.
 const INVALID_REQUEST: u8 = 2;
@@ -56,12 +56,4 @@ pub fn run(a: GenerateArgs) -> ExitCode {
 fn invalid(field: &str, message: &str) -> ExitCode {
     eprintln!("invalid request: {field}: {message}");
     ExitCode::from(INVALID_REQUEST)
-}
-
-/// A seed for requests that don't give one.
-pub fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }

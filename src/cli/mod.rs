@@ -4,8 +4,6 @@ mod bench;
 mod generate;
 mod tools;
 
-pub use generate::clock_seed;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

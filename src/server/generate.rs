@@ -35,7 +35,7 @@ pub async fn handle(
     }
     let rt = state.runtime.get().ok_or(ApiError::Loading)?;
     let body = read_body(req).await?;
-    let mut valid = ValidRequest::parse(&body, rt.limits, crate::cli::clock_seed())
+    let mut valid = ValidRequest::parse(&body, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
     let (tok, tmpl, limits) = (rt.tokenizer.clone(), rt.template.clone(), rt.limits);
     let (valid, prompt) = tokio::task::spawn_blocking(move || {
