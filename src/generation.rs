@@ -86,11 +86,16 @@ pub fn prepare(
     req: &mut ValidRequest,
     limits: Limits,
 ) -> Result<Vec<u32>, GenerationError> {
-    let ids = match &req.input {
-        Input::Prompt(p) => tok.encode_prompt(p),
-        Input::Messages(m) => tok.encode_chat(tmpl, m),
-    }
-    .map_err(|e| GenerationError::Tokenize(e.to_string()))?;
+    // The input is the client's: a template that raises, or content the tokenizer refuses, is a
+    // bad request, not a server fault.
+    let (ids, field) = match &req.input {
+        Input::Prompt(p) => (tok.encode_prompt(p), "prompt"),
+        Input::Messages(m) => (tok.encode_chat(tmpl, m), "messages"),
+    };
+    let ids = ids.map_err(|e| RequestError {
+        field: field.into(),
+        message: format!("{field} cannot be tokenized: {e}"),
+    })?;
     req.fit_context(ids.len(), limits)?;
     Ok(ids)
 }
@@ -114,7 +119,10 @@ pub fn generate(
     let mut finish = FinishReason::Length;
     let mut ttft_ms = 0.0;
     let t_decode = Instant::now();
+    // Embedding rows past the tokenizer's vocabulary (padding) can never be sampled.
+    let n_text = tok.vocab_size().min(logits.len());
     while token_ids.len() < req.max_tokens {
+        logits[n_text..].fill(f32::NEG_INFINITY);
         let id = sampler.sample(&mut logits, &history);
         if token_ids.is_empty() {
             ttft_ms = ms(t0);

@@ -58,6 +58,16 @@ impl LoadedModel {
                 path: p.clone(),
                 message: e.to_string(),
             })?;
+        if tokenizer.vocab_size() > spec.hp.vocab {
+            return Err(OpenError::Tokenizer {
+                path: p,
+                message: format!(
+                    "the tokenizer has {} tokens but token_embd.weight only {} rows",
+                    tokenizer.vocab_size(),
+                    spec.hp.vocab
+                ),
+            });
+        }
         let cpu =
             CpuModel::load(&file, &spec).map_err(|source| OpenError::Model { path: p, source })?;
         Ok(LoadedModel {

@@ -28,11 +28,12 @@ const FIELDS: [&str; 11] = [
     "stream",
 ];
 
-/// A seed for requests that don't give one (nanoseconds of the wall clock).
+/// A seed for requests that don't give one: nanoseconds of the wall clock, kept to 53 bits so that
+/// the seed a JSON client reads back (often as a double) replays the same output.
 pub fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| d.as_nanos() as u64 & ((1 << 53) - 1))
         .unwrap_or(0)
 }
 

@@ -60,7 +60,8 @@ impl Sampler {
     /// prompt and the tokens generated so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.penalize(logits, history);
-        if self.params.temperature <= 0.0 {
+        // Below this, 1/temperature overflows and every draw would be the top token anyway.
+        if self.params.temperature < 1e-4 {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.params.temperature;

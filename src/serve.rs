@@ -83,7 +83,8 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(watch_signals(Signals::install()?, stop_tx.clone()));
         let addr = format!("{}:{}", args.host, args.port);
-        let listener = TcpListener::bind(&addr)
+        // (host, port) rather than "host:port", so an IPv6 host such as ::1 binds too.
+        let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
             .map_err(|e| format!("cannot bind {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -103,6 +104,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             async move {
                 if let Err(e) = build_runtime(&state, file, model, ctx, args.max_queue).await {
                     tracing::error!("{e}");
+                    state.progress.fail(e.clone());
                     *err.lock() = Some(e);
                     let _ = stop.send(true);
                 }
@@ -148,13 +150,14 @@ async fn build_runtime(
     })
     .await
     .map_err(|e| format!("tokenizer task failed: {e}"))?;
-    let (tok, tmpl) = match built {
-        Ok(t) => t,
-        Err(e) => {
-            state.progress.fail(e.clone());
-            return Err(e);
-        }
-    };
+    let (tok, tmpl) = built?;
+    if tok.vocab_size() > model.hp.vocab {
+        return Err(format!(
+            "the tokenizer has {} tokens but token_embd.weight only {} rows",
+            tok.vocab_size(),
+            model.hp.vocab
+        ));
+    }
     let tokenizer = Arc::new(tok);
     let cfg = EngineConfig {
         model,

@@ -34,14 +34,37 @@ pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::J
     Ok((handle, thread))
 }
 
+/// Prompt tokens evaluated between checks for a departed client or the drain deadline.
+const PROMPT_CHUNK: usize = 64;
+
 struct Eval<'a> {
     model: &'a CpuModel,
     session: &'a mut CpuSession,
+    /// True when the job should stop (client gone, or shutdown deadline passed).
+    stop: &'a dyn Fn() -> bool,
 }
 
 impl Evaluator for Eval<'_> {
     fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError> {
-        self.session.eval(&self.model.hp, self.model, tokens)
+        // A long prompt is fed in chunks so that a departed client or the shutdown deadline is
+        // noticed within one chunk, not after the whole prompt.
+        let (head, last) = tokens.split_at(
+            tokens
+                .len()
+                .saturating_sub(PROMPT_CHUNK)
+                .next_multiple_of(PROMPT_CHUNK)
+                .min(tokens.len()),
+        );
+        for chunk in head.chunks(PROMPT_CHUNK) {
+            if (self.stop)() {
+                return Err(BackendError::Interrupted);
+            }
+            self.session.eval(&self.model.hp, self.model, chunk)?;
+        }
+        if (self.stop)() {
+            return Err(BackendError::Interrupted);
+        }
+        self.session.eval(&self.model.hp, self.model, last)
     }
 }
 
@@ -58,7 +81,24 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
             });
             continue;
         }
-        run_job(&cfg, &mut session, &drain, job);
+        // A panic in one request must not take the engine down for every later request.
+        let events = job.events.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_job(&cfg, &mut session, &drain, job)
+        }));
+        if let Err(panic) = outcome {
+            let cause = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or(panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown cause");
+            tracing::error!("request failed with an internal error: {cause}");
+            let _ = events.send(EngineEvent::Error {
+                code: "internal",
+                message: format!("internal error: {cause}"),
+            });
+            session = CpuSession::new(&cfg.model.hp, cfg.ctx_size, DEFAULT_MAX_BATCH);
+        }
     }
 }
 
@@ -69,9 +109,11 @@ fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job
     cfg.model.take_waited();
     let t0 = Instant::now();
     let mut shutdown = false;
+    let stop = || job.events.is_closed() || drain.past_deadline();
     let mut eval = Eval {
         model: &cfg.model,
         session,
+        stop: &stop,
     };
     let result = generation::generate(&mut eval, &cfg.tokenizer, &job.prompt, &job.request, |ev| {
         if drain.past_deadline() {
@@ -81,6 +123,14 @@ fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job
         job.events.send(EngineEvent::Token(ev.clone())).is_ok()
     });
     let waited_for_load_ms = cfg.model.take_waited().as_secs_f64() * 1e3;
+    let interrupted = matches!(
+        result,
+        Err(GenerationError::Backend(BackendError::Interrupted))
+    );
+    if interrupted && job.events.is_closed() {
+        tracing::info!(id = %job.id, "request cancelled during the prompt: client disconnected");
+        return;
+    }
     let event = match result {
         Ok(_) if shutdown => EngineEvent::Error {
             code: "shutting_down",
@@ -110,7 +160,7 @@ fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job
         },
         Err(GenerationError::Backend(BackendError::Interrupted)) => EngineEvent::Error {
             code: "shutting_down",
-            message: "the server shut down while the request waited for the model to load".into(),
+            message: "the server shut down before the request finished".into(),
         },
         Err(e) => EngineEvent::Error {
             code: "internal",

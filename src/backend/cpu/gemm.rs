@@ -2,7 +2,7 @@
 //!
 //! Algorithm: a register tile of 3 weight rows × 3 tokens keeps 9 eight-lane accumulators; each
 //! step loads 8 weights of each row once (widening F16 → F32 in registers) and 8 activations of
-//! each token once, and issues 12 FMAs. No packing pass: a 3-row × `KC` slice of W (≤ 3 KiB) stays
+//! each token once, and issues 12 FMAs. No packing pass: each task's 12-row × `KC` block of W (≤ 24 KiB in F16) stays
 //! in L1 while every token tile of the chunk streams past it from L2. The reduction is split into
 //! `KC`-long blocks so that long rows (the FFN down projection) keep X's working set in L2.
 

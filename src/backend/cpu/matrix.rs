@@ -1,8 +1,7 @@
 //! A weight matrix in the CPU backend's compute layout, and its parallel products.
 //!
 //! Row-major `[rows][cols]` (a GGUF tensor with dims `[cols, rows]` as stored), F16 or F32.
-//! Work is split over output rows with rayon; no allocation happens per call (packing buffers
-//! are thread-local and reused).
+//! Work is split over output rows with rayon; no allocation happens per call.
 
 use half::f16;
 use rayon::prelude::*;

@@ -1,7 +1,8 @@
 //! Dot-product kernels over F16 or F32 weight rows with F32 activations.
 //!
 //! AVX2 + FMA + F16C where the CPU has them (checked once at runtime), a portable scalar loop
-//! otherwise. Four weight rows share each activation load, since decode is bound by memory traffic.
+//! otherwise. Decode reads each weight row as one sequential stream (`dot1`): it is bound by memory
+//! traffic, and a single stream is what the hardware prefetcher follows best.
 
 use half::f16;
 use std::sync::OnceLock;
@@ -109,7 +110,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// One row's dot product (used for row tails and as the portable path).
 pub fn dot<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
-    W::dot4([row, row, row, row], x)[0]
+    W::dot1(row, x)
 }
 
 fn dot_scalar<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
