@@ -84,6 +84,12 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Whether a submit would be refused now (checked before tokenizing, so a flood of requests
+    /// gets cheap 429s instead of taking CPU from the engine).
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         if self.drain.is_draining() {
             return Err(SubmitError::ShuttingDown);

@@ -55,13 +55,14 @@ impl Evaluator for Eval<'_> {
                 .next_multiple_of(PROMPT_CHUNK)
                 .min(tokens.len()),
         );
+        // Decode steps (one token) are checked by the token callback instead.
         for chunk in head.chunks(PROMPT_CHUNK) {
             if (self.stop)() {
                 return Err(BackendError::Interrupted);
             }
             self.session.eval(&self.model.hp, self.model, chunk)?;
         }
-        if (self.stop)() {
+        if !head.is_empty() && (self.stop)() {
             return Err(BackendError::Interrupted);
         }
         self.session.eval(&self.model.hp, self.model, last)

@@ -34,6 +34,9 @@ pub async fn handle(
         LoadState::Ready | LoadState::Resident => {}
     }
     let rt = state.runtime.get().ok_or(ApiError::Loading)?;
+    if rt.engine.is_full() {
+        return Err(ApiError::QueueFull);
+    }
     let body = read_body(req).await?;
     let mut valid = ValidRequest::parse(&body, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
