@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Identifier reported to the ready callback.
     #[arg(long, env = "LAYERSTREAM_WORKER_ID", default_value = "layerstream")]
     pub worker_id: String,
+    /// The `uri` the ready callback reports (default: `http://` + the bound address; set it when
+    /// binding 0.0.0.0 or behind NAT, where the bound address is not what callers use).
+    #[arg(long, env = "LAYERSTREAM_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// POST `{worker_id, uri, vram_bytes, ready_ms}` here once ready (http only).
     #[arg(long, env = "LAYERSTREAM_CALLBACK_URL")]
     pub callback_url: Option<String>,

@@ -111,11 +111,12 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             }
         };
         tokio::spawn(build);
+        let advertised = advertised_uri(args.advertise_url.as_deref(), local);
         tokio::spawn(announce_ready(
             progress.clone(),
             args.callback_url.clone(),
             args.worker_id.clone(),
-            local,
+            advertised,
         ));
         tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
         server::run(
@@ -178,12 +179,24 @@ async fn build_runtime(
     Ok(())
 }
 
+/// The `uri` the callback reports: the configured one, else the bound address (with a warning
+/// when that is a wildcard address nobody can connect to).
+fn advertised_uri(configured: Option<&str>, local: SocketAddr) -> String {
+    if let Some(u) = configured {
+        return u.to_string();
+    }
+    if local.ip().is_unspecified() {
+        tracing::warn!("bound to {local}: the ready callback will report it as is; set --advertise-url to the address callers use");
+    }
+    format!("http://{local}")
+}
+
 /// Log READY (and fully resident), and send the ready callback.
 async fn announce_ready(
     progress: Arc<Progress>,
     callback_url: Option<String>,
     worker_id: String,
-    local: SocketAddr,
+    uri: String,
 ) {
     let mut changes = progress.subscribe();
     loop {
@@ -206,7 +219,7 @@ async fn announce_ready(
     if let Some(url) = callback_url {
         let notice = ReadyNotice {
             worker_id,
-            uri: format!("http://{local}"),
+            uri,
             vram_bytes: 0,
             ready_ms,
         };

@@ -190,3 +190,27 @@ fn a_callback_nobody_listens_on_does_not_stop_the_server() {
     s2.wait_for_log("--callback-url", Duration::from_secs(10));
     assert_eq!(s2.get("/health").status, 200);
 }
+
+#[test]
+fn the_callback_reports_the_advertised_url_when_one_is_set() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/ready", listener.local_addr().unwrap());
+    let model = tiny_model();
+    let _s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--callback-url",
+            &url,
+            "--advertise-url",
+            "http://worker-7.internal:9000",
+        ],
+        &[],
+    );
+    let got = accept_one(&listener, Duration::from_secs(30), 200).expect("no callback within 30 s");
+    assert_eq!(
+        got.body["uri"], "http://worker-7.internal:9000",
+        "{}",
+        got.body
+    );
+}
