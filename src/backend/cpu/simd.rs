@@ -27,8 +27,6 @@ pub fn has_avx2() -> bool {
 /// A weight element type the kernels read.
 pub trait WeightElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
-    /// `out[j] = rows[j] · x` for four rows of `x.len()` elements each.
-    fn dot4(rows: [&[Self]; 4], x: &[f32]) -> [f32; 4];
     /// `row · x` with one sequential stream over the row (decode reads weights in memory order).
     fn dot1(row: &[Self], x: &[f32]) -> f32;
     /// Convert `src` into `dst` (same length).
@@ -39,14 +37,6 @@ impl WeightElem for f32 {
     #[inline]
     fn to_f32(self) -> f32 {
         self
-    }
-    fn dot4(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU features were checked above; slices are bounds-checked inside.
-            return unsafe { x86::dot4_f32(rows, x) };
-        }
-        rows.map(|r| dot_scalar(r, x))
     }
     fn dot1(row: &[f32], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -65,14 +55,6 @@ impl WeightElem for f16 {
     #[inline]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
-    }
-    fn dot4(rows: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU features were checked above; slices are bounds-checked inside.
-            return unsafe { x86::dot4_f16(rows, x) };
-        }
-        rows.map(|r| dot_scalar(r, x))
     }
     fn dot1(row: &[f16], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -149,86 +131,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_f16(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4_f16(rows: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
-        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
-        let main = n / 16 * 16;
-        let (r0, r1, r2, r3) = (
-            rows[0].as_ptr(),
-            rows[1].as_ptr(),
-            rows[2].as_ptr(),
-            rows[3].as_ptr(),
-        );
-        let xp = x.as_ptr();
-        let mut a = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i < main {
-            let x0 = _mm256_loadu_ps(xp.add(i));
-            let x1 = _mm256_loadu_ps(xp.add(i + 8));
-            a[0] = _mm256_fmadd_ps(load_f16(r0.add(i)), x0, a[0]);
-            a[1] = _mm256_fmadd_ps(load_f16(r1.add(i)), x0, a[1]);
-            a[2] = _mm256_fmadd_ps(load_f16(r2.add(i)), x0, a[2]);
-            a[3] = _mm256_fmadd_ps(load_f16(r3.add(i)), x0, a[3]);
-            a[4] = _mm256_fmadd_ps(load_f16(r0.add(i + 8)), x1, a[4]);
-            a[5] = _mm256_fmadd_ps(load_f16(r1.add(i + 8)), x1, a[5]);
-            a[6] = _mm256_fmadd_ps(load_f16(r2.add(i + 8)), x1, a[6]);
-            a[7] = _mm256_fmadd_ps(load_f16(r3.add(i + 8)), x1, a[7]);
-            i += 16;
-        }
-        let mut out = [
-            hsum(_mm256_add_ps(a[0], a[4])),
-            hsum(_mm256_add_ps(a[1], a[5])),
-            hsum(_mm256_add_ps(a[2], a[6])),
-            hsum(_mm256_add_ps(a[3], a[7])),
-        ];
-        for (j, o) in out.iter_mut().enumerate() {
-            for k in main..n {
-                *o += rows[j][k].to_f32() * x[k];
-            }
-        }
-        out
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
-        let main = n / 16 * 16;
-        let (r0, r1, r2, r3) = (
-            rows[0].as_ptr(),
-            rows[1].as_ptr(),
-            rows[2].as_ptr(),
-            rows[3].as_ptr(),
-        );
-        let xp = x.as_ptr();
-        let mut a = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i < main {
-            let x0 = _mm256_loadu_ps(xp.add(i));
-            let x1 = _mm256_loadu_ps(xp.add(i + 8));
-            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), x0, a[0]);
-            a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i)), x0, a[1]);
-            a[2] = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i)), x0, a[2]);
-            a[3] = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i)), x0, a[3]);
-            a[4] = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i + 8)), x1, a[4]);
-            a[5] = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i + 8)), x1, a[5]);
-            a[6] = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i + 8)), x1, a[6]);
-            a[7] = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i + 8)), x1, a[7]);
-            i += 16;
-        }
-        let mut out = [
-            hsum(_mm256_add_ps(a[0], a[4])),
-            hsum(_mm256_add_ps(a[1], a[5])),
-            hsum(_mm256_add_ps(a[2], a[6])),
-            hsum(_mm256_add_ps(a[3], a[7])),
-        ];
-        for (j, o) in out.iter_mut().enumerate() {
-            for k in main..n {
-                *o += rows[j][k] * x[k];
-            }
-        }
-        out
     }
 
     macro_rules! dot1_fn {
@@ -367,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn dot4_matches_scalar_for_f16_and_f32_with_tails() {
+    fn dot1_matches_scalar_for_f16_and_f32_with_tails() {
         for n in [1usize, 7, 16, 33, 896] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
             let rows: Vec<Vec<f32>> = (0..4)
@@ -381,8 +283,8 @@ mod tests {
                 .iter()
                 .map(|r| r.iter().map(|&v| f16::from_f32(v)).collect())
                 .collect();
-            let got32 = f32::dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
-            let got16 = f16::dot4([&rows16[0], &rows16[1], &rows16[2], &rows16[3]], &x);
+            let got32: Vec<f32> = rows.iter().map(|r| f32::dot1(r, &x)).collect();
+            let got16: Vec<f32> = rows16.iter().map(|r| f16::dot1(r, &x)).collect();
             for j in 0..4 {
                 let want32: f32 = rows[j].iter().zip(&x).map(|(a, b)| a * b).sum();
                 let want16: f32 = rows16[j].iter().zip(&x).map(|(a, b)| a.to_f32() * b).sum();
