@@ -22,17 +22,6 @@ pub enum LoadState {
     Failed,
 }
 
-impl LoadState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoadState::Loading => "loading",
-            LoadState::Ready => "ready",
-            LoadState::Resident => "resident",
-            LoadState::Failed => "failed",
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct UnitSnapshot {
     pub name: String,

@@ -72,21 +72,6 @@ impl Residency {
         self.all.load(Ordering::Acquire)
     }
 
-    pub fn is_resident(&self, slot: usize) -> bool {
-        self.all_resident()
-            || self
-                .state
-                .lock()
-                .resident
-                .get(slot)
-                .copied()
-                .unwrap_or(false)
-    }
-
-    pub fn failure(&self) -> Option<String> {
-        self.state.lock().failed.clone()
-    }
-
     /// Block until `slot` is resident; returns how long it waited, or the load error.
     pub fn wait(&self, slot: usize) -> Result<Duration, WaitError> {
         if self.all_resident() {

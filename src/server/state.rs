@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
-use crate::load::progress::{LoadState, Progress};
+use crate::load::progress::Progress;
 use crate::request::Limits;
 use crate::tokenizer::Tokenizer;
 
@@ -40,13 +40,5 @@ impl AppState {
 
     pub fn request_id(&self) -> String {
         format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// READY and not failed: the engine may take work.
-    pub fn accepting(&self) -> bool {
-        matches!(
-            self.progress.state(),
-            LoadState::Ready | LoadState::Resident
-        )
     }
 }

@@ -138,7 +138,7 @@ fn matmul_impl<W: GemmElem>(
                                 let wr = &w[(r + j) * cols + k0..(r + j) * cols + k0 + kc];
                                 for tt in 0..mt {
                                     let xr = &x[(t + tt) * cols + k0..(t + tt) * cols + k0 + kc];
-                                    *out.0.add((t + tt) * rows + r + j) += super::simd::dot(wr, xr);
+                                    *out.0.add((t + tt) * rows + r + j) += W::dot1(wr, xr);
                                 }
                             }
                         }

@@ -156,10 +156,6 @@ impl CpuSession {
         self.len == 0
     }
 
-    pub fn capacity(&self) -> usize {
-        self.cache.capacity
-    }
-
     /// Forget the sequence (the cache is reused).
     pub fn reset(&mut self) {
         self.len = 0;

@@ -90,11 +90,6 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// One row's dot product (used for row tails and as the portable path).
-pub fn dot<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
-    W::dot1(row, x)
-}
-
 fn dot_scalar<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let n = row.len().min(x.len());

@@ -157,32 +157,45 @@ fn fill_stacked(
         let t = info(file, name)?;
         let n = t.n_elems as usize;
         match &mut m.data {
-            MatData::F16(out) if t.ty == GgmlType::F16 => read_into(
+            MatData::F16(out) => fill_rows(
                 file,
                 t,
-                bytemuck::cast_slice_mut(&mut out[at..at + n]),
+                &mut out[at..at + n],
+                GgmlType::F16,
+                crate::quant::dequantize_f16,
                 hook,
             )?,
-            MatData::F16(out) => {
-                let raw = read_raw(file, t, hook)?;
-                crate::quant::dequantize_f16(t.ty, &raw, &mut out[at..at + n])
-                    .map_err(|e| data_err(t, e))?;
-            }
-            MatData::F32(out) if t.ty == GgmlType::F32 => read_into(
+            MatData::F32(out) => fill_rows(
                 file,
                 t,
-                bytemuck::cast_slice_mut(&mut out[at..at + n]),
+                &mut out[at..at + n],
+                GgmlType::F32,
+                crate::quant::dequantize,
                 hook,
             )?,
-            MatData::F32(out) => {
-                let raw = read_raw(file, t, hook)?;
-                crate::quant::dequantize(t.ty, &raw, &mut out[at..at + n])
-                    .map_err(|e| data_err(t, e))?;
-            }
         }
         at += n;
     }
     Ok(())
+}
+
+/// `quant::dequantize` or `quant::dequantize_f16`.
+type Dequantizer<T> = fn(GgmlType, &[u8], &mut [T]) -> Result<(), crate::quant::QuantError>;
+
+/// Fill `out` with tensor `t`: read straight in when `t` is stored as `native`, else dequantize.
+fn fill_rows<T: bytemuck::Pod>(
+    file: &GgufFile,
+    t: &TensorInfo,
+    out: &mut [T],
+    native: GgmlType,
+    convert: Dequantizer<T>,
+    hook: &mut dyn ReadHook,
+) -> Result<(), ModelError> {
+    if t.ty == native {
+        return read_into(file, t, bytemuck::cast_slice_mut(out), hook);
+    }
+    let raw = read_raw(file, t, hook)?;
+    convert(t.ty, &raw, out).map_err(|e| data_err(t, e))
 }
 
 fn alloc_vector(file: &GgufFile, names: &[&str]) -> Result<Vec<f32>, ModelError> {
