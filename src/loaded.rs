@@ -1,13 +1,19 @@
-//! A model opened for use: file validated, tokenizer and chat template built, weights resident on
-//! the CPU backend. What the CLI commands share.
+//! A model opened for use: file validated, tokenizer and chat template built, weights fully
+//! resident on the chosen backend. What the CLI commands share.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::backend::cpu::{CpuModel, CpuSession, DEFAULT_MAX_BATCH};
-use crate::backend::BackendError;
+use crate::backend::cpu::CpuModel;
+use crate::backend::{cuda, Backend, BackendError, Session};
 use crate::chat_template::ChatTemplate;
+use crate::config::Device;
 use crate::generation::Evaluator;
 use crate::gguf::GgufFile;
+use crate::load::loader::LoaderOptions;
+use crate::load::plan::LoadPlan;
+use crate::load::progress::Progress;
 use crate::model::ModelSpec;
 use crate::tokenizer::Tokenizer;
 
@@ -26,19 +32,43 @@ pub enum OpenError {
     },
     #[error("{path}: tokenizer: {message}")]
     Tokenizer { path: String, message: String },
+    #[error("{path}: {message}")]
+    Backend { path: String, message: String },
 }
 
-/// Everything needed to serve requests from one file on the CPU.
+/// Everything needed to serve requests from one file.
 pub struct LoadedModel {
-    pub file: GgufFile,
+    pub file: Arc<GgufFile>,
     pub spec: ModelSpec,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
-    pub cpu: CpuModel,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Which backend `LoadedModel::open_on` loads onto.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub device: Device,
+    pub gpu: usize,
+    /// Positions reserved for the one sequence (the CUDA backend reserves its KV cache up front).
+    pub ctx: usize,
 }
 
 impl LoadedModel {
+    /// On the CPU.
     pub fn open(path: &Path) -> Result<LoadedModel, OpenError> {
+        LoadedModel::open_on(
+            path,
+            Placement {
+                device: Device::Cpu,
+                gpu: 0,
+                ctx: 0,
+            },
+        )
+    }
+
+    /// On the device `at` names (`auto`: CUDA when available), waiting until fully resident.
+    pub fn open_on(path: &Path, at: Placement) -> Result<LoadedModel, OpenError> {
         let p = path.display().to_string();
         let file = GgufFile::open(path).map_err(|source| OpenError::Gguf {
             path: p.clone(),
@@ -68,34 +98,71 @@ impl LoadedModel {
                 ),
             });
         }
-        let cpu =
-            CpuModel::load(&file, &spec).map_err(|source| OpenError::Model { path: p, source })?;
+        let file = Arc::new(file);
+        let backend = load_backend(&file, &spec, at).map_err(|message| OpenError::Backend {
+            path: p.clone(),
+            message,
+        })?;
         Ok(LoadedModel {
             file,
             spec,
             tokenizer,
             template,
-            cpu,
+            backend,
         })
     }
 
     /// A fresh sequence of `ctx` positions.
-    pub fn evaluator(&self, ctx: usize) -> CpuEvaluator<'_> {
-        CpuEvaluator {
-            model: &self.cpu,
-            session: CpuSession::new(&self.spec.hp, ctx, DEFAULT_MAX_BATCH),
-        }
+    pub fn evaluator(&self, ctx: usize) -> Result<ModelEvaluator, BackendError> {
+        Ok(ModelEvaluator {
+            session: self.backend.clone().new_session(ctx)?,
+        })
     }
 }
 
-/// One sequence on the CPU backend.
-pub struct CpuEvaluator<'a> {
-    pub model: &'a CpuModel,
-    pub session: CpuSession,
+/// One sequence on the loaded model's backend.
+pub struct ModelEvaluator {
+    pub session: Box<dyn Session>,
 }
 
-impl Evaluator for CpuEvaluator<'_> {
+impl Evaluator for ModelEvaluator {
     fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError> {
-        self.session.eval(&self.model.hp, self.model, tokens)
+        self.session.eval(tokens)
     }
+}
+
+/// Load every unit of `file` onto the device `at` names, waiting until fully resident.
+pub fn load_backend(
+    file: &Arc<GgufFile>,
+    spec: &ModelSpec,
+    at: Placement,
+) -> Result<Arc<dyn Backend>, String> {
+    let use_cuda = match at.device {
+        Device::Cpu => false,
+        Device::Cuda => {
+            cuda::probe(at.gpu).map_err(|e| format!("--device cuda: {e}"))?;
+            true
+        }
+        Device::Auto => cuda::probe(at.gpu).is_ok(),
+    };
+    if !use_cuda {
+        let cpu = CpuModel::load(file, spec).map_err(|e| e.to_string())?;
+        return Ok(Arc::new(cpu));
+    }
+    let plan = LoadPlan::new(file, spec);
+    let progress = Arc::new(Progress::new(&plan, Instant::now()));
+    let backend = cuda::start(cuda::CudaStart {
+        file: file.clone(),
+        spec: spec.clone(),
+        plan,
+        progress,
+        options: LoaderOptions::default(),
+        ordinal: at.gpu,
+        ctx: at.ctx.clamp(1, spec.hp.context),
+    })?;
+    backend
+        .residency()
+        .wait_all()
+        .map_err(|e| BackendError::from(e).to_string())?;
+    Ok(backend)
 }

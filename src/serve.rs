@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::cpu::CpuModel;
+use crate::backend::{cuda, Backend};
 use crate::chat_template::ChatTemplate;
 use crate::config::{default_model, Device, ServeArgs};
 use crate::engine::{self, EngineConfig};
@@ -44,35 +45,14 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         None if default_model().is_file() => default_model(),
         None => return Err(format!("no --model given and the default model {} does not exist (run scripts/fetch-test-model)", default_model().display())),
     };
-    match args.device {
-        Device::Cpu | Device::Auto => {}
-        Device::Cuda => {
-            return Err("--device cuda: this build has no CUDA backend; use --device cpu".into())
-        }
-    }
     // The whole index is validated before anything else: a bad file never reaches READY.
     let file = Arc::new(GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?);
     let spec = ModelSpec::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
     let plan = LoadPlan::new(&file, &spec);
     let progress = Arc::new(Progress::new(&plan, started));
-    let model = Arc::new(CpuModel::empty(&spec));
-    let options = LoaderOptions {
-        bandwidth_limit_mb_s: args.load_bandwidth_limit,
-        fail_unit: None,
-        yield_to_startup: Some(Duration::from_secs(2)),
-    }
-    .with_env_fault();
     let ctx = args.ctx_size.clamp(1, spec.hp.context);
     tracing::info!(model = %path.display(), layers = spec.hp.n_layer, bytes = plan.total_bytes(), ctx, "loading");
-    let job = LoadJob {
-        file: file.clone(),
-        spec: spec.clone(),
-        plan,
-        model: model.clone(),
-        progress: progress.clone(),
-        options,
-    };
-    loader::spawn(job).map_err(|e| format!("cannot start the loader thread: {e}"))?;
+    let model = start_backend(&args, &file, &spec, plan, &progress, ctx)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,6 +94,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         let advertised = advertised_uri(args.advertise_url.as_deref(), local);
         tokio::spawn(announce_ready(
             progress.clone(),
+            model.clone(),
             args.callback_url.clone(),
             args.worker_id.clone(),
             advertised,
@@ -135,11 +116,73 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
     })
 }
 
+/// Pick the backend for `--device` and start its loader thread.
+fn start_backend(
+    args: &ServeArgs,
+    file: &Arc<GgufFile>,
+    spec: &ModelSpec,
+    plan: LoadPlan,
+    progress: &Arc<Progress>,
+    ctx: usize,
+) -> Result<Arc<dyn Backend>, String> {
+    let options = LoaderOptions {
+        bandwidth_limit_mb_s: args.load_bandwidth_limit,
+        fail_unit: None,
+        yield_to_startup: None,
+    }
+    .with_env_fault();
+    let use_cuda = match args.device {
+        Device::Cpu => false,
+        Device::Cuda => {
+            let name = cuda::probe(args.gpu_device).map_err(|e| format!("--device cuda: {e}"))?;
+            tracing::info!("using GPU {}: {name}", args.gpu_device);
+            true
+        }
+        Device::Auto => match cuda::probe(args.gpu_device) {
+            Ok(name) => {
+                tracing::info!("using GPU {}: {name}", args.gpu_device);
+                true
+            }
+            Err(e) => {
+                tracing::info!("CUDA unavailable ({e}); using the CPU backend");
+                false
+            }
+        },
+    };
+    if use_cuda {
+        return cuda::start(cuda::CudaStart {
+            file: file.clone(),
+            spec: spec.clone(),
+            plan,
+            progress: progress.clone(),
+            options,
+            ordinal: args.gpu_device,
+            ctx,
+        });
+    }
+    let model = Arc::new(CpuModel::empty(spec));
+    let job = LoadJob {
+        file: file.clone(),
+        spec: spec.clone(),
+        plan,
+        model: model.clone(),
+        progress: progress.clone(),
+        // On a machine with few cores the bulk copy would slow the tokenizer build, the last
+        // step before READY.
+        options: LoaderOptions {
+            yield_to_startup: Some(Duration::from_secs(2)),
+            ..options
+        },
+    };
+    loader::spawn(job).map_err(|e| format!("cannot start the loader thread: {e}"))?;
+    Ok(model)
+}
+
 /// Build the tokenizer and chat template off the async threads, then start the engine.
 async fn build_runtime(
     state: &Arc<AppState>,
     file: Arc<GgufFile>,
-    model: Arc<CpuModel>,
+    model: Arc<dyn Backend>,
     ctx: usize,
     max_queue: usize,
 ) -> Result<(), String> {
@@ -152,11 +195,11 @@ async fn build_runtime(
     .await
     .map_err(|e| format!("tokenizer task failed: {e}"))?;
     let (tok, tmpl) = built?;
-    if tok.vocab_size() > model.hp.vocab {
+    if tok.vocab_size() > model.hp().vocab {
         return Err(format!(
             "the tokenizer has {} tokens but token_embd.weight only {} rows",
             tok.vocab_size(),
-            model.hp.vocab
+            model.hp().vocab
         ));
     }
     let tokenizer = Arc::new(tok);
@@ -194,6 +237,7 @@ fn advertised_uri(configured: Option<&str>, local: SocketAddr) -> String {
 /// Log READY (and fully resident), and send the ready callback.
 async fn announce_ready(
     progress: Arc<Progress>,
+    model: Arc<dyn Backend>,
     callback_url: Option<String>,
     worker_id: String,
     uri: String,
@@ -220,7 +264,7 @@ async fn announce_ready(
         let notice = ReadyNotice {
             worker_id,
             uri,
-            vram_bytes: 0,
+            vram_bytes: model.device_bytes(),
             ready_ms,
         };
         callback::notify(&url, &notice).await;
@@ -275,7 +319,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// On stop: refuse new work, let running requests go on until the deadline, then end the ones
 /// still waiting for a layer.
-async fn drain_on_stop(state: Arc<AppState>, model: Arc<CpuModel>, stop: watch::Receiver<bool>) {
+async fn drain_on_stop(state: Arc<AppState>, model: Arc<dyn Backend>, stop: watch::Receiver<bool>) {
     stopped(stop).await;
     tracing::info!("shutdown requested: refusing new requests, draining for up to {DRAIN:?}");
     if let Some(rt) = state.runtime.get() {

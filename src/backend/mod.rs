@@ -1,9 +1,17 @@
 //! Compute backends. `cpu` is the reference implementation; every other backend is checked
-//! against it.
+//! against it. [`Backend`] is what the engine and the CLI hold: a model whose units become
+//! resident over time, and the sequences ([`Session`]) evaluated on it.
 
 pub mod cpu;
+#[cfg_attr(feature = "cuda", path = "cuda/mod.rs")]
+#[cfg_attr(not(feature = "cuda"), path = "cuda_stub.rs")]
+pub mod cuda;
 
-use crate::model::ModelError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::load::residency::{Residency, WaitError};
+use crate::model::{HParams, ModelError};
 
 /// Why a forward pass could not run.
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +28,45 @@ pub enum BackendError {
     LoadFailed(String),
     #[error("interrupted while waiting for the model to load (shutting down)")]
     Interrupted,
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+impl From<WaitError> for BackendError {
+    fn from(e: WaitError) -> BackendError {
+        match e {
+            WaitError::Failed(m) => BackendError::LoadFailed(m),
+            WaitError::Interrupted => BackendError::Interrupted,
+        }
+    }
+}
+
+/// A model on some device, its units landing one by one.
+pub trait Backend: Send + Sync {
+    fn hp(&self) -> &HParams;
+    /// Which units are resident; waiters are woken as they land, fail, or are interrupted.
+    fn residency(&self) -> &Residency;
+    /// Time evaluations spent waiting for units since the last call.
+    fn take_waited(&self) -> Duration;
+    /// A new sequence of up to `ctx` positions.
+    fn new_session(self: Arc<Self>, ctx: usize) -> Result<Box<dyn Session>, BackendError>;
+    /// Device memory reserved for weights and caches (0 on the CPU).
+    fn device_bytes(&self) -> u64 {
+        0
+    }
+    /// "cpu" or "cuda".
+    fn name(&self) -> &'static str;
+}
+
+/// One sequence: its KV cache and the logits after its last token.
+pub trait Session: Send {
+    /// Append `tokens`; return the logits after the last one.
+    fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError>;
+    /// Forget the sequence (buffers are reused).
+    fn reset(&mut self);
+    /// Positions filled so far.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

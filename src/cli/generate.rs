@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::{fail, GenerateArgs};
 use crate::generation::{generate, prepare, GenerationError};
-use crate::loaded::LoadedModel;
+use crate::loaded::{LoadedModel, Placement};
 use crate::request::{clock_seed, Limits, ValidRequest};
 
 /// Exit code for a request that failed validation.
@@ -19,7 +19,12 @@ pub fn run(a: GenerateArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return invalid(&e.field, &e.message),
     };
-    let model = match LoadedModel::open(&a.model) {
+    let at = Placement {
+        device: a.at.device,
+        gpu: a.at.gpu_device,
+        ctx: a.ctx_size,
+    };
+    let model = match LoadedModel::open_on(&a.model, at) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
@@ -30,7 +35,10 @@ pub fn run(a: GenerateArgs) -> ExitCode {
         Err(GenerationError::Request(e)) => return invalid(&e.field, &e.message),
         Err(e) => return fail(e),
     };
-    let mut eval = model.evaluator(ctx);
+    let mut eval = match model.evaluator(ctx) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
     let mut out = std::io::stdout().lock();
     let stream = !a.json;
     let result = generate(&mut eval, &model.tokenizer, &prompt, &req, |ev| {

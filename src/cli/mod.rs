@@ -44,6 +44,47 @@ pub enum Command {
     GenModel(GenModelArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
+    /// Check every CUDA kernel against the CPU backend on random inputs (and whole models given
+    /// with --model), and time the decode GEMV against cuBLAS.
+    CheckCuda(CheckCudaArgs),
+    /// Print, as JSON, whether this binary has CUDA support and which GPU `--device auto` would use.
+    Devices {
+        #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
+        gpu_device: usize,
+    },
+}
+
+/// Where a CLI command runs the model.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// `auto` uses CUDA when a GPU is present, else the CPU.
+    #[arg(long, env = "LAYERSTREAM_DEVICE", value_enum, default_value = "auto")]
+    pub device: crate::config::Device,
+    #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
+    pub gpu_device: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckCudaArgs {
+    /// Whole-model checks on these files (logits and greedy tokens vs the CPU backend;
+    /// device dequantization of every tensor vs the CPU's, bit for bit).
+    #[arg(long)]
+    pub model: Vec<PathBuf>,
+    /// Chat prompts for the whole-model checks (in addition to those of --golden).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Golden file of the real model (tests/golden/real-model.json): its prompt ids are checked,
+    /// and the greedy tokens compared with the reference's too.
+    #[arg(long)]
+    pub golden: Option<PathBuf>,
+    /// Greedy tokens compared per prompt.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: usize,
+    #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
+    pub gpu_device: usize,
+    /// Seed of the random inputs (default: from the clock, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +99,8 @@ pub struct GenerateArgs {
     pub json: bool,
     #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096)]
     pub ctx_size: usize,
+    #[command(flatten)]
+    pub at: DeviceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +171,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub at: DeviceArgs,
 }
 
 /// Parse the command line and run it.
@@ -150,6 +195,25 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => tools::convert(a),
         Command::GenModel(a) => tools::gen_model(a),
         Command::Bench(a) => bench::run(a),
+        Command::Devices { gpu_device } => {
+            let j = match crate::backend::cuda::probe(gpu_device) {
+                Ok(name) => {
+                    serde_json::json!({"cuda": {"available": true, "gpu": gpu_device, "name": name}})
+                }
+                Err(e) => {
+                    serde_json::json!({"cuda": {"available": false, "gpu": gpu_device, "error": e}})
+                }
+            };
+            println!("{j}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckCuda(a) => match crate::backend::cuda::check::run(&a) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 

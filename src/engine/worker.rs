@@ -1,5 +1,5 @@
-//! The engine thread's loop: take a job, run it through the generation loop on the CPU backend,
-//! stream its events.
+//! The engine thread's loop: take a job, run it through the generation loop on the backend's
+//! one session, stream its events.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,14 +7,13 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use super::{Drain, EngineEvent, EngineHandle, Finished, Job};
-use crate::backend::cpu::{CpuModel, CpuSession, DEFAULT_MAX_BATCH};
-use crate::backend::BackendError;
+use crate::backend::{Backend, BackendError, Session};
 use crate::generation::{self, Evaluator, FinishReason, GenerationError};
 use crate::tokenizer::Tokenizer;
 
 /// What the engine thread needs.
 pub struct EngineConfig {
-    pub model: Arc<CpuModel>,
+    pub model: Arc<dyn Backend>,
     pub tokenizer: Arc<Tokenizer>,
     pub ctx_size: usize,
     pub max_queue: usize,
@@ -38,8 +37,7 @@ pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::J
 const PROMPT_CHUNK: usize = 64;
 
 struct Eval<'a> {
-    model: &'a CpuModel,
-    session: &'a mut CpuSession,
+    session: &'a mut dyn Session,
     /// True when the job should stop (client gone, or shutdown deadline passed).
     stop: &'a dyn Fn() -> bool,
 }
@@ -60,17 +58,29 @@ impl Evaluator for Eval<'_> {
             if (self.stop)() {
                 return Err(BackendError::Interrupted);
             }
-            self.session.eval(&self.model.hp, self.model, chunk)?;
+            self.session.eval(chunk)?;
         }
         if !head.is_empty() && (self.stop)() {
             return Err(BackendError::Interrupted);
         }
-        self.session.eval(&self.model.hp, self.model, last)
+        self.session.eval(last)
     }
 }
 
 fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
-    let mut session = CpuSession::new(&cfg.model.hp, cfg.ctx_size, DEFAULT_MAX_BATCH);
+    let mut session = match cfg.model.clone().new_session(cfg.ctx_size) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("the engine cannot open a sequence: {e}");
+            while let Ok(job) = rx.recv() {
+                let _ = job.events.send(EngineEvent::Error {
+                    code: "internal",
+                    message: format!("the engine cannot open a sequence: {e}"),
+                });
+            }
+            return;
+        }
+    };
     while let Ok(job) = rx.recv() {
         if job.events.is_closed() {
             continue;
@@ -85,7 +95,7 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
         // A panic in one request must not take the engine down for every later request.
         let events = job.events.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(&cfg, &mut session, &drain, job)
+            run_job(&cfg, session.as_mut(), &drain, job)
         }));
         if let Err(panic) = outcome {
             let cause = panic
@@ -98,12 +108,12 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
                 code: "internal",
                 message: format!("internal error: {cause}"),
             });
-            session = CpuSession::new(&cfg.model.hp, cfg.ctx_size, DEFAULT_MAX_BATCH);
+            session.reset();
         }
     }
 }
 
-fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job) {
+fn run_job(cfg: &EngineConfig, session: &mut dyn Session, drain: &Drain, job: Job) {
     let queued_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
     let _ = job.events.send(EngineEvent::Started { queued_ms });
     session.reset();
@@ -112,7 +122,6 @@ fn run_job(cfg: &EngineConfig, session: &mut CpuSession, drain: &Drain, job: Job
     let mut shutdown = false;
     let stop = || job.events.is_closed() || drain.past_deadline();
     let mut eval = Eval {
-        model: &cfg.model,
         session,
         stop: &stop,
     };

@@ -291,6 +291,17 @@ impl GgufFile {
         }
     }
 
+    /// Ask the kernel to read `[start, start + len)` of the file into the page cache ahead of use
+    /// (madvise WILLNEED; touches no page, so a truncated file cannot fault here).
+    pub fn prefetch(&self, start: u64, len: u64) {
+        let size = self.mmap.len() as u64;
+        let start = start.min(size);
+        let len = len.min(size - start);
+        if let (Ok(s), Ok(l)) = (usize::try_from(start), usize::try_from(len)) {
+            let _ = self.mmap.advise_range(memmap2::Advice::WillNeed, s, l);
+        }
+    }
+
     /// pread (FileExt::read_exact_at) of the tensor's bytes [start, start+dst.len()) into dst.
     /// A file truncated after open gives an Io error naming the tensor, never SIGBUS.
     pub fn read_tensor_at(

@@ -10,6 +10,7 @@ use parking_lot::{Condvar, Mutex};
 #[derive(Debug, Default)]
 struct State {
     resident: Vec<bool>,
+    resident_at: Vec<Option<Instant>>,
     failed: Option<String>,
     interrupted: bool,
 }
@@ -36,6 +37,7 @@ impl Residency {
         Residency {
             state: Mutex::new(State {
                 resident: vec![false; units],
+                resident_at: vec![None; units],
                 failed: None,
                 interrupted: false,
             }),
@@ -48,6 +50,9 @@ impl Residency {
         let mut s = self.state.lock();
         if let Some(r) = s.resident.get_mut(slot) {
             *r = true;
+        }
+        if let Some(at) = s.resident_at.get_mut(slot) {
+            at.get_or_insert_with(Instant::now);
         }
         if s.resident.iter().all(|&r| r) {
             self.all.store(true, Ordering::Release);
@@ -68,8 +73,52 @@ impl Residency {
         self.cv.notify_all();
     }
 
+    pub fn is_resident(&self, slot: usize) -> bool {
+        self.all_resident()
+            || self
+                .state
+                .lock()
+                .resident
+                .get(slot)
+                .copied()
+                .unwrap_or(false)
+    }
+
+    /// When `slot` became resident, if it has.
+    pub fn resident_at(&self, slot: usize) -> Option<Instant> {
+        self.state.lock().resident_at.get(slot).copied().flatten()
+    }
+
+    /// The load error or the interruption that ends every wait, if either happened.
+    pub fn wait_error(&self) -> Option<WaitError> {
+        let s = self.state.lock();
+        match (&s.failed, s.interrupted) {
+            (Some(e), _) => Some(WaitError::Failed(e.clone())),
+            (None, true) => Some(WaitError::Interrupted),
+            (None, false) => None,
+        }
+    }
+
     pub fn all_resident(&self) -> bool {
         self.all.load(Ordering::Acquire)
+    }
+
+    /// Block until every unit is resident, or the load fails.
+    pub fn wait_all(&self) -> Result<Duration, WaitError> {
+        let t0 = Instant::now();
+        let mut s = self.state.lock();
+        loop {
+            if s.resident.iter().all(|&r| r) {
+                return Ok(t0.elapsed());
+            }
+            if let Some(e) = &s.failed {
+                return Err(WaitError::Failed(e.clone()));
+            }
+            if s.interrupted {
+                return Err(WaitError::Interrupted);
+            }
+            self.cv.wait(&mut s);
+        }
     }
 
     /// Block until `slot` is resident; returns how long it waited, or the load error.

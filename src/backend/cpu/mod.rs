@@ -192,3 +192,46 @@ impl CpuSession {
         Ok(&self.logits)
     }
 }
+
+impl super::Backend for CpuModel {
+    fn hp(&self) -> &HParams {
+        &self.hp
+    }
+    fn residency(&self) -> &Residency {
+        &self.residency
+    }
+    fn take_waited(&self) -> Duration {
+        CpuModel::take_waited(self)
+    }
+    fn new_session(
+        self: std::sync::Arc<Self>,
+        ctx: usize,
+    ) -> Result<Box<dyn super::Session>, BackendError> {
+        let session = CpuSession::new(&self.hp, ctx, DEFAULT_MAX_BATCH);
+        Ok(Box::new(CpuModelSession {
+            model: self,
+            session,
+        }))
+    }
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+}
+
+/// A sequence on a shared CPU model.
+pub struct CpuModelSession {
+    model: std::sync::Arc<CpuModel>,
+    session: CpuSession,
+}
+
+impl super::Session for CpuModelSession {
+    fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError> {
+        self.session.eval(&self.model.hp, &*self.model, tokens)
+    }
+    fn reset(&mut self) {
+        self.session.reset();
+    }
+    fn len(&self) -> usize {
+        self.session.len()
+    }
+}

@@ -1,0 +1,162 @@
+// Causal grouped-query attention over the F16 KV cache (rows = positions, kv_dim = n_kv * D per row;
+// query head h reads KV head h / (n_head / n_kv)).
+//
+// One warp processes one query row against a range of keys with an online softmax, 32 keys at a
+// time (staged in the warp's shared tile, dynamic shared memory of 2 * tile_halves(D) bytes per
+// warp): lane j scores key j of the chunk (a D-long dot product read as 16-byte chunks), the warp
+// takes the chunk's max and rescales; then lanes switch to owning output dimensions d = lane + 32 i
+// and accumulate sum_j p_j V[j, d] with p_j broadcast by shuffles. D must be a multiple of 8, <= 256.
+//
+//   attn_prefill: grid (ceil(n / 4), n_head), block 128 = 4 warps = 4 consecutive query rows; row t
+//                 (position pos0 + t) attends to keys 0..=pos0+t; output F16 [n, q_dim] for cuBLAS.
+//   attn_decode + attn_reduce: one query (position *pos_dev, its K/V already in the cache), split
+//                 over the sequence: grid (max_splits, n_head), block 32; split s takes keys
+//                 [s * chunk, (s + 1) * chunk) and writes its unnormalised (acc, max, sum);
+//                 attn_reduce (grid n_head, block 32) merges the splits into F32 [q_dim].
+#include <math_constants.h>
+#include "common.cuh"
+
+#define MAX_D 256
+#define PER_LANE (MAX_D / WARP)
+
+struct Softmax {
+    float m, l;
+    float acc[PER_LANE];
+};
+
+// Halves of shared memory one warp needs for a 32-key tile of K (rows padded by 8 halves, so
+// lanes reading different rows hit different banks) and of V.
+__host__ __device__ constexpr int tile_halves(int D) { return WARP * (D + 8) + WARP * D; }
+
+// Fold keys [k0, k1) into `st` for the query row `q` (shared, D floats). Each 32-key tile of K
+// and V is first copied into the warp's shared tile with coalesced 16-byte loads (all in flight
+// at once), so the score and value loops read shared memory instead of waiting on scattered loads.
+__device__ __forceinline__ void attend_range(const float* q, const __half* __restrict__ kc,
+                                             const __half* __restrict__ vc, int kv_dim, int kv_off, int D,
+                                             float scale, int k0, int k1, Softmax& st, __half* tile) {
+    const int lane = threadIdx.x % WARP;
+    const int kstride = D + 8, per_row = D / 8;
+    __half* ks = tile;
+    __half* vs = tile + WARP * kstride;
+    for (int j0 = k0; j0 < k1; j0 += WARP) {
+        const int nk = min(WARP, k1 - j0);
+#pragma unroll 4
+        for (int i = lane; i < nk * per_row; i += WARP) {
+            const int r = i / per_row, c = (i % per_row) * 8;
+            const size_t src = (size_t)(j0 + r) * kv_dim + kv_off + c;
+            *reinterpret_cast<uint4*>(ks + r * kstride + c) = *reinterpret_cast<const uint4*>(kc + src);
+            *reinterpret_cast<uint4*>(vs + r * D + c) = *reinterpret_cast<const uint4*>(vc + src);
+        }
+        __syncwarp();
+        float s = -CUDART_INF_F;
+        if (lane < nk) {
+            const __half* k = ks + lane * kstride;
+            float dot = 0.0f;
+            for (int c = 0; c < D; c += 8) {
+                float kf[8];
+                load_half8(k + c, kf);
+#pragma unroll
+                for (int e = 0; e < 8; e++) dot += q[c + e] * kf[e];
+            }
+            s = dot * scale;
+        }
+        const float m_new = fmaxf(st.m, warp_max(s));
+        const float p = (lane < nk) ? expf(s - m_new) : 0.0f;
+        const float corr = expf(st.m - m_new);  // 0 when st.m is -inf
+        st.l = st.l * corr + warp_sum(p);
+        st.m = m_new;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) st.acc[i] *= corr;
+        for (int jj = 0; jj < nk; jj++) {
+            const float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+            for (int i = 0; i < PER_LANE; i++) {
+                const int d = lane + WARP * i;
+                if (d < D) st.acc[i] += pj * __half2float(vs[jj * D + d]);
+            }
+        }
+        __syncwarp();
+    }
+}
+
+__device__ __forceinline__ void softmax_init(Softmax& st) {
+    st.m = -CUDART_INF_F;
+    st.l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) st.acc[i] = 0.0f;
+}
+
+extern "C" __global__ void attn_prefill(const float* __restrict__ q, const __half* __restrict__ kc,
+                                        const __half* __restrict__ vc, __half* __restrict__ out, int n, int pos0,
+                                        int n_head, int n_kv, int D, float scale) {
+    __shared__ float qs[4][MAX_D];
+    extern __shared__ __align__(16) __half tiles[];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int t = blockIdx.x * 4 + warp, h = blockIdx.y;
+    if (t >= n) return;
+    const int q_dim = n_head * D, kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
+    for (int d = lane; d < D; d += WARP) qs[warp][d] = q[(size_t)t * q_dim + h * D + d];
+    __syncwarp();
+    Softmax st;
+    softmax_init(st);
+    attend_range(qs[warp], kc, vc, kv_dim, kv_off, D, scale, 0, pos0 + t + 1, st, tiles + warp * tile_halves(D));
+    const float inv = 1.0f / st.l;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int d = lane + WARP * i;
+        if (d < D) out[(size_t)t * q_dim + h * D + d] = __float2half_rn(st.acc[i] * inv);
+    }
+}
+
+extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half* __restrict__ kc,
+                                       const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                       float* __restrict__ part_ml, const int* __restrict__ pos_dev, int n_head,
+                                       int n_kv, int D, float scale, int chunk) {
+    __shared__ float qs[MAX_D];
+    extern __shared__ __align__(16) __half tiles[];
+    const int s = blockIdx.x, h = blockIdx.y, lane = threadIdx.x, max_splits = gridDim.x;
+    const int len = *pos_dev + 1;
+    const int k0 = s * chunk, k1 = min(len, k0 + chunk);
+    const size_t part = (size_t)h * max_splits + s;
+    Softmax st;
+    softmax_init(st);
+    if (k0 < k1) {
+        const int kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
+        for (int d = lane; d < D; d += WARP) qs[d] = q[h * D + d];
+        __syncwarp();
+        attend_range(qs, kc, vc, kv_dim, kv_off, D, scale, k0, k1, st, tiles);
+    }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int d = lane + WARP * i;
+        if (d < D) part_acc[part * D + d] = st.acc[i];
+    }
+    if (lane == 0) {
+        part_ml[part * 2] = st.m;
+        part_ml[part * 2 + 1] = st.l;
+    }
+}
+
+extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                       float* __restrict__ out, const int* __restrict__ pos_dev, int D, int chunk,
+                                       int max_splits) {
+    const int h = blockIdx.x, lane = threadIdx.x;
+    const int len = *pos_dev + 1;
+    const int splits = min(max_splits, (len + chunk - 1) / chunk);
+    float m = -CUDART_INF_F;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, part_ml[((size_t)h * max_splits + s) * 2]);
+    float l = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const size_t p = (size_t)h * max_splits + s;
+        l += part_ml[p * 2 + 1] * expf(part_ml[p * 2] - m);
+    }
+    const float inv = 1.0f / l;
+    for (int d = lane; d < D; d += WARP) {
+        float o = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const size_t p = (size_t)h * max_splits + s;
+            o += part_acc[p * D + d] * expf(part_ml[p * 2] - m);
+        }
+        out[h * D + d] = o * inv;
+    }
+}

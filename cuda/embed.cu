@@ -1,0 +1,11 @@
+// Embedding gather: x[t, :] = float(table[ids[t], :]) for every token t.
+// Grid: one block per token; block: 256 threads striding over the hidden size.
+#include "common.cuh"
+
+extern "C" __global__ void embed_gather(const __half* __restrict__ table, const unsigned* __restrict__ ids,
+                                        float* __restrict__ x, int hidden) {
+    const int t = blockIdx.x;
+    const __half* row = table + (size_t)ids[t] * hidden;
+    float* out = x + (size_t)t * hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) out[c] = __half2float(row[c]);
+}

@@ -1,0 +1,15 @@
+// RMSNorm for prefill: y[r, :] = f16(x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w), the input of the
+// next cuBLAS product. Grid: one block per row; block: 256 threads (sum of squares reduced over
+// the block, then each thread scales its columns).
+#include "common.cuh"
+
+extern "C" __global__ void rmsnorm_f16(const float* __restrict__ x, const float* __restrict__ w,
+                                       __half* __restrict__ y, int cols, float eps) {
+    const float* xr = x + (size_t)blockIdx.x * cols;
+    __half* yr = y + (size_t)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = block_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = __float2half_rn(xr[c] * scale * w[c]);
+}

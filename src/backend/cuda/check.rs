@@ -1,0 +1,726 @@
+//! `layerstream check-cuda`: every CUDA kernel against the CPU backend (or an f64 reference of
+//! the same inputs) on fresh random inputs with poisoned outputs; device dequantization bit for
+//! bit against the CPU's; whole models (last-position and decode logits, greedy tokens) against
+//! the CPU backend; and the decode GEMV timed against cuBLAS at the model's shapes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use half::f16;
+
+use super::blas::Blas;
+use super::driver::{ck, DevBuf, Event, Gpu, Stream};
+use super::kernels::Kernels;
+use crate::backend::cpu::ops;
+use crate::cli::CheckCudaArgs;
+use crate::config::Device;
+use crate::gguf::{GgmlType, GgufFile};
+use crate::loaded::{load_backend, Placement};
+use crate::model::HParams;
+use crate::model::ModelSpec;
+use crate::rng::Rng;
+use crate::sampler::argmax;
+
+/// Max-norm relative error allowed: F32 outputs, and outputs stored as F16.
+const TOL_F32: f64 = 1e-3;
+const TOL_F16: f64 = 4e-3;
+/// Whole-model logits: F16 activations at the projection inputs and an F16 KV cache.
+const TOL_MODEL: f64 = 3e-2;
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, String, bool)>,
+}
+
+impl Report {
+    fn err(&mut self, name: &str, got: &[f32], want: &[f64], tol: f64) {
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let mut worst = 0f64;
+        let mut bad = got.len() != want.len();
+        for (g, w) in got.iter().zip(want) {
+            if !g.is_finite() {
+                bad = true;
+            }
+            worst = worst.max((*g as f64 - w).abs() / scale);
+        }
+        let pass = !bad && worst <= tol;
+        self.rows.push((
+            name.into(),
+            format!(
+                "max rel err {worst:.2e} (limit {tol:.0e}){}",
+                if bad { ", unwritten/NaN outputs" } else { "" }
+            ),
+            pass,
+        ));
+    }
+    fn line(&mut self, name: &str, text: String, pass: bool) {
+        self.rows.push((name.into(), text, pass));
+    }
+    fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.2)
+    }
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (n, t, p) in &self.rows {
+            let _ = writeln!(out, "{} {n:<34} {t}", if *p { "PASS" } else { "FAIL" });
+        }
+        out
+    }
+}
+
+fn upload<T: bytemuck::Pod>(v: &[T]) -> Result<DevBuf, String> {
+    let bytes: &[u8] = bytemuck::cast_slice(v);
+    let b = DevBuf::alloc(bytes.len())?;
+    ck("cuMemcpyHtoD", unsafe {
+        cudarc::driver::sys::cuMemcpyHtoD_v2(b.ptr, bytes.as_ptr().cast(), bytes.len())
+    })?;
+    Ok(b)
+}
+
+/// A buffer of `n` elements of `T`, every byte 0xFF (NaN as F32 and F16): unwritten outputs show.
+fn poisoned<T: bytemuck::Pod>(n: usize) -> Result<DevBuf, String> {
+    upload(&vec![0xFFu8; n * std::mem::size_of::<T>()])
+}
+
+fn download<T: bytemuck::Pod + bytemuck::Zeroable>(b: &DevBuf, n: usize) -> Result<Vec<T>, String> {
+    let mut v = vec![T::zeroed(); n];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+    ck("cuMemcpyDtoH", unsafe {
+        cudarc::driver::sys::cuMemcpyDtoH_v2(bytes.as_mut_ptr().cast(), b.ptr, bytes.len())
+    })?;
+    Ok(v)
+}
+
+fn f16s(v: &[f16]) -> Vec<f32> {
+    v.iter().map(|h| h.to_f32()).collect()
+}
+
+fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+fn randh(rng: &mut Rng, n: usize, scale: f32) -> Vec<f16> {
+    (0..n)
+        .map(|_| f16::from_f32(rng.normal() * scale))
+        .collect()
+}
+
+pub fn run(args: &CheckCudaArgs) -> Result<String, String> {
+    let seed = args.seed.unwrap_or_else(crate::request::clock_seed);
+    let gpu = Gpu::new(args.gpu_device)?;
+    gpu.bind()?;
+    let k = Kernels::load()?;
+    let s = Stream::new()?;
+    let mut rng = Rng::new(seed);
+    let mut r = Report::default();
+    check_ops(&k, &s, &mut rng, &mut r)?;
+    check_dequant_random(&k, &s, &mut rng, &mut r)?;
+    let mut text = format!("seed {seed}\n");
+    text.push_str(&time_gemv(&k, &s, &mut rng)?);
+    for m in &args.model {
+        let name = m.display().to_string();
+        if let Err(e) =
+            check_file_dequant(&k, &s, m, &mut r).and_then(|_| check_model(m, args, &mut r))
+        {
+            r.line(&name, e, false);
+        }
+    }
+    text.push_str(&r.render());
+    if r.passed() {
+        Ok(text)
+    } else {
+        Err(format!("{text}CUDA checks failed"))
+    }
+}
+
+fn gemv_ref(w: &[f16], x: &[f64], n: usize, kk: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| (0..kk).map(|j| w[i * kk + j].to_f64() * x[j]).sum())
+        .collect()
+}
+
+fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
+    let (h, f) = (896usize, 4864usize);
+    // embedding gather
+    let vocab = 1000;
+    let table = randh(rng, vocab * h, 1.0);
+    let ids: Vec<u32> = (0..7)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let (tb, ib, xb) = (upload(&table)?, upload(&ids)?, poisoned::<f32>(7 * h)?);
+    k.embed_gather(s, tb.ptr, ib.ptr, xb.ptr, 7, h)?;
+    s.sync()?;
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&i| {
+            table[i as usize * h..(i as usize + 1) * h]
+                .iter()
+                .map(|v| v.to_f64())
+        })
+        .collect();
+    r.err("embed_gather", &download::<f32>(&xb, 7 * h)?, &want, 0.0);
+    // rmsnorm to F16
+    let rows = 5;
+    let x = randn(rng, rows * h, 2.0);
+    let w = randn(rng, h, 1.0);
+    let (xb, wb, yb) = (upload(&x)?, upload(&w)?, poisoned::<f16>(rows * h)?);
+    k.rmsnorm_f16(s, xb.ptr, wb.ptr, yb.ptr, rows, h, 1e-6)?;
+    s.sync()?;
+    let mut want = vec![0f32; rows * h];
+    for i in 0..rows {
+        ops::rms_norm(
+            &x[i * h..(i + 1) * h],
+            &w,
+            1e-6,
+            &mut want[i * h..(i + 1) * h],
+        );
+    }
+    r.err(
+        "rmsnorm_f16",
+        &f16s(&download::<f16>(&yb, rows * h)?),
+        &want.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        TOL_F16,
+    );
+    // SwiGLU
+    let gu = randn(rng, rows * 2 * f, 2.0);
+    let (gb, ab) = (upload(&gu)?, poisoned::<f16>(rows * f)?);
+    k.silu_mul(s, gb.ptr, ab.ptr, rows, f)?;
+    s.sync()?;
+    let want: Vec<f64> = (0..rows * f)
+        .map(|i| {
+            let (t, c) = (i / f, i % f);
+            let (g, u) = (gu[t * 2 * f + c] as f64, gu[t * 2 * f + f + c] as f64);
+            g / (1.0 + (-g).exp()) * u
+        })
+        .collect();
+    r.err(
+        "silu_mul",
+        &f16s(&download::<f16>(&ab, rows * f)?),
+        &want,
+        TOL_F16,
+    );
+    check_gemv(k, s, rng, r)?;
+    check_rope(k, s, rng, r)?;
+    for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
+        check_attention(k, s, rng, r, heads, kv, d)?;
+    }
+    check_gemm(s, rng, r)
+}
+
+fn check_gemv(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
+    for (mode, n, kk) in [
+        ("plain", 896, 896),
+        ("norm", 1152, 896),
+        ("norm", 9728, 896),
+        ("silu", 896, 4864),
+        ("plain", 3000, 18944),
+    ] {
+        let w = randh(rng, n * kk, 0.05);
+        let xin = randn(rng, if mode == "silu" { 2 * kk } else { kk }, 1.0);
+        let nw = randn(rng, kk, 1.0);
+        let bias = randn(rng, n, 0.5);
+        let y0 = randn(rng, n, 1.0);
+        let (wb, xb, nb, bb, yb) = (
+            upload(&w)?,
+            upload(&xin)?,
+            upload(&nw)?,
+            upload(&bias)?,
+            upload(&y0)?,
+        );
+        let x: Vec<f64> = match mode {
+            "norm" => {
+                let mut o = vec![0f32; kk];
+                ops::rms_norm(&xin, &nw, 1e-6, &mut o);
+                o.iter().map(|&v| v as f64).collect()
+            }
+            "silu" => (0..kk)
+                .map(|i| {
+                    let g = xin[i] as f64;
+                    g / (1.0 + (-g).exp()) * xin[kk + i] as f64
+                })
+                .collect(),
+            _ => xin.iter().map(|&v| v as f64).collect(),
+        };
+        let dot = gemv_ref(&w, &x, n, kk);
+        // With bias, accumulating into y.
+        match mode {
+            "norm" => k.gemv_norm(s, wb.ptr, xb.ptr, nb.ptr, 1e-6, bb.ptr, yb.ptr, n, kk, true)?,
+            "silu" => k.gemv_silu(s, wb.ptr, xb.ptr, bb.ptr, yb.ptr, n, kk, true)?,
+            _ => k.gemv_plain(s, wb.ptr, xb.ptr, bb.ptr, yb.ptr, n, kk, true)?,
+        }
+        s.sync()?;
+        let want: Vec<f64> = (0..n)
+            .map(|i| y0[i] as f64 + bias[i] as f64 + dot[i])
+            .collect();
+        r.err(
+            &format!("gemv_{mode} {n}x{kk} acc+bias"),
+            &download::<f32>(&yb, n)?,
+            &want,
+            TOL_F32,
+        );
+        // Plain store into a poisoned output.
+        let yb = poisoned::<f32>(n)?;
+        match mode {
+            "norm" => k.gemv_norm(s, wb.ptr, xb.ptr, nb.ptr, 1e-6, 0, yb.ptr, n, kk, false)?,
+            "silu" => k.gemv_silu(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false)?,
+            _ => k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false)?,
+        }
+        s.sync()?;
+        r.err(
+            &format!("gemv_{mode} {n}x{kk}"),
+            &download::<f32>(&yb, n)?,
+            &dot,
+            TOL_F32,
+        );
+    }
+    Ok(())
+}
+
+fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
+    HParams {
+        n_layer: 1,
+        hidden: n_head * d,
+        ffn: 8,
+        n_head,
+        n_kv_head: n_kv,
+        head_dim: d,
+        vocab: 8,
+        context: 4096,
+        rope_base: 1e6,
+        rms_eps: 1e-6,
+    }
+}
+
+fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
+    let hp = hp_for(14, 2, 64);
+    let (q, kv, d, n, pos0, ctx) = (
+        hp.q_dim(),
+        hp.kv_dim(),
+        hp.head_dim,
+        5usize,
+        1234usize,
+        1300usize,
+    );
+    let row = q + 2 * kv;
+    let qkv = randn(rng, n * row, 1.0);
+    let bias = randn(rng, row, 0.3);
+    let (qb, bb) = (upload(&qkv)?, upload(&bias)?);
+    let (qo, kc, vc) = (
+        poisoned::<f32>(n * q)?,
+        poisoned::<f16>(ctx * kv)?,
+        poisoned::<f16>(ctx * kv)?,
+    );
+    k.rope_qkv(s, qb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, 0, pos0, n, &hp)?;
+    s.sync()?;
+    let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
+    for t in 0..n {
+        let mut x: Vec<f32> = (0..row).map(|c| qkv[t * row + c] + bias[c]).collect();
+        ops::rope_table(pos0 + t, d, hp.rope_base, &mut cs, &mut sn);
+        ops::rope_apply(&mut x[..q + kv], d, &cs, &sn);
+        wq.extend(x[..q].iter().map(|&v| v as f64));
+        wk.extend(x[q..q + kv].iter().map(|&v| v as f64));
+        wv.extend(x[q + kv..].iter().map(|&v| v as f64));
+    }
+    r.err("rope_qkv q", &download::<f32>(&qo, n * q)?, &wq, TOL_F32);
+    let kh = download::<f16>(&kc, ctx * kv)?;
+    let vh = download::<f16>(&vc, ctx * kv)?;
+    r.err(
+        "rope_qkv k cache",
+        &f16s(&kh[pos0 * kv..(pos0 + n) * kv]),
+        &wk,
+        TOL_F16,
+    );
+    r.err(
+        "rope_qkv v cache",
+        &f16s(&vh[pos0 * kv..(pos0 + n) * kv]),
+        &wv,
+        TOL_F16,
+    );
+    Ok(())
+}
+
+/// Causal attention of query rows at positions `pos[i]` over cache rows `0..=pos[i]`, in f64.
+fn attention_ref(q: &[f32], kc: &[f16], vc: &[f16], pos: &[usize], hp: &HParams) -> Vec<f64> {
+    let (d, qd, kvd) = (hp.head_dim, hp.q_dim(), hp.kv_dim());
+    let group = hp.n_head / hp.n_kv_head;
+    let mut out = vec![0f64; pos.len() * qd];
+    for (t, &p) in pos.iter().enumerate() {
+        for h in 0..hp.n_head {
+            let off = (h / group) * d;
+            let scores: Vec<f64> = (0..=p)
+                .map(|j| {
+                    (0..d)
+                        .map(|e| q[t * qd + h * d + e] as f64 * kc[j * kvd + off + e].to_f64())
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for e in 0..d {
+                out[t * qd + h * d + e] = (0..=p)
+                    .map(|j| w[j] * vc[j * kvd + off + e].to_f64())
+                    .sum::<f64>()
+                    / z;
+            }
+        }
+    }
+    out
+}
+
+fn check_attention(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    n_head: usize,
+    n_kv: usize,
+    d: usize,
+) -> Result<(), String> {
+    let hp = hp_for(n_head, n_kv, d);
+    let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
+    // Prefill: 37 rows after 20 cached positions.
+    let (n, pos0) = (37usize, 20usize);
+    let len = pos0 + n;
+    let q = randn(rng, n * qd, 1.0);
+    let kc = randh(rng, len * kvd, 1.0);
+    let vc = randh(rng, len * kvd, 1.0);
+    let (qb, kb, vb, ob) = (
+        upload(&q)?,
+        upload(&kc)?,
+        upload(&vc)?,
+        poisoned::<f16>(n * qd)?,
+    );
+    k.attn_prefill(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, pos0, &hp)?;
+    s.sync()?;
+    let pos: Vec<usize> = (pos0..len).collect();
+    r.err(
+        &format!("attn_prefill {n_head}/{n_kv}x{d}"),
+        &f16s(&download::<f16>(&ob, n * qd)?),
+        &attention_ref(&q, &kc, &vc, &pos, &hp),
+        TOL_F16,
+    );
+    // Decode: one query at position 999 over 1000 cached rows, split 64 keys at a time.
+    let (len, split, max_splits) = (1000usize, 64usize, 64usize);
+    let q = randn(rng, qd, 1.0);
+    let kc = randh(rng, len * kvd, 1.0);
+    let vc = randh(rng, len * kvd, 1.0);
+    let p = [(len - 1) as i32];
+    let (qb, kb, vb, pb) = (upload(&q)?, upload(&kc)?, upload(&vc)?, upload(&p)?);
+    let (pa, pm, ob) = (
+        poisoned::<f32>(n_head * max_splits * d)?,
+        poisoned::<f32>(n_head * max_splits * 2)?,
+        poisoned::<f32>(qd)?,
+    );
+    k.attn_decode(
+        s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, ob.ptr, pb.ptr, split, max_splits, &hp,
+    )?;
+    s.sync()?;
+    r.err(
+        &format!("attn_decode {n_head}/{n_kv}x{d} len {len}"),
+        &download::<f32>(&ob, qd)?,
+        &attention_ref(&q, &kc, &vc, &[len - 1], &hp),
+        TOL_F32,
+    );
+    Ok(())
+}
+
+fn check_gemm(s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
+    let blas = Blas::new(s)?;
+    let (n, out, kk) = (37usize, 1152usize, 896usize);
+    let x = randh(rng, n * kk, 1.0);
+    let w = randh(rng, out * kk, 0.05);
+    let y0 = randn(rng, n * out, 1.0);
+    let (xb, wb, yb) = (upload(&x)?, upload(&w)?, upload(&y0)?);
+    blas.gemm(xb.ptr, wb.ptr, yb.ptr, n, out, kk, true)?;
+    s.sync()?;
+    let want: Vec<f64> = (0..n * out)
+        .map(|i| {
+            let (t, o) = (i / out, i % out);
+            y0[i] as f64
+                + (0..kk)
+                    .map(|j| x[t * kk + j].to_f64() * w[o * kk + j].to_f64())
+                    .sum::<f64>()
+        })
+        .collect();
+    r.err(
+        "cublas gemm 37x1152x896 (+=)",
+        &download::<f32>(&yb, n * out)?,
+        &want,
+        TOL_F32,
+    );
+    Ok(())
+}
+
+/// Device dequantization of `raw` (type `ty`, `n` elements) vs the CPU's, bit for bit.
+fn dequant_mismatches(
+    k: &Kernels,
+    s: &Stream,
+    ty: GgmlType,
+    raw: &[u8],
+    n: usize,
+) -> Result<usize, String> {
+    let mut want = vec![f16::ZERO; n];
+    crate::quant::dequantize_f16(ty, raw, &mut want).map_err(|e| e.to_string())?;
+    let (src, dst) = (upload(raw)?, poisoned::<f16>(n)?);
+    k.dequant(s, ty, src.ptr, dst.ptr, n as u64)?;
+    s.sync()?;
+    let got = download::<u16>(&dst, n)?;
+    Ok(got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| **g != w.to_bits())
+        .count())
+}
+
+fn check_dequant_random(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+) -> Result<(), String> {
+    use GgmlType::*;
+    for ty in [F32, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4K, Q5K, Q6K] {
+        let n = 256 * 1031;
+        let bytes = ty.bytes_for(n as u64).ok_or("size overflow")? as usize;
+        // Random blocks; scales drawn as moderate f16 values so most outputs are finite.
+        let mut raw: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
+        if matches!(ty, Q8_0 | Q4_0 | Q5_0) {
+            let block = bytes / (n / 32);
+            for b in raw.chunks_mut(block) {
+                b[..2].copy_from_slice(&f16::from_f32(rng.normal() * 0.01).to_le_bytes());
+            }
+        }
+        let bad = dequant_mismatches(k, s, ty, &raw, n)?;
+        r.line(
+            &format!("dequant {} random", ty.name()),
+            format!("{bad} of {n} elements differ from the CPU"),
+            bad == 0,
+        );
+    }
+    Ok(())
+}
+
+fn check_file_dequant(k: &Kernels, s: &Stream, path: &Path, r: &mut Report) -> Result<(), String> {
+    let file = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mut tensors, mut bad) = (0usize, 0usize);
+    for t in file
+        .tensors()
+        .iter()
+        .filter(|t| !matches!(t.ty, GgmlType::F16 | GgmlType::F32))
+    {
+        let mut raw = vec![0u8; t.n_bytes as usize];
+        file.read_tensor_at(t, 0, &mut raw)
+            .map_err(|e| e.to_string())?;
+        bad += dequant_mismatches(k, s, t.ty, &raw, t.n_elems as usize)?;
+        tensors += 1;
+    }
+    if tensors > 0 {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        r.line(
+            &format!("dequant {name}"),
+            format!("{tensors} quantized tensors, {bad} elements differ from the CPU"),
+            bad == 0,
+        );
+    }
+    Ok(())
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            if g.is_finite() {
+                (*g as f64 - *w as f64).abs() / scale
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+struct Case {
+    name: String,
+    ids: Vec<u32>,
+    golden: Option<Vec<u32>>,
+}
+
+fn cases(args: &CheckCudaArgs, file: &GgufFile, vocab: usize) -> Result<Vec<Case>, String> {
+    let mut out = Vec::new();
+    if let Some(g) = &args.golden {
+        let text = std::fs::read_to_string(g).map_err(|e| format!("{}: {e}", g.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", g.display()))?;
+        for p in v["prompts"].as_array().into_iter().flatten() {
+            let ids = |k: &str| {
+                p[k].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect::<Vec<u32>>()
+                })
+            };
+            out.push(Case {
+                name: p["name"].as_str().unwrap_or("golden").to_string(),
+                ids: ids("prompt_ids").unwrap_or_default(),
+                golden: ids("greedy"),
+            });
+        }
+    }
+    if !args.prompt.is_empty() {
+        let tok = crate::tokenizer::Tokenizer::from_metadata(file.metadata())
+            .map_err(|e| e.to_string())?;
+        let tmpl = crate::chat_template::ChatTemplate::from_metadata(file.metadata())
+            .map_err(|e| e.to_string())?;
+        for (i, text) in args.prompt.iter().enumerate() {
+            let msgs = [crate::chat_template::ChatMessage::new(
+                "user",
+                text.as_str(),
+            )];
+            let ids = tok.encode_chat(&tmpl, &msgs).map_err(|e| e.to_string())?;
+            out.push(Case {
+                name: format!("prompt {i}"),
+                ids,
+                golden: None,
+            });
+        }
+    }
+    if out.is_empty() {
+        let mut rng = Rng::new(7);
+        let ids = (0..40)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect();
+        out.push(Case {
+            name: "random ids".into(),
+            ids,
+            golden: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Stop ids of the golden model (Qwen2.5: `<|im_end|>`, `<|endoftext|>`).
+const EOS: [u32; 2] = [151645, 151643];
+
+fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = Arc::new(GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let spec = ModelSpec::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ctx = spec.hp.context.min(1024);
+    let cpu = load_backend(
+        &file,
+        &spec,
+        Placement {
+            device: Device::Cpu,
+            gpu: 0,
+            ctx,
+        },
+    )?;
+    let gpu = load_backend(
+        &file,
+        &spec,
+        Placement {
+            device: Device::Cuda,
+            gpu: args.gpu_device,
+            ctx,
+        },
+    )?;
+    for case in cases(args, &file, spec.hp.vocab)? {
+        let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
+        let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
+        let cl = ce.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
+        let gl = ge.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
+        let prompt_err = rel_err(&gl, &cl);
+        let (mut ct, mut gt) = (vec![argmax(&cl)], vec![argmax(&gl)]);
+        let mut step_err = 0f64;
+        while ct.len() < args.tokens && !EOS.contains(ct.last().unwrap_or(&0)) {
+            // Both are fed the CPU's token, so the logits stay comparable after a divergence.
+            let next = *ct.last().unwrap_or(&0);
+            let cl = ce.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
+            let gl = ge.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
+            step_err = step_err.max(rel_err(&gl, &cl));
+            ct.push(argmax(&cl));
+            gt.push(argmax(&gl));
+        }
+        let same = ct == gt;
+        r.line(
+            &format!("{name} {} logits", case.name),
+            format!("prompt {prompt_err:.2e}, decode steps {step_err:.2e} (limit {TOL_MODEL:.0e})"),
+            prompt_err <= TOL_MODEL && step_err <= TOL_MODEL,
+        );
+        // Random weights give near-ties that rounding may flip: tokens must match on golden prompts.
+        r.line(
+            &format!("{name} {} greedy", case.name),
+            format!("{} tokens, identical to the CPU: {same}", ct.len()),
+            same || case.golden.is_none(),
+        );
+        if let Some(g) = &case.golden {
+            let n = ct.len().min(g.len());
+            let ok = gt[..n] == g[..n];
+            r.line(
+                &format!("{name} {} vs reference", case.name),
+                format!("first {n} greedy tokens identical to transformers: {ok}"),
+                ok,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Decode products at the real model's shapes: our GEMV vs cuBLAS (n = 1), median of 200.
+fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
+    let blas = Blas::new(s)?;
+    let (e0, e1) = (Event::new(true)?, Event::new(true)?);
+    let mut out = String::from("decode product (N x K)      ours us   GB/s   cuBLAS us   GB/s\n");
+    for (n, kk) in [
+        (1152usize, 896usize),
+        (896, 896),
+        (9728, 896),
+        (896, 4864),
+        (151936, 896),
+    ] {
+        let w = randh(rng, n * kk, 0.05);
+        let x = randn(rng, kk, 1.0);
+        let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        let (wb, xb, xhb, yb) = (upload(&w)?, upload(&x)?, upload(&xh)?, poisoned::<f32>(n)?);
+        let time = |f: &mut dyn FnMut() -> Result<(), String>| -> Result<f64, String> {
+            for _ in 0..20 {
+                f()?;
+            }
+            let mut v = Vec::new();
+            for _ in 0..200 {
+                e0.record(s)?;
+                f()?;
+                e1.record(s)?;
+                e1.sync()?;
+                v.push(e0.elapsed_ms(&e1)? as f64 * 1e3);
+            }
+            v.sort_by(f64::total_cmp);
+            Ok(v[v.len() / 2])
+        };
+        let ours = time(&mut || k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false))?;
+        let theirs = time(&mut || blas.gemm(xhb.ptr, wb.ptr, yb.ptr, 1, n, kk, false))?;
+        let gb = (n * kk * 2) as f64 / 1e3;
+        let _ = writeln!(
+            out,
+            "{:<26} {ours:>8.1} {:>6.0} {theirs:>11.1} {:>6.0}",
+            format!("{n} x {kk}"),
+            gb / ours,
+            gb / theirs
+        );
+    }
+    Ok(out)
+}

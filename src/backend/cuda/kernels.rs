@@ -1,0 +1,313 @@
+//! The embedded kernel image (`cuda/*.cu`, compiled by build.rs) and one typed launcher per kernel.
+//! Launch shapes follow the contract in each kernel file's header comment.
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
+
+use super::driver::{ck, Module, Stream};
+use crate::gguf::GgmlType;
+
+/// sm_90 SASS + compute_80 PTX of every kernel file.
+static FATBIN: &[u8] = include_bytes!(env!("LAYERSTREAM_FATBIN"));
+
+pub struct Kernels {
+    _module: Module,
+    embed_gather: CUfunction,
+    rmsnorm_f16: CUfunction,
+    silu_mul: CUfunction,
+    gemv_plain: CUfunction,
+    gemv_norm: CUfunction,
+    gemv_silu: CUfunction,
+    rope_qkv: CUfunction,
+    attn_prefill: CUfunction,
+    attn_decode: CUfunction,
+    attn_reduce: CUfunction,
+    dequant: Vec<(GgmlType, CUfunction)>,
+}
+
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+/// Launch `f` with the given arguments (each a local whose address is passed).
+macro_rules! launch {
+    ($f:expr, $grid:expr, $block:expr, $smem:expr, $s:expr; $($arg:expr),* $(,)?) => {{
+        let mut params: Vec<*mut c_void> = Vec::new();
+        $( let mut _a = $arg; params.push(&mut _a as *mut _ as *mut c_void); )*
+        // The argument locals above live until the end of this block, past the launch.
+        launch_raw($f, $grid, $block, $smem, $s, &mut params)
+    }};
+}
+
+fn launch_raw(
+    f: CUfunction,
+    grid: (u32, u32),
+    block: u32,
+    smem: usize,
+    s: &Stream,
+    params: &mut [*mut c_void],
+) -> Result<(), String> {
+    ck("cuLaunchKernel", unsafe {
+        sys::cuLaunchKernel(
+            f,
+            grid.0.max(1),
+            grid.1.max(1),
+            1,
+            block,
+            1,
+            1,
+            smem as u32,
+            s.0,
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    })
+}
+
+/// Shared memory of one warp's K/V tile in the attention kernels (`tile_halves` in attention.cu).
+fn attn_tile_bytes(d: usize) -> usize {
+    (32 * (d + 8) + 32 * d) * 2
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).min(u32::MAX as usize) as u32
+}
+
+impl Kernels {
+    /// Load the image into the current context.
+    pub fn load() -> Result<Kernels, String> {
+        let m = Module::load(FATBIN)?;
+        // Kernels whose dynamic shared memory grows with the model (the GEMV's staged input, the
+        // attention tiles) may use all the device allows a block.
+        let (mut dev, mut max_smem) = (0, 0);
+        ck("cuCtxGetDevice", unsafe { sys::cuCtxGetDevice(&mut dev) })?;
+        ck("cuDeviceGetAttribute", unsafe {
+            sys::cuDeviceGetAttribute(
+                &mut max_smem,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                dev,
+            )
+        })?;
+        let big = |name: &str| -> Result<CUfunction, String> {
+            let f = m.function(name)?;
+            // Static shared memory (reductions, the query rows) comes out of the same budget.
+            ck("cuFuncSetAttribute", unsafe {
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    max_smem - 8192,
+                )
+            })?;
+            Ok(f)
+        };
+        let dequant = [
+            (GgmlType::F32, "dequant_f32"),
+            (GgmlType::BF16, "dequant_bf16"),
+            (GgmlType::Q8_0, "dequant_q8_0"),
+            (GgmlType::Q4_0, "dequant_q4_0"),
+            (GgmlType::Q4_1, "dequant_q4_1"),
+            (GgmlType::Q5_0, "dequant_q5_0"),
+            (GgmlType::Q5_1, "dequant_q5_1"),
+            (GgmlType::Q4K, "dequant_q4_k"),
+            (GgmlType::Q5K, "dequant_q5_k"),
+            (GgmlType::Q6K, "dequant_q6_k"),
+        ]
+        .into_iter()
+        .map(|(t, n)| m.function(n).map(|f| (t, f)))
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Kernels {
+            embed_gather: m.function("embed_gather")?,
+            rmsnorm_f16: m.function("rmsnorm_f16")?,
+            silu_mul: m.function("silu_mul")?,
+            gemv_plain: big("gemv_plain")?,
+            gemv_norm: big("gemv_norm")?,
+            gemv_silu: big("gemv_silu")?,
+            rope_qkv: m.function("rope_qkv")?,
+            attn_prefill: big("attn_prefill")?,
+            attn_decode: big("attn_decode")?,
+            attn_reduce: m.function("attn_reduce")?,
+            dequant,
+            _module: m,
+        })
+    }
+
+    /// Whether `ty` can be turned into F16 on the device.
+    pub fn can_dequant(&self, ty: GgmlType) -> bool {
+        self.dequant.iter().any(|(t, _)| *t == ty)
+    }
+
+    /// `n` elements of `ty` at `src` → F16 at `dst`.
+    pub fn dequant(
+        &self,
+        s: &Stream,
+        ty: GgmlType,
+        src: CUdeviceptr,
+        dst: CUdeviceptr,
+        n: u64,
+    ) -> Result<(), String> {
+        let f = self
+            .dequant
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| format!("no device dequantizer for {}", ty.name()))?;
+        let grid = blocks(n as usize, 256 * 32).clamp(1, 65_535);
+        launch!(f, (grid, 1), 256, 0, s; src, dst, n)
+    }
+
+    pub fn embed_gather(
+        &self,
+        s: &Stream,
+        table: CUdeviceptr,
+        ids: CUdeviceptr,
+        x: CUdeviceptr,
+        n: usize,
+        hidden: usize,
+    ) -> Result<(), String> {
+        launch!(self.embed_gather, (n as u32, 1), 256, 0, s; table, ids, x, hidden as i32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_f16(
+        &self,
+        s: &Stream,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), String> {
+        launch!(self.rmsnorm_f16, (rows as u32, 1), 256, 0, s; x, w, y, cols as i32, eps)
+    }
+
+    pub fn silu_mul(
+        &self,
+        s: &Stream,
+        gu: CUdeviceptr,
+        act: CUdeviceptr,
+        n: usize,
+        ffn: usize,
+    ) -> Result<(), String> {
+        let grid = blocks(n * ffn, 256).min(65_535);
+        launch!(self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
+    }
+
+    fn gemv_shape(n: usize, k: usize) -> (u32, u32, usize) {
+        // Wide outputs (the LM head, gate/up) give each warp several rows to amortise staging x.
+        let rows_per_warp = if n >= 8192 { 4 } else { 1 };
+        (blocks(n, 8 * rows_per_warp), rows_per_warp as u32, k * 4)
+    }
+
+    /// y[N] (+)= W[N,K] · x (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_plain(
+        &self,
+        s: &Stream,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        bias: CUdeviceptr,
+        y: CUdeviceptr,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<(), String> {
+        let (grid, rpw, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_plain, (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+    }
+
+    /// y[N] (+)= W[N,K] · rmsnorm(x) ⊙ norm_w (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_norm(
+        &self,
+        s: &Stream,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        norm_w: CUdeviceptr,
+        eps: f32,
+        bias: CUdeviceptr,
+        y: CUdeviceptr,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<(), String> {
+        let (grid, rpw, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_norm, (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+    }
+
+    /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_silu(
+        &self,
+        s: &Stream,
+        w: CUdeviceptr,
+        gu: CUdeviceptr,
+        bias: CUdeviceptr,
+        y: CUdeviceptr,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<(), String> {
+        let (grid, rpw, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_silu, (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+    }
+
+    /// Bias + RoPE + KV append for `n` tokens at positions `pos0..` (or `*pos_dev..` when non-zero).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_qkv(
+        &self,
+        s: &Stream,
+        qkv: CUdeviceptr,
+        bias: CUdeviceptr,
+        q: CUdeviceptr,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        pos_dev: CUdeviceptr,
+        pos0: usize,
+        n: usize,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        launch!(self.rope_qkv, (n as u32, 1), 512, 0, s;
+            qkv, bias, q, k_cache, v_cache, pos_dev, pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, hp.rope_base)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_prefill(
+        &self,
+        s: &Stream,
+        q: CUdeviceptr,
+        kc: CUdeviceptr,
+        vc: CUdeviceptr,
+        out: CUdeviceptr,
+        n: usize,
+        pos0: usize,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        launch!(self.attn_prefill, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, out, n as i32, pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
+    }
+
+    /// Split decode attention then the merge of the splits into `out` (F32 `[q_dim]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode(
+        &self,
+        s: &Stream,
+        q: CUdeviceptr,
+        kc: CUdeviceptr,
+        vc: CUdeviceptr,
+        part_acc: CUdeviceptr,
+        part_ml: CUdeviceptr,
+        out: CUdeviceptr,
+        pos_dev: CUdeviceptr,
+        split_keys: usize,
+        max_splits: usize,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        launch!(self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)?;
+        launch!(self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
+            part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
+    }
+}

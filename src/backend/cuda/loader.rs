@@ -1,0 +1,385 @@
+//! The CUDA loader thread. While the CUDA context is being created the file's unit ranges are
+//! prefetched into the page cache; then the arena (weights + KV cache + scratch) is reserved in one
+//! allocation (refused with bytes needed/available before READY if it does not fit), reader
+//! threads fill a ring of pinned staging buffers with `pread`, and this thread issues each chunk's
+//! `cuMemcpyHtoDAsync` on the dedicated load stream, reusing a buffer only after its copy's event
+//! completed. After a unit's last copy (and device dequantization) it records the unit's event,
+//! advances the device load counter, and enqueues a host callback that marks the unit resident —
+//! so host residency (READY, /load-progress) follows the device, not the issue order.
+
+use std::ffi::c_void;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys;
+
+use super::chunks::{After, Chunk, CopyPlan, Route};
+use super::driver::{ck, copy_htod, write_value, DevBuf, Event, Gpu, Pinned, Stream};
+use super::kernels::Kernels;
+use super::layout::Layout;
+use super::{CudaModel, Device};
+use crate::gguf::GgufFile;
+use crate::load::loader::{LoaderOptions, FAULT_ENV};
+use crate::load::plan::LoadPlan;
+use crate::load::progress::Progress;
+use crate::load::residency::Residency;
+use crate::model::ModelSpec;
+
+/// Bytes per pinned staging buffer, and how many buffers the ring has.
+const CHUNK: usize = 16 << 20;
+const RING: usize = 6;
+/// Device memory left free beyond the arena (cuBLAS workspace, the context's own allocations).
+const HEADROOM: usize = 512 << 20;
+
+pub struct CudaLoadJob {
+    pub file: Arc<GgufFile>,
+    pub spec: ModelSpec,
+    pub plan: LoadPlan,
+    pub progress: Arc<Progress>,
+    pub options: LoaderOptions,
+    pub model: Arc<CudaModel>,
+    pub ordinal: usize,
+}
+
+pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("loader".into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(panic) => format!(
+                    "loader thread panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or(panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown cause")
+                ),
+            };
+            tracing::error!("model load failed: {error}");
+            job.model.residency.fail(error.clone());
+            job.progress.fail(error);
+            // A compute stream waiting on the load counter must not wait forever.
+            if let Some(dev) = job.model.device.get() {
+                let _ = dev.gpu.bind();
+                unsafe {
+                    sys::cuMemsetD32_v2(dev.arena.ptr + dev.layout.load_counter as u64, u32::MAX, 1)
+                };
+            }
+        })
+}
+
+fn run(job: &CudaLoadJob) -> Result<(), String> {
+    job.progress.load_started();
+    let file = job.file.clone();
+    let ranges: Vec<(u64, u64)> = job
+        .plan
+        .units
+        .iter()
+        .flat_map(|u| {
+            u.tensors
+                .iter()
+                .filter_map(|t| file.tensor(t))
+                .map(|t| (t.offset, t.n_bytes))
+        })
+        .collect();
+    // Page-cache prefetch in unit order, overlapping context creation on a cold cache.
+    std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(move || ranges.into_iter().for_each(|(at, n)| file.prefetch(at, n)))
+        .map_err(|e| format!("cannot start the prefetch thread: {e}"))?;
+
+    let t0 = Instant::now();
+    let gpu = Gpu::new(job.ordinal)?;
+    gpu.bind()?;
+    let kernels = Kernels::load()?;
+    let layout = Layout::new(&job.spec, job.model.ctx);
+    let copy = CopyPlan::new(&job.file, &job.spec, &job.plan, &layout, CHUNK)?;
+    for c in &copy.chunks {
+        for p in c.pieces.iter().filter(|p| p.route == Route::Dequant) {
+            if !kernels.can_dequant(p.tensor.ty) {
+                return Err(format!(
+                    "tensor '{}': {} cannot be dequantized on the GPU",
+                    p.tensor.name,
+                    p.tensor.ty.name()
+                ));
+            }
+        }
+    }
+    let (free, total) = gpu.mem_info()?;
+    let needed = layout.total + copy.stage_bytes + HEADROOM;
+    if needed > free {
+        return Err(format!(
+            "the model needs {needed} bytes of GPU memory ({} weights, {} KV cache for {} positions, {} staging, {HEADROOM} headroom); {free} of {total} bytes are free",
+            layout.weights_bytes, layout.kv_bytes, layout.ctx, copy.stage_bytes
+        ));
+    }
+    let arena = DevBuf::alloc(layout.total)?;
+    ck("cuMemsetD32 (load counter)", unsafe {
+        sys::cuMemsetD32_v2(arena.ptr + layout.load_counter as u64, 0, 1)
+    })?;
+    let stage = DevBuf::alloc(copy.stage_bytes)?;
+    let n_units = job.plan.units.len();
+    let unit_events = (0..n_units)
+        .map(|_| Event::new(false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = Arc::new(Device::new(gpu, kernels, arena, layout, unit_events));
+    job.model
+        .bytes
+        .store(device.arena.bytes as u64, Ordering::Relaxed);
+    let _ = job.model.device.set(device.clone());
+    tracing::info!(
+        "CUDA device ready in {:.0} ms: {} bytes reserved ({} weights, {} KV cache)",
+        t0.elapsed().as_secs_f64() * 1e3,
+        device.arena.bytes,
+        device.layout.weights_bytes,
+        device.layout.kv_bytes
+    );
+
+    let started = Instant::now();
+    let load = Stream::new()?;
+    let ring = (0..RING.min(copy.chunks.len()).max(1))
+        .map(|_| Pinned::alloc(CHUNK, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ring_events = ring
+        .iter()
+        .map(|_| Event::new(false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chunks = Arc::new(copy.chunks);
+    let readers = Readers::start(
+        job.file.clone(),
+        chunks.clone(),
+        &job.plan,
+        job.options.fail_unit.clone(),
+    )?;
+    let rate = job.options.bandwidth_limit_mb_s.map(|mb| mb * 1e6);
+    let mut dispatched_bytes = 0u64;
+    let mut dispatch = |k: usize, readers: &Readers| {
+        let bytes: u64 = chunks[k].pieces.iter().map(|p| p.src_len).sum();
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(dispatched_bytes as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        dispatched_bytes += bytes;
+        readers.read(k, ring[k % ring.len()].ptr as usize);
+    };
+    let n = chunks.len();
+    for k in 0..ring.len().min(n) {
+        dispatch(k, &readers);
+    }
+    let mut total_bytes = 0u64;
+    for k in 0..n {
+        readers.wait(k)?;
+        let slot = k % ring.len();
+        let chunk: &Chunk = &chunks[k];
+        for p in &chunk.pieces {
+            job.progress.add_bytes(p.unit, p.src_len);
+            total_bytes += p.src_len;
+            let base = if p.route == Route::Dequant {
+                stage.ptr
+            } else {
+                device.arena.ptr
+            };
+            unsafe {
+                copy_htod(
+                    base + p.dst_off as u64,
+                    ring[slot].ptr.add(p.slot_off),
+                    p.staged_len,
+                    &load,
+                )?
+            };
+        }
+        ring_events[slot].record(&load)?;
+        for a in &chunk.after {
+            match *a {
+                After::Dequant { ty, n, dst_off } => device.kernels.dequant(
+                    &load,
+                    ty,
+                    stage.ptr,
+                    device.arena.ptr + dst_off as u64,
+                    n,
+                )?,
+                After::UnitDone { slot } => {
+                    unit_done(&device, &load, slot, &job.model.residency, &job.progress)?
+                }
+            }
+        }
+        if k + ring.len() < n {
+            ring_events[slot].sync()?;
+            dispatch(k + ring.len(), &readers);
+        }
+    }
+    load.sync()?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "fully resident in {:.0} ms: {} units, {:.1} MB at {:.0} MB/s",
+        job.progress.snapshot().resident_ms.unwrap_or(0.0),
+        n_units,
+        total_bytes as f64 / 1e6,
+        total_bytes as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// What the host callback of a landed unit needs.
+struct Landed {
+    residency: Arc<Residency>,
+    progress: Arc<Progress>,
+    slot: usize,
+}
+
+unsafe extern "C" fn on_landed(data: *mut c_void) {
+    // Runs on a driver thread once the load stream reaches this point; takes back the Box.
+    let landed = Box::from_raw(data.cast::<Landed>());
+    landed.residency.mark_resident(landed.slot);
+    landed.progress.unit_resident(landed.slot);
+}
+
+/// After unit `slot`'s last copy: its event, the device counter, and the host callback.
+fn unit_done(
+    dev: &Device,
+    load: &Stream,
+    slot: usize,
+    residency: &Arc<Residency>,
+    progress: &Arc<Progress>,
+) -> Result<(), String> {
+    let event = dev.unit_events.get(slot).ok_or("unit event out of range")?;
+    event.record(load)?;
+    if let Some(flag) = dev.recorded.get(slot) {
+        flag.store(true, Ordering::Release);
+    }
+    write_value(
+        load,
+        dev.arena.ptr + dev.layout.load_counter as u64,
+        slot as u32 + 1,
+    )?;
+    let data = Box::into_raw(Box::new(Landed {
+        residency: residency.clone(),
+        progress: progress.clone(),
+        slot,
+    }));
+    let r = unsafe { sys::cuLaunchHostFunc(load.0, Some(on_landed), data.cast()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        drop(unsafe { Box::from_raw(data) });
+        return Err(format!("cuLaunchHostFunc failed: {r:?}"));
+    }
+    Ok(())
+}
+
+/// Reader threads: `pread` chunk pieces into pinned buffers; results come back in any order.
+struct Readers {
+    jobs: crossbeam_channel::Sender<(usize, usize)>,
+    done: crossbeam_channel::Receiver<(usize, Result<(), String>)>,
+    finished: parking_lot::Mutex<Vec<bool>>,
+}
+
+impl Readers {
+    fn start(
+        file: Arc<GgufFile>,
+        chunks: Arc<Vec<Chunk>>,
+        plan: &LoadPlan,
+        fail_unit: Option<String>,
+    ) -> Result<Readers, String> {
+        let (jobs, job_rx) = crossbeam_channel::unbounded::<(usize, usize)>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let fail_slot = fail_unit.and_then(|name| {
+            plan.units
+                .iter()
+                .position(|u| u.name == name)
+                .map(|s| (s, name))
+        });
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 4);
+        for i in 0..n {
+            let (rx, tx, file, chunks, fail) = (
+                job_rx.clone(),
+                done_tx.clone(),
+                file.clone(),
+                chunks.clone(),
+                fail_slot.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || {
+                    while let Ok((k, buf)) = rx.recv() {
+                        let r = read_chunk(&file, &chunks[k], buf as *mut u8, fail.as_ref());
+                        if tx.send((k, r)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+        }
+        let count = chunks.len();
+        Ok(Readers {
+            jobs,
+            done,
+            finished: parking_lot::Mutex::new(vec![false; count]),
+        })
+    }
+
+    fn read(&self, k: usize, buf: usize) {
+        let _ = self.jobs.send((k, buf));
+    }
+
+    /// Block until chunk `k` is staged.
+    fn wait(&self, k: usize) -> Result<(), String> {
+        loop {
+            if self.finished.lock().get(k).copied().unwrap_or(false) {
+                return Ok(());
+            }
+            let (j, r) = self
+                .done
+                .recv()
+                .map_err(|_| "reader threads stopped".to_string())?;
+            r?;
+            if let Some(f) = self.finished.lock().get_mut(j) {
+                *f = true;
+            }
+        }
+    }
+}
+
+fn read_chunk(
+    file: &GgufFile,
+    chunk: &Chunk,
+    buf: *mut u8,
+    fail: Option<&(usize, String)>,
+) -> Result<(), String> {
+    for p in &chunk.pieces {
+        if let Some((slot, name)) = fail {
+            if p.unit == *slot {
+                return Err(format!(
+                    "tensor '{}': read failed: injected fault in unit '{name}' ({FAULT_ENV})",
+                    p.tensor.name
+                ));
+            }
+        }
+        // The staging buffer is CHUNK bytes and pieces were packed to fit; no other thread
+        // touches this buffer until its chunk is reported done.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.add(p.slot_off), p.staged_len) };
+        match p.route {
+            Route::Direct | Route::Dequant => file
+                .read_tensor_at(&p.tensor, p.src_start, dst)
+                .map_err(|e| e.to_string())?,
+            Route::HostF32 => {
+                let mut raw = vec![0u8; p.src_len as usize];
+                file.read_tensor_at(&p.tensor, 0, &mut raw)
+                    .map_err(|e| e.to_string())?;
+                let mut vals = vec![0f32; p.tensor.n_elems as usize];
+                crate::quant::dequantize(p.tensor.ty, &raw, &mut vals)
+                    .map_err(|e| format!("tensor '{}': {e}", p.tensor.name))?;
+                dst.copy_from_slice(bytemuck::cast_slice(&vals));
+            }
+        }
+    }
+    Ok(())
+}

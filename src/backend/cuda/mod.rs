@@ -1,0 +1,158 @@
+//! The CUDA backend: weights in one device arena filled by the loader thread over its own stream
+//! (`loader`), per-unit gating of the compute stream on the device (`session`), cuBLAS for
+//! prefill projections and our kernels (`cuda/*.cu`) for everything else, a captured CUDA graph
+//! for the decode step once every unit is resident. Checked against the CPU backend (`check`).
+
+mod blas;
+pub mod check;
+mod chunks;
+mod driver;
+mod kernels;
+mod layout;
+mod loader;
+mod session;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::{Backend, BackendError, Session};
+use crate::gguf::GgufFile;
+use crate::load::loader::LoaderOptions;
+use crate::load::plan::LoadPlan;
+use crate::load::progress::Progress;
+use crate::load::residency::Residency;
+use crate::model::{HParams, ModelSpec};
+use driver::{DevBuf, Event, Gpu};
+use kernels::Kernels;
+use layout::Layout;
+
+pub use driver::probe;
+
+/// Everything `start` needs.
+pub struct CudaStart {
+    pub file: Arc<GgufFile>,
+    pub spec: ModelSpec,
+    pub plan: LoadPlan,
+    pub progress: Arc<Progress>,
+    pub options: LoaderOptions,
+    pub ordinal: usize,
+    /// Positions of the one sequence whose KV cache is reserved with the weights.
+    pub ctx: usize,
+}
+
+/// Check the shapes, start the loader thread, and return the model its units land in.
+pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
+    layout::check_shapes(&s.spec.hp)?;
+    let model = Arc::new(CudaModel {
+        hp: s.spec.hp.clone(),
+        residency: Arc::new(Residency::new(s.plan.units.len())),
+        device: OnceLock::new(),
+        waited_ns: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        session_taken: AtomicBool::new(false),
+        ctx: s.ctx,
+    });
+    loader::spawn(loader::CudaLoadJob {
+        file: s.file,
+        spec: s.spec,
+        plan: s.plan,
+        progress: s.progress,
+        options: s.options,
+        model: model.clone(),
+        ordinal: s.ordinal,
+    })
+    .map_err(|e| format!("cannot start the loader thread: {e}"))?;
+    Ok(model)
+}
+
+/// The device side, set up by the loader thread once the context and arena exist.
+pub struct Device {
+    gpu: Gpu,
+    kernels: Kernels,
+    arena: DevBuf,
+    layout: Layout,
+    /// One event per unit, recorded on the load stream after the unit's last copy.
+    unit_events: Vec<Event>,
+    /// Whether each unit's event has been recorded (waiting on an unrecorded event is a no-op,
+    /// so until then the compute stream waits on the load counter instead).
+    recorded: Vec<AtomicBool>,
+}
+
+impl Device {
+    fn new(
+        gpu: Gpu,
+        kernels: Kernels,
+        arena: DevBuf,
+        layout: Layout,
+        unit_events: Vec<Event>,
+    ) -> Device {
+        let recorded = unit_events.iter().map(|_| AtomicBool::new(false)).collect();
+        Device {
+            gpu,
+            kernels,
+            arena,
+            layout,
+            unit_events,
+            recorded,
+        }
+    }
+
+    fn ptr(&self, off: usize) -> u64 {
+        self.arena.ptr + off as u64
+    }
+}
+
+pub struct CudaModel {
+    hp: HParams,
+    residency: Arc<Residency>,
+    device: OnceLock<Arc<Device>>,
+    waited_ns: AtomicU64,
+    bytes: AtomicU64,
+    session_taken: AtomicBool,
+    ctx: usize,
+}
+
+impl CudaModel {
+    /// The device once the embeddings are resident (the arena exists long before that).
+    fn device(&self) -> Result<Arc<Device>, BackendError> {
+        self.residency.wait(0)?;
+        self.device
+            .get()
+            .cloned()
+            .ok_or_else(|| BackendError::Device("embeddings resident without a device".into()))
+    }
+}
+
+impl Backend for CudaModel {
+    fn hp(&self) -> &HParams {
+        &self.hp
+    }
+    fn residency(&self) -> &Residency {
+        &self.residency
+    }
+    fn take_waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.swap(0, Ordering::Relaxed))
+    }
+    fn new_session(self: Arc<Self>, ctx: usize) -> Result<Box<dyn Session>, BackendError> {
+        if ctx > self.ctx {
+            return Err(BackendError::Device(format!(
+                "a session of {ctx} positions exceeds the {} reserved on the GPU",
+                self.ctx
+            )));
+        }
+        // The scratch buffers and the KV cache are reserved for one sequence.
+        if self.session_taken.swap(true, Ordering::AcqRel) {
+            return Err(BackendError::Device(
+                "the GPU's one sequence is in use".into(),
+            ));
+        }
+        Ok(Box::new(session::CudaSession::new(self, ctx)))
+    }
+    fn device_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+}
