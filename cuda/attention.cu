@@ -140,23 +140,33 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half
 extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                        float* __restrict__ out, const int* __restrict__ pos_dev, int D, int chunk,
                                        int max_splits) {
+    // Lane s holds split s and s + 32 (at most 64 splits), so the merge weights take one round of
+    // loads and shuffles; the output loop then reads every split's partial sums independently.
     const int h = blockIdx.x, lane = threadIdx.x;
     const int len = *pos_dev + 1;
-    const int splits = min(max_splits, (len + chunk - 1) / chunk);
-    float m = -CUDART_INF_F;
-    for (int s = 0; s < splits; s++) m = fmaxf(m, part_ml[((size_t)h * max_splits + s) * 2]);
-    float l = 0.0f;
+    const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
+    const size_t base = (size_t)h * max_splits;
+    float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;
+    if (lane < splits) { m0 = part_ml[(base + lane) * 2]; l0 = part_ml[(base + lane) * 2 + 1]; }
+    if (lane + WARP < splits) { m1 = part_ml[(base + lane + WARP) * 2]; l1 = part_ml[(base + lane + WARP) * 2 + 1]; }
+    const float m = warp_max(fmaxf(m0, m1));
+    const float w0 = lane < splits ? expf(m0 - m) : 0.0f;
+    const float w1 = lane + WARP < splits ? expf(m1 - m) : 0.0f;
+    const float inv = 1.0f / warp_sum(l0 * w0 + l1 * w1);
+    float o[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) o[i] = 0.0f;
     for (int s = 0; s < splits; s++) {
-        const size_t p = (size_t)h * max_splits + s;
-        l += part_ml[p * 2 + 1] * expf(part_ml[p * 2] - m);
-    }
-    const float inv = 1.0f / l;
-    for (int d = lane; d < D; d += WARP) {
-        float o = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const size_t p = (size_t)h * max_splits + s;
-            o += part_acc[p * D + d] * expf(part_ml[p * 2] - m);
+        const float ws = __shfl_sync(0xffffffffu, s < WARP ? w0 : w1, s % WARP);
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int d = lane + WARP * i;
+            if (d < D) o[i] += part_acc[(base + s) * D + d] * ws;
         }
-        out[h * D + d] = o * inv;
+    }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int d = lane + WARP * i;
+        if (d < D) out[h * D + d] = o[i] * inv;
     }
 }

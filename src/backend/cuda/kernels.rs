@@ -16,9 +16,10 @@ pub struct Kernels {
     embed_gather: CUfunction,
     rmsnorm_f16: CUfunction,
     silu_mul: CUfunction,
-    gemv_plain: CUfunction,
-    gemv_norm: CUfunction,
-    gemv_silu: CUfunction,
+    /// [one row per warp, four rows per warp]
+    gemv_plain: [CUfunction; 2],
+    gemv_norm: [CUfunction; 2],
+    gemv_silu: [CUfunction; 2],
     rope_qkv: CUfunction,
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
@@ -119,9 +120,9 @@ impl Kernels {
             embed_gather: m.function("embed_gather")?,
             rmsnorm_f16: m.function("rmsnorm_f16")?,
             silu_mul: m.function("silu_mul")?,
-            gemv_plain: big("gemv_plain")?,
-            gemv_norm: big("gemv_norm")?,
-            gemv_silu: big("gemv_silu")?,
+            gemv_plain: [big("gemv_plain_r1")?, big("gemv_plain_r4")?],
+            gemv_norm: [big("gemv_norm_r1")?, big("gemv_norm_r4")?],
+            gemv_silu: [big("gemv_silu_r1")?, big("gemv_silu_r4")?],
             rope_qkv: m.function("rope_qkv")?,
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
@@ -193,10 +194,11 @@ impl Kernels {
         launch!(self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
     }
 
-    fn gemv_shape(n: usize, k: usize) -> (u32, u32, usize) {
-        // Wide outputs (the LM head, gate/up) give each warp several rows to amortise staging x.
-        let rows_per_warp = if n >= 8192 { 4 } else { 1 };
-        (blocks(n, 8 * rows_per_warp), rows_per_warp as u32, k * 4)
+    /// (variant, grid, dynamic shared bytes): wide outputs (the LM head, gate/up) give each warp
+    /// four rows, so fewer blocks stage x and more loads are in flight per warp.
+    fn gemv_shape(n: usize, k: usize) -> (usize, u32, usize) {
+        let (variant, rows) = if n >= 8192 { (1, 4) } else { (0, 1) };
+        (variant, blocks(n, 8 * rows), k * 4)
     }
 
     /// y[N] (+)= W[N,K] · x (+ bias).
@@ -212,8 +214,8 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (grid, rpw, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_plain, (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+        let (v, grid, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_plain[v], (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · rmsnorm(x) ⊙ norm_w (+ bias).
@@ -231,8 +233,8 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (grid, rpw, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_norm, (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+        let (v, grid, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_norm[v], (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias).
@@ -248,8 +250,8 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (grid, rpw, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_silu, (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32, rpw as i32)
+        let (v, grid, smem) = Self::gemv_shape(n, k);
+        launch!(self.gemv_silu[v], (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// Bias + RoPE + KV append for `n` tokens at positions `pos0..` (or `*pos_dev..` when non-zero).

@@ -8,7 +8,7 @@ use crate::model::{HParams, ModelSpec};
 /// Prompt tokens per prefill pass (longer prompts are split).
 pub const MAX_BATCH: usize = 512;
 /// Keys per split of the decode attention; the number of splits is bounded by `max_splits`.
-const MIN_SPLIT_KEYS: usize = 64;
+const MIN_SPLIT_KEYS: usize = 32;
 const MAX_SPLITS: usize = 64;
 
 const ALIGN: usize = 256;
