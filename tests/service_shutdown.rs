@@ -106,8 +106,8 @@ fn sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits_0() {
 
 #[test]
 fn a_stream_longer_than_the_drain_window_ends_with_an_error_event_then_exit_0() {
-    // A wide LM head (151936 × 256) makes every token read ~78 MB: 4000 tokens take far longer than
-    // the drain window on any CPU, so the stream is still running when the window closes.
+    // 4000 tokens held back 5 ms each (the engine's test hook) take 20 s on any device, so the
+    // stream is still running when the 10 s window closes.
     let wide = gen_model(
         "wide-head",
         &[
@@ -123,7 +123,10 @@ fn a_stream_longer_than_the_drain_window_ends_with_an_error_event_then_exit_0() 
             "256",
         ],
     );
-    let s = Arc::new(Server::spawn(&["--model", wide.to_str().unwrap()], &[]));
+    let s = Arc::new(Server::spawn(
+        &["--model", wide.to_str().unwrap()],
+        &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "5")],
+    ));
     s.wait_ready(Duration::from_secs(30));
     let reader = start_stream(&s, 4000);
     let term_at = Instant::now();

@@ -66,6 +66,11 @@ pub trait Session: Send {
     fn reset(&mut self);
     /// Positions filled so far.
     fn len(&self) -> usize;
+    /// Make the device-side objects a first request would otherwise create (stream, library
+    /// handles and their kernels), so the first request pays none of it. Runs no layer.
+    fn warm_up(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

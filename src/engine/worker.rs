@@ -36,6 +36,15 @@ pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::J
 /// Prompt tokens evaluated between checks for a departed client or the drain deadline.
 const PROMPT_CHUNK: usize = 64;
 
+/// Test-only: with `LAYERSTREAM_TEST_STEP_DELAY_MS=N` every generated token is held back N ms,
+/// so that tests of long-running streams (shutdown drains) do not depend on how fast the device is.
+pub const STEP_DELAY_ENV: &str = "LAYERSTREAM_TEST_STEP_DELAY_MS";
+
+fn step_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(STEP_DELAY_ENV).ok()?.parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 struct Eval<'a> {
     session: &'a mut dyn Session,
     /// True when the job should stop (client gone, or shutdown deadline passed).
@@ -81,6 +90,10 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
             return;
         }
     };
+    // Off the request path: device objects are made while the weights are still landing.
+    if let Err(e) = session.warm_up() {
+        tracing::warn!("engine warm-up failed (the first request will retry): {e}");
+    }
     while let Ok(job) = rx.recv() {
         if job.events.is_closed() {
             continue;
@@ -125,7 +138,11 @@ fn run_job(cfg: &EngineConfig, session: &mut dyn Session, drain: &Drain, job: Jo
         session,
         stop: &stop,
     };
+    let delay = step_delay();
     let result = generation::generate(&mut eval, &cfg.tokenizer, &job.prompt, &job.request, |ev| {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         if drain.past_deadline() {
             shutdown = true;
             return false;

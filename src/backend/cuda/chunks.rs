@@ -1,5 +1,6 @@
 //! The copy plan of the CUDA loader: every tensor of every unit, in load order, cut into pieces
-//! packed into fixed-size chunks (one pinned staging buffer each), with what must follow each
+//! packed into fixed-size chunks (one pinned staging buffer each; a chunk holds pieces of one unit
+//! only), with what must follow each
 //! chunk on the load stream (a device dequantization once a tensor is complete, the unit's event
 //! once a unit is complete).
 
@@ -73,6 +74,11 @@ impl CopyPlan {
         let mut chunks = vec![Chunk::default()];
         let mut stage_bytes = 0usize;
         for (slot, unit) in plan.units.iter().enumerate() {
+            // Chunks never mix units: a unit's read error (or injected fault) then cannot hold
+            // back the units before it, and the throttle paces whole units.
+            if chunks.last().is_some_and(|c| c.used > 0) {
+                chunks.push(Chunk::default());
+            }
             for name in &unit.tensors {
                 let t = file
                     .tensor(name)

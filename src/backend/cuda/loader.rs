@@ -157,30 +157,28 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
         job.options.fail_unit.clone(),
     )?;
     let rate = job.options.bandwidth_limit_mb_s.map(|mb| mb * 1e6);
-    let mut dispatched_bytes = 0u64;
-    let mut dispatch = |k: usize, readers: &Readers| {
-        let bytes: u64 = chunks[k].pieces.iter().map(|p| p.src_len).sum();
-        if let Some(rate) = rate {
-            let due = Duration::from_secs_f64(dispatched_bytes as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        dispatched_bytes += bytes;
-        readers.read(k, ring[k % ring.len()].ptr as usize);
-    };
     let n = chunks.len();
-    for k in 0..ring.len().min(n) {
-        dispatch(k, &readers);
+    // Reads run a ring ahead of the copies; under a bandwidth limit only one chunk ahead, so the
+    // file is read at the limited rate too.
+    let ahead = if rate.is_some() { 1 } else { ring.len() };
+    for k in 0..ahead.min(n) {
+        readers.read(k, ring[k % ring.len()].ptr as usize);
     }
     let mut total_bytes = 0u64;
     for k in 0..n {
         readers.wait(k)?;
         let slot = k % ring.len();
         let chunk: &Chunk = &chunks[k];
+        let bytes: u64 = chunk.pieces.iter().map(|p| p.src_len).sum();
+        // The throttle paces the copies (what makes units resident), whatever the readers did.
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64((total_bytes + bytes) as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         for p in &chunk.pieces {
             job.progress.add_bytes(p.unit, p.src_len);
-            total_bytes += p.src_len;
             let base = if p.route == Route::Dequant {
                 stage.ptr
             } else {
@@ -195,6 +193,7 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
                 )?
             };
         }
+        total_bytes += bytes;
         ring_events[slot].record(&load)?;
         for a in &chunk.after {
             match *a {
@@ -210,9 +209,12 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
                 }
             }
         }
-        if k + ring.len() < n {
-            ring_events[slot].sync()?;
-            dispatch(k + ring.len(), &readers);
+        let next = k + ahead;
+        if next < n {
+            // The buffer is reused only once the copy that last read it is done.
+            let s = next % ring.len();
+            ring_events[s].sync()?;
+            readers.read(next, ring[s].ptr as usize);
         }
     }
     load.sync()?;
@@ -276,7 +278,8 @@ fn unit_done(
 struct Readers {
     jobs: crossbeam_channel::Sender<(usize, usize)>,
     done: crossbeam_channel::Receiver<(usize, Result<(), String>)>,
-    finished: parking_lot::Mutex<Vec<bool>>,
+    /// Results that arrived ahead of the chunk being waited for.
+    early: parking_lot::Mutex<Vec<Option<Result<(), String>>>>,
 }
 
 impl Readers {
@@ -322,7 +325,7 @@ impl Readers {
         Ok(Readers {
             jobs,
             done,
-            finished: parking_lot::Mutex::new(vec![false; count]),
+            early: parking_lot::Mutex::new(vec![None; count]),
         })
     }
 
@@ -330,19 +333,21 @@ impl Readers {
         let _ = self.jobs.send((k, buf));
     }
 
-    /// Block until chunk `k` is staged.
+    /// Block until chunk `k` is staged; its own read error, not that of a chunk read ahead.
     fn wait(&self, k: usize) -> Result<(), String> {
         loop {
-            if self.finished.lock().get(k).copied().unwrap_or(false) {
-                return Ok(());
+            if let Some(r) = self.early.lock().get_mut(k).and_then(Option::take) {
+                return r;
             }
             let (j, r) = self
                 .done
                 .recv()
                 .map_err(|_| "reader threads stopped".to_string())?;
-            r?;
-            if let Some(f) = self.finished.lock().get_mut(j) {
-                *f = true;
+            if j == k {
+                return r;
+            }
+            if let Some(slot) = self.early.lock().get_mut(j) {
+                *slot = Some(r);
             }
         }
     }

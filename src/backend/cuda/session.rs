@@ -232,6 +232,26 @@ impl Session for CudaSession {
         self.len = 0;
     }
 
+    fn warm_up(&mut self) -> Result<(), BackendError> {
+        let res = self.res()?;
+        let e = BackendError::Device;
+        res.dev.gpu.bind().map_err(e)?;
+        // One small product on scratch buffers loads cuBLAS's kernels; no weights are touched.
+        let sc = &res.dev.layout.scratch;
+        res.blas
+            .gemm(
+                res.dev.ptr(sc.xn),
+                res.dev.ptr(sc.att16),
+                res.dev.ptr(sc.gu),
+                1,
+                8,
+                8,
+                false,
+            )
+            .map_err(e)?;
+        res.stream.sync().map_err(e)
+    }
+
     fn len(&self) -> usize {
         self.len
     }
