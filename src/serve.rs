@@ -326,5 +326,5 @@ async fn drain_on_stop(state: Arc<AppState>, model: Arc<dyn Backend>, stop: watc
         rt.engine.drain.start(Instant::now() + DRAIN);
     }
     tokio::time::sleep(DRAIN).await;
-    model.residency().interrupt();
+    model.interrupt();
 }

@@ -50,6 +50,11 @@ pub trait Backend: Send + Sync {
     fn take_waited(&self) -> Duration;
     /// A new sequence of up to `ctx` positions.
     fn new_session(self: Arc<Self>, ctx: usize) -> Result<Box<dyn Session>, BackendError>;
+    /// Shutting down: every wait for a unit ends now (with `BackendError::Interrupted`) while
+    /// the units keep loading.
+    fn interrupt(&self) {
+        self.residency().interrupt();
+    }
     /// Device memory reserved for weights and caches (0 on the CPU).
     fn device_bytes(&self) -> u64 {
         0
@@ -67,8 +72,8 @@ pub trait Session: Send {
     /// Positions filled so far.
     fn len(&self) -> usize;
     /// Make the device-side objects a first request would otherwise create (stream, library
-    /// handles and their kernels), so the first request pays none of it. Runs no layer.
-    fn warm_up(&mut self) -> Result<(), BackendError> {
+    /// handles), so the first request pays none of it. Runs no layer.
+    fn prepare(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
     fn is_empty(&self) -> bool {

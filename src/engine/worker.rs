@@ -91,8 +91,8 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
         }
     };
     // Off the request path: device objects are made while the weights are still landing.
-    if let Err(e) = session.warm_up() {
-        tracing::warn!("engine warm-up failed (the first request will retry): {e}");
+    if let Err(e) = session.prepare() {
+        tracing::warn!("engine preparation failed (the first request will retry): {e}");
     }
     while let Ok(job) = rx.recv() {
         if job.events.is_closed() {

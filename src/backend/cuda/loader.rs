@@ -64,12 +64,7 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
             job.model.residency.fail(error.clone());
             job.progress.fail(error);
             // A compute stream waiting on the load counter must not wait forever.
-            if let Some(dev) = job.model.device.get() {
-                let _ = dev.gpu.bind();
-                unsafe {
-                    sys::cuMemsetD32_v2(dev.arena.ptr + dev.layout.load_counter as u64, u32::MAX, 1)
-                };
-            }
+            job.model.release_gates();
         })
 }
 
@@ -132,6 +127,7 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
         .bytes
         .store(device.arena.bytes as u64, Ordering::Relaxed);
     let _ = job.model.device.set(device.clone());
+    super::preload::spawn(device.clone(), job.spec.hp.clone());
     tracing::info!(
         "CUDA device ready in {:.0} ms: {} bytes reserved ({} weights, {} KV cache)",
         t0.elapsed().as_secs_f64() * 1e3,

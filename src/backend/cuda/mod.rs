@@ -10,6 +10,7 @@ mod driver;
 mod kernels;
 mod layout;
 mod loader;
+mod preload;
 mod session;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,6 +115,25 @@ pub struct CudaModel {
 }
 
 impl CudaModel {
+    /// Let every compute stream waiting on the loader go on (its results are discarded: the load
+    /// failed or the server is stopping). The write goes through a stream of its own, so neither a
+    /// stuck stream nor a synchronous call can hold it up.
+    fn release_gates(&self) {
+        let Some(dev) = self.device.get() else { return };
+        if dev.gpu.bind().is_err() {
+            return;
+        }
+        match driver::Stream::new() {
+            Ok(s) => {
+                if let Err(e) = driver::write_value(&s, dev.ptr(dev.layout.load_counter), u32::MAX)
+                {
+                    tracing::warn!("cannot release the GPU's load gates: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot release the GPU's load gates: {e}"),
+        }
+    }
+
     /// The device once the embeddings are resident (the arena exists long before that).
     fn device(&self) -> Result<Arc<Device>, BackendError> {
         self.residency.wait(0)?;
@@ -151,6 +171,10 @@ impl Backend for CudaModel {
     }
     fn device_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+    fn interrupt(&self) {
+        self.residency.interrupt();
+        self.release_gates();
     }
     fn name(&self) -> &'static str {
         "cuda"

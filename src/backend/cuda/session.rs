@@ -232,7 +232,7 @@ impl Session for CudaSession {
         self.len = 0;
     }
 
-    fn warm_up(&mut self) -> Result<(), BackendError> {
+    fn prepare(&mut self) -> Result<(), BackendError> {
         let res = self.res()?;
         let e = BackendError::Device;
         res.dev.gpu.bind().map_err(e)?;

@@ -1,0 +1,57 @@
+//! Kernel preloading: CUDA loads library kernels lazily, at their first launch, and cuBLAS's
+//! first use of a GEMM shape costs milliseconds each. Right after the context exists, a thread
+//! runs the model's prefill GEMM shapes once (on layer 0's weight memory, whatever it holds yet,
+//! into buffers of its own), so a request sent at READY does not pay for it.
+
+use std::sync::Arc;
+
+use super::blas::Blas;
+use super::driver::{DevBuf, Stream};
+use super::layout::MAX_BATCH;
+use super::Device;
+use crate::model::HParams;
+
+/// Prompt lengths whose GEMM kernels are loaded ahead.
+const SHAPES: [usize; 4] = [8, 32, 128, MAX_BATCH];
+
+pub fn spawn(dev: Arc<Device>, hp: HParams) {
+    let started = std::thread::Builder::new()
+        .name("kernel-preload".into())
+        .spawn(move || {
+            let t0 = std::time::Instant::now();
+            match run(&dev, &hp) {
+                Ok(()) => tracing::debug!(
+                    "GEMM kernels preloaded in {:.0} ms",
+                    t0.elapsed().as_secs_f64() * 1e3
+                ),
+                Err(e) => {
+                    tracing::warn!("kernel preload failed (first requests load them instead): {e}")
+                }
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!("cannot start the kernel preload thread: {e}");
+    }
+}
+
+fn run(dev: &Device, hp: &HParams) -> Result<(), String> {
+    dev.gpu.bind()?;
+    let Some(l0) = dev.layout.layers.first() else {
+        return Ok(());
+    };
+    let (h, q, kv, f) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.ffn);
+    let widest_in = h.max(q).max(f);
+    let widest_out = (q + 2 * kv).max(2 * f).max(h);
+    let x = DevBuf::alloc(MAX_BATCH * widest_in * 2)?;
+    let y = DevBuf::alloc(MAX_BATCH * widest_out * 4)?;
+    let s = Stream::new()?;
+    let blas = Blas::new(&s)?;
+    let w = |off: usize| dev.ptr(off);
+    for n in SHAPES {
+        blas.gemm(x.ptr, w(l0.wqkv.off), y.ptr, n, q + 2 * kv, h, false)?;
+        blas.gemm(x.ptr, w(l0.wo.off), y.ptr, n, h, q, true)?;
+        blas.gemm(x.ptr, w(l0.wgu.off), y.ptr, n, 2 * f, h, false)?;
+        blas.gemm(x.ptr, w(l0.wdown.off), y.ptr, n, h, f, true)?;
+    }
+    s.sync()
+}
