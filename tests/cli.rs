@@ -212,3 +212,40 @@ fn gen_model_refuses_shapes_that_do_not_divide() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("heads 7"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn gen_model_is_deterministic_per_seed_across_parallel_chunks() {
+    // Embeddings of 2048 × 1024 are several generator chunks, filled in parallel.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let make = |seed: &str, tag: &str| {
+        let out = dir.join(format!("det-{tag}-{}.gguf", std::process::id()));
+        let o = run(&[
+            "gen-model",
+            "--layers",
+            "1",
+            "--hidden",
+            "1024",
+            "--heads",
+            "8",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "64",
+            "--vocab-size",
+            "2048",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "gen-model failed: {}", text(&o.stderr));
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        bytes
+    };
+    let (a, b, c) = (make("11", "a"), make("11", "b"), make("12", "c"));
+    assert_eq!(a, b, "the same seed must give the same file");
+    assert_eq!(a.len(), c.len());
+    assert_ne!(a, c, "another seed must give other weights");
+}

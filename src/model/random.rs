@@ -173,6 +173,34 @@ fn copy_tokenizer(w: &mut GgufWriter, path: &Path) -> Result<usize, RandomModelE
     Ok(src.metadata().strings("tokenizer.ggml.tokens")?.len())
 }
 
+/// Elements drawn by one task: tensors bigger than this are filled in parallel, each chunk from
+/// its own generator seeded from the tensor's seed and the chunk's index (deterministic for a seed).
+const CHUNK_ELEMS: usize = 1 << 20;
+
+/// `n` values `mean + std * N(0,1)` encoded by `encode` into `width` bytes each.
+fn random_bytes(
+    rng: &mut Rng,
+    n: u64,
+    width: usize,
+    mean: f32,
+    std: f32,
+    encode: impl Fn(f32, &mut [u8]) + Sync,
+) -> Vec<u8> {
+    use rayon::prelude::*;
+    let tensor_seed = rng.next_u64();
+    let mut bytes = vec![0u8; n as usize * width];
+    bytes
+        .par_chunks_mut(CHUNK_ELEMS * width)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut r = Rng::new(tensor_seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            for out in chunk.chunks_exact_mut(width) {
+                encode(mean + std * r.normal(), out);
+            }
+        });
+    bytes
+}
+
 fn add_vector(
     w: &mut GgufWriter,
     rng: &mut Rng,
@@ -182,9 +210,9 @@ fn add_vector(
     std: f32,
 ) -> Result<(), RandomModelError> {
     let n: u64 = dims.iter().product();
-    let bytes: Vec<u8> = (0..n)
-        .flat_map(|_| (mean + std * rng.normal()).to_le_bytes())
-        .collect();
+    let bytes = random_bytes(rng, n, 4, mean, std, |v, o| {
+        o.copy_from_slice(&v.to_le_bytes())
+    });
     w.add_tensor(name, GgmlType::F32, dims, bytes)?;
     Ok(())
 }
@@ -198,24 +226,24 @@ fn add_matrix(
     std: f32,
 ) -> Result<(), RandomModelError> {
     let n: u64 = dims.iter().product();
-    let (ty, bytes): (GgmlType, Vec<u8>) = match dtype {
+    let (ty, bytes) = match dtype {
         WeightDtype::F32 => (
             GgmlType::F32,
-            (0..n)
-                .flat_map(|_| (std * rng.normal()).to_le_bytes())
-                .collect(),
+            random_bytes(rng, n, 4, 0.0, std, |v, o| {
+                o.copy_from_slice(&v.to_le_bytes())
+            }),
         ),
         WeightDtype::F16 => (
             GgmlType::F16,
-            (0..n)
-                .flat_map(|_| f16::from_f32(std * rng.normal()).to_le_bytes())
-                .collect(),
+            random_bytes(rng, n, 2, 0.0, std, |v, o| {
+                o.copy_from_slice(&f16::from_f32(v).to_le_bytes())
+            }),
         ),
         WeightDtype::Bf16 => (
             GgmlType::BF16,
-            (0..n)
-                .flat_map(|_| bf16::from_f32(std * rng.normal()).to_le_bytes())
-                .collect(),
+            random_bytes(rng, n, 2, 0.0, std, |v, o| {
+                o.copy_from_slice(&bf16::from_f32(v).to_le_bytes())
+            }),
         ),
     };
     w.add_tensor(name, ty, dims, bytes)?;
