@@ -204,6 +204,7 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
     check_rope(k, s, rng, r)?;
     for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
         check_attention(k, s, rng, r, heads, kv, d)?;
+        check_fused_decode(k, s, rng, r, heads, kv, d)?;
     }
     check_gemm(s, rng, r)
 }
@@ -423,6 +424,115 @@ fn check_attention(
         &format!("attn_decode {n_head}/{n_kv}x{d} len {len}"),
         &download::<f32>(&ob, qd)?,
         &attention_ref(&q, &kc, &vc, &[len - 1], &hp),
+        TOL_F32,
+    );
+    Ok(())
+}
+
+/// The fused decode kernels against the same steps done separately on the CPU (f64 products).
+fn check_fused_decode(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    n_head: usize,
+    n_kv: usize,
+    d: usize,
+) -> Result<(), String> {
+    let mut hp = hp_for(n_head, n_kv, d);
+    hp.hidden = hp.hidden.max(64);
+    let (h, q, kv) = (hp.hidden, hp.q_dim(), hp.kv_dim());
+    let rows = q + 2 * kv;
+    // QKV with RMSNorm, biases, RoPE and the KV append, at position 777.
+    let (pos, ctx) = (777usize, 800usize);
+    let w = randh(rng, rows * h, 0.05);
+    let x = randn(rng, h, 1.0);
+    let nw = randn(rng, h, 1.0);
+    let bias = randn(rng, rows, 0.3);
+    let (wb, xb, nb, bb, pb) = (
+        upload(&w)?,
+        upload(&x)?,
+        upload(&nw)?,
+        upload(&bias)?,
+        upload(&[pos as i32])?,
+    );
+    let (qo, kc, vc) = (
+        poisoned::<f32>(q)?,
+        poisoned::<f16>(ctx * kv)?,
+        poisoned::<f16>(ctx * kv)?,
+    );
+    k.gemv_qkv_rope(
+        s, wb.ptr, xb.ptr, nb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, pb.ptr, &hp,
+    )?;
+    s.sync()?;
+    let mut xn = vec![0f32; h];
+    ops::rms_norm(&x, &nw, hp.rms_eps, &mut xn);
+    let xn64: Vec<f64> = xn.iter().map(|&v| v as f64).collect();
+    let mut y: Vec<f32> = gemv_ref(&w, &xn64, rows, h)
+        .iter()
+        .zip(&bias)
+        .map(|(a, b)| (*a + *b as f64) as f32)
+        .collect();
+    let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
+    ops::rope_table(pos, d, hp.rope_base, &mut cs, &mut sn);
+    ops::rope_apply(&mut y[..q + kv], d, &cs, &sn);
+    let as64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let name = format!("gemv_qkv_rope {n_head}/{n_kv}x{d}");
+    r.err(
+        &format!("{name} q"),
+        &download::<f32>(&qo, q)?,
+        &as64(&y[..q]),
+        TOL_F32,
+    );
+    let kh = download::<f16>(&kc, ctx * kv)?;
+    let vh = download::<f16>(&vc, ctx * kv)?;
+    r.err(
+        &format!("{name} k row"),
+        &f16s(&kh[pos * kv..(pos + 1) * kv]),
+        &as64(&y[q..q + kv]),
+        TOL_F16,
+    );
+    r.err(
+        &format!("{name} v row"),
+        &f16s(&vh[pos * kv..(pos + 1) * kv]),
+        &as64(&y[q + kv..]),
+        TOL_F16,
+    );
+    // O product of the attention output merged from the split partials, added to y0.
+    let (len, split, max_splits) = (1000usize, 64usize, 64usize);
+    let qv = randn(rng, q, 1.0);
+    let kcv = randh(rng, len * kv, 1.0);
+    let vcv = randh(rng, len * kv, 1.0);
+    let wo = randh(rng, h * q, 0.05);
+    let y0 = randn(rng, h, 1.0);
+    let (qb, kb, vb, pb) = (
+        upload(&qv)?,
+        upload(&kcv)?,
+        upload(&vcv)?,
+        upload(&[(len - 1) as i32])?,
+    );
+    let (pa, pm) = (
+        poisoned::<f32>(n_head * max_splits * d)?,
+        poisoned::<f32>(n_head * max_splits * 2)?,
+    );
+    let (wob, yb) = (upload(&wo)?, upload(&y0)?);
+    k.attn_decode_splits(
+        s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, pb.ptr, split, max_splits, &hp,
+    )?;
+    k.gemv_attn_out(
+        s, wob.ptr, pa.ptr, pm.ptr, pb.ptr, split, max_splits, yb.ptr, &hp,
+    )?;
+    s.sync()?;
+    let att = attention_ref(&qv, &kcv, &vcv, &[len - 1], &hp);
+    let want: Vec<f64> = gemv_ref(&wo, &att, h, q)
+        .iter()
+        .zip(&y0)
+        .map(|(a, b)| a + *b as f64)
+        .collect();
+    r.err(
+        &format!("gemv_attn_out {n_head}/{n_kv}x{d} len {len}"),
+        &download::<f32>(&yb, h)?,
+        &want,
         TOL_F32,
     );
     Ok(())

@@ -24,6 +24,8 @@ pub struct Kernels {
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
+    gemv_qkv_rope: CUfunction,
+    gemv_attn_out: CUfunction,
     dequant: Vec<(GgmlType, CUfunction)>,
 }
 
@@ -127,6 +129,8 @@ impl Kernels {
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
+            gemv_qkv_rope: big("gemv_qkv_rope")?,
+            gemv_attn_out: big("gemv_attn_out")?,
             dequant,
             _module: m,
         })
@@ -306,10 +310,70 @@ impl Kernels {
         max_splits: usize,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
-        launch!(self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
-            q, kc, vc, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)?;
+        self.attn_decode_splits(
+            s, q, kc, vc, part_acc, part_ml, pos_dev, split_keys, max_splits, hp,
+        )?;
         launch!(self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
             part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
+    }
+
+    /// Split decode attention only: each split's unnormalised partials (merged by `attn_reduce`
+    /// or `gemv_attn_out`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode_splits(
+        &self,
+        s: &Stream,
+        q: CUdeviceptr,
+        kc: CUdeviceptr,
+        vc: CUdeviceptr,
+        part_acc: CUdeviceptr,
+        part_ml: CUdeviceptr,
+        pos_dev: CUdeviceptr,
+        split_keys: usize,
+        max_splits: usize,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        launch!(self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)
+    }
+
+    /// Decode QKV product with RMSNorm, biases, RoPE and the KV append fused (`decode_fused.cu`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_qkv_rope(
+        &self,
+        s: &Stream,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        norm_w: CUdeviceptr,
+        bias: CUdeviceptr,
+        q: CUdeviceptr,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        pos_dev: CUdeviceptr,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        let tasks = (hp.n_head + hp.n_kv_head) * hp.head_dim / 2 + hp.kv_dim();
+        launch!(self.gemv_qkv_rope, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
+            w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, hp.n_head as i32, hp.n_kv_head as i32,
+            hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
+    }
+
+    /// y[hidden] += W_o · (attention output merged from the split partials) (`decode_fused.cu`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_attn_out(
+        &self,
+        s: &Stream,
+        w: CUdeviceptr,
+        part_acc: CUdeviceptr,
+        part_ml: CUdeviceptr,
+        pos_dev: CUdeviceptr,
+        split_keys: usize,
+        max_splits: usize,
+        y: CUdeviceptr,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        launch!(self.gemv_attn_out, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
+            w, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.head_dim as i32, split_keys as i32, max_splits as i32, y, hp.hidden as i32)
     }
 }

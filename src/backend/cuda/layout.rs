@@ -228,6 +228,12 @@ pub fn check_shapes(hp: &HParams) -> Result<(), String> {
             ));
         }
     }
+    if hp.n_head > 128 {
+        return Err(format!(
+            "the CUDA backend supports at most 128 query heads; this model has {}",
+            hp.n_head
+        ));
+    }
     if hp.n_kv_head == 0 || !hp.n_head.is_multiple_of(hp.n_kv_head) {
         return Err(format!(
             "{} query heads are not a multiple of {} KV heads",

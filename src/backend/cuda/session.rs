@@ -39,6 +39,8 @@ struct Res {
     params_host: Pinned,
     logits_host: Pinned,
     graph: Option<Graph>,
+    /// Fused decode kernels, unless `LAYERSTREAM_CUDA_DECODE=separate` (for comparing the two).
+    fused: bool,
     /// With `LAYERSTREAM_CUDA_TIMING` set: events around each replayed decode step, and the
     /// device and whole-call times (µs) they measured, logged when the session ends.
     timing: Option<(Event, Event, Vec<f64>, Vec<f64>)>,
@@ -76,6 +78,7 @@ impl CudaSession {
                 params_host: Pinned::alloc(8, false).map_err(e)?,
                 logits_host: Pinned::alloc(self.model.hp.vocab * 4, false).map_err(e)?,
                 graph: None,
+                fused: std::env::var("LAYERSTREAM_CUDA_DECODE").map_or(true, |v| v != "separate"),
                 timing: match std::env::var_os("LAYERSTREAM_CUDA_TIMING") {
                     Some(_) => Some((
                         Event::new(true).map_err(e)?,
@@ -148,6 +151,7 @@ impl Session for CudaSession {
             dev: &res.dev,
             s: &res.stream,
             gated: Vec::new(),
+            fused: res.fused,
         };
         let e = BackendError::Device;
         if tokens.len() == 1 {
@@ -305,6 +309,8 @@ struct Pass<'a> {
     s: &'a Stream,
     /// Units this pass had to wait for on the device.
     gated: Vec<usize>,
+    /// Decode with the fused kernels (`decode_fused.cu`) rather than the separate ones.
+    fused: bool,
 }
 
 impl Pass<'_> {
@@ -346,44 +352,84 @@ impl Pass<'_> {
         k.embed_gather(s, p(l.embed.off), p(sc.ids), p(sc.x), 1, h)?;
         for (i, ly) in l.layers.iter().enumerate() {
             self.gate(i + 1)?;
-            k.gemv_norm(
-                s,
-                p(ly.wqkv.off),
-                p(sc.x),
-                p(ly.attn_norm.off),
-                hp.rms_eps,
-                0,
-                p(sc.qkv),
-                q + 2 * kv,
-                h,
-                false,
-            )?;
-            k.rope_qkv(
-                s,
-                p(sc.qkv),
-                p(ly.bqkv.off),
-                p(sc.q),
-                p(ly.k_cache),
-                p(ly.v_cache),
-                p(sc.pos),
-                0,
-                1,
-                hp,
-            )?;
-            k.attn_decode(
-                s,
-                p(sc.q),
-                p(ly.k_cache),
-                p(ly.v_cache),
-                p(sc.part_acc),
-                p(sc.part_ml),
-                p(sc.att32),
-                p(sc.pos),
-                l.split_keys,
-                l.max_splits,
-                hp,
-            )?;
-            k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, p(sc.x), h, q, true)?;
+            if self.fused {
+                // Two launches fewer: RoPE + KV append in the QKV product's epilogue, the split
+                // merge in the O product's input staging.
+                k.gemv_qkv_rope(
+                    s,
+                    p(ly.wqkv.off),
+                    p(sc.x),
+                    p(ly.attn_norm.off),
+                    p(ly.bqkv.off),
+                    p(sc.q),
+                    p(ly.k_cache),
+                    p(ly.v_cache),
+                    p(sc.pos),
+                    hp,
+                )?;
+                k.attn_decode_splits(
+                    s,
+                    p(sc.q),
+                    p(ly.k_cache),
+                    p(ly.v_cache),
+                    p(sc.part_acc),
+                    p(sc.part_ml),
+                    p(sc.pos),
+                    l.split_keys,
+                    l.max_splits,
+                    hp,
+                )?;
+                k.gemv_attn_out(
+                    s,
+                    p(ly.wo.off),
+                    p(sc.part_acc),
+                    p(sc.part_ml),
+                    p(sc.pos),
+                    l.split_keys,
+                    l.max_splits,
+                    p(sc.x),
+                    hp,
+                )?;
+            } else {
+                k.gemv_norm(
+                    s,
+                    p(ly.wqkv.off),
+                    p(sc.x),
+                    p(ly.attn_norm.off),
+                    hp.rms_eps,
+                    0,
+                    p(sc.qkv),
+                    q + 2 * kv,
+                    h,
+                    false,
+                )?;
+                k.rope_qkv(
+                    s,
+                    p(sc.qkv),
+                    p(ly.bqkv.off),
+                    p(sc.q),
+                    p(ly.k_cache),
+                    p(ly.v_cache),
+                    p(sc.pos),
+                    0,
+                    1,
+                    hp,
+                )?;
+                k.attn_decode(
+                    s,
+                    p(sc.q),
+                    p(ly.k_cache),
+                    p(ly.v_cache),
+                    p(sc.part_acc),
+                    p(sc.part_ml),
+                    p(sc.att32),
+                    p(sc.pos),
+                    l.split_keys,
+                    l.max_splits,
+                    hp,
+                )?;
+                k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, p(sc.x), h, q, true)?;
+            }
             k.gemv_norm(
                 s,
                 p(ly.wgu.off),

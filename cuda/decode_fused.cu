@@ -1,0 +1,98 @@
+// Fused decode kernels: the steps around attention folded into the neighbouring matrix-vector
+// products, so a decode step launches two kernels fewer per layer.
+//
+//   gemv_qkv_rope: RMSNorm(x) staged in shared memory (as gemv_norm), then QKV rows with the bias,
+//     RoPE and the KV append applied in the epilogue: one warp takes the two rows of a rotation pair
+//     (head h, i) and (h, i + D/2) of Q or K (their loads interleaved), adds the biases, rotates by
+//     pos * base^(-2i/D) (the formula of rope_qkv) and writes Q (F32) or the K cache row (F16);
+//     the remaining warps take one V row each into the V cache. Position from `pos_dev`.
+//     Launch: block 256 (8 warps), grid ceil(((n_head + n_kv) * D/2 + n_kv * D) / 8), dynamic
+//     shared K * 4 B.
+//   gemv_attn_out: the attention output merged from attn_decode's split partials while it is
+//     staged (per head: max of the split maxima, weights exp(m_s - m), sum of l_s weights — the
+//     arithmetic of attn_reduce), then y[N] += W_o · out. Launch: block 256, grid ceil(N / 8),
+//     dynamic shared q_dim * 4 B; at most 128 heads and 64 splits.
+#include "gemv.cuh"
+#include <math_constants.h>
+
+extern "C" __global__ void gemv_qkv_rope(const __half* __restrict__ W, const float* __restrict__ x,
+                                         const float* __restrict__ norm_w, float eps, const float* __restrict__ bias,
+                                         float* __restrict__ q_out, __half* __restrict__ k_cache,
+                                         __half* __restrict__ v_cache, const int* __restrict__ pos_dev, int n_head,
+                                         int n_kv, int D, float freq_base, int K) {
+    extern __shared__ float fused_xs[];
+    float* xs = fused_xs;
+    stage_input<1>(x, norm_w, eps, xs, K);
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
+    const int half_d = D / 2, q_dim = n_head * D, kv_dim = n_kv * D, rows = q_dim + 2 * kv_dim;
+    const int pairs = (n_head + n_kv) * half_d;
+    const int t = blockIdx.x * warps + warp;
+    if (t >= pairs + kv_dim) return;
+    const int pos = *pos_dev;
+    if (t < pairs) {
+        const int head = t / half_d, i = t % half_d;
+        const int r[2] = {head * D + i, head * D + i + half_d};
+        float s[2];
+        warp_rows_dot<2>(W, xs, K, rows, r, s);
+        if (lane == 0) {
+            const float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)D);
+            float sn, cs;
+            sincosf((float)pos * inv_freq, &sn, &cs);
+            const float x0 = s[0] + bias[r[0]], x1 = s[1] + bias[r[1]];
+            const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+            if (head < n_head) {
+                q_out[r[0]] = y0;
+                q_out[r[1]] = y1;
+            } else {
+                __half* k = k_cache + (size_t)pos * kv_dim;
+                k[r[0] - q_dim] = __float2half_rn(y0);
+                k[r[1] - q_dim] = __float2half_rn(y1);
+            }
+        }
+    } else {
+        const int c = t - pairs;
+        const int r[1] = {q_dim + kv_dim + c};
+        float s[1];
+        warp_rows_dot<1>(W, xs, K, rows, r, s);
+        if (lane == 0) v_cache[(size_t)pos * kv_dim + c] = __float2half_rn(s[0] + bias[r[0]]);
+    }
+}
+
+#define MAX_FUSED_HEADS 128
+
+extern "C" __global__ void gemv_attn_out(const __half* __restrict__ W, const float* __restrict__ part_acc,
+                                         const float* __restrict__ part_ml, const int* __restrict__ pos_dev,
+                                         int n_head, int D, int chunk, int max_splits, float* __restrict__ y, int N) {
+    extern __shared__ float fused_xs[];
+    float* xs = fused_xs;
+    __shared__ float head_m[MAX_FUSED_HEADS], head_inv_l[MAX_FUSED_HEADS];
+    const int K = n_head * D;
+    const int len = *pos_dev + 1;
+    const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
+    // Per head: the largest split maximum and 1 / sum of the rescaled split sums.
+    for (int h = threadIdx.x; h < n_head; h += blockDim.x) {
+        const size_t base = (size_t)h * max_splits;
+        float m = -CUDART_INF_F;
+        for (int s = 0; s < splits; s++) m = fmaxf(m, part_ml[(base + s) * 2]);
+        float l = 0.0f;
+        for (int s = 0; s < splits; s++) l += part_ml[(base + s) * 2 + 1] * expf(part_ml[(base + s) * 2] - m);
+        head_m[h] = m;
+        head_inv_l[h] = 1.0f / l;
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const int h = k / D, d = k % D;
+        const size_t base = (size_t)h * max_splits;
+        float o = 0.0f;
+        for (int s = 0; s < splits; s++) o += part_acc[(base + s) * D + d] * expf(part_ml[(base + s) * 2] - head_m[h]);
+        xs[k] = o * head_inv_l[h];
+    }
+    __syncthreads();
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
+    const int n = blockIdx.x * warps + warp;
+    if (n >= N) return;
+    const int r[1] = {n};
+    float s[1];
+    warp_rows_dot<1>(W, xs, K, N, r, s);
+    if (lane == 0) y[n] += s[0];
+}
