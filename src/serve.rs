@@ -45,6 +45,10 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         None if default_model().is_file() => default_model(),
         None => return Err(format!("no --model given and the default model {} does not exist (run scripts/fetch-test-model)", default_model().display())),
     };
+    // Driver initialisation and context creation overlap opening the file.
+    if args.device != Device::Cpu {
+        cuda::prewarm(args.gpu_device);
+    }
     // The whole index is validated before anything else: a bad file never reaches READY.
     let file = Arc::new(GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?);
     // The tokenizer build (~0.25 s for Qwen2's 151k merges) is the longest step before READY on a

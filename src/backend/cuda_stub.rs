@@ -28,6 +28,9 @@ pub fn probe(_ordinal: usize) -> Result<String, String> {
     Err(NOT_BUILT.into())
 }
 
+/// Nothing to prepare in a build without CUDA.
+pub fn prewarm(_ordinal: usize) {}
+
 /// Always fails: no CUDA support in this build.
 pub fn start(_s: CudaStart) -> Result<Arc<dyn Backend>, String> {
     Err(NOT_BUILT.into())

@@ -45,6 +45,25 @@ pub fn probe(ordinal: usize) -> Result<String, String> {
     Ok(name.to_string_lossy().into_owned())
 }
 
+/// Contexts created ahead of need (`prewarm`), kept alive so the loader's `Gpu::new` finds them.
+static PREWARMED: parking_lot::Mutex<Vec<(usize, Arc<CudaContext>)>> =
+    parking_lot::Mutex::new(Vec::new());
+
+/// Start creating device `ordinal`'s context on a thread of its own (driver initialisation and
+/// context creation take a few hundred ms), so it overlaps opening and validating the model file.
+pub fn prewarm(ordinal: usize) {
+    let spawned = std::thread::Builder::new()
+        .name("cuda-init".into())
+        .spawn(move || {
+            if let Ok(gpu) = Gpu::create(ordinal) {
+                PREWARMED.lock().push((ordinal, gpu.ctx));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start the CUDA init thread: {e}");
+    }
+}
+
 /// The primary context of one device, made current on whichever thread calls `bind`.
 #[derive(Clone)]
 pub struct Gpu {
@@ -52,7 +71,16 @@ pub struct Gpu {
 }
 
 impl Gpu {
+    /// The device's context: the prewarmed one if it is there, else created now (the driver
+    /// hands both threads the same primary context).
     pub fn new(ordinal: usize) -> Result<Gpu, String> {
+        if let Some((_, ctx)) = PREWARMED.lock().iter().find(|(o, _)| *o == ordinal) {
+            return Ok(Gpu { ctx: ctx.clone() });
+        }
+        Gpu::create(ordinal)
+    }
+
+    fn create(ordinal: usize) -> Result<Gpu, String> {
         probe(ordinal)?;
         let ctx =
             CudaContext::new(ordinal).map_err(|e| format!("creating the CUDA context: {e:?}"))?;

@@ -28,7 +28,7 @@ use driver::{DevBuf, Event, Gpu};
 use kernels::Kernels;
 use layout::Layout;
 
-pub use driver::probe;
+pub use driver::{prewarm, probe};
 
 /// Everything `start` needs.
 pub struct CudaStart {
