@@ -51,7 +51,8 @@ __device__ __forceinline__ void warp_rows_dot(const __half* __restrict__ W, cons
     const int lane = threadIdx.x % WARP, chunks = K / 8;
 #pragma unroll
     for (int r = 0; r < R; r++) s[r] = 0.0f;
-#pragma unroll 4
+    // 8 (one row) or 4 (several) chunks of every row in flight per lane.
+#pragma unroll(R == 1 ? 8 : 4)
     for (int c = lane; c < chunks; c += WARP) {
         const float4 a = *reinterpret_cast<const float4*>(xs + c * 8);
         const float4 b = *reinterpret_cast<const float4*>(xs + c * 8 + 4);
