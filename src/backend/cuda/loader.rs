@@ -47,7 +47,12 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("loader".into())
         .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+            // Buffers the device may still be using outlive the failure's publication: freeing
+            // pinned or device memory waits for the whole device, and a compute stream gated on
+            // this load only goes on once the failure released its gates.
+            let mut held = Held::default();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, &mut held)));
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e,
@@ -65,10 +70,18 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
             job.progress.fail(error);
             // A compute stream waiting on the load counter must not wait forever.
             job.model.release_gates();
+            drop(held);
         })
 }
 
-fn run(job: &CudaLoadJob) -> Result<(), String> {
+/// The loader's staging buffers, dropped only after a failure was published.
+#[derive(Default)]
+struct Held {
+    ring: Vec<Pinned>,
+    stage: Option<DevBuf>,
+}
+
+fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     job.progress.load_started();
     let file = job.file.clone();
     let ranges: Vec<(u64, u64)> = job
@@ -117,7 +130,7 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
     ck("cuMemsetD32 (load counter)", unsafe {
         sys::cuMemsetD32_v2(arena.ptr + layout.load_counter as u64, 0, 1)
     })?;
-    let stage = DevBuf::alloc(copy.stage_bytes)?;
+    held.stage = Some(DevBuf::alloc(copy.stage_bytes)?);
     let n_units = job.plan.units.len();
     let unit_events = (0..n_units)
         .map(|_| Event::new(false))
@@ -138,9 +151,11 @@ fn run(job: &CudaLoadJob) -> Result<(), String> {
 
     let started = Instant::now();
     let load = Stream::new()?;
-    let ring = (0..RING.min(copy.chunks.len()).max(1))
+    held.ring = (0..RING.min(copy.chunks.len()).max(1))
         .map(|_| Pinned::alloc(CHUNK, true))
         .collect::<Result<Vec<_>, _>>()?;
+    let ring = &held.ring;
+    let stage = held.stage.as_ref().ok_or("no staging buffer")?;
     let ring_events = ring
         .iter()
         .map(|_| Event::new(false))
@@ -272,7 +287,9 @@ fn unit_done(
 
 /// Reader threads: `pread` chunk pieces into pinned buffers; results come back in any order.
 struct Readers {
-    jobs: crossbeam_channel::Sender<(usize, usize)>,
+    /// Dropped first on drop, so the threads see the end of the jobs and can be joined.
+    jobs: Option<crossbeam_channel::Sender<(usize, usize)>>,
+    threads: Vec<JoinHandle<()>>,
     done: crossbeam_channel::Receiver<(usize, Result<(), String>)>,
     /// Results that arrived ahead of the chunk being waited for.
     early: parking_lot::Mutex<Vec<Option<Result<(), String>>>>,
@@ -297,6 +314,7 @@ impl Readers {
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(2, 4);
+        let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let (rx, tx, file, chunks, fail) = (
                 job_rx.clone(),
@@ -305,7 +323,7 @@ impl Readers {
                 chunks.clone(),
                 fail_slot.clone(),
             );
-            std::thread::Builder::new()
+            let t = std::thread::Builder::new()
                 .name(format!("reader-{i}"))
                 .spawn(move || {
                     while let Ok((k, buf)) = rx.recv() {
@@ -316,17 +334,21 @@ impl Readers {
                     }
                 })
                 .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+            threads.push(t);
         }
         let count = chunks.len();
         Ok(Readers {
-            jobs,
+            jobs: Some(jobs),
+            threads,
             done,
             early: parking_lot::Mutex::new(vec![None; count]),
         })
     }
 
     fn read(&self, k: usize, buf: usize) {
-        let _ = self.jobs.send((k, buf));
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send((k, buf));
+        }
     }
 
     /// Block until chunk `k` is staged; its own read error, not that of a chunk read ahead.
@@ -345,6 +367,16 @@ impl Readers {
             if let Some(slot) = self.early.lock().get_mut(j) {
                 *slot = Some(r);
             }
+        }
+    }
+}
+
+impl Drop for Readers {
+    /// No reader may still be writing into a staging buffer once the buffers can be freed.
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }

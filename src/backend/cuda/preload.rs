@@ -5,11 +5,16 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys;
+
 use super::blas::Blas;
-use super::driver::{DevBuf, Stream};
+use super::driver::{ck, Stream};
 use super::layout::MAX_BATCH;
 use super::Device;
 use crate::model::HParams;
+
+/// cuBLAS handles kept for the life of the process (see `run`).
+static PARKED: parking_lot::Mutex<Vec<Blas>> = parking_lot::Mutex::new(Vec::new());
 
 /// Prompt lengths whose GEMM kernels are loaded ahead.
 const SHAPES: [usize; 4] = [8, 32, 128, MAX_BATCH];
@@ -42,16 +47,36 @@ fn run(dev: &Device, hp: &HParams) -> Result<(), String> {
     let (h, q, kv, f) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.ffn);
     let widest_in = h.max(q).max(f);
     let widest_out = (q + 2 * kv).max(2 * f).max(h);
-    let x = DevBuf::alloc(MAX_BATCH * widest_in * 2)?;
-    let y = DevBuf::alloc(MAX_BATCH * widest_out * 4)?;
     let s = Stream::new()?;
-    let blas = Blas::new(&s)?;
-    let w = |off: usize| dev.ptr(off);
-    for n in SHAPES {
-        blas.gemm(x.ptr, w(l0.wqkv.off), y.ptr, n, q + 2 * kv, h, false)?;
-        blas.gemm(x.ptr, w(l0.wo.off), y.ptr, n, h, q, true)?;
-        blas.gemm(x.ptr, w(l0.wgu.off), y.ptr, n, 2 * f, h, false)?;
-        blas.gemm(x.ptr, w(l0.wdown.off), y.ptr, n, h, f, true)?;
-    }
+    // Stream-ordered memory: freeing it does not wait for the whole device (a plain cuMemFree
+    // would, and a compute stream gated on the loader may be waiting there).
+    let alloc = |bytes: usize| -> Result<sys::CUdeviceptr, String> {
+        let mut p = 0;
+        ck("cuMemAllocAsync", unsafe {
+            sys::cuMemAllocAsync(&mut p, bytes, s.0)
+        })?;
+        Ok(p)
+    };
+    let x = alloc(MAX_BATCH * widest_in * 2)?;
+    let y = alloc(MAX_BATCH * widest_out * 4);
+    let blas = y.and_then(|y| Blas::new(&s).map(|b| (y, b)));
+    let result = blas.and_then(|(y, blas)| {
+        let w = |off: usize| dev.ptr(off);
+        let run = (|| {
+            for n in SHAPES {
+                blas.gemm(x, w(l0.wqkv.off), y, n, q + 2 * kv, h, false)?;
+                blas.gemm(x, w(l0.wo.off), y, n, h, q, true)?;
+                blas.gemm(x, w(l0.wgu.off), y, n, 2 * f, h, false)?;
+                blas.gemm(x, w(l0.wdown.off), y, n, h, f, true)?;
+            }
+            Ok::<(), String>(())
+        })();
+        unsafe { sys::cuMemFreeAsync(y, s.0) };
+        // Destroying a cuBLAS handle synchronises the whole device; this one is kept instead.
+        PARKED.lock().push(blas);
+        run
+    });
+    unsafe { sys::cuMemFreeAsync(x, s.0) };
+    result?;
     s.sync()
 }
