@@ -112,6 +112,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             args.worker_id.clone(),
             advertised,
         ));
+        let backend = model.clone();
         tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
         server::run(
             listener,
@@ -120,6 +121,8 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             DRAIN + Duration::from_secs(1),
         )
         .await;
+        // No backend thread may be inside the device driver when the process exits.
+        let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
         tracing::info!("shut down");
         let failed = startup_error.lock().take();
         match failed {

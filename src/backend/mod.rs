@@ -55,6 +55,9 @@ pub trait Backend: Send + Sync {
     fn interrupt(&self) {
         self.residency().interrupt();
     }
+    /// The process is about to exit: stop loading and return once no thread of the backend is
+    /// inside the device driver (a driver torn down at exit under a running loader can hang).
+    fn shutdown(&self) {}
     /// Device memory reserved for weights and caches (0 on the CPU).
     fn device_bytes(&self) -> u64 {
         0

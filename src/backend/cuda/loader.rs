@@ -54,7 +54,11 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, &mut held)));
             let error = match outcome {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => {
+                    drop(held);
+                    job.model.loader_finished();
+                    return;
+                }
                 Ok(Err(e)) => e,
                 Err(panic) => format!(
                     "loader thread panicked: {}",
@@ -69,8 +73,12 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
             job.model.residency.fail(error.clone());
             job.progress.fail(error);
             // A compute stream waiting on the load counter must not wait forever.
+            if let Some(load) = &held.load {
+                let _ = load.sync();
+            }
             job.model.release_gates();
             drop(held);
+            job.model.loader_finished();
         })
 }
 
@@ -79,6 +87,9 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
 struct Held {
     ring: Vec<Pinned>,
     stage: Option<DevBuf>,
+    /// The load stream: drained before the gates are opened, so none of its later counter
+    /// writes can close them again.
+    load: Option<Stream>,
 }
 
 fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
@@ -150,11 +161,12 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     );
 
     let started = Instant::now();
-    let load = Stream::new()?;
+    held.load = Some(Stream::new()?);
     held.ring = (0..RING.min(copy.chunks.len()).max(1))
         .map(|_| Pinned::alloc(CHUNK, true))
         .collect::<Result<Vec<_>, _>>()?;
     let ring = &held.ring;
+    let load = held.load.as_ref().ok_or("no load stream")?;
     let stage = held.stage.as_ref().ok_or("no staging buffer")?;
     let ring_events = ring
         .iter()
@@ -184,9 +196,19 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         // The throttle paces the copies (what makes units resident), whatever the readers did.
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64((total_bytes + bytes) as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
+            // In short naps, so a shutdown is noticed promptly.
+            while let Some(wait) = due.checked_sub(started.elapsed()) {
+                if job.model.is_stopping() {
+                    break;
+                }
+                std::thread::sleep(wait.min(Duration::from_millis(20)));
             }
+        }
+        if job.model.is_stopping() {
+            load.sync()?;
+            job.model.release_gates();
+            tracing::info!("loading stopped: shutting down");
+            return Ok(());
         }
         for p in &chunk.pieces {
             job.progress.add_bytes(p.unit, p.src_len);
@@ -200,23 +222,23 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
                     base + p.dst_off as u64,
                     ring[slot].ptr.add(p.slot_off),
                     p.staged_len,
-                    &load,
+                    load,
                 )?
             };
         }
         total_bytes += bytes;
-        ring_events[slot].record(&load)?;
+        ring_events[slot].record(load)?;
         for a in &chunk.after {
             match *a {
                 After::Dequant { ty, n, dst_off } => device.kernels.dequant(
-                    &load,
+                    load,
                     ty,
                     stage.ptr,
                     device.arena.ptr + dst_off as u64,
                     n,
                 )?,
                 After::UnitDone { slot } => {
-                    unit_done(&device, &load, slot, &job.model.residency, &job.progress)?
+                    unit_done(&device, load, slot, &job.model.residency, &job.progress)?
                 }
             }
         }

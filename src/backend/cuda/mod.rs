@@ -30,6 +30,9 @@ use layout::Layout;
 
 pub use driver::{prewarm, probe};
 
+/// How long `shutdown` waits for the loader thread to stop.
+const LOADER_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// Everything `start` needs.
 pub struct CudaStart {
     pub file: Arc<GgufFile>,
@@ -53,6 +56,8 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         bytes: AtomicU64::new(0),
         session_taken: AtomicBool::new(false),
         ctx: s.ctx,
+        stopping: AtomicBool::new(false),
+        loader_done: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
     });
     loader::spawn(loader::CudaLoadJob {
         file: s.file,
@@ -112,9 +117,24 @@ pub struct CudaModel {
     bytes: AtomicU64,
     session_taken: AtomicBool,
     ctx: usize,
+    /// Set at shutdown: the loader stops at its next chunk.
+    stopping: AtomicBool,
+    /// Set by the loader thread when it ends (loaded, failed or stopped).
+    loader_done: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
 
 impl CudaModel {
+    /// Called by the loader thread as it ends.
+    fn loader_finished(&self) {
+        let (done, cv) = &self.loader_done;
+        *done.lock() = true;
+        cv.notify_all();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Let every compute stream waiting on the loader go on (its results are discarded: the load
     /// failed or the server is stopping). The write goes through a stream of its own, so neither a
     /// stuck stream nor a synchronous call can hold it up.
@@ -175,6 +195,21 @@ impl Backend for CudaModel {
     fn interrupt(&self) {
         self.residency.interrupt();
         self.release_gates();
+    }
+    fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.interrupt();
+        let (done, cv) = &self.loader_done;
+        let mut d = done.lock();
+        let deadline = std::time::Instant::now() + LOADER_STOP_WAIT;
+        while !*d {
+            if cv.wait_until(&mut d, deadline).timed_out() {
+                tracing::warn!(
+                    "the loader did not stop within {LOADER_STOP_WAIT:?}; exiting anyway"
+                );
+                return;
+            }
+        }
     }
     fn name(&self) -> &'static str {
         "cuda"
