@@ -17,7 +17,9 @@ use crate::model::HParams;
 static PARKED: parking_lot::Mutex<Vec<Blas>> = parking_lot::Mutex::new(Vec::new());
 
 /// Prompt lengths whose GEMM kernels are loaded ahead.
-const SHAPES: [usize; 15] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, MAX_BATCH];
+const SHAPES: [usize; 15] = [
+    1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, MAX_BATCH,
+];
 
 pub fn spawn(dev: Arc<Device>, hp: HParams) {
     let started = std::thread::Builder::new()
