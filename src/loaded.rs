@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::cpu::CpuModel;
-use crate::backend::{cuda, Backend, BackendError, Session};
+use crate::backend::{self, cuda, Backend, BackendError, Session};
 use crate::chat_template::ChatTemplate;
 use crate::config::Device;
 use crate::generation::Evaluator;
@@ -137,14 +137,10 @@ pub fn load_backend(
     spec: &ModelSpec,
     at: Placement,
 ) -> Result<Arc<dyn Backend>, String> {
-    let use_cuda = match at.device {
-        Device::Cpu => false,
-        Device::Cuda => {
-            cuda::probe(at.gpu).map_err(|e| format!("--device cuda: {e}"))?;
-            true
-        }
-        Device::Auto => cuda::probe(at.gpu).is_ok(),
-    };
+    let use_cuda = matches!(
+        backend::choose_device(at.device, at.gpu)?,
+        backend::DeviceChoice::Cuda(_)
+    );
     if !use_cuda {
         let cpu = CpuModel::load(file, spec).map_err(|e| e.to_string())?;
         return Ok(Arc::new(cpu));

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::cpu::CpuModel;
-use crate::backend::{cuda, Backend};
+use crate::backend::{self, cuda, Backend, DeviceChoice};
 use crate::chat_template::ChatTemplate;
 use crate::config::{default_model, Device, ServeArgs};
 use crate::engine::{self, EngineConfig};
@@ -147,23 +147,16 @@ fn start_backend(
         yield_to_startup: None,
     }
     .with_env_fault();
-    let use_cuda = match args.device {
-        Device::Cpu => false,
-        Device::Cuda => {
-            let name = cuda::probe(args.gpu_device).map_err(|e| format!("--device cuda: {e}"))?;
+    let use_cuda = match backend::choose_device(args.device, args.gpu_device)? {
+        DeviceChoice::Cuda(name) => {
             tracing::info!("using GPU {}: {name}", args.gpu_device);
             true
         }
-        Device::Auto => match cuda::probe(args.gpu_device) {
-            Ok(name) => {
-                tracing::info!("using GPU {}: {name}", args.gpu_device);
-                true
-            }
-            Err(e) => {
-                tracing::info!("CUDA unavailable ({e}); using the CPU backend");
-                false
-            }
-        },
+        DeviceChoice::Cpu(Some(why)) => {
+            tracing::info!("CUDA unavailable ({why}); using the CPU backend");
+            false
+        }
+        DeviceChoice::Cpu(None) => false,
     };
     if use_cuda {
         return cuda::start(cuda::CudaStart {

@@ -41,6 +41,32 @@ impl From<WaitError> for BackendError {
     }
 }
 
+/// Where `--device` puts the model on this machine.
+pub enum DeviceChoice {
+    /// CUDA device `ordinal`, with its name.
+    Cuda(String),
+    /// The CPU; for `auto`, why CUDA was not used.
+    Cpu(Option<String>),
+}
+
+/// Resolve `--device`: `cuda` insists (an error names the reason), `auto` falls back to the CPU.
+pub fn choose_device(
+    device: crate::config::Device,
+    ordinal: usize,
+) -> Result<DeviceChoice, String> {
+    use crate::config::Device;
+    match device {
+        Device::Cpu => Ok(DeviceChoice::Cpu(None)),
+        Device::Cuda => cuda::probe(ordinal)
+            .map(DeviceChoice::Cuda)
+            .map_err(|e| format!("--device cuda: {e}")),
+        Device::Auto => Ok(match cuda::probe(ordinal) {
+            Ok(name) => DeviceChoice::Cuda(name),
+            Err(e) => DeviceChoice::Cpu(Some(e)),
+        }),
+    }
+}
+
 /// A model on some device, its units landing one by one.
 pub trait Backend: Send + Sync {
     fn hp(&self) -> &HParams;

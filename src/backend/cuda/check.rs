@@ -1,11 +1,10 @@
 //! `layerstream check-cuda`: every CUDA kernel against the CPU backend (or an f64 reference of
 //! the same inputs) on fresh random inputs with poisoned outputs; device dequantization bit for
 //! bit against the CPU's; whole models (last-position and decode logits, greedy tokens) against
-//! the CPU backend; and the decode GEMV timed against cuBLAS at the model's shapes.
+//! the CPU backend (`check_model`); and the decode GEMV timed against cuBLAS at the model's shapes.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use half::f16;
 
@@ -14,22 +13,16 @@ use super::driver::{ck, DevBuf, Event, Gpu, Stream};
 use super::kernels::Kernels;
 use crate::backend::cpu::ops;
 use crate::cli::CheckCudaArgs;
-use crate::config::Device;
 use crate::gguf::{GgmlType, GgufFile};
-use crate::loaded::{load_backend, Placement};
 use crate::model::HParams;
-use crate::model::ModelSpec;
 use crate::rng::Rng;
-use crate::sampler::argmax;
 
 /// Max-norm relative error allowed: F32 outputs, and outputs stored as F16.
 const TOL_F32: f64 = 1e-3;
 const TOL_F16: f64 = 4e-3;
-/// Whole-model logits: F16 activations at the projection inputs and an F16 KV cache.
-const TOL_MODEL: f64 = 3e-2;
 
 #[derive(Default)]
-struct Report {
+pub(super) struct Report {
     rows: Vec<(String, String, bool)>,
 }
 
@@ -54,7 +47,7 @@ impl Report {
             pass,
         ));
     }
-    fn line(&mut self, name: &str, text: String, pass: bool) {
+    pub(super) fn line(&mut self, name: &str, text: String, pass: bool) {
         self.rows.push((name.into(), text, pass));
     }
     fn passed(&self) -> bool {
@@ -120,8 +113,8 @@ pub fn run(args: &CheckCudaArgs) -> Result<String, String> {
     text.push_str(&time_gemv(&k, &s, &mut rng)?);
     for m in &args.model {
         let name = m.display().to_string();
-        if let Err(e) =
-            check_file_dequant(&k, &s, m, &mut r).and_then(|_| check_model(m, args, &mut r))
+        if let Err(e) = check_file_dequant(&k, &s, m, &mut r)
+            .and_then(|_| super::check_model::check_model(m, args, &mut r))
         {
             r.line(&name, e, false);
         }
@@ -638,154 +631,6 @@ fn check_file_dequant(k: &Kernels, s: &Stream, path: &Path, r: &mut Report) -> R
             format!("{tensors} quantized tensors, {bad} elements differ from the CPU"),
             bad == 0,
         );
-    }
-    Ok(())
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            if g.is_finite() {
-                (*g as f64 - *w as f64).abs() / scale
-            } else {
-                f64::INFINITY
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-struct Case {
-    name: String,
-    ids: Vec<u32>,
-    golden: Option<Vec<u32>>,
-}
-
-fn cases(args: &CheckCudaArgs, file: &GgufFile, vocab: usize) -> Result<Vec<Case>, String> {
-    let mut out = Vec::new();
-    if let Some(g) = &args.golden {
-        let text = std::fs::read_to_string(g).map_err(|e| format!("{}: {e}", g.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", g.display()))?;
-        for p in v["prompts"].as_array().into_iter().flatten() {
-            let ids = |k: &str| {
-                p[k].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as u32)
-                        .collect::<Vec<u32>>()
-                })
-            };
-            out.push(Case {
-                name: p["name"].as_str().unwrap_or("golden").to_string(),
-                ids: ids("prompt_ids").unwrap_or_default(),
-                golden: ids("greedy"),
-            });
-        }
-    }
-    if !args.prompt.is_empty() {
-        let tok = crate::tokenizer::Tokenizer::from_metadata(file.metadata())
-            .map_err(|e| e.to_string())?;
-        let tmpl = crate::chat_template::ChatTemplate::from_metadata(file.metadata())
-            .map_err(|e| e.to_string())?;
-        for (i, text) in args.prompt.iter().enumerate() {
-            let msgs = [crate::chat_template::ChatMessage::new(
-                "user",
-                text.as_str(),
-            )];
-            let ids = tok.encode_chat(&tmpl, &msgs).map_err(|e| e.to_string())?;
-            out.push(Case {
-                name: format!("prompt {i}"),
-                ids,
-                golden: None,
-            });
-        }
-    }
-    if out.is_empty() {
-        let mut rng = Rng::new(7);
-        let ids = (0..40)
-            .map(|_| (rng.next_u64() % vocab as u64) as u32)
-            .collect();
-        out.push(Case {
-            name: "random ids".into(),
-            ids,
-            golden: None,
-        });
-    }
-    Ok(out)
-}
-
-/// Stop ids of the golden model (Qwen2.5: `<|im_end|>`, `<|endoftext|>`).
-const EOS: [u32; 2] = [151645, 151643];
-
-fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> Result<(), String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = Arc::new(GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    let spec = ModelSpec::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
-    let ctx = spec.hp.context.min(1024);
-    let cpu = load_backend(
-        &file,
-        &spec,
-        Placement {
-            device: Device::Cpu,
-            gpu: 0,
-            ctx,
-        },
-    )?;
-    let gpu = load_backend(
-        &file,
-        &spec,
-        Placement {
-            device: Device::Cuda,
-            gpu: args.gpu_device,
-            ctx,
-        },
-    )?;
-    for case in cases(args, &file, spec.hp.vocab)? {
-        let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
-        let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
-        let cl = ce.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
-        let gl = ge.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
-        let prompt_err = rel_err(&gl, &cl);
-        let (mut ct, mut gt) = (vec![argmax(&cl)], vec![argmax(&gl)]);
-        let mut step_err = 0f64;
-        while ct.len() < args.tokens && !EOS.contains(ct.last().unwrap_or(&0)) {
-            // Both are fed the CPU's token, so the logits stay comparable after a divergence.
-            let next = *ct.last().unwrap_or(&0);
-            let cl = ce.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
-            let gl = ge.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
-            step_err = step_err.max(rel_err(&gl, &cl));
-            ct.push(argmax(&cl));
-            gt.push(argmax(&gl));
-        }
-        let same = ct == gt;
-        r.line(
-            &format!("{name} {} logits", case.name),
-            format!("prompt {prompt_err:.2e}, decode steps {step_err:.2e} (limit {TOL_MODEL:.0e})"),
-            prompt_err <= TOL_MODEL && step_err <= TOL_MODEL,
-        );
-        // Random weights give near-ties that rounding may flip: tokens must match on golden prompts.
-        r.line(
-            &format!("{name} {} greedy", case.name),
-            format!("{} tokens, identical to the CPU: {same}", ct.len()),
-            same || case.golden.is_none(),
-        );
-        if let Some(g) = &case.golden {
-            let n = ct.len().min(g.len());
-            let ok = gt[..n] == g[..n];
-            r.line(
-                &format!("{name} {} vs reference", case.name),
-                format!("first {n} greedy tokens identical to transformers: {ok}"),
-                ok,
-            );
-        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod blas;
 pub mod check;
+mod check_model;
 mod chunks;
 mod driver;
 mod kernels;

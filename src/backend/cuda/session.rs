@@ -317,7 +317,7 @@ impl Pass<'_> {
     /// Make the stream wait for unit `slot` unless it is known resident.
     fn gate(&mut self, slot: usize) -> Result<(), String> {
         let r = &self.m.residency;
-        if r.all_resident() || r.is_resident(slot) {
+        if r.is_resident(slot) {
             return Ok(());
         }
         let recorded = self
@@ -444,20 +444,7 @@ impl Pass<'_> {
             )?;
             k.gemv_silu(s, p(ly.wdown.off), p(sc.gu), 0, p(sc.x), h, f, true)?;
         }
-        self.gate(hp.n_layer + 1)?;
-        k.gemv_norm(
-            s,
-            p(l.out.off),
-            p(sc.x),
-            p(l.out_norm.off),
-            hp.rms_eps,
-            0,
-            p(sc.logits),
-            hp.vocab,
-            h,
-            false,
-        )?;
-        unsafe { copy_dtoh(logits, p(sc.logits), hp.vocab * 4, s) }
+        self.head(p(sc.x), logits)
     }
 
     /// `n` prompt tokens at positions `pos0..`, ids at `ids` (pinned host); logits of the last
@@ -510,20 +497,26 @@ impl Pass<'_> {
             blas.gemm(p(sc.act), p(ly.wdown.off), p(sc.x), n, h, f, true)?;
         }
         let Some(logits) = logits else { return Ok(()) };
+        self.head(p(sc.x) + ((n - 1) * h * 4) as u64, logits)
+    }
+
+    /// Final norm and LM head of the residual row at `x`, logits copied to `logits` (pinned host).
+    fn head(&mut self, x: u64, logits: *mut u8) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc) = (&dev.layout, &dev.layout.scratch);
         self.gate(hp.n_layer + 1)?;
-        let last = p(sc.x) + ((n - 1) * h * 4) as u64;
-        k.gemv_norm(
+        dev.kernels.gemv_norm(
             s,
-            p(l.out.off),
-            last,
-            p(l.out_norm.off),
+            dev.ptr(l.out.off),
+            x,
+            dev.ptr(l.out_norm.off),
             hp.rms_eps,
             0,
-            p(sc.logits),
+            dev.ptr(sc.logits),
             hp.vocab,
-            h,
+            hp.hidden,
             false,
         )?;
-        unsafe { copy_dtoh(logits, p(sc.logits), hp.vocab * 4, s) }
+        unsafe { copy_dtoh(logits, dev.ptr(sc.logits), hp.vocab * 4, s) }
     }
 }
