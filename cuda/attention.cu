@@ -115,6 +115,7 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half
     __shared__ float qs[MAX_D];
     extern __shared__ __align__(16) __half tiles[];
     const int s = blockIdx.x, h = blockIdx.y, lane = threadIdx.x, max_splits = gridDim.x;
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     const int len = *pos_dev + 1;
     const int k0 = s * chunk, k1 = min(len, k0 + chunk);
     const size_t part = (size_t)h * max_splits + s;
@@ -143,6 +144,7 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const
     // Lane s holds split s and s + 32 (at most 64 splits), so the merge weights take one round of
     // loads and shuffles; the output loop then reads every split's partial sums independently.
     const int h = blockIdx.x, lane = threadIdx.x;
+    grid_dep_sync();
     const int len = *pos_dev + 1;
     const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
     const size_t base = (size_t)h * max_splits;

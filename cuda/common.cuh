@@ -36,6 +36,28 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+// Programmatic dependent launch (sm_90 and later; no-ops when a kernel is launched the ordinary
+// way, and in the compute_80 PTX). A kernel launched as a dependent of the previous kernel in its
+// stream may start before that kernel finishes: everything before grid_dep_sync() must touch
+// only memory no earlier kernel writes (the weights); grid_dep_sync() waits until the previous
+// kernel has finished and its writes are visible, then lets this kernel's own dependent launch
+// (so at most two kernels overlap: one running, the next prefetching its weights).
+__device__ __forceinline__ void grid_dep_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// The calling warp asks L2 to fetch `bytes` bytes from p (128-byte lines, one per lane per step);
+// nothing waits for them. Used before grid_dep_sync() to stream weights in while the previous
+// kernel runs.
+__device__ __forceinline__ void warp_prefetch_l2(const void* p, size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (size_t off = (size_t)(threadIdx.x % WARP) * 128; off < bytes; off += WARP * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 // Eight halves (16 bytes, 16-byte aligned) as floats.
 __device__ __forceinline__ void load_half8(const __half* p, float out[8]) {
     const uint4 raw = *reinterpret_cast<const uint4*>(p);

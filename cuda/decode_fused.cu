@@ -12,6 +12,8 @@
 //     staged (per head: max of the split maxima, weights exp(m_s - m), sum of l_s weights — the
 //     arithmetic of attn_reduce), then y[N] += W_o · out. Launch: block 256, grid ceil(N / 8),
 //     dynamic shared q_dim * 4 B; at most 128 heads and 64 splits.
+// Both may be launched as programmatic dependents (common.cuh): every warp prefetches its weight
+// rows to L2, then waits for the previous kernel.
 #include "gemv.cuh"
 #include <math_constants.h>
 
@@ -22,11 +24,20 @@ extern "C" __global__ void gemv_qkv_rope(const __half* __restrict__ W, const flo
                                          int n_kv, int D, float freq_base, int K) {
     extern __shared__ float fused_xs[];
     float* xs = fused_xs;
-    stage_input<1>(x, norm_w, eps, xs, K);
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
     const int half_d = D / 2, q_dim = n_head * D, kv_dim = n_kv * D, rows = q_dim + 2 * kv_dim;
     const int pairs = (n_head + n_kv) * half_d;
     const int t = blockIdx.x * warps + warp;
+    // This warp's rows (a rotation pair or one V row) towards L2 before waiting on the previous kernel.
+    if (t < pairs) {
+        const int r[2] = {(t / half_d) * D + t % half_d, (t / half_d) * D + t % half_d + half_d};
+        warp_prefetch_rows<2>(W, K, rows, r);
+    } else if (t < pairs + kv_dim) {
+        const int r[1] = {q_dim + kv_dim + (t - pairs)};
+        warp_prefetch_rows<1>(W, K, rows, r);
+    }
+    grid_dep_sync();
+    stage_input<1>(x, norm_w, eps, xs, K);
     if (t >= pairs + kv_dim) return;
     const int pos = *pos_dev;
     if (t < pairs) {
@@ -67,6 +78,12 @@ extern "C" __global__ void gemv_attn_out(const __half* __restrict__ W, const flo
     float* xs = fused_xs;
     __shared__ float head_m[MAX_FUSED_HEADS], head_inv_l[MAX_FUSED_HEADS];
     const int K = n_head * D;
+    {
+        const int n = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+        const int r[1] = {n};
+        warp_prefetch_rows<1>(W, K, N, r);
+    }
+    grid_dep_sync();
     const int len = *pos_dev + 1;
     const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
     // Per head: the largest split maximum and 1 / sum of the rescaled split sums.

@@ -10,7 +10,8 @@
 // warp, so a warp reads 512 contiguous bytes of each row per step, the R rows interleaved and the
 // loop unrolled for many loads in flight; warp shuffle reductions give the rows' sums. K must be a
 // multiple of 8 (checked by the host).
-// Launch: block 256 threads (8 warps), grid ceil(N / (8 * R)), dynamic shared K * 4 B.
+// Launch: block 256 threads (8 warps), grid ceil(N / (8 * R)), dynamic shared K * 4 B. May be
+// launched as a programmatic dependent (common.cuh): each warp prefetches its rows to L2 first.
 #include "gemv.cuh"
 
 // R rows per warp, interleaved so that the loads of all R rows are in flight together.
@@ -19,14 +20,17 @@ __device__ __forceinline__ void gemv(const __half* __restrict__ W, const float* 
                                      const float* __restrict__ norm_w, float eps, const float* __restrict__ bias,
                                      float* __restrict__ y, int N, int K, int acc) {
     extern __shared__ float xs[];
-    stage_input<MODE>(x, norm_w, eps, xs, K);
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
     const int row0 = (blockIdx.x * warps + warp) * R;
-    if (row0 >= N) return;
     int rows[R];
     float s[R];
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = row0 + r;
+    // The weights do not depend on the previous kernel: start them towards L2 before waiting.
+    warp_prefetch_rows<R>(W, K, N, rows);
+    grid_dep_sync();
+    stage_input<MODE>(x, norm_w, eps, xs, K);
+    if (row0 >= N) return;
     warp_rows_dot<R>(W, xs, K, N, rows, s);
 #pragma unroll
     for (int r = 0; r < R; r++) {

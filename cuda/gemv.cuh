@@ -43,6 +43,14 @@ __device__ __forceinline__ void stage_input(const float* __restrict__ x, const f
     __syncthreads();
 }
 
+// The warp's R rows of W (K halves each) prefetched to L2; rows >= N skipped.
+template <int R>
+__device__ __forceinline__ void warp_prefetch_rows(const __half* __restrict__ W, int K, int N, const int (&rows)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (rows[r] < N) warp_prefetch_l2(W + (size_t)rows[r] * K, (size_t)K * 2);
+}
+
 // s[r] = W[row_r, :] · xs for R rows of a row-major F16 matrix with K columns (K a multiple of
 // 8); every lane of the warp gets the sums. A row index >= N is skipped (its sum stays 0).
 template <int R>

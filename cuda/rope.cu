@@ -12,6 +12,7 @@ extern "C" __global__ void rope_qkv(const float* __restrict__ qkv, const float* 
                                     __half* __restrict__ v_cache, const int* __restrict__ pos_dev, int pos0,
                                     int n_head, int n_kv, int D, float freq_base) {
     const int t = blockIdx.x;
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     const int pos = (pos_dev ? *pos_dev : pos0) + t;
     const int q_dim = n_head * D, kv_dim = n_kv * D, half_d = D / 2;
     const float* row = qkv + (size_t)t * (q_dim + 2 * kv_dim);

@@ -1,6 +1,7 @@
 //! The embedded kernel image (`cuda/*.cu`, compiled by build.rs) and one typed launcher per kernel.
 //! Launch shapes follow the contract in each kernel file's header comment.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
@@ -32,13 +33,41 @@ pub struct Kernels {
 unsafe impl Send for Kernels {}
 unsafe impl Sync for Kernels {}
 
-/// Launch `f` with the given arguments (each a local whose address is passed).
+thread_local! {
+    /// Whether launches on this thread of kernels that call `grid_dep_sync()` are programmatic
+    /// dependent launches (see [`dependent_launches`]).
+    static DEPENDENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While the returned guard lives, this thread launches every kernel that begins with
+/// `grid_dep_sync()` (common.cuh) as a programmatic dependent of the previous kernel in its
+/// stream: it may start, and prefetch its weights, while that kernel finishes. Used for the
+/// captured decode step, where each kernel is short and the launch gaps are a large share.
+pub fn dependent_launches(on: bool) -> DependentGuard {
+    DependentGuard(DEPENDENT.with(|d| d.replace(on)))
+}
+
+pub struct DependentGuard(bool);
+
+impl Drop for DependentGuard {
+    fn drop(&mut self) {
+        DEPENDENT.with(|d| d.set(self.0));
+    }
+}
+
+/// Launch `f` with the given arguments (each a local whose address is passed). `launch!(dep ...)`
+/// marks a kernel that starts with `grid_dep_sync()`, so it may be launched as a dependent.
 macro_rules! launch {
-    ($f:expr, $grid:expr, $block:expr, $smem:expr, $s:expr; $($arg:expr),* $(,)?) => {{
+    (dep $f:expr, $grid:expr, $block:expr, $smem:expr, $s:expr; $($arg:expr),* $(,)?) => {{
         let mut params: Vec<*mut c_void> = Vec::new();
         $( let mut _a = $arg; params.push(&mut _a as *mut _ as *mut c_void); )*
         // The argument locals above live until the end of this block, past the launch.
-        launch_raw($f, $grid, $block, $smem, $s, &mut params)
+        launch_raw($f, $grid, $block, $smem, $s, &mut params, true)
+    }};
+    ($f:expr, $grid:expr, $block:expr, $smem:expr, $s:expr; $($arg:expr),* $(,)?) => {{
+        let mut params: Vec<*mut c_void> = Vec::new();
+        $( let mut _a = $arg; params.push(&mut _a as *mut _ as *mut c_void); )*
+        launch_raw($f, $grid, $block, $smem, $s, &mut params, false)
     }};
 }
 
@@ -49,7 +78,24 @@ fn launch_raw(
     smem: usize,
     s: &Stream,
     params: &mut [*mut c_void],
+    may_depend: bool,
 ) -> Result<(), String> {
+    if may_depend && DEPENDENT.with(Cell::get) {
+        // SAFETY: zeroed is a valid bit pattern for these plain C structs.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut cfg: sys::CUlaunchConfig = unsafe { std::mem::zeroed() };
+        (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ) = (grid.0.max(1), grid.1.max(1), 1);
+        (cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ) = (block, 1, 1);
+        cfg.sharedMemBytes = smem as u32;
+        cfg.hStream = s.0;
+        cfg.attrs = &mut attr;
+        cfg.numAttrs = 1;
+        return ck("cuLaunchKernelEx", unsafe {
+            sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
+        });
+    }
     ck("cuLaunchKernel", unsafe {
         sys::cuLaunchKernel(
             f,
@@ -219,7 +265,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_plain[v], (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_plain[v], (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · rmsnorm(x) ⊙ norm_w (+ bias).
@@ -238,7 +284,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_norm[v], (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_norm[v], (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias).
@@ -255,7 +301,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = Self::gemv_shape(n, k);
-        launch!(self.gemv_silu[v], (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_silu[v], (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// Bias + RoPE + KV append for `n` tokens at positions `pos0..` (or `*pos_dev..` when non-zero).
@@ -273,7 +319,7 @@ impl Kernels {
         n: usize,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
-        launch!(self.rope_qkv, (n as u32, 1), 512, 0, s;
+        launch!(dep self.rope_qkv, (n as u32, 1), 512, 0, s;
             qkv, bias, q, k_cache, v_cache, pos_dev, pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, hp.rope_base)
     }
 
@@ -313,7 +359,7 @@ impl Kernels {
         self.attn_decode_splits(
             s, q, kc, vc, part_acc, part_ml, pos_dev, split_keys, max_splits, hp,
         )?;
-        launch!(self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
+        launch!(dep self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
             part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
     }
 
@@ -334,7 +380,7 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
-        launch!(self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
+        launch!(dep self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)
     }
 
@@ -354,7 +400,7 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let tasks = (hp.n_head + hp.n_kv_head) * hp.head_dim / 2 + hp.kv_dim();
-        launch!(self.gemv_qkv_rope, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
+        launch!(dep self.gemv_qkv_rope, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
             w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, hp.n_head as i32, hp.n_kv_head as i32,
             hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
     }
@@ -373,7 +419,7 @@ impl Kernels {
         y: CUdeviceptr,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
-        launch!(self.gemv_attn_out, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
+        launch!(dep self.gemv_attn_out, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
             w, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.head_dim as i32, split_keys as i32, max_splits as i32, y, hp.hidden as i32)
     }
 }

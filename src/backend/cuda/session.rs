@@ -13,6 +13,7 @@ use cudarc::driver::sys;
 
 use super::blas::Blas;
 use super::driver::{ck, copy_dtoh, copy_htod, wait_event, wait_value, Event, Pinned, Stream};
+use super::kernels;
 use super::layout::MAX_BATCH;
 use super::{CudaModel, Device};
 use crate::backend::{BackendError, Session};
@@ -41,6 +42,10 @@ struct Res {
     graph: Option<Graph>,
     /// Fused decode kernels, unless `LAYERSTREAM_CUDA_DECODE=separate` (for comparing the two).
     fused: bool,
+    /// The captured decode step's kernels launched as programmatic dependents (each prefetches
+    /// its weights while the previous one finishes), unless `LAYERSTREAM_CUDA_PDL=0`, or the
+    /// driver refused to capture them.
+    dependent: bool,
     /// With `LAYERSTREAM_CUDA_TIMING` set: events around each replayed decode step, and the
     /// device and whole-call times (µs) they measured, logged when the session ends.
     timing: Option<(Event, Event, Vec<f64>, Vec<f64>)>,
@@ -79,6 +84,7 @@ impl CudaSession {
                 logits_host: Pinned::alloc(self.model.hp.vocab * 4, false).map_err(e)?,
                 graph: None,
                 fused: std::env::var("LAYERSTREAM_CUDA_DECODE").map_or(true, |v| v != "separate"),
+                dependent: std::env::var("LAYERSTREAM_CUDA_PDL").map_or(true, |v| v != "0"),
                 timing: match std::env::var_os("LAYERSTREAM_CUDA_TIMING") {
                     Some(_) => Some((
                         Event::new(true).map_err(e)?,
@@ -162,9 +168,14 @@ impl Session for CudaSession {
             params[1] = tokens[0];
             if model.residency.all_resident() {
                 if res.graph.is_none() {
-                    res.graph = Some(
-                        capture(&mut pass, res.params_host.ptr, res.logits_host.ptr).map_err(e)?,
-                    );
+                    let (params, logits) = (res.params_host.ptr, res.logits_host.ptr);
+                    let mut graph = capture(&mut pass, params, logits, res.dependent);
+                    if let (Err(why), true) = (&graph, res.dependent) {
+                        tracing::warn!("decode graph with dependent launches refused ({why}); capturing without");
+                        res.dependent = false;
+                        graph = capture(&mut pass, params, logits, false);
+                    }
+                    res.graph = Some(graph.map_err(e)?);
                 }
                 let g = res
                     .graph
@@ -278,15 +289,24 @@ fn wait_done(model: &CudaModel, done: &Event, gated: bool) -> Result<(), Backend
     }
 }
 
-/// Capture one decode step into a graph (every unit resident: no gates in it).
-fn capture(pass: &mut Pass, params: *mut u8, logits: *mut u8) -> Result<Graph, String> {
+/// Capture one decode step into a graph (every unit resident: no gates in it), its kernels
+/// launched as programmatic dependents when `dependent`.
+fn capture(
+    pass: &mut Pass,
+    params: *mut u8,
+    logits: *mut u8,
+    dependent: bool,
+) -> Result<Graph, String> {
     ck("cuStreamBeginCapture", unsafe {
         sys::cuStreamBeginCapture_v2(
             pass.s.0,
             sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
         )
     })?;
-    let issued = pass.decode(params, logits);
+    let issued = {
+        let _dependent = kernels::dependent_launches(dependent);
+        pass.decode(params, logits)
+    };
     let mut graph = std::ptr::null_mut();
     let ended = ck("cuStreamEndCapture", unsafe {
         sys::cuStreamEndCapture(pass.s.0, &mut graph)
