@@ -151,7 +151,11 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         .bytes
         .store(device.arena.bytes as u64, Ordering::Relaxed);
     let _ = job.model.device.set(device.clone());
-    super::preload::spawn(device.clone(), job.spec.hp.clone());
+    *job.model.preload.lock() = super::preload::spawn(
+        device.clone(),
+        job.spec.hp.clone(),
+        job.model.stopping.clone(),
+    );
     tracing::info!(
         "CUDA device ready in {:.0} ms: {} bytes reserved ({} weights, {} KV cache)",
         t0.elapsed().as_secs_f64() * 1e3,

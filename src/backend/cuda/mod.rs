@@ -57,7 +57,8 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         bytes: AtomicU64::new(0),
         session_taken: AtomicBool::new(false),
         ctx: s.ctx,
-        stopping: AtomicBool::new(false),
+        stopping: Arc::new(AtomicBool::new(false)),
+        preload: parking_lot::Mutex::new(None),
         loader_done: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
     });
     loader::spawn(loader::CudaLoadJob {
@@ -118,8 +119,10 @@ pub struct CudaModel {
     bytes: AtomicU64,
     session_taken: AtomicBool,
     ctx: usize,
-    /// Set at shutdown: the loader stops at its next chunk.
-    stopping: AtomicBool,
+    /// Set at shutdown: the loader stops at its next chunk, the kernel preload at its next shape.
+    stopping: Arc<AtomicBool>,
+    /// The kernel preload thread (preload.rs), joined at shutdown or when the model is dropped.
+    preload: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set by the loader thread when it ends (loaded, failed or stopped).
     loader_done: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
@@ -130,6 +133,14 @@ impl CudaModel {
         let (done, cv) = &self.loader_done;
         *done.lock() = true;
         cv.notify_all();
+    }
+
+    /// Stop the kernel preload thread at its next shape and wait for it.
+    fn join_preload(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(t) = self.preload.lock().take() {
+            let _ = t.join();
+        }
     }
 
     fn is_stopping(&self) -> bool {
@@ -162,6 +173,13 @@ impl CudaModel {
             .get()
             .cloned()
             .ok_or_else(|| BackendError::Device("embeddings resident without a device".into()))
+    }
+}
+
+impl Drop for CudaModel {
+    fn drop(&mut self) {
+        // The loader thread holds the model until it ends, so only the preload can be running.
+        self.join_preload();
     }
 }
 
@@ -211,6 +229,8 @@ impl Backend for CudaModel {
                 return;
             }
         }
+        drop(d);
+        self.join_preload();
     }
     fn name(&self) -> &'static str {
         "cuda"

@@ -3,7 +3,9 @@
 //! runs the model's prefill GEMM shapes once (on layer 0's weight memory, whatever it holds yet,
 //! into buffers of its own), so a request sent at READY does not pay for it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use cudarc::driver::sys;
 
@@ -21,12 +23,14 @@ const SHAPES: [usize; 15] = [
     1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, MAX_BATCH,
 ];
 
-pub fn spawn(dev: Arc<Device>, hp: HParams) {
+/// Start the preload thread; it gives up between shapes once `stop` is set. The caller joins
+/// it before the process exits (the driver and cuBLAS must not be torn down under it).
+pub fn spawn(dev: Arc<Device>, hp: HParams, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
     let started = std::thread::Builder::new()
         .name("kernel-preload".into())
         .spawn(move || {
             let t0 = std::time::Instant::now();
-            match run(&dev, &hp) {
+            match run(&dev, &hp, &stop) {
                 Ok(()) => tracing::debug!(
                     "GEMM kernels preloaded in {:.0} ms",
                     t0.elapsed().as_secs_f64() * 1e3
@@ -36,12 +40,12 @@ pub fn spawn(dev: Arc<Device>, hp: HParams) {
                 }
             }
         });
-    if let Err(e) = started {
-        tracing::warn!("cannot start the kernel preload thread: {e}");
-    }
+    started
+        .map_err(|e| tracing::warn!("cannot start the kernel preload thread: {e}"))
+        .ok()
 }
 
-fn run(dev: &Device, hp: &HParams) -> Result<(), String> {
+fn run(dev: &Device, hp: &HParams, stop: &AtomicBool) -> Result<(), String> {
     dev.gpu.bind()?;
     let Some(l0) = dev.layout.layers.first() else {
         return Ok(());
@@ -66,6 +70,9 @@ fn run(dev: &Device, hp: &HParams) -> Result<(), String> {
         let w = |off: usize| dev.ptr(off);
         let run = (|| {
             for n in SHAPES {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
                 blas.gemm(x, w(l0.wqkv.off), y, n, q + 2 * kv, h, false)?;
                 blas.gemm(x, w(l0.wo.off), y, n, h, q, true)?;
                 blas.gemm(x, w(l0.wgu.off), y, n, 2 * f, h, false)?;
