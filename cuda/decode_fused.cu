@@ -12,12 +12,14 @@
 //     staged (per head: max of the split maxima, weights exp(m_s - m), sum of l_s weights — the
 //     arithmetic of attn_reduce), then y[N] += W_o · out. Launch: block 256, grid ceil(N / 8),
 //     dynamic shared q_dim * 4 B; at most 128 heads and 64 splits.
-// Both may be launched as programmatic dependents (common.cuh): every warp prefetches its weight
-// rows to L2, then waits for the previous kernel.
+// Both may be launched as programmatic dependents (common.cuh). `_cN` variants (gemv.cuh): with
+// N > 0 every warp fetches its weight rows into registers (K <= N * 256) before waiting for the
+// previous kernel; with N == 0 it asks L2 for them and streams them after the input is staged.
 #include "gemv.cuh"
 #include <math_constants.h>
 
-extern "C" __global__ void gemv_qkv_rope(const __half* __restrict__ W, const float* __restrict__ x,
+template <int CPL>
+__device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const float* __restrict__ x,
                                          const float* __restrict__ norm_w, float eps, const float* __restrict__ bias,
                                          float* __restrict__ q_out, __half* __restrict__ k_cache,
                                          __half* __restrict__ v_cache, const int* __restrict__ pos_dev, int n_head,
@@ -28,61 +30,72 @@ extern "C" __global__ void gemv_qkv_rope(const __half* __restrict__ W, const flo
     const int half_d = D / 2, q_dim = n_head * D, kv_dim = n_kv * D, rows = q_dim + 2 * kv_dim;
     const int pairs = (n_head + n_kv) * half_d;
     const int t = blockIdx.x * warps + warp;
-    // This warp's rows (a rotation pair or one V row) towards L2 before waiting on the previous kernel.
+    // This warp's rows: a rotation pair of Q or K, or one V row (its second row past the end, so
+    // skipped: a zero row in the sums). Started before waiting on the previous kernel.
+    int r[2] = {rows, rows};
     if (t < pairs) {
-        const int r[2] = {(t / half_d) * D + t % half_d, (t / half_d) * D + t % half_d + half_d};
-        warp_prefetch_rows<2>(W, K, rows, r);
+        r[0] = (t / half_d) * D + t % half_d;
+        r[1] = r[0] + half_d;
     } else if (t < pairs + kv_dim) {
-        const int r[1] = {q_dim + kv_dim + (t - pairs)};
-        warp_prefetch_rows<1>(W, K, rows, r);
+        r[0] = q_dim + kv_dim + (t - pairs);
     }
+    uint4 w[2][CPL > 0 ? CPL : 1];
+    warp_rows_start<2, CPL>(W, K, rows, r, w);
     grid_dep_sync();
     stage_input<1>(x, norm_w, eps, xs, K);
     if (t >= pairs + kv_dim) return;
     const int pos = *pos_dev;
+    float s[2];
+    warp_rows_dot_any<2, CPL>(W, w, xs, K, rows, r, s);
+    if (lane != 0) return;
     if (t < pairs) {
         const int head = t / half_d, i = t % half_d;
-        const int r[2] = {head * D + i, head * D + i + half_d};
-        float s[2];
-        warp_rows_dot<2>(W, xs, K, rows, r, s);
-        if (lane == 0) {
-            const float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)D);
-            float sn, cs;
-            sincosf((float)pos * inv_freq, &sn, &cs);
-            const float x0 = s[0] + bias[r[0]], x1 = s[1] + bias[r[1]];
-            const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
-            if (head < n_head) {
-                q_out[r[0]] = y0;
-                q_out[r[1]] = y1;
-            } else {
-                __half* k = k_cache + (size_t)pos * kv_dim;
-                k[r[0] - q_dim] = __float2half_rn(y0);
-                k[r[1] - q_dim] = __float2half_rn(y1);
-            }
+        const float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)D);
+        float sn, cs;
+        sincosf((float)pos * inv_freq, &sn, &cs);
+        const float x0 = s[0] + bias[r[0]], x1 = s[1] + bias[r[1]];
+        const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+        if (head < n_head) {
+            q_out[r[0]] = y0;
+            q_out[r[1]] = y1;
+        } else {
+            __half* k = k_cache + (size_t)pos * kv_dim;
+            k[r[0] - q_dim] = __float2half_rn(y0);
+            k[r[1] - q_dim] = __float2half_rn(y1);
         }
     } else {
-        const int c = t - pairs;
-        const int r[1] = {q_dim + kv_dim + c};
-        float s[1];
-        warp_rows_dot<1>(W, xs, K, rows, r, s);
-        if (lane == 0) v_cache[(size_t)pos * kv_dim + c] = __float2half_rn(s[0] + bias[r[0]]);
+        v_cache[(size_t)pos * kv_dim + (t - pairs)] = __float2half_rn(s[0] + bias[r[0]]);
     }
 }
 
+#define QKV_ROPE_KERNEL(CPL)                                                                                   \
+    extern "C" __global__ void gemv_qkv_rope_c##CPL(                                                          \
+        const __half* W, const float* x, const float* norm_w, float eps, const float* bias, float* q_out,     \
+        __half* k_cache, __half* v_cache, const int* pos_dev, int n_head, int n_kv, int D, float freq_base,    \
+        int K) {                                                                                              \
+        qkv_rope<CPL>(W, x, norm_w, eps, bias, q_out, k_cache, v_cache, pos_dev, n_head, n_kv, D, freq_base, K); \
+    }
+QKV_ROPE_KERNEL(0)
+QKV_ROPE_KERNEL(4)
+QKV_ROPE_KERNEL(8)
+QKV_ROPE_KERNEL(16)
+QKV_ROPE_KERNEL(24)
+
 #define MAX_FUSED_HEADS 128
 
-extern "C" __global__ void gemv_attn_out(const __half* __restrict__ W, const float* __restrict__ part_acc,
+template <int CPL>
+__device__ __forceinline__ void attn_out(const __half* __restrict__ W, const float* __restrict__ part_acc,
                                          const float* __restrict__ part_ml, const int* __restrict__ pos_dev,
                                          int n_head, int D, int chunk, int max_splits, float* __restrict__ y, int N) {
     extern __shared__ float fused_xs[];
     float* xs = fused_xs;
     __shared__ float head_m[MAX_FUSED_HEADS], head_inv_l[MAX_FUSED_HEADS];
     const int K = n_head * D;
-    {
-        const int n = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-        const int r[1] = {n};
-        warp_prefetch_rows<1>(W, K, N, r);
-    }
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
+    const int n = blockIdx.x * warps + warp;
+    const int r[1] = {n};
+    uint4 w[1][CPL > 0 ? CPL : 1];
+    warp_rows_start<1, CPL>(W, K, N, r, w);
     grid_dep_sync();
     const int len = *pos_dev + 1;
     const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
@@ -105,11 +118,20 @@ extern "C" __global__ void gemv_attn_out(const __half* __restrict__ W, const flo
         xs[k] = o * head_inv_l[h];
     }
     __syncthreads();
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
-    const int n = blockIdx.x * warps + warp;
     if (n >= N) return;
-    const int r[1] = {n};
     float s[1];
-    warp_rows_dot<1>(W, xs, K, N, r, s);
+    warp_rows_dot_any<1, CPL>(W, w, xs, K, N, r, s);
     if (lane == 0) y[n] += s[0];
 }
+
+#define ATTN_OUT_KERNEL(CPL)                                                                                   \
+    extern "C" __global__ void gemv_attn_out_c##CPL(const __half* W, const float* part_acc, const float* part_ml, \
+                                                    const int* pos_dev, int n_head, int D, int chunk,           \
+                                                    int max_splits, float* y, int N) {                          \
+        attn_out<CPL>(W, part_acc, part_ml, pos_dev, n_head, D, chunk, max_splits, y, N);                      \
+    }
+ATTN_OUT_KERNEL(0)
+ATTN_OUT_KERNEL(4)
+ATTN_OUT_KERNEL(8)
+ATTN_OUT_KERNEL(16)
+ATTN_OUT_KERNEL(24)

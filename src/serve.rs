@@ -27,6 +27,8 @@ use crate::tokenizer::Tokenizer;
 
 /// How long running requests may continue after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long the exit waits for the engine thread to finish its request and release its sequence.
+const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(args: ServeArgs, started: Instant) -> ExitCode {
     match start(args, started) {
@@ -116,13 +118,25 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
         server::run(
             listener,
-            state,
+            state.clone(),
             stopped(stop_rx),
             DRAIN + Duration::from_secs(1),
         )
         .await;
-        // No backend thread may be inside the device driver when the process exits.
-        let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
+        // No thread may be inside the device driver when the process exits: the loader and the
+        // kernel preload stop, then the engine thread ends and releases its sequence.
+        let engine = state.runtime.get().map(|rt| rt.engine.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            backend.shutdown();
+            if let Some(engine) = engine {
+                if !engine.close(ENGINE_CLOSE_WAIT) {
+                    tracing::warn!(
+                        "the engine did not end within {ENGINE_CLOSE_WAIT:?}; exiting anyway"
+                    );
+                }
+            }
+        })
+        .await;
         tracing::info!("shut down");
         let failed = startup_error.lock().take();
         match failed {
@@ -222,8 +236,7 @@ async fn build_runtime(
         ctx_size: ctx,
         max_queue,
     };
-    let (engine, _thread) =
-        engine::spawn(cfg).map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    let engine = engine::spawn(cfg).map_err(|e| format!("cannot start the engine thread: {e}"))?;
     let runtime = Runtime {
         tokenizer,
         template: Arc::new(tmpl),

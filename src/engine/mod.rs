@@ -81,6 +81,13 @@ impl Drain {
 pub struct EngineHandle {
     tx: Sender<Job>,
     pub drain: Arc<Drain>,
+    exit: Arc<EngineExit>,
+}
+
+/// How the engine thread is told to end and waited for at shutdown.
+struct EngineExit {
+    close: Sender<()>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EngineHandle {
@@ -88,6 +95,25 @@ impl EngineHandle {
     /// gets cheap 429s instead of taking CPU from the engine).
     pub fn is_full(&self) -> bool {
         self.tx.is_full()
+    }
+
+    /// End the engine thread once its current request is over, and wait up to `wait` for it: its
+    /// sequence (device memory, streams) is released on that thread before the process exits.
+    /// False when it did not end in time.
+    pub fn close(&self, wait: std::time::Duration) -> bool {
+        let _ = self.exit.close.try_send(());
+        let Some(thread) = self.exit.thread.lock().take() else {
+            return true;
+        };
+        let deadline = Instant::now() + wait;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = thread.join();
+        true
     }
 
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use super::{Drain, EngineEvent, EngineHandle, Finished, Job};
+use parking_lot::Mutex;
+
+use super::{Drain, EngineEvent, EngineExit, EngineHandle, Finished, Job};
 use crate::backend::{Backend, BackendError, Session};
 use crate::generation::{self, Evaluator, FinishReason, GenerationError};
 use crate::tokenizer::Tokenizer;
@@ -19,18 +21,25 @@ pub struct EngineConfig {
     pub max_queue: usize,
 }
 
-/// Start the engine thread; returns the handle handlers submit to.
-pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+/// Start the engine thread; returns the handle handlers submit to (and shutdown closes).
+pub fn spawn(cfg: EngineConfig) -> std::io::Result<EngineHandle> {
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
+    let (close_tx, close_rx) = crossbeam_channel::bounded(1);
     let drain = Arc::new(Drain::default());
-    let handle = EngineHandle {
-        tx,
-        drain: drain.clone(),
+    let thread = {
+        let drain = drain.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || run(cfg, rx, close_rx, drain))?
     };
-    let thread = std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || run(cfg, rx, drain))?;
-    Ok((handle, thread))
+    Ok(EngineHandle {
+        tx,
+        drain,
+        exit: Arc::new(EngineExit {
+            close: close_tx,
+            thread: Mutex::new(Some(thread)),
+        }),
+    })
 }
 
 /// Prompt tokens evaluated between checks for a departed client or the drain deadline.
@@ -76,12 +85,20 @@ impl Evaluator for Eval<'_> {
     }
 }
 
-fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
+/// The next job, or None once the engine is closed (or every handle is gone).
+fn next_job(rx: &Receiver<Job>, close: &Receiver<()>) -> Option<Job> {
+    crossbeam_channel::select! {
+        recv(rx) -> job => job.ok(),
+        recv(close) -> _ => None,
+    }
+}
+
+fn run(cfg: EngineConfig, rx: Receiver<Job>, close: Receiver<()>, drain: Arc<Drain>) {
     let mut session = match cfg.model.clone().new_session(cfg.ctx_size) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("the engine cannot open a sequence: {e}");
-            while let Ok(job) = rx.recv() {
+            while let Some(job) = next_job(&rx, &close) {
                 let _ = job.events.send(EngineEvent::Error {
                     code: "internal",
                     message: format!("the engine cannot open a sequence: {e}"),
@@ -94,7 +111,7 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, drain: Arc<Drain>) {
     if let Err(e) = session.prepare() {
         tracing::warn!("engine preparation failed (the first request will retry): {e}");
     }
-    while let Ok(job) = rx.recv() {
+    while let Some(job) = next_job(&rx, &close) {
         if job.events.is_closed() {
             continue;
         }

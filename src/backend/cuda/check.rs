@@ -193,18 +193,33 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         &want,
         TOL_F16,
     );
-    check_gemv(k, s, rng, r)?;
+    // The decode products both ways: weight rows fetched into registers first, and streamed.
+    for (fetch, tag) in [(true, ""), (false, " streamed")] {
+        k.set_fetch(fetch);
+        check_gemv(k, s, rng, r, tag)?;
+        for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
+            check_fused_decode(k, s, rng, r, heads, kv, d, tag)?;
+        }
+    }
+    k.set_fetch(true);
     check_rope(k, s, rng, r)?;
     for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
         check_attention(k, s, rng, r, heads, kv, d)?;
-        check_fused_decode(k, s, rng, r, heads, kv, d)?;
     }
     check_gemm(s, rng, r)
 }
 
-fn check_gemv(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
+fn check_gemv(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    tag: &str,
+) -> Result<(), String> {
     for (mode, n, kk) in [
         ("plain", 896, 896),
+        ("plain", 520, 1536),
+        ("norm", 8200, 2048),
         ("norm", 1152, 896),
         ("norm", 9728, 896),
         ("silu", 896, 4864),
@@ -248,7 +263,7 @@ fn check_gemv(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<
             .map(|i| y0[i] as f64 + bias[i] as f64 + dot[i])
             .collect();
         r.err(
-            &format!("gemv_{mode} {n}x{kk} acc+bias"),
+            &format!("gemv_{mode} {n}x{kk}{tag} acc+bias"),
             &download::<f32>(&yb, n)?,
             &want,
             TOL_F32,
@@ -262,7 +277,7 @@ fn check_gemv(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<
         }
         s.sync()?;
         r.err(
-            &format!("gemv_{mode} {n}x{kk}"),
+            &format!("gemv_{mode} {n}x{kk}{tag}"),
             &download::<f32>(&yb, n)?,
             &dot,
             TOL_F32,
@@ -423,6 +438,7 @@ fn check_attention(
 }
 
 /// The fused decode kernels against the same steps done separately on the CPU (f64 products).
+#[allow(clippy::too_many_arguments)]
 fn check_fused_decode(
     k: &Kernels,
     s: &Stream,
@@ -431,6 +447,7 @@ fn check_fused_decode(
     n_head: usize,
     n_kv: usize,
     d: usize,
+    tag: &str,
 ) -> Result<(), String> {
     let mut hp = hp_for(n_head, n_kv, d);
     hp.hidden = hp.hidden.max(64);
@@ -470,7 +487,7 @@ fn check_fused_decode(
     ops::rope_table(pos, d, hp.rope_base, &mut cs, &mut sn);
     ops::rope_apply(&mut y[..q + kv], d, &cs, &sn);
     let as64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-    let name = format!("gemv_qkv_rope {n_head}/{n_kv}x{d}");
+    let name = format!("gemv_qkv_rope {n_head}/{n_kv}x{d}{tag}");
     r.err(
         &format!("{name} q"),
         &download::<f32>(&qo, q)?,
@@ -523,7 +540,7 @@ fn check_fused_decode(
         .map(|(a, b)| a + *b as f64)
         .collect();
     r.err(
-        &format!("gemv_attn_out {n_head}/{n_kv}x{d} len {len}"),
+        &format!("gemv_attn_out {n_head}/{n_kv}x{d}{tag} len {len}"),
         &download::<f32>(&yb, h)?,
         &want,
         TOL_F32,
@@ -639,7 +656,9 @@ fn check_file_dequant(k: &Kernels, s: &Stream, path: &Path, r: &mut Report) -> R
 fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
     let blas = Blas::new(s)?;
     let (e0, e1) = (Event::new(true)?, Event::new(true)?);
-    let mut out = String::from("decode product (N x K)      ours us   GB/s   cuBLAS us   GB/s\n");
+    let mut out = String::from(
+        "decode product (N x K)   fetched us   GB/s  streamed us   GB/s   cuBLAS us   GB/s\n",
+    );
     for (n, kk) in [
         (1152usize, 896usize),
         (896, 896),
@@ -667,13 +686,18 @@ fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
             Ok(v[v.len() / 2])
         };
         let ours = time(&mut || k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false))?;
+        k.set_fetch(false);
+        let streamed = time(&mut || k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false));
+        k.set_fetch(true);
+        let streamed = streamed?;
         let theirs = time(&mut || blas.gemm(xhb.ptr, wb.ptr, yb.ptr, 1, n, kk, false))?;
         let gb = (n * kk * 2) as f64 / 1e3;
         let _ = writeln!(
             out,
-            "{:<26} {ours:>8.1} {:>6.0} {theirs:>11.1} {:>6.0}",
+            "{:<22} {ours:>12.1} {:>6.0} {streamed:>12.1} {:>6.0} {theirs:>11.1} {:>6.0}",
             format!("{n} x {kk}"),
             gb / ours,
+            gb / streamed,
             gb / theirs
         );
     }

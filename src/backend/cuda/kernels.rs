@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
 
@@ -17,16 +18,20 @@ pub struct Kernels {
     embed_gather: CUfunction,
     rmsnorm_f16: CUfunction,
     silu_mul: CUfunction,
-    /// [one row per warp, four rows per warp]
-    gemv_plain: [CUfunction; 2],
-    gemv_norm: [CUfunction; 2],
-    gemv_silu: [CUfunction; 2],
+    /// One per entry of [`GEMV_VARIANTS`].
+    gemv_plain: Vec<CUfunction>,
+    gemv_norm: Vec<CUfunction>,
+    gemv_silu: Vec<CUfunction>,
+    /// One per entry of [`FETCH_CHUNKS`], after the streamed variant.
+    gemv_qkv_rope: Vec<CUfunction>,
+    gemv_attn_out: Vec<CUfunction>,
+    /// Whether the decode products fetch their weight rows into registers first (the `_cN`
+    /// variants with N > 0) where K allows; off with `LAYERSTREAM_CUDA_GEMV=streamed`.
+    fetch: AtomicBool,
     rope_qkv: CUfunction,
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
-    gemv_qkv_rope: CUfunction,
-    gemv_attn_out: CUfunction,
     dequant: Vec<(GgmlType, CUfunction)>,
 }
 
@@ -118,6 +123,21 @@ fn attn_tile_bytes(d: usize) -> usize {
     (32 * (d + 8) + 32 * d) * 2
 }
 
+/// (rows per warp, chunks per lane) of the `gemv_*_rR_cC` kernels in gemv.cu.
+const GEMV_VARIANTS: [(usize, usize); 8] = [
+    (1, 0),
+    (4, 0),
+    (1, 4),
+    (4, 4),
+    (1, 8),
+    (4, 8),
+    (1, 16),
+    (1, 24),
+];
+
+/// Chunks per lane of the register-fetched variants (K up to 256 times that).
+const FETCH_CHUNKS: [usize; 4] = [4, 8, 16, 24];
+
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).min(u32::MAX as usize) as u32
 }
@@ -149,6 +169,18 @@ impl Kernels {
             })?;
             Ok(f)
         };
+        let gemv_family = |base: &str| -> Result<Vec<CUfunction>, String> {
+            GEMV_VARIANTS
+                .iter()
+                .map(|(r, c)| big(&format!("{base}_r{r}_c{c}")))
+                .collect()
+        };
+        let fused_family = |base: &str| -> Result<Vec<CUfunction>, String> {
+            std::iter::once(0)
+                .chain(FETCH_CHUNKS)
+                .map(|c| big(&format!("{base}_c{c}")))
+                .collect()
+        };
         let dequant = [
             (GgmlType::F32, "dequant_f32"),
             (GgmlType::BF16, "dequant_bf16"),
@@ -168,15 +200,18 @@ impl Kernels {
             embed_gather: m.function("embed_gather")?,
             rmsnorm_f16: m.function("rmsnorm_f16")?,
             silu_mul: m.function("silu_mul")?,
-            gemv_plain: [big("gemv_plain_r1")?, big("gemv_plain_r4")?],
-            gemv_norm: [big("gemv_norm_r1")?, big("gemv_norm_r4")?],
-            gemv_silu: [big("gemv_silu_r1")?, big("gemv_silu_r4")?],
+            gemv_plain: gemv_family("gemv_plain")?,
+            gemv_norm: gemv_family("gemv_norm")?,
+            gemv_silu: gemv_family("gemv_silu")?,
+            gemv_qkv_rope: fused_family("gemv_qkv_rope")?,
+            gemv_attn_out: fused_family("gemv_attn_out")?,
+            fetch: AtomicBool::new(
+                std::env::var("LAYERSTREAM_CUDA_GEMV").map_or(true, |v| v != "streamed"),
+            ),
             rope_qkv: m.function("rope_qkv")?,
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
-            gemv_qkv_rope: big("gemv_qkv_rope")?,
-            gemv_attn_out: big("gemv_attn_out")?,
             dequant,
             _module: m,
         })
@@ -244,10 +279,40 @@ impl Kernels {
         launch!(self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
     }
 
+    /// Fetch decode weights into registers first (where K allows), or stream them (the earlier
+    /// kernels, kept for comparison and for K beyond the register budget).
+    pub fn set_fetch(&self, on: bool) {
+        self.fetch.store(on, Ordering::Relaxed);
+    }
+
+    /// Chunks per lane of the register-fetched variant for K columns, 0 for streamed.
+    fn fetch_chunks(&self, k: usize) -> usize {
+        if !self.fetch.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let need = (k / 8).div_ceil(32);
+        FETCH_CHUNKS.into_iter().find(|&c| c >= need).unwrap_or(0)
+    }
+
+    /// Index into the fused families for K columns.
+    fn fused_variant(&self, k: usize) -> usize {
+        let c = self.fetch_chunks(k);
+        FETCH_CHUNKS
+            .iter()
+            .position(|&f| f == c)
+            .map_or(0, |i| i + 1)
+    }
+
     /// (variant, grid, dynamic shared bytes): wide outputs (the LM head, gate/up) give each warp
-    /// four rows, so fewer blocks stage x and more loads are in flight per warp.
-    fn gemv_shape(n: usize, k: usize) -> (usize, u32, usize) {
-        let (variant, rows) = if n >= 8192 { (1, 4) } else { (0, 1) };
+    /// four rows, so fewer blocks stage x and more loads are in flight per warp; rows fetched into
+    /// registers where K allows (one row per warp beyond 2048 columns).
+    fn gemv_shape(&self, n: usize, k: usize) -> (usize, u32, usize) {
+        let c = self.fetch_chunks(k);
+        let rows = if n >= 8192 && c <= 8 { 4 } else { 1 };
+        let variant = GEMV_VARIANTS
+            .iter()
+            .position(|&v| v == (rows, c))
+            .unwrap_or(0);
         (variant, blocks(n, 8 * rows), k * 4)
     }
 
@@ -264,7 +329,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = Self::gemv_shape(n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_plain[v], (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
     }
 
@@ -283,7 +348,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = Self::gemv_shape(n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_norm[v], (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
@@ -300,7 +365,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = Self::gemv_shape(n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_silu[v], (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
@@ -400,7 +465,8 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let tasks = (hp.n_head + hp.n_kv_head) * hp.head_dim / 2 + hp.kv_dim();
-        launch!(dep self.gemv_qkv_rope, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
+        let f = self.gemv_qkv_rope[self.fused_variant(hp.hidden)];
+        launch!(dep f, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
             w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, hp.n_head as i32, hp.n_kv_head as i32,
             hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
     }
@@ -419,7 +485,8 @@ impl Kernels {
         y: CUdeviceptr,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
-        launch!(dep self.gemv_attn_out, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
+        let f = self.gemv_attn_out[self.fused_variant(hp.q_dim())];
+        launch!(dep f, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
             w, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.head_dim as i32, split_keys as i32, max_splits as i32, y, hp.hidden as i32)
     }
 }

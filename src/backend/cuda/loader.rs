@@ -155,6 +155,7 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         device.clone(),
         job.spec.hp.clone(),
         job.model.stopping.clone(),
+        job.model.preload_done.clone(),
     );
     tracing::info!(
         "CUDA device ready in {:.0} ms: {} bytes reserved ({} weights, {} KV cache)",

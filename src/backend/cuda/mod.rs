@@ -59,6 +59,7 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         ctx: s.ctx,
         stopping: Arc::new(AtomicBool::new(false)),
         preload: parking_lot::Mutex::new(None),
+        preload_done: Arc::new(preload::Flag::default()),
         loader_done: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
     });
     loader::spawn(loader::CudaLoadJob {
@@ -123,6 +124,8 @@ pub struct CudaModel {
     stopping: Arc<AtomicBool>,
     /// The kernel preload thread (preload.rs), joined at shutdown or when the model is dropped.
     preload: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the kernel preload has ended; a pass waits for it before its first gate.
+    preload_done: Arc<preload::Flag>,
     /// Set by the loader thread when it ends (loaded, failed or stopped).
     loader_done: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
@@ -141,6 +144,12 @@ impl CudaModel {
         if let Some(t) = self.preload.lock().take() {
             let _ = t.join();
         }
+    }
+
+    /// Block until the kernel preload thread has ended (it was started before any session
+    /// could exist: the arena is made before the embeddings land).
+    fn wait_preload(&self) {
+        self.preload_done.wait();
     }
 
     fn is_stopping(&self) -> bool {

@@ -25,11 +25,19 @@ const SHAPES: [usize; 15] = [
 
 /// Start the preload thread; it gives up between shapes once `stop` is set. The caller joins
 /// it before the process exits (the driver and cuBLAS must not be torn down under it).
-pub fn spawn(dev: Arc<Device>, hp: HParams, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
+/// `done` is set when the thread ends (or could not start), whatever the outcome.
+pub fn spawn(
+    dev: Arc<Device>,
+    hp: HParams,
+    stop: Arc<AtomicBool>,
+    done: Arc<Flag>,
+) -> Option<JoinHandle<()>> {
+    let done_here = done.clone();
     let started = std::thread::Builder::new()
         .name("kernel-preload".into())
         .spawn(move || {
             let t0 = std::time::Instant::now();
+            let _done = SetOnDrop(done_here);
             match run(&dev, &hp, &stop) {
                 Ok(()) => tracing::debug!(
                     "GEMM kernels preloaded in {:.0} ms",
@@ -41,8 +49,41 @@ pub fn spawn(dev: Arc<Device>, hp: HParams, stop: Arc<AtomicBool>) -> Option<Joi
             }
         });
     started
-        .map_err(|e| tracing::warn!("cannot start the kernel preload thread: {e}"))
+        .map_err(|e| {
+            done.set();
+            tracing::warn!("cannot start the kernel preload thread: {e}")
+        })
         .ok()
+}
+
+/// A one-way flag threads can wait for.
+#[derive(Default)]
+pub struct Flag {
+    set: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
+
+impl Flag {
+    pub fn set(&self) {
+        *self.set.lock() = true;
+        self.cv.notify_all();
+    }
+
+    pub fn wait(&self) {
+        let mut s = self.set.lock();
+        while !*s {
+            self.cv.wait(&mut s);
+        }
+    }
+}
+
+/// Sets the flag however the preload thread ends (a panic in cuBLAS included).
+struct SetOnDrop(Arc<Flag>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
 }
 
 fn run(dev: &Device, hp: &HParams, stop: &AtomicBool) -> Result<(), String> {

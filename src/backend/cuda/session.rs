@@ -340,6 +340,11 @@ impl Pass<'_> {
         if r.is_resident(slot) {
             return Ok(());
         }
+        // No other thread may load kernels while this stream waits on the loader: loading one
+        // synchronises the context, which would then wait for this stream, which waits for a
+        // loader held up by that synchronisation. The preload's cuBLAS kernels are loaded first;
+        // this pass's own kernels were loaded at layer 0 (resident at READY), before any wait.
+        self.m.wait_preload();
         let recorded = self
             .dev
             .recorded
