@@ -243,7 +243,15 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
                     n,
                 )?,
                 After::UnitDone { slot } => {
-                    unit_done(&device, load, slot, &job.model.residency, &job.progress)?
+                    let open = job.model.gates_open.load(Ordering::Acquire);
+                    unit_done(
+                        &device,
+                        load,
+                        open,
+                        slot,
+                        &job.model.residency,
+                        &job.progress,
+                    )?
                 }
             }
         }
@@ -285,6 +293,7 @@ unsafe extern "C" fn on_landed(data: *mut c_void) {
 fn unit_done(
     dev: &Device,
     load: &Stream,
+    gates_open: bool,
     slot: usize,
     residency: &Arc<Residency>,
     progress: &Arc<Progress>,
@@ -294,11 +303,13 @@ fn unit_done(
     if let Some(flag) = dev.recorded.get(slot) {
         flag.store(true, Ordering::Release);
     }
-    write_value(
-        load,
-        dev.arena.ptr + dev.layout.load_counter as u64,
-        slot as u32 + 1,
-    )?;
+    // Once the gates were opened (an interrupt), they stay open.
+    let value = if gates_open {
+        super::GATES_OPEN
+    } else {
+        slot as u32 + 1
+    };
+    write_value(load, dev.arena.ptr + dev.layout.load_counter as u64, value)?;
     let data = Box::into_raw(Box::new(Landed {
         residency: residency.clone(),
         progress: progress.clone(),

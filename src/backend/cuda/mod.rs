@@ -31,6 +31,11 @@ use layout::Layout;
 
 pub use driver::{prewarm, probe};
 
+/// The load counter's value once every gate is open. Stream waits compare cyclically
+/// (`(int32_t)(*addr - value) >= 0`), so it must be within 2^31 above every unit's slot number:
+/// u32::MAX would read as -1 and hold every gate shut.
+pub(crate) const GATES_OPEN: u32 = 1 << 30;
+
 /// How long `shutdown` waits for the loader thread to stop.
 const LOADER_STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,6 +65,7 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         stopping: Arc::new(AtomicBool::new(false)),
         preload: parking_lot::Mutex::new(None),
         preload_done: Arc::new(preload::Flag::default()),
+        gates_open: AtomicBool::new(false),
         loader_done: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
     });
     loader::spawn(loader::CudaLoadJob {
@@ -126,6 +132,9 @@ pub struct CudaModel {
     preload: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the kernel preload has ended; a pass waits for it before its first gate.
     preload_done: Arc<preload::Flag>,
+    /// Set once the gates were opened (failure, interrupt, stop): the loader's later counter
+    /// writes keep them open instead of writing unit numbers below [`GATES_OPEN`].
+    gates_open: AtomicBool,
     /// Set by the loader thread when it ends (loaded, failed or stopped).
     loader_done: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
@@ -160,13 +169,15 @@ impl CudaModel {
     /// failed or the server is stopping). The write goes through a stream of its own, so neither a
     /// stuck stream nor a synchronous call can hold it up.
     fn release_gates(&self) {
+        self.gates_open.store(true, Ordering::Release);
         let Some(dev) = self.device.get() else { return };
         if dev.gpu.bind().is_err() {
             return;
         }
         match driver::Stream::new() {
             Ok(s) => {
-                if let Err(e) = driver::write_value(&s, dev.ptr(dev.layout.load_counter), u32::MAX)
+                if let Err(e) =
+                    driver::write_value(&s, dev.ptr(dev.layout.load_counter), GATES_OPEN)
                 {
                     tracing::warn!("cannot release the GPU's load gates: {e}");
                 }
