@@ -16,6 +16,14 @@ fetch-model:
 bench-cpu:
     scripts/bench-cpu
 
+# Build here what the GPU machine runs (binary, service test binaries, peer source, model pieces).
+gpu-prepare:
+    scripts/gpu/prepare --pieces
+
+# On the GPU machine: every GPU test and benchmark, a results table last (see scripts/gpu/run-all).
+test-gpu *STAGES="models peer check service sanitize profile bench load":
+    scripts/gpu/run-all {{STAGES}}
+
 # Regenerate golden data from Hugging Face transformers (needs the golden venv).
 golden:
     scripts/golden/setup-venv
