@@ -71,12 +71,5 @@ __device__ __forceinline__ void half8_to_float(const uint4 raw, float out[8]) {
 
 // Eight halves (16 bytes, 16-byte aligned) as floats.
 __device__ __forceinline__ void load_half8(const __half* p, float out[8]) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 f = __half22float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
+    half8_to_float(*reinterpret_cast<const uint4*>(p), out);
 }

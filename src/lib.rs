@@ -23,6 +23,7 @@ pub mod load;
 pub mod loaded;
 pub mod logging;
 pub mod model;
+pub mod panic_message;
 pub mod quant;
 pub mod request;
 pub mod rng;

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::{Drain, EngineEvent, EngineExit, EngineHandle, Finished, Job};
 use crate::backend::{Backend, BackendError, Session};
 use crate::generation::{self, Evaluator, FinishReason, GenerationError};
+use crate::panic_message::panic_message;
 use crate::tokenizer::Tokenizer;
 
 /// What the engine thread needs.
@@ -128,11 +129,7 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, close: Receiver<()>, drain: Arc<Dra
             run_job(&cfg, session.as_mut(), &drain, job)
         }));
         if let Err(panic) = outcome {
-            let cause = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown cause");
+            let cause = panic_message(&*panic);
             tracing::error!("request failed with an internal error: {cause}");
             let _ = events.send(EngineEvent::Error {
                 code: "internal",

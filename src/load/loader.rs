@@ -15,6 +15,7 @@ use crate::gguf::GgufFile;
 use crate::load::plan::{LoadPlan, UnitKind, READY_UNITS};
 use crate::load::progress::Progress;
 use crate::model::{ModelError, ModelSpec};
+use crate::panic_message::panic_message;
 
 /// The environment variable that injects a load fault (tests only).
 pub const FAULT_ENV: &str = "LAYERSTREAM_TEST_FAIL_UNIT";
@@ -58,14 +59,7 @@ pub fn spawn(job: LoadJob) -> std::io::Result<JoinHandle<()>> {
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
-                Err(panic) => format!(
-                    "loader thread panicked: {}",
-                    panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or(panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("unknown cause")
-                ),
+                Err(panic) => format!("loader thread panicked: {}", panic_message(&*panic)),
             };
             tracing::error!("model load failed: {error}");
             job.model.residency().fail(error.clone());

@@ -26,6 +26,7 @@ use crate::load::plan::LoadPlan;
 use crate::load::progress::Progress;
 use crate::load::residency::Residency;
 use crate::model::ModelSpec;
+use crate::panic_message::panic_message;
 
 /// Bytes per pinned staging buffer, and how many buffers the ring has.
 const CHUNK: usize = 16 << 20;
@@ -60,14 +61,7 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
                     return;
                 }
                 Ok(Err(e)) => e,
-                Err(panic) => format!(
-                    "loader thread panicked: {}",
-                    panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or(panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("unknown cause")
-                ),
+                Err(panic) => format!("loader thread panicked: {}", panic_message(&*panic)),
             };
             tracing::error!("model load failed: {error}");
             job.model.residency.fail(error.clone());

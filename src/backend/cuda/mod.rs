@@ -8,6 +8,7 @@ pub mod check;
 mod check_model;
 mod chunks;
 mod driver;
+mod flag;
 mod kernels;
 mod layout;
 mod loader;
@@ -26,6 +27,7 @@ use crate::load::progress::Progress;
 use crate::load::residency::Residency;
 use crate::model::{HParams, ModelSpec};
 use driver::{DevBuf, Event, Gpu};
+use flag::Flag;
 use kernels::Kernels;
 use layout::Layout;
 
@@ -64,9 +66,9 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         ctx: s.ctx,
         stopping: Arc::new(AtomicBool::new(false)),
         preload: parking_lot::Mutex::new(None),
-        preload_done: Arc::new(preload::Flag::default()),
+        preload_done: Arc::new(Flag::default()),
         gates_open: AtomicBool::new(false),
-        loader_done: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
+        loader_done: Flag::default(),
     });
     loader::spawn(loader::CudaLoadJob {
         file: s.file,
@@ -131,20 +133,18 @@ pub struct CudaModel {
     /// The kernel preload thread (preload.rs), joined at shutdown or when the model is dropped.
     preload: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the kernel preload has ended; a pass waits for it before its first gate.
-    preload_done: Arc<preload::Flag>,
+    preload_done: Arc<Flag>,
     /// Set once the gates were opened (failure, interrupt, stop): the loader's later counter
     /// writes keep them open instead of writing unit numbers below [`GATES_OPEN`].
     gates_open: AtomicBool,
     /// Set by the loader thread when it ends (loaded, failed or stopped).
-    loader_done: (parking_lot::Mutex<bool>, parking_lot::Condvar),
+    loader_done: Flag,
 }
 
 impl CudaModel {
     /// Called by the loader thread as it ends.
     fn loader_finished(&self) {
-        let (done, cv) = &self.loader_done;
-        *done.lock() = true;
-        cv.notify_all();
+        self.loader_done.set();
     }
 
     /// Stop the kernel preload thread at its next shape and wait for it.
@@ -238,18 +238,13 @@ impl Backend for CudaModel {
     fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         self.interrupt();
-        let (done, cv) = &self.loader_done;
-        let mut d = done.lock();
-        let deadline = std::time::Instant::now() + LOADER_STOP_WAIT;
-        while !*d {
-            if cv.wait_until(&mut d, deadline).timed_out() {
-                tracing::warn!(
-                    "the loader did not stop within {LOADER_STOP_WAIT:?}; exiting anyway"
-                );
-                return;
-            }
+        if !self
+            .loader_done
+            .wait_until(std::time::Instant::now() + LOADER_STOP_WAIT)
+        {
+            tracing::warn!("the loader did not stop within {LOADER_STOP_WAIT:?}; exiting anyway");
+            return;
         }
-        drop(d);
         self.join_preload();
     }
     fn name(&self) -> &'static str {

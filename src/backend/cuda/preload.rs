@@ -11,6 +11,7 @@ use cudarc::driver::sys;
 
 use super::blas::Blas;
 use super::driver::{ck, Stream};
+use super::flag::Flag;
 use super::layout::MAX_BATCH;
 use super::Device;
 use crate::model::HParams;
@@ -54,27 +55,6 @@ pub fn spawn(
             tracing::warn!("cannot start the kernel preload thread: {e}")
         })
         .ok()
-}
-
-/// A one-way flag threads can wait for.
-#[derive(Default)]
-pub struct Flag {
-    set: parking_lot::Mutex<bool>,
-    cv: parking_lot::Condvar,
-}
-
-impl Flag {
-    pub fn set(&self) {
-        *self.set.lock() = true;
-        self.cv.notify_all();
-    }
-
-    pub fn wait(&self) {
-        let mut s = self.set.lock();
-        while !*s {
-            self.cv.wait(&mut s);
-        }
-    }
 }
 
 /// Sets the flag however the preload thread ends (a panic in cuBLAS included).
