@@ -109,8 +109,13 @@ fn run(cfg: EngineConfig, rx: Receiver<Job>, close: Receiver<()>, drain: Arc<Dra
         }
     };
     // Off the request path: device objects are made while the weights are still landing.
-    if let Err(e) = session.prepare() {
-        tracing::warn!("engine preparation failed (the first request will retry): {e}");
+    let t0 = std::time::Instant::now();
+    match session.prepare() {
+        Ok(()) => tracing::info!(
+            "engine prepared in {:.0} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => tracing::warn!("engine preparation failed (the first request will retry): {e}"),
     }
     while let Some(job) = next_job(&rx, &close) {
         if job.events.is_closed() {

@@ -40,7 +40,7 @@ pub fn spawn(
             let t0 = std::time::Instant::now();
             let _done = SetOnDrop(done_here);
             match run(&dev, &hp, &stop) {
-                Ok(()) => tracing::debug!(
+                Ok(()) => tracing::info!(
                     "GEMM kernels preloaded in {:.0} ms",
                     t0.elapsed().as_secs_f64() * 1e3
                 ),
