@@ -13,6 +13,11 @@
 //                 over the sequence: grid (max_splits, n_head), block 32; split s takes keys
 //                 [s * chunk, (s + 1) * chunk) and writes its unnormalised (acc, max, sum);
 //                 attn_reduce (grid n_head, block 32) merges the splits into F32 [q_dim].
+//   attn_decode_merge: the same splits, and the last of a head's blocks to finish (counted in
+//                 count[h] with an atomic after each block's partials are written and fenced)
+//                 merges that head's splits as attn_reduce does, then sets count[h] back to 0
+//                 for the next launch. One launch instead of two, and the merge is done once per
+//                 head. count: n_head ints, zero before the first launch.
 #include <math_constants.h>
 #include "common.cuh"
 
@@ -108,15 +113,15 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const __hal
     }
 }
 
-extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half* __restrict__ kc,
-                                       const __half* __restrict__ vc, float* __restrict__ part_acc,
-                                       float* __restrict__ part_ml, const int* __restrict__ pos_dev, int n_head,
-                                       int n_kv, int D, float scale, int chunk) {
+// One split of the decode attention: keys [s * chunk, (s + 1) * chunk) of head h, its unnormalised
+// (acc, max, sum) written to partial s of the head (zeros and -inf for a split past the end).
+__device__ __forceinline__ void decode_split(const float* __restrict__ q, const __half* __restrict__ kc,
+                                             const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                             float* __restrict__ part_ml, int len, int s, int h, int max_splits,
+                                             int n_head, int n_kv, int D, float scale, int chunk) {
     __shared__ float qs[MAX_D];
     extern __shared__ __align__(16) __half tiles[];
-    const int s = blockIdx.x, h = blockIdx.y, lane = threadIdx.x, max_splits = gridDim.x;
-    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
-    const int len = *pos_dev + 1;
+    const int lane = threadIdx.x;
     const int k0 = s * chunk, k1 = min(len, k0 + chunk);
     const size_t part = (size_t)h * max_splits + s;
     Softmax st;
@@ -138,19 +143,20 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half
     }
 }
 
-extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                                       float* __restrict__ out, const int* __restrict__ pos_dev, int D, int chunk,
-                                       int max_splits) {
-    // Lane s holds split s and s + 32 (at most 64 splits), so the merge weights take one round of
-    // loads and shuffles; the output loop then reads every split's partial sums independently.
-    const int h = blockIdx.x, lane = threadIdx.x;
-    grid_dep_sync();
-    const int len = *pos_dev + 1;
-    const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
+// Merge the first `splits` partials of head h into out[h * D ..] (one warp). Lane s holds split s
+// and s + 32 (at most 64 splits), so the merge weights take one round of loads and shuffles; the
+// output loop then reads every split's partial sums independently. The loads bypass L1 (__ldcg):
+// in attn_decode_merge the partials were written by other blocks of the same launch.
+__device__ __forceinline__ void merge_splits(const float* part_acc, const float* part_ml, float* __restrict__ out,
+                                             int h, int D, int splits, int max_splits) {
+    const int lane = threadIdx.x % WARP;
     const size_t base = (size_t)h * max_splits;
     float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;
-    if (lane < splits) { m0 = part_ml[(base + lane) * 2]; l0 = part_ml[(base + lane) * 2 + 1]; }
-    if (lane + WARP < splits) { m1 = part_ml[(base + lane + WARP) * 2]; l1 = part_ml[(base + lane + WARP) * 2 + 1]; }
+    if (lane < splits) { m0 = __ldcg(part_ml + (base + lane) * 2); l0 = __ldcg(part_ml + (base + lane) * 2 + 1); }
+    if (lane + WARP < splits) {
+        m1 = __ldcg(part_ml + (base + lane + WARP) * 2);
+        l1 = __ldcg(part_ml + (base + lane + WARP) * 2 + 1);
+    }
     const float m = warp_max(fmaxf(m0, m1));
     const float w0 = lane < splits ? expf(m0 - m) : 0.0f;
     const float w1 = lane + WARP < splits ? expf(m1 - m) : 0.0f;
@@ -163,7 +169,7 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const
 #pragma unroll
         for (int i = 0; i < PER_LANE; i++) {
             const int d = lane + WARP * i;
-            if (d < D) o[i] += part_acc[(base + s) * D + d] * ws;
+            if (d < D) o[i] += __ldcg(part_acc + (base + s) * D + d) * ws;
         }
     }
 #pragma unroll
@@ -171,4 +177,43 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const
         const int d = lane + WARP * i;
         if (d < D) out[h * D + d] = o[i] * inv;
     }
+}
+
+__device__ __forceinline__ int active_splits(int len, int chunk, int max_splits) {
+    return min(min(max_splits, 64), (len + chunk - 1) / chunk);
+}
+
+extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half* __restrict__ kc,
+                                       const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                       float* __restrict__ part_ml, const int* __restrict__ pos_dev, int n_head,
+                                       int n_kv, int D, float scale, int chunk) {
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
+    decode_split(q, kc, vc, part_acc, part_ml, *pos_dev + 1, blockIdx.x, blockIdx.y, gridDim.x, n_head, n_kv, D,
+                 scale, chunk);
+}
+
+extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                       float* __restrict__ out, const int* __restrict__ pos_dev, int D, int chunk,
+                                       int max_splits) {
+    grid_dep_sync();
+    merge_splits(part_acc, part_ml, out, blockIdx.x, D, active_splits(*pos_dev + 1, chunk, max_splits), max_splits);
+}
+
+extern "C" __global__ void attn_decode_merge(const float* __restrict__ q, const __half* __restrict__ kc,
+                                             const __half* __restrict__ vc, float* part_acc, float* part_ml,
+                                             float* __restrict__ out, int* count, const int* __restrict__ pos_dev,
+                                             int n_head, int n_kv, int D, float scale, int chunk) {
+    const int h = blockIdx.y, max_splits = gridDim.x;
+    grid_dep_sync();
+    const int len = *pos_dev + 1;
+    decode_split(q, kc, vc, part_acc, part_ml, len, blockIdx.x, h, max_splits, n_head, n_kv, D, scale, chunk);
+    // Every lane's partial writes are visible device-wide before the block is counted.
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (threadIdx.x == 0) last = atomicAdd(count + h, 1) == max_splits - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+    __threadfence();  // the other blocks' partials are read after their counts
+    if (threadIdx.x == 0) count[h] = 0;
+    merge_splits(part_acc, part_ml, out, h, D, active_splits(len, chunk, max_splits), max_splits);
 }

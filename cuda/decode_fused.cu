@@ -1,5 +1,6 @@
-// Fused decode kernels: the steps around attention folded into the neighbouring matrix-vector
-// products, so a decode step launches two kernels fewer per layer.
+// Fused decode kernel: RMSNorm, the QKV biases, RoPE and the KV append folded into the QKV
+// matrix-vector product, so a decode step launches two kernels fewer per layer (the split merge of
+// the attention is folded into attn_decode_merge, attention.cu).
 //
 //   gemv_qkv_rope: RMSNorm(x) staged in shared memory (as gemv_norm), then QKV rows with the bias,
 //     RoPE and the KV append applied in the epilogue: one warp takes the two rows of a rotation pair
@@ -8,15 +9,10 @@
 //     the remaining warps take one V row each into the V cache. Position from `pos_dev`.
 //     Launch: block 256 (8 warps), grid ceil(((n_head + n_kv) * D/2 + n_kv * D) / 8), dynamic
 //     shared K * 4 B.
-//   gemv_attn_out: the attention output merged from attn_decode's split partials while it is
-//     staged (per head: max of the split maxima, weights exp(m_s - m), sum of l_s weights — the
-//     arithmetic of attn_reduce), then y[N] += W_o · out. Launch: block 256, grid ceil(N / 8),
-//     dynamic shared q_dim * 4 B; at most 128 heads and 64 splits.
-// Both may be launched as programmatic dependents (common.cuh). `_cN` variants (gemv.cuh): with
+// It may be launched as a programmatic dependent (common.cuh). `_cN` variants (gemv.cuh): with
 // N > 0 every warp fetches its weight rows into registers (K <= N * 256) before waiting for the
 // previous kernel; with N == 0 it asks L2 for them and streams them after the input is staged.
 #include "gemv.cuh"
-#include <math_constants.h>
 
 template <int CPL>
 __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const float* __restrict__ x,
@@ -80,58 +76,3 @@ QKV_ROPE_KERNEL(4)
 QKV_ROPE_KERNEL(8)
 QKV_ROPE_KERNEL(16)
 QKV_ROPE_KERNEL(24)
-
-#define MAX_FUSED_HEADS 128
-
-template <int CPL>
-__device__ __forceinline__ void attn_out(const __half* __restrict__ W, const float* __restrict__ part_acc,
-                                         const float* __restrict__ part_ml, const int* __restrict__ pos_dev,
-                                         int n_head, int D, int chunk, int max_splits, float* __restrict__ y, int N) {
-    extern __shared__ float fused_xs[];
-    float* xs = fused_xs;
-    __shared__ float head_m[MAX_FUSED_HEADS], head_inv_l[MAX_FUSED_HEADS];
-    const int K = n_head * D;
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
-    const int n = blockIdx.x * warps + warp;
-    const int r[1] = {n};
-    uint4 w[1][CPL > 0 ? CPL : 1];
-    warp_rows_start<1, CPL>(W, K, N, r, w);
-    grid_dep_sync();
-    const int len = *pos_dev + 1;
-    const int splits = min(min(max_splits, 64), (len + chunk - 1) / chunk);
-    // Per head: the largest split maximum and 1 / sum of the rescaled split sums.
-    for (int h = threadIdx.x; h < n_head; h += blockDim.x) {
-        const size_t base = (size_t)h * max_splits;
-        float m = -CUDART_INF_F;
-        for (int s = 0; s < splits; s++) m = fmaxf(m, part_ml[(base + s) * 2]);
-        float l = 0.0f;
-        for (int s = 0; s < splits; s++) l += part_ml[(base + s) * 2 + 1] * expf(part_ml[(base + s) * 2] - m);
-        head_m[h] = m;
-        head_inv_l[h] = 1.0f / l;
-    }
-    __syncthreads();
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const int h = k / D, d = k % D;
-        const size_t base = (size_t)h * max_splits;
-        float o = 0.0f;
-        for (int s = 0; s < splits; s++) o += part_acc[(base + s) * D + d] * expf(part_ml[(base + s) * 2] - head_m[h]);
-        xs[k] = o * head_inv_l[h];
-    }
-    __syncthreads();
-    if (n >= N) return;
-    float s[1];
-    warp_rows_dot_any<1, CPL>(W, w, xs, K, N, r, s);
-    if (lane == 0) y[n] += s[0];
-}
-
-#define ATTN_OUT_KERNEL(CPL)                                                                                   \
-    extern "C" __global__ void gemv_attn_out_c##CPL(const __half* W, const float* part_acc, const float* part_ml, \
-                                                    const int* pos_dev, int n_head, int D, int chunk,           \
-                                                    int max_splits, float* y, int N) {                          \
-        attn_out<CPL>(W, part_acc, part_ml, pos_dev, n_head, D, chunk, max_splits, y, N);                      \
-    }
-ATTN_OUT_KERNEL(0)
-ATTN_OUT_KERNEL(4)
-ATTN_OUT_KERNEL(8)
-ATTN_OUT_KERNEL(16)
-ATTN_OUT_KERNEL(24)

@@ -434,6 +434,34 @@ fn check_attention(
         &attention_ref(&q, &kc, &vc, &[len - 1], &hp),
         TOL_F32,
     );
+    // The same with the merge in each head's last block: three launches in a row at different
+    // lengths (the per-head counts must come back to zero after each), on poisoned partials.
+    let count = upload(&vec![0i32; n_head])?;
+    for len in [1000usize, 37, 700] {
+        let pb = upload(&[(len - 1) as i32])?;
+        let (pa, pm, ob) = (
+            poisoned::<f32>(n_head * max_splits * d)?,
+            poisoned::<f32>(n_head * max_splits * 2)?,
+            poisoned::<f32>(qd)?,
+        );
+        k.attn_decode_merged(
+            s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, ob.ptr, count.ptr, pb.ptr, split,
+            max_splits, &hp,
+        )?;
+        s.sync()?;
+        r.err(
+            &format!("attn_decode_merge {n_head}/{n_kv}x{d} len {len}"),
+            &download::<f32>(&ob, qd)?,
+            &attention_ref(&q, &kc[..len * kvd], &vc[..len * kvd], &[len - 1], &hp),
+            TOL_F32,
+        );
+    }
+    let counts = download::<i32>(&count, n_head)?;
+    r.line(
+        &format!("attn_decode_merge {n_head}/{n_kv}x{d} counts"),
+        format!("after 3 launches {counts:?} (all 0 expected)"),
+        counts.iter().all(|&c| c == 0),
+    );
     Ok(())
 }
 
@@ -507,43 +535,6 @@ fn check_fused_decode(
         &f16s(&vh[pos * kv..(pos + 1) * kv]),
         &as64(&y[q + kv..]),
         TOL_F16,
-    );
-    // O product of the attention output merged from the split partials, added to y0.
-    let (len, split, max_splits) = (1000usize, 64usize, 64usize);
-    let qv = randn(rng, q, 1.0);
-    let kcv = randh(rng, len * kv, 1.0);
-    let vcv = randh(rng, len * kv, 1.0);
-    let wo = randh(rng, h * q, 0.05);
-    let y0 = randn(rng, h, 1.0);
-    let (qb, kb, vb, pb) = (
-        upload(&qv)?,
-        upload(&kcv)?,
-        upload(&vcv)?,
-        upload(&[(len - 1) as i32])?,
-    );
-    let (pa, pm) = (
-        poisoned::<f32>(n_head * max_splits * d)?,
-        poisoned::<f32>(n_head * max_splits * 2)?,
-    );
-    let (wob, yb) = (upload(&wo)?, upload(&y0)?);
-    k.attn_decode_splits(
-        s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, pb.ptr, split, max_splits, &hp,
-    )?;
-    k.gemv_attn_out(
-        s, wob.ptr, pa.ptr, pm.ptr, pb.ptr, split, max_splits, yb.ptr, &hp,
-    )?;
-    s.sync()?;
-    let att = attention_ref(&qv, &kcv, &vcv, &[len - 1], &hp);
-    let want: Vec<f64> = gemv_ref(&wo, &att, h, q)
-        .iter()
-        .zip(&y0)
-        .map(|(a, b)| a + *b as f64)
-        .collect();
-    r.err(
-        &format!("gemv_attn_out {n_head}/{n_kv}x{d}{tag} len {len}"),
-        &download::<f32>(&yb, h)?,
-        &want,
-        TOL_F32,
     );
     Ok(())
 }

@@ -24,7 +24,6 @@ pub struct Kernels {
     gemv_silu: Vec<CUfunction>,
     /// One per entry of [`FETCH_CHUNKS`], after the streamed variant.
     gemv_qkv_rope: Vec<CUfunction>,
-    gemv_attn_out: Vec<CUfunction>,
     /// Whether the decode products fetch their weight rows into registers first (the `_cN`
     /// variants with N > 0) where K allows; off with `LAYERSTREAM_CUDA_GEMV=streamed`.
     fetch: AtomicBool,
@@ -32,6 +31,7 @@ pub struct Kernels {
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
+    attn_decode_merge: CUfunction,
     dequant: Vec<(GgmlType, CUfunction)>,
 }
 
@@ -204,7 +204,6 @@ impl Kernels {
             gemv_norm: gemv_family("gemv_norm")?,
             gemv_silu: gemv_family("gemv_silu")?,
             gemv_qkv_rope: fused_family("gemv_qkv_rope")?,
-            gemv_attn_out: fused_family("gemv_attn_out")?,
             fetch: AtomicBool::new(
                 std::env::var("LAYERSTREAM_CUDA_GEMV").map_or(true, |v| v != "streamed"),
             ),
@@ -212,6 +211,7 @@ impl Kernels {
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
+            attn_decode_merge: big("attn_decode_merge")?,
             dequant,
             _module: m,
         })
@@ -428,8 +428,7 @@ impl Kernels {
             part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
     }
 
-    /// Split decode attention only: each split's unnormalised partials (merged by `attn_reduce`
-    /// or `gemv_attn_out`).
+    /// Split decode attention only: each split's unnormalised partials (merged by `attn_reduce`).
     #[allow(clippy::too_many_arguments)]
     pub fn attn_decode_splits(
         &self,
@@ -471,22 +470,28 @@ impl Kernels {
             hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
     }
 
-    /// y[hidden] += W_o · (attention output merged from the split partials) (`decode_fused.cu`).
+    /// Split decode attention with the merge done by each head's last block (`attn_decode_merge`):
+    /// F32 `[q_dim]` to `out` in one launch. `count`: `n_head` ints, zero before the first launch
+    /// (the kernel leaves them zero).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemv_attn_out(
+    pub fn attn_decode_merged(
         &self,
         s: &Stream,
-        w: CUdeviceptr,
+        q: CUdeviceptr,
+        kc: CUdeviceptr,
+        vc: CUdeviceptr,
         part_acc: CUdeviceptr,
         part_ml: CUdeviceptr,
+        out: CUdeviceptr,
+        count: CUdeviceptr,
         pos_dev: CUdeviceptr,
         split_keys: usize,
         max_splits: usize,
-        y: CUdeviceptr,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
-        let f = self.gemv_attn_out[self.fused_variant(hp.q_dim())];
-        launch!(dep f, (blocks(hp.hidden, 8), 1), 256, hp.q_dim() * 4, s;
-            w, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.head_dim as i32, split_keys as i32, max_splits as i32, y, hp.hidden as i32)
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        launch!(dep self.attn_decode_merge, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
+            scale, split_keys as i32)
     }
 }

@@ -60,6 +60,9 @@ pub struct ScratchLoc {
     pub logits: usize,
     pub part_acc: usize,
     pub part_ml: usize,
+    /// Per head, how many of the decode attention's split blocks have finished (`n_head` ints,
+    /// zeroed with the arena; each launch leaves them zero).
+    pub merge_count: usize,
 }
 
 /// Where a tensor of the file goes.
@@ -155,6 +158,7 @@ impl Layout {
             logits: b.take(hp.vocab * 4),
             part_acc: b.take(hp.n_head * max_splits * hp.head_dim * 4),
             part_ml: b.take(hp.n_head * max_splits * 2 * 4),
+            merge_count: b.take(hp.n_head * 4),
         };
         let load_counter = b.take(4);
         Layout {

@@ -135,6 +135,13 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     ck("cuMemsetD32 (load counter)", unsafe {
         sys::cuMemsetD32_v2(arena.ptr + layout.load_counter as u64, 0, 1)
     })?;
+    ck("cuMemsetD32 (attention merge counts)", unsafe {
+        sys::cuMemsetD32_v2(
+            arena.ptr + layout.scratch.merge_count as u64,
+            0,
+            job.spec.hp.n_head,
+        )
+    })?;
     held.stage = Some(DevBuf::alloc(copy.stage_bytes)?);
     let n_units = job.plan.units.len();
     let unit_events = (0..n_units)
@@ -145,6 +152,7 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         .bytes
         .store(device.arena.bytes as u64, Ordering::Relaxed);
     let _ = job.model.device.set(device.clone());
+    job.model.device_known.set();
     *job.model.preload.lock() = super::preload::spawn(
         device.clone(),
         job.spec.hp.clone(),

@@ -69,6 +69,8 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         preload_done: Arc::new(Flag::default()),
         gates_open: AtomicBool::new(false),
         loader_done: Flag::default(),
+        device_known: Flag::default(),
+        parked: parking_lot::Mutex::new(None),
     });
     loader::spawn(loader::CudaLoadJob {
         file: s.file,
@@ -139,11 +141,17 @@ pub struct CudaModel {
     gates_open: AtomicBool,
     /// Set by the loader thread when it ends (loaded, failed or stopped).
     loader_done: Flag,
+    /// Set once `device` is set, or when the loader ended without setting it.
+    device_known: Flag,
+    /// The device objects of the last session (its stream, cuBLAS handle, pinned buffers and
+    /// captured decode graph), kept when it ends for the next one: one sequence exists at a time.
+    parked: parking_lot::Mutex<Option<session::Res>>,
 }
 
 impl CudaModel {
     /// Called by the loader thread as it ends.
     fn loader_finished(&self) {
+        self.device_known.set();
         self.loader_done.set();
     }
 
@@ -187,12 +195,17 @@ impl CudaModel {
     }
 
     /// The device once the embeddings are resident (the arena exists long before that).
+    /// The device objects, once the context and the arena exist (before the first unit lands: a
+    /// session makes its own objects while the weights are on their way), or the load's failure.
     fn device(&self) -> Result<Arc<Device>, BackendError> {
-        self.residency.wait(0)?;
-        self.device
-            .get()
-            .cloned()
-            .ok_or_else(|| BackendError::Device("embeddings resident without a device".into()))
+        self.device_known.wait();
+        if let Some(d) = self.device.get() {
+            return Ok(d.clone());
+        }
+        Err(match self.residency.wait_error() {
+            Some(e) => e.into(),
+            None => BackendError::Device("the loader ended without setting up the GPU".into()),
+        })
     }
 }
 

@@ -28,8 +28,11 @@ impl Drop for Graph {
 
 unsafe impl Send for Graph {}
 
-/// Per-session device objects, made on the first evaluation.
-struct Res {
+/// Per-session device objects, made on the first evaluation (or `prepare`), parked in the model
+/// when the session ends and taken up by the next session.
+pub(super) struct Res {
+    /// Positions `ids_host` holds.
+    ctx: usize,
     dev: Arc<Device>,
     stream: Stream,
     blas: Blas,
@@ -70,12 +73,21 @@ impl CudaSession {
 
     fn res(&mut self) -> Result<&mut Res, BackendError> {
         if self.res.is_none() {
+            self.res = self
+                .model
+                .parked
+                .lock()
+                .take()
+                .filter(|r| r.ctx >= self.ctx);
+        }
+        if self.res.is_none() {
             let dev = self.model.device()?;
             let e = BackendError::Device;
             dev.gpu.bind().map_err(e)?;
             let stream = Stream::new().map_err(e)?;
             let blas = Blas::new(&stream).map_err(e)?;
             self.res = Some(Res {
+                ctx: self.ctx.max(1),
                 blas,
                 stream,
                 done: Event::new(false).map_err(e)?,
@@ -118,9 +130,12 @@ impl Drop for CudaSession {
                     med(gpu),
                     med(call)
                 );
+                gpu.clear();
+                call.clear();
             }
         }
-        self.res = None;
+        // Parked before the sequence is given back, so the next session finds it.
+        *self.model.parked.lock() = self.res.take();
         self.model.session_taken.store(false, Ordering::Release);
     }
 }
@@ -214,6 +229,13 @@ impl Session for CudaSession {
                 )
                 .map_err(e)?;
                 at += n;
+                // The next chunk's length may be a GEMM shape whose kernels are not loaded yet,
+                // and loading one synchronises the context: never while this stream waits on the
+                // loader (see `Pass::gate`).
+                if !last && !pass.gated.is_empty() {
+                    res.done.record(&res.stream).map_err(e)?;
+                    wait_done(&model, &res.done, true)?;
+                }
             }
         }
         let gated = std::mem::take(&mut pass.gated);
@@ -378,8 +400,8 @@ impl Pass<'_> {
         for (i, ly) in l.layers.iter().enumerate() {
             self.gate(i + 1)?;
             if self.fused {
-                // Two launches fewer: RoPE + KV append in the QKV product's epilogue, the split
-                // merge in the O product's input staging.
+                // Three launches fewer: RoPE + KV append in the QKV product's epilogue, the split
+                // merge in the attention's last block per head.
                 k.gemv_qkv_rope(
                     s,
                     p(ly.wqkv.off),
@@ -392,29 +414,21 @@ impl Pass<'_> {
                     p(sc.pos),
                     hp,
                 )?;
-                k.attn_decode_splits(
+                k.attn_decode_merged(
                     s,
                     p(sc.q),
                     p(ly.k_cache),
                     p(ly.v_cache),
                     p(sc.part_acc),
                     p(sc.part_ml),
+                    p(sc.att32),
+                    p(sc.merge_count),
                     p(sc.pos),
                     l.split_keys,
                     l.max_splits,
                     hp,
                 )?;
-                k.gemv_attn_out(
-                    s,
-                    p(ly.wo.off),
-                    p(sc.part_acc),
-                    p(sc.part_ml),
-                    p(sc.pos),
-                    l.split_keys,
-                    l.max_splits,
-                    p(sc.x),
-                    hp,
-                )?;
+                k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, p(sc.x), h, q, true)?;
             } else {
                 k.gemv_norm(
                     s,
