@@ -44,6 +44,8 @@ pub struct Sampler {
 }
 
 const FIRST_HEAD: usize = 256;
+/// Up to this top-k, sampling works from the k largest logits alone (see `sample`).
+const TOP_K_DIRECT: usize = 1024;
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
@@ -56,15 +58,42 @@ impl Sampler {
         }
     }
 
-    /// Pick the next token. `logits` is modified (penalties, temperature). `history` holds the
-    /// prompt and the tokens generated so far.
+    /// Pick the next token. `logits` may be modified (penalties, temperature). `history` holds
+    /// the prompt and the tokens generated so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.penalize(logits, history);
         // Below this, 1/temperature overflows and every draw would be the top token anyway.
         if self.params.temperature < 1e-4 {
             return argmax(logits);
         }
+        let k = self.params.top_k;
+        if k > 0 && k <= TOP_K_DIRECT && k < logits.len() {
+            self.sample_top_k(logits)
+        } else {
+            self.sample_sorted(logits)
+        }
+    }
+
+    /// Top-k on: the k largest logits are the k most probable tokens, and top-k renormalises over
+    /// them, so nothing outside them is needed and only k exponentials are taken. Draws what
+    /// `sample_sorted` draws for the same state.
+    fn sample_top_k(&mut self, logits: &[f32]) -> u32 {
         let inv_t = 1.0 / self.params.temperature;
+        self.top_logits(logits, self.params.top_k);
+        let max = self.cand.first().map_or(0.0, |c| c.0);
+        let mut mass = 0f64;
+        for c in &mut self.cand {
+            c.0 = ((c.0 - max) * inv_t).exp();
+            mass += c.0 as f64;
+        }
+        self.draw(mass)
+    }
+
+    /// The general path: probabilities over the whole vocabulary, then the smallest sorted head
+    /// that settles top-k, top-p and min-p (grown 4× at a time).
+    fn sample_sorted(&mut self, logits: &mut [f32]) -> u32 {
+        let inv_t = 1.0 / self.params.temperature;
+        let vocab = logits.len();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0f64;
         for l in logits.iter_mut() {
@@ -72,7 +101,6 @@ impl Sampler {
             total += *l as f64;
         }
         // Now logits hold unnormalised probabilities.
-        let vocab = logits.len();
         let k_cap = if self.params.top_k == 0 {
             vocab
         } else {
@@ -109,6 +137,33 @@ impl Sampler {
         for &id in &self.seen {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = if *l > 0.0 { *l / p } else { *l * p };
+            }
+        }
+    }
+
+    /// `cand` = the `k` largest logits (NaN skipped), sorted descending (ties: lower id first),
+    /// in one pass: a sorted buffer of the best `k` so far, and 16-wide blocks whose maximum does
+    /// not beat the buffer's last entry skipped whole (most of them, once the buffer is full).
+    fn top_logits(&mut self, logits: &[f32], k: usize) {
+        const BLOCK: usize = 16;
+        self.cand.clear();
+        let mut floor = f32::NEG_INFINITY;
+        for (b, block) in logits.chunks(BLOCK).enumerate() {
+            // Written as a branch-free OR so it compiles to vector compares.
+            if self.cand.len() == k && !block.iter().fold(false, |any, &x| any | (x > floor)) {
+                continue;
+            }
+            for (j, &v) in block.iter().enumerate() {
+                if v.is_nan() || (self.cand.len() == k && v <= floor) {
+                    continue;
+                }
+                // After every entry of at least the same value: equal values keep id order.
+                let at = self.cand.partition_point(|c| c.0 >= v);
+                self.cand.insert(at, (v, (b * BLOCK + j) as u32));
+                self.cand.truncate(k);
+                if self.cand.len() == k {
+                    floor = self.cand[k - 1].0;
+                }
             }
         }
     }
@@ -222,6 +277,61 @@ mod tests {
             let slow = (0..n).fold(0, |b, i| if v[i] > v[b] { i } else { b });
             assert_eq!(argmax(&v) as usize, slow, "n = {n}");
         }
+    }
+
+    #[test]
+    fn top_k_path_draws_what_the_sorted_path_draws() {
+        let mut rng = Rng::new(7);
+        for case in 0..60u64 {
+            let vocab = [100usize, 1000, 5000][case as usize % 3];
+            // Some repeated values (ties), some -inf (masked rows), spread like real logits.
+            let logits: Vec<f32> = (0..vocab)
+                .map(|i| match rng.next_f64() {
+                    u if u < 0.02 => f32::NEG_INFINITY,
+                    u if u < 0.1 => 3.0,
+                    u => (u * 20.0 - 10.0) as f32 + (i % 7) as f32 * 0.01,
+                })
+                .collect();
+            for (t, k, p, m) in [
+                (0.8, 40, 0.95, 0.05),
+                (1.0, 5, 1.0, 0.0),
+                (0.3, 300, 0.5, 0.0),
+                (2.0, 999, 0.9, 0.1),
+            ] {
+                if k >= vocab {
+                    continue;
+                }
+                let seed = case * 31 + k as u64;
+                let (mut a, mut b) = (
+                    Sampler::new(params(t, k, p, m, seed)),
+                    Sampler::new(params(t, k, p, m, seed)),
+                );
+                for _ in 0..5 {
+                    let fast = a.sample_top_k(&logits);
+                    let slow = b.sample_sorted(&mut logits.clone());
+                    assert_eq!(
+                        fast, slow,
+                        "case {case}, T {t}, k {k}, top_p {p}, min_p {m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn top_logits_keeps_the_k_largest_in_order() {
+        let mut s = Sampler::new(params(1.0, 3, 1.0, 0.0, 1));
+        let l = [1.0, f32::NAN, 5.0, 5.0, -1.0, 7.0, 5.0, f32::NEG_INFINITY];
+        s.top_logits(&l, 3);
+        assert_eq!(s.cand, vec![(7.0, 5), (5.0, 2), (5.0, 3)]);
+        let long: Vec<f32> = (0..1000).map(|i| ((i * 37) % 1000) as f32).collect();
+        s.top_logits(&long, 4);
+        let ids: Vec<u32> = s.cand.iter().map(|c| c.1).collect();
+        let want: Vec<u32> = [999.0f32, 998.0, 997.0, 996.0]
+            .iter()
+            .map(|v| long.iter().position(|x| x == v).unwrap() as u32)
+            .collect();
+        assert_eq!(ids, want);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Kernels {
     /// Whether the decode products fetch their weight rows into registers first (the `_cN`
     /// variants with N > 0) where K allows; off with `LAYERSTREAM_CUDA_GEMV=streamed`.
     fetch: AtomicBool,
+    /// Threads per block of the plain/norm/SwiGLU GEMVs: 256 unless `LAYERSTREAM_CUDA_GEMV_BLOCK`
+    /// says otherwise (64 to 1024, a multiple of 32; for comparing block sizes).
+    gemv_threads: u32,
     rope_qkv: CUfunction,
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
@@ -138,6 +141,21 @@ const GEMV_VARIANTS: [(usize, usize); 8] = [
 /// Chunks per lane of the register-fetched variants (K up to 256 times that).
 const FETCH_CHUNKS: [usize; 4] = [4, 8, 16, 24];
 
+/// `LAYERSTREAM_CUDA_GEMV_BLOCK` if it is a usable block size, else 256.
+fn gemv_threads_from_env() -> u32 {
+    const DEFAULT: u32 = 256;
+    match std::env::var("LAYERSTREAM_CUDA_GEMV_BLOCK") {
+        Err(_) => DEFAULT,
+        Ok(v) => match v.parse::<u32>() {
+            Ok(t) if (64..=1024).contains(&t) && t % 32 == 0 => t,
+            _ => {
+                tracing::warn!("LAYERSTREAM_CUDA_GEMV_BLOCK={v} ignored: a multiple of 32 from 64 to 1024 is expected");
+                DEFAULT
+            }
+        },
+    }
+}
+
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).min(u32::MAX as usize) as u32
 }
@@ -207,6 +225,7 @@ impl Kernels {
             fetch: AtomicBool::new(
                 std::env::var("LAYERSTREAM_CUDA_GEMV").map_or(true, |v| v != "streamed"),
             ),
+            gemv_threads: gemv_threads_from_env(),
             rope_qkv: m.function("rope_qkv")?,
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
@@ -313,7 +332,8 @@ impl Kernels {
             .iter()
             .position(|&v| v == (rows, c))
             .unwrap_or(0);
-        (variant, blocks(n, 8 * rows), k * 4)
+        let warps = self.gemv_threads as usize / 32;
+        (variant, blocks(n, warps * rows), k * 4)
     }
 
     /// y[N] (+)= W[N,K] · x (+ bias).
@@ -330,7 +350,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = self.gemv_shape(n, k);
-        launch!(dep self.gemv_plain[v], (grid, 1), 256, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_plain[v], (grid, 1), self.gemv_threads, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · rmsnorm(x) ⊙ norm_w (+ bias).
@@ -349,7 +369,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = self.gemv_shape(n, k);
-        launch!(dep self.gemv_norm[v], (grid, 1), 256, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_norm[v], (grid, 1), self.gemv_threads, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias).
@@ -366,7 +386,7 @@ impl Kernels {
         acc: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = self.gemv_shape(n, k);
-        launch!(dep self.gemv_silu[v], (grid, 1), 256, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
+        launch!(dep self.gemv_silu[v], (grid, 1), self.gemv_threads, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
     /// Bias + RoPE + KV append for `n` tokens at positions `pos0..` (or `*pos_dev..` when non-zero).
