@@ -1,4 +1,5 @@
-//! A one-way flag threads can wait for (a thread's end: the loader's, the kernel preload's).
+//! A one-way flag threads can wait for (the loader's end, the device being set up, the engine's
+//! objects made).
 
 use std::time::Instant;
 

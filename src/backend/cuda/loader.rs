@@ -157,7 +157,8 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         device.clone(),
         job.spec.hp.clone(),
         job.model.stopping.clone(),
-        job.model.preload_done.clone(),
+        job.model.prepared.clone(),
+        job.model.kernel_loading.clone(),
     );
     tracing::info!(
         "CUDA device ready in {:.0} ms: {} bytes reserved ({} weights, {} KV cache)",

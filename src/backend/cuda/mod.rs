@@ -66,7 +66,8 @@ pub fn start(s: CudaStart) -> Result<Arc<dyn Backend>, String> {
         ctx: s.ctx,
         stopping: Arc::new(AtomicBool::new(false)),
         preload: parking_lot::Mutex::new(None),
-        preload_done: Arc::new(Flag::default()),
+        kernel_loading: Arc::new(parking_lot::Mutex::new(())),
+        prepared: Arc::new(Flag::default()),
         gates_open: AtomicBool::new(false),
         loader_done: Flag::default(),
         device_known: Flag::default(),
@@ -134,8 +135,11 @@ pub struct CudaModel {
     stopping: Arc<AtomicBool>,
     /// The kernel preload thread (preload.rs), joined at shutdown or when the model is dropped.
     preload: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Set when the kernel preload has ended; a pass waits for it before its first gate.
-    preload_done: Arc<Flag>,
+    /// Held by the kernel preload while it loads one GEMM shape, and by a pass from its first
+    /// wait on the loader until it completes: no kernel is loaded while a stream is gated.
+    kernel_loading: Arc<parking_lot::Mutex<()>>,
+    /// Set once a session's objects are made (`Session::prepare`): the preload starts then.
+    prepared: Arc<Flag>,
     /// Set once the gates were opened (failure, interrupt, stop): the loader's later counter
     /// writes keep them open instead of writing unit numbers below [`GATES_OPEN`].
     gates_open: AtomicBool,
@@ -161,12 +165,6 @@ impl CudaModel {
         if let Some(t) = self.preload.lock().take() {
             let _ = t.join();
         }
-    }
-
-    /// Block until the kernel preload thread has ended (it was started before any session
-    /// could exist: the arena is made before the embeddings land).
-    fn wait_preload(&self) {
-        self.preload_done.wait();
     }
 
     fn is_stopping(&self) -> bool {

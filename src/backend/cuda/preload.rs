@@ -1,11 +1,17 @@
 //! Kernel preloading: CUDA loads library kernels lazily, at their first launch, and cuBLAS's
 //! first use of a GEMM shape costs milliseconds each. Right after the context exists, a thread
 //! runs the model's prefill GEMM shapes once (on layer 0's weight memory, whatever it holds yet,
-//! into buffers of its own), so a request sent at READY does not pay for it.
+//! into buffers of its own), so a request sent at READY does not pay for it. It starts once the
+//! engine's own objects are made (or after `PREPARE_FIRST`), so the two do not contend, and it
+//! loads one shape at a time under the model's kernel-loading lock, which a pass gated on the
+//! loader holds (loading a kernel synchronises the context, and would wait for that pass).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use cudarc::driver::sys;
 
@@ -24,22 +30,26 @@ const SHAPES: [usize; 15] = [
     1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, MAX_BATCH,
 ];
 
+/// How long the preload waits for the engine's preparation before starting anyway (a `bench`
+/// or `check-cuda` run has no engine).
+const PREPARE_FIRST: Duration = Duration::from_millis(300);
+
 /// Start the preload thread; it gives up between shapes once `stop` is set. The caller joins
 /// it before the process exits (the driver and cuBLAS must not be torn down under it).
-/// `done` is set when the thread ends (or could not start), whatever the outcome.
+/// `prepared` is set once the engine's objects exist; `loading` is held for each shape.
 pub fn spawn(
     dev: Arc<Device>,
     hp: HParams,
     stop: Arc<AtomicBool>,
-    done: Arc<Flag>,
+    prepared: Arc<Flag>,
+    loading: Arc<Mutex<()>>,
 ) -> Option<JoinHandle<()>> {
-    let done_here = done.clone();
     let started = std::thread::Builder::new()
         .name("kernel-preload".into())
         .spawn(move || {
-            let t0 = std::time::Instant::now();
-            let _done = SetOnDrop(done_here);
-            match run(&dev, &hp, &stop) {
+            prepared.wait_until(Instant::now() + PREPARE_FIRST);
+            let t0 = Instant::now();
+            match run(&dev, &hp, &stop, &loading) {
                 Ok(()) => tracing::info!(
                     "GEMM kernels preloaded in {:.0} ms",
                     t0.elapsed().as_secs_f64() * 1e3
@@ -50,23 +60,11 @@ pub fn spawn(
             }
         });
     started
-        .map_err(|e| {
-            done.set();
-            tracing::warn!("cannot start the kernel preload thread: {e}")
-        })
+        .map_err(|e| tracing::warn!("cannot start the kernel preload thread: {e}"))
         .ok()
 }
 
-/// Sets the flag however the preload thread ends (a panic in cuBLAS included).
-struct SetOnDrop(Arc<Flag>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.set();
-    }
-}
-
-fn run(dev: &Device, hp: &HParams, stop: &AtomicBool) -> Result<(), String> {
+fn run(dev: &Device, hp: &HParams, stop: &AtomicBool, loading: &Mutex<()>) -> Result<(), String> {
     dev.gpu.bind()?;
     let Some(l0) = dev.layout.layers.first() else {
         return Ok(());
@@ -94,10 +92,12 @@ fn run(dev: &Device, hp: &HParams, stop: &AtomicBool) -> Result<(), String> {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
+                let _no_gated_pass = loading.lock();
                 blas.gemm(x, w(l0.wqkv.off), y, n, q + 2 * kv, h, false)?;
                 blas.gemm(x, w(l0.wo.off), y, n, h, q, true)?;
                 blas.gemm(x, w(l0.wgu.off), y, n, 2 * f, h, false)?;
                 blas.gemm(x, w(l0.wdown.off), y, n, h, f, true)?;
+                s.sync()?;
             }
             Ok::<(), String>(())
         })();

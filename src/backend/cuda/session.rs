@@ -173,6 +173,7 @@ impl Session for CudaSession {
             s: &res.stream,
             gated: Vec::new(),
             fused: res.fused,
+            no_loading: None,
         };
         let e = BackendError::Device;
         if tokens.len() == 1 {
@@ -241,6 +242,7 @@ impl Session for CudaSession {
         let gated = std::mem::take(&mut pass.gated);
         res.done.record(&res.stream).map_err(e)?;
         wait_done(&model, &res.done, !gated.is_empty())?;
+        drop(pass); // the kernel-loading lock, if a gate took it
         if let Some(waited) = gated
             .iter()
             .filter_map(|&slot| model.residency.resident_at(slot))
@@ -270,6 +272,20 @@ impl Session for CudaSession {
     }
 
     fn prepare(&mut self) -> Result<(), BackendError> {
+        let made = self.make_objects();
+        // The kernel preload waits for this (whatever the outcome), so the two do not contend.
+        self.model.prepared.set();
+        made
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl CudaSession {
+    /// The session's device objects, and cuBLAS's kernels for a small product loaded.
+    fn make_objects(&mut self) -> Result<(), BackendError> {
         let res = self.res()?;
         let e = BackendError::Device;
         res.dev.gpu.bind().map_err(e)?;
@@ -287,10 +303,6 @@ impl Session for CudaSession {
             )
             .map_err(e)?;
         res.stream.sync().map_err(e)
-    }
-
-    fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -353,6 +365,8 @@ struct Pass<'a> {
     gated: Vec<usize>,
     /// Decode with the fused kernels (`decode_fused.cu`) rather than the separate ones.
     fused: bool,
+    /// The model's kernel-loading lock, taken at the first gate that waits (see `gate`).
+    no_loading: Option<parking_lot::MutexGuard<'a, ()>>,
 }
 
 impl Pass<'_> {
@@ -364,9 +378,12 @@ impl Pass<'_> {
         }
         // No other thread may load kernels while this stream waits on the loader: loading one
         // synchronises the context, which would then wait for this stream, which waits for a
-        // loader held up by that synchronisation. The preload's cuBLAS kernels are loaded first;
-        // this pass's own kernels were loaded at layer 0 (resident at READY), before any wait.
-        self.m.wait_preload();
+        // loader held up by that synchronisation. The kernel preload loads under this lock (one
+        // GEMM shape at a time), held from here until the pass has completed; this pass's own
+        // kernels were loaded at layer 0 (resident at READY), before any wait.
+        if self.no_loading.is_none() {
+            self.no_loading = Some(self.m.kernel_loading.lock());
+        }
         let recorded = self
             .dev
             .recorded
