@@ -62,15 +62,11 @@ __device__ __forceinline__ void gemv(const __half* __restrict__ W, const float* 
     }
 
 // (rows per warp, chunks per lane): streamed for any K, fetched for K <= 1024 / 2048 / 4096 / 6144
-// (one row per warp beyond 2048, to bound the registers the fetched rows take). For K <= 1024 the
-// host picks the rows per warp that need the fewest waves of blocks on the device (kernels.rs).
+// (one row per warp beyond 2048, to bound the registers the fetched rows take).
 GEMV_KERNELS(1, 0)
 GEMV_KERNELS(4, 0)
 GEMV_KERNELS(1, 4)
-GEMV_KERNELS(2, 4)
 GEMV_KERNELS(4, 4)
-GEMV_KERNELS(6, 4)
-GEMV_KERNELS(8, 4)
 GEMV_KERNELS(1, 8)
 GEMV_KERNELS(4, 8)
 GEMV_KERNELS(1, 16)

@@ -202,12 +202,6 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         }
     }
     k.set_fetch(true);
-    // Every rows-per-warp variant, not only those this device's occupancy picks.
-    for rows in Kernels::gemv_rows() {
-        k.set_rows(rows);
-        check_gemv(k, s, rng, r, &format!(" {rows} rows/warp"))?;
-    }
-    k.set_rows(0);
     check_rope(k, s, rng, r)?;
     for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
         check_attention(k, s, rng, r, heads, kv, d)?;

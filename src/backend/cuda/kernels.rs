@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
 
@@ -30,11 +30,6 @@ pub struct Kernels {
     /// Threads per block of the plain/norm/SwiGLU GEMVs: 256 unless `LAYERSTREAM_CUDA_GEMV_BLOCK`
     /// says otherwise (64 to 1024, a multiple of 32; for comparing block sizes).
     gemv_threads: u32,
-    /// Per entry of [`GEMV_VARIANTS`]: blocks the device runs at once, for the plain, RMSNorm
-    /// and SwiGLU kernels (occupancy × multiprocessors).
-    gemv_slots: Vec<[usize; 3]>,
-    /// Rows per warp forced on the GEMVs (0: chosen by `gemv_shape`); for the checks.
-    force_rows: AtomicUsize,
     rope_qkv: CUfunction,
     attn_prefill: CUfunction,
     attn_decode: CUfunction,
@@ -132,14 +127,11 @@ fn attn_tile_bytes(d: usize) -> usize {
 }
 
 /// (rows per warp, chunks per lane) of the `gemv_*_rR_cC` kernels in gemv.cu.
-const GEMV_VARIANTS: [(usize, usize); 11] = [
+const GEMV_VARIANTS: [(usize, usize); 8] = [
     (1, 0),
     (4, 0),
     (1, 4),
-    (2, 4),
     (4, 4),
-    (6, 4),
-    (8, 4),
     (1, 8),
     (4, 8),
     (1, 16),
@@ -222,56 +214,18 @@ impl Kernels {
         .into_iter()
         .map(|(t, n)| m.function(n).map(|f| (t, f)))
         .collect::<Result<Vec<_>, _>>()?;
-        let (gemv_plain, gemv_norm, gemv_silu) = (
-            gemv_family("gemv_plain")?,
-            gemv_family("gemv_norm")?,
-            gemv_family("gemv_silu")?,
-        );
-        let gemv_threads = gemv_threads_from_env();
-        let mut sms = 0;
-        ck("cuDeviceGetAttribute", unsafe {
-            sys::cuDeviceGetAttribute(
-                &mut sms,
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-                dev,
-            )
-        })?;
-        let slots = |f: CUfunction| -> Result<usize, String> {
-            let mut per_sm = 0;
-            // Shared memory of a K = 1024 input: registers decide for these kernels.
-            ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                    &mut per_sm,
-                    f,
-                    gemv_threads as i32,
-                    4096,
-                )
-            })?;
-            Ok(per_sm.max(1) as usize * sms.max(1) as usize)
-        };
-        let gemv_slots = (0..GEMV_VARIANTS.len())
-            .map(|v| {
-                Ok([
-                    slots(gemv_plain[v])?,
-                    slots(gemv_norm[v])?,
-                    slots(gemv_silu[v])?,
-                ])
-            })
-            .collect::<Result<Vec<_>, String>>()?;
         Ok(Kernels {
             embed_gather: m.function("embed_gather")?,
             rmsnorm_f16: m.function("rmsnorm_f16")?,
             silu_mul: m.function("silu_mul")?,
-            gemv_plain,
-            gemv_norm,
-            gemv_silu,
-            gemv_slots,
-            force_rows: AtomicUsize::new(0),
+            gemv_plain: gemv_family("gemv_plain")?,
+            gemv_norm: gemv_family("gemv_norm")?,
+            gemv_silu: gemv_family("gemv_silu")?,
             gemv_qkv_rope: fused_family("gemv_qkv_rope")?,
             fetch: AtomicBool::new(
                 std::env::var("LAYERSTREAM_CUDA_GEMV").map_or(true, |v| v != "streamed"),
             ),
-            gemv_threads,
+            gemv_threads: gemv_threads_from_env(),
             rope_qkv: m.function("rope_qkv")?,
             attn_prefill: big("attn_prefill")?,
             attn_decode: big("attn_decode")?,
@@ -368,38 +322,17 @@ impl Kernels {
             .map_or(0, |i| i + 1)
     }
 
-    /// Force the GEMVs' rows per warp (0: let `gemv_shape` choose); the checks run every variant.
-    pub fn set_rows(&self, rows: usize) {
-        self.force_rows.store(rows, Ordering::Relaxed);
-    }
-
-    /// The rows-per-warp values the GEMV kernels come in.
-    pub fn gemv_rows() -> Vec<usize> {
-        let mut r: Vec<usize> = GEMV_VARIANTS.iter().map(|v| v.0).collect();
-        r.sort_unstable();
-        r.dedup();
-        r
-    }
-
-    /// (variant, grid, dynamic shared bytes) for an N × K product of `family` (0 plain, 1 RMSNorm,
-    /// 2 SwiGLU): rows fetched into registers where K allows; among those variants, the rows per
-    /// warp that need the fewest waves of blocks on this device (a partial last wave costs nearly
-    /// a whole one), then the fewest rows (more warps, more blocks staging the input in parallel).
-    fn gemv_shape(&self, family: usize, n: usize, k: usize) -> (usize, u32, usize) {
+    /// (variant, grid, dynamic shared bytes): wide outputs (the LM head, gate/up) give each warp
+    /// four rows, so fewer blocks stage x and more loads are in flight per warp; rows fetched into
+    /// registers where K allows (one row per warp beyond 2048 columns).
+    fn gemv_shape(&self, n: usize, k: usize) -> (usize, u32, usize) {
         let c = self.fetch_chunks(k);
-        let warps = self.gemv_threads as usize / 32;
-        let forced = self.force_rows.load(Ordering::Relaxed);
-        let best = GEMV_VARIANTS
+        let rows = if n >= 8192 && c <= 8 { 4 } else { 1 };
+        let variant = GEMV_VARIANTS
             .iter()
-            .enumerate()
-            .filter(|(_, &(r, cc))| cc == c && (forced == 0 || r == forced))
-            .map(|(v, &(r, _))| {
-                let waves = n.div_ceil(warps * r).div_ceil(self.gemv_slots[v][family]);
-                (waves, r, v)
-            })
-            .min();
-        // Without a match (a forced row count this K has no variant for): one row, streamed.
-        let (rows, variant) = best.map_or((1, 0), |(_, r, v)| (r, v));
+            .position(|&v| v == (rows, c))
+            .unwrap_or(0);
+        let warps = self.gemv_threads as usize / 32;
         (variant, blocks(n, warps * rows), k * 4)
     }
 
@@ -416,7 +349,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = self.gemv_shape(0, n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_plain[v], (grid, 1), self.gemv_threads, smem, s; w, x, bias, y, n as i32, k as i32, acc as i32)
     }
 
@@ -435,7 +368,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = self.gemv_shape(1, n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_norm[v], (grid, 1), self.gemv_threads, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
@@ -452,7 +385,7 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
-        let (v, grid, smem) = self.gemv_shape(2, n, k);
+        let (v, grid, smem) = self.gemv_shape(n, k);
         launch!(dep self.gemv_silu[v], (grid, 1), self.gemv_threads, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
