@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaContext};
 
+use super::early_blas;
+
 /// Turn a driver status into a `Result` naming the call.
 pub fn ck(what: &str, r: sys::CUresult) -> Result<(), String> {
     if r == sys::CUresult::CUDA_SUCCESS {
@@ -51,15 +53,23 @@ static PREWARMED: parking_lot::Mutex<Vec<(usize, Arc<CudaContext>)>> =
 
 /// Start creating device `ordinal`'s context on a thread of its own (driver initialisation and
 /// context creation take a few hundred ms), so it overlaps opening and validating the model file.
+/// The same thread then makes the process's first cuBLAS handle (`early_blas`).
 pub fn prewarm(ordinal: usize) {
+    early_blas::announce();
     let spawned = std::thread::Builder::new()
         .name("cuda-init".into())
-        .spawn(move || {
-            if let Ok(gpu) = Gpu::create(ordinal) {
-                PREWARMED.lock().push((ordinal, gpu.ctx));
+        .spawn(move || match Gpu::create(ordinal) {
+            Ok(gpu) => {
+                PREWARMED.lock().push((ordinal, gpu.ctx.clone()));
+                match gpu.bind() {
+                    Ok(()) => early_blas::make(ordinal),
+                    Err(_) => early_blas::abandon(),
+                }
             }
+            Err(_) => early_blas::abandon(),
         });
     if let Err(e) = spawned {
+        early_blas::abandon();
         tracing::debug!("cannot start the CUDA init thread: {e}");
     }
 }

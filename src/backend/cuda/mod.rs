@@ -8,6 +8,7 @@ pub mod check;
 mod check_model;
 mod chunks;
 mod driver;
+mod early_blas;
 mod flag;
 mod kernels;
 mod layout;

@@ -13,6 +13,7 @@ use cudarc::driver::sys;
 
 use super::blas::Blas;
 use super::driver::{ck, copy_dtoh, copy_htod, wait_event, wait_value, Event, Pinned, Stream};
+use super::early_blas;
 use super::kernels;
 use super::layout::MAX_BATCH;
 use super::{CudaModel, Device};
@@ -84,8 +85,15 @@ impl CudaSession {
             let dev = self.model.device()?;
             let e = BackendError::Device;
             dev.gpu.bind().map_err(e)?;
-            let stream = Stream::new().map_err(e)?;
-            let blas = Blas::new(&stream).map_err(e)?;
+            // The handle made beside the context at startup, if there is one (see early_blas).
+            let (stream, blas) = match early_blas::take(dev.gpu.ctx.ordinal()) {
+                Some(made) => made,
+                None => {
+                    let stream = Stream::new().map_err(e)?;
+                    let blas = Blas::new(&stream).map_err(e)?;
+                    (stream, blas)
+                }
+            };
             self.res = Some(Res {
                 ctx: self.ctx.max(1),
                 blas,
