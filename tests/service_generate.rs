@@ -25,10 +25,14 @@ fn shared() -> &'static Server {
 }
 
 fn spawn_tiny(extra: &[&str]) -> Server {
+    spawn_tiny_with_env(extra, &[])
+}
+
+fn spawn_tiny_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let model = tiny_model();
     let mut args = vec!["--model", model.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let s = Server::spawn(&args, &[]);
+    let s = Server::spawn(&args, env);
     s.wait_ready(Duration::from_secs(30));
     s
 }
@@ -213,7 +217,8 @@ fn client_disconnect_mid_stream_cancels_the_request() {
 
 #[test]
 fn a_client_that_leaves_a_whole_request_cancels_it() {
-    let s = spawn_tiny(&[]);
+    // 1 ms a token: 1000 tokens take over a second however fast the device decodes the tiny model.
+    let s = spawn_tiny_with_env(&[], &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "1")]);
     let body =
         json!({"prompt": "Go on and on", "max_tokens": 1000, "temperature": 0.9, "seed": 12});
     let err = harness::request(

@@ -196,6 +196,9 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         readers.read(k, ring[k % ring.len()].ptr as usize);
     }
     let mut total_bytes = 0u64;
+    // Chunks whose bytes /load-progress counts: only those known to have landed (a unit's
+    // remaining bytes are counted when it is marked resident).
+    let mut counted = 0;
     for k in 0..n {
         readers.wait(k)?;
         let slot = k % ring.len();
@@ -219,7 +222,6 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
             return Ok(());
         }
         for p in &chunk.pieces {
-            job.progress.add_bytes(p.unit, p.src_len);
             let base = if p.route == Route::Dequant {
                 stage.ptr
             } else {
@@ -263,10 +265,15 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
             // The buffer is reused only once the copy that last read it is done.
             let s = next % ring.len();
             ring_events[s].sync()?;
+            // Copies complete in stream order: that one and every chunk before it have landed.
+            if let Some(landed) = (next + 1).checked_sub(ring.len()) {
+                count_landed(&job.progress, &chunks, &mut counted, landed);
+            }
             readers.read(next, ring[s].ptr as usize);
         }
     }
     load.sync()?;
+    count_landed(&job.progress, &chunks, &mut counted, n);
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         "fully resident in {:.0} ms: {} units, {:.1} MB at {:.0} MB/s",
@@ -276,6 +283,16 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         total_bytes as f64 / 1e6 / secs.max(1e-9)
     );
     Ok(())
+}
+
+/// Count the bytes of chunks `*counted..upto` (landed) in the progress report.
+fn count_landed(progress: &Progress, chunks: &[Chunk], counted: &mut usize, upto: usize) {
+    for chunk in chunks.get(*counted..upto).unwrap_or(&[]) {
+        for p in &chunk.pieces {
+            progress.add_bytes(p.unit, p.src_len);
+        }
+    }
+    *counted = (*counted).max(upto);
 }
 
 /// What the host callback of a landed unit needs.
