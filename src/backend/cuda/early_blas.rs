@@ -26,7 +26,7 @@ static EARLY: Mutex<Early> = Mutex::new(Early {
 });
 static CHANGED: Condvar = Condvar::new();
 
-/// Announce a handle for `ordinal` that the calling setup thread is about to make.
+/// Announce a handle that a setup thread is about to make (`make` or `abandon` follows).
 pub fn announce() {
     EARLY.lock().pending += 1;
 }
