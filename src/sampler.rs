@@ -106,6 +106,9 @@ impl Sampler {
         } else {
             self.params.top_k.min(vocab)
         };
+        if k_cap == vocab && self.params.top_p >= 1.0 && self.params.min_p <= 0.0 {
+            return self.draw_untruncated(logits, total);
+        }
         let mut head = FIRST_HEAD.min(k_cap);
         loop {
             self.select_head(logits, head);
@@ -170,6 +173,11 @@ impl Sampler {
 
     /// `cand` = the `n` largest probabilities, sorted descending (ties: lower id first).
     fn select_head(&mut self, probs: &[f32], n: usize) {
+        if n <= TOP_K_DIRECT {
+            // Probabilities order as their logits do: the one-pass selection applies.
+            self.top_logits(probs, n);
+            return;
+        }
         self.cand.clear();
         self.cand
             .extend(probs.iter().enumerate().map(|(i, &p)| (p, i as u32)));
@@ -190,6 +198,25 @@ impl Sampler {
         let cmp = |a: &f32, b: &f32| b.total_cmp(a);
         all.select_nth_unstable_by(k - 1, cmp);
         all[..k].iter().map(|&p| p as f64).sum()
+    }
+
+    /// Nothing truncated (no top-k, top-p or min-p): draw from the whole distribution, walking
+    /// the ids in order (no sorting needed). `total` is the sum of `probs`.
+    fn draw_untruncated(&mut self, probs: &[f32], total: f64) -> u32 {
+        let u = self.rng.next_f64() * total;
+        let mut acc = 0f64;
+        let mut last = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                acc += p as f64;
+                last = i;
+                if u < acc {
+                    return i as u32;
+                }
+            }
+        }
+        // Only when rounding left u at the very top: the last token with any mass.
+        last as u32
     }
 
     fn draw(&mut self, denom: f64) -> u32 {
@@ -315,6 +342,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn untruncated_sampling_follows_the_distribution() {
+        // Logits ln(1), ln(2), ln(3), ln(4) and a masked row: probabilities 0.1 .. 0.4, 0.
+        let logits = [0.0f32, 2f32.ln(), 3f32.ln(), 4f32.ln(), f32::NEG_INFINITY];
+        let mut s = Sampler::new(params(1.0, 0, 1.0, 0.0, 3));
+        let mut counts = [0usize; 5];
+        let n = 40_000;
+        for _ in 0..n {
+            counts[s.sample(&mut logits.clone(), &[]) as usize] += 1;
+        }
+        assert_eq!(counts[4], 0);
+        for (i, &c) in counts[..4].iter().enumerate() {
+            let want = (i + 1) as f64 / 10.0;
+            let got = c as f64 / n as f64;
+            assert!(
+                (got - want).abs() < 0.01,
+                "token {i}: {got} vs {want} ({counts:?})"
+            );
         }
     }
 
