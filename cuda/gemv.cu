@@ -11,9 +11,9 @@
 // loads are in flight while the block stages in(x) in shared memory (K floats, dynamic); with
 // `_c0` the rows are streamed after staging, the R rows interleaved and the loop unrolled. Warp
 // shuffle reductions give the rows' sums. K must be a multiple of 8 (checked by the host).
-// Launch: block 256 threads (8 warps; any multiple of 32 works), grid ceil(N / (warps * R)), dynamic
-// shared K * 4 B. May be
-// launched as a programmatic dependent (common.cuh): each warp prefetches its rows to L2 first.
+// Launch: block 256 threads (8 warps; any multiple of 32 works), grid ceil(N / (warps * R)),
+// dynamic shared K * 4 B. May be launched as a programmatic dependent (common.cuh): the weight
+// rows are fetched (or prefetched to L2) before waiting for the previous kernel.
 #include "gemv.cuh"
 
 // R rows per warp, interleaved so that the loads of all R rows are in flight together; CPL > 0:

@@ -193,7 +193,6 @@ impl CudaModel {
         }
     }
 
-    /// The device once the embeddings are resident (the arena exists long before that).
     /// The device objects, once the context and the arena exist (before the first unit lands: a
     /// session makes its own objects while the weights are on their way), or the load's failure.
     fn device(&self) -> Result<Arc<Device>, BackendError> {
