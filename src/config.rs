@@ -48,6 +48,20 @@ pub struct ServeArgs {
     /// Requests that may wait for the engine; more get 429.
     #[arg(long, env = "LAYERSTREAM_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
+    /// Sequences decoded together in one step (continuous batching).
+    #[arg(long, env = "LAYERSTREAM_MAX_NUM_SEQS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_num_seqs: u32,
+    /// Tokens one step may evaluate (decode tokens plus prompt chunks); a long prompt is computed
+    /// in chunks of at most this many tokens.
+    #[arg(long, env = "LAYERSTREAM_MAX_BATCH_TOKENS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_batch_tokens: u32,
+    /// KV cache pool capacity in tokens, shared by every sequence (default: 1,024 per sequence,
+    /// at least the context size). Reserved before READY.
+    #[arg(long, env = "LAYERSTREAM_KV_CACHE_TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_cache_tokens: Option<u32>,
+    /// Turn off prefix caching (full KV blocks shared between requests with the same prefix).
+    #[arg(long, env = "LAYERSTREAM_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
     /// Throttle the loader to this many MB/s (co-located services; tests).
     #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT", value_parser = positive_rate)]
     pub load_bandwidth_limit: Option<f64>,
@@ -78,5 +92,24 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "'{s}' is not a rate in MB/s; expected a finite number > 0"
         )),
+    }
+}
+
+impl ServeArgs {
+    /// The batching the engine asks of the backend, for a context of `ctx` positions.
+    pub fn batch_request(&self, ctx: usize) -> crate::backend::step::BatchRequest {
+        let max_seqs = self.max_num_seqs as usize;
+        let kv_tokens = self
+            .kv_cache_tokens
+            .map_or(max_seqs * 1024, |t| t as usize)
+            .max(ctx);
+        crate::backend::step::BatchRequest {
+            max_seqs,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            kv_tokens,
+            block_size: crate::engine::BLOCK_SIZE,
+            ctx,
+            prefix_cache: !self.no_prefix_cache,
+        }
     }
 }

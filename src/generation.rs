@@ -27,6 +27,8 @@ pub enum GenerationError {
     Tokenize(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("the model produced non-finite logits (NaN or infinity); its weights may be corrupt")]
+    NonFinite,
 }
 
 /// Why generation ended.
@@ -41,10 +43,28 @@ pub enum FinishReason {
     Cancelled,
 }
 
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// How much of the prompt was not computed again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt positions whose KV came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -100,7 +120,140 @@ pub fn prepare(
     Ok(ids)
 }
 
-/// Run one request. `on_token` gets every generated token; returning false cancels.
+/// One sequence's output side: sampling, detokenization and stop strings, token by token. The
+/// CLI's loop and the engine's batched steps both drive it, so both end a request the same way.
+pub struct Decoding {
+    sampler: Sampler,
+    /// The prompt and the tokens generated so far (for the repetition penalty).
+    history: Vec<u32>,
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    seed: u64,
+}
+
+/// What one sampled token did: the event to stream (none for EOS) and whether generation ended.
+#[derive(Debug)]
+pub struct Advance {
+    pub event: Option<TokenEvent>,
+    pub finish: Option<FinishReason>,
+}
+
+impl Decoding {
+    pub fn new(req: &ValidRequest, prompt: &[u32]) -> Decoding {
+        Decoding {
+            sampler: Sampler::new(req.sampling.clone()),
+            history: prompt.to_vec(),
+            decoder: IncrementalDecoder::new(),
+            stops: StopMatcher::new(req.stop.clone()),
+            prompt_tokens: prompt.len(),
+            max_tokens: req.max_tokens,
+            seed: req.sampling.seed,
+        }
+    }
+
+    /// The tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.history[self.prompt_tokens..]
+    }
+
+    /// The prompt followed by the generated tokens.
+    pub fn all_tokens(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Sample the next token from `logits` (modified in place: penalties, temperature).
+    pub fn advance(
+        &mut self,
+        tok: &Tokenizer,
+        logits: &mut [f32],
+    ) -> Result<Advance, GenerationError> {
+        // Embedding rows past the tokenizer's vocabulary (padding) can never be sampled.
+        let n_text = tok.vocab_size().min(logits.len());
+        logits[n_text..].fill(f32::NEG_INFINITY);
+        if logits[..n_text]
+            .iter()
+            .any(|v| v.is_nan() || *v == f32::INFINITY)
+        {
+            return Err(GenerationError::NonFinite);
+        }
+        let id = self.sampler.sample(logits, &self.history);
+        if tok.eos_ids().contains(&id) {
+            return Ok(Advance {
+                event: None,
+                finish: Some(FinishReason::Stop),
+            });
+        }
+        self.history.push(id);
+        let piece = self
+            .decoder
+            .push(tok, id)
+            .map_err(|e| GenerationError::Tokenize(e.to_string()))?;
+        let (text, stopped) = self.stops.push(&piece);
+        let n = self.generated().len();
+        let finish = if stopped {
+            Some(FinishReason::Stop)
+        } else if n >= self.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        Ok(Advance {
+            event: Some(TokenEvent {
+                i: n - 1,
+                id,
+                t: text,
+            }),
+            finish,
+        })
+    }
+
+    /// End the sequence: release what was held back (an incomplete character or a partial stop
+    /// string) and build the result; the caller supplies the timings.
+    pub fn finish(mut self, finish_reason: FinishReason, timings: Timings) -> Generation {
+        let mut tail = String::new();
+        if !self.stops.stopped() {
+            let (out, _) = self.stops.push(&self.decoder.finish());
+            tail.push_str(&out);
+            if !self.stops.stopped() {
+                tail.push_str(&self.stops.finish());
+            }
+        }
+        let token_ids = self.generated().to_vec();
+        Generation {
+            text: self.stops.text().to_string(),
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: token_ids.len(),
+                prompt_tokens_details: PromptTokensDetails::default(),
+            },
+            token_ids,
+            finish_reason,
+            seed: self.seed,
+            timings,
+            tail,
+        }
+    }
+}
+
+/// Timings of a sequence from its start, its first token and its end.
+pub fn timings(prompt_ms: f64, ttft_ms: f64, total_ms: f64, tokens: usize) -> Timings {
+    let decode_ms = (total_ms - ttft_ms).max(0.0);
+    Timings {
+        prompt_ms,
+        ttft_ms,
+        decode_ms,
+        decode_tok_per_s: if tokens > 1 && decode_ms > 0.0 {
+            (tokens - 1) as f64 / (decode_ms / 1000.0)
+        } else {
+            0.0
+        },
+        total_ms,
+    }
+}
+
+/// Run one request on one sequence. `on_token` gets every generated token; returning false cancels.
 pub fn generate(
     eval: &mut impl Evaluator,
     tok: &Tokenizer,
@@ -109,83 +262,28 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenEvent) -> bool,
 ) -> Result<Generation, GenerationError> {
     let t0 = Instant::now();
-    let mut sampler = Sampler::new(req.sampling.clone());
-    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Decoding::new(req, prompt);
     let mut logits = eval.eval(prompt)?.to_vec();
     let prompt_ms = ms(t0);
-    let mut decoder = IncrementalDecoder::new(tok);
-    let mut stops = StopMatcher::new(req.stop.clone());
-    let mut token_ids = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut ttft_ms = 0.0;
-    let t_decode = Instant::now();
-    // Embedding rows past the tokenizer's vocabulary (padding) can never be sampled.
-    let n_text = tok.vocab_size().min(logits.len());
-    while token_ids.len() < req.max_tokens {
-        logits[n_text..].fill(f32::NEG_INFINITY);
-        let id = sampler.sample(&mut logits, &history);
-        if token_ids.is_empty() {
-            ttft_ms = ms(t0);
+    let mut ttft_ms = None;
+    let finish = loop {
+        let step = out.advance(tok, &mut logits)?;
+        ttft_ms.get_or_insert_with(|| ms(t0));
+        if let Some(ev) = &step.event {
+            if !on_token(ev) {
+                break FinishReason::Cancelled;
+            }
         }
-        if tok.eos_ids().contains(&id) {
-            finish = FinishReason::Stop;
-            break;
+        if let Some(f) = step.finish {
+            break f;
         }
-        token_ids.push(id);
-        history.push(id);
-        let piece = decoder
-            .push(id)
-            .map_err(|e| GenerationError::Tokenize(e.to_string()))?;
-        let (text, stopped) = stops.push(&piece);
-        if !on_token(&TokenEvent {
-            i: token_ids.len() - 1,
-            id,
-            t: text,
-        }) {
-            finish = FinishReason::Cancelled;
-            break;
-        }
-        if stopped {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if token_ids.len() < req.max_tokens {
+        if let Some(&id) = out.generated().last() {
             logits.copy_from_slice(eval.eval(&[id])?);
         }
-    }
-    // Release what was held back (an incomplete character or a partial stop string).
-    let mut tail = String::new();
-    if !stops.stopped() {
-        let (out, _) = stops.push(&decoder.finish());
-        tail.push_str(&out);
-        if !stops.stopped() {
-            tail.push_str(&stops.finish());
-        }
-    }
-    let decode_ms = ms(t_decode);
-    let n = token_ids.len();
-    Ok(Generation {
-        text: stops.text().to_string(),
-        token_ids,
-        finish_reason: finish,
-        usage: Usage {
-            prompt_tokens: prompt.len(),
-            completion_tokens: n,
-        },
-        seed: req.sampling.seed,
-        timings: Timings {
-            prompt_ms,
-            ttft_ms,
-            decode_ms,
-            decode_tok_per_s: if n > 1 && decode_ms > 0.0 {
-                (n - 1) as f64 / (decode_ms / 1000.0)
-            } else {
-                0.0
-            },
-            total_ms: ms(t0),
-        },
-        tail,
-    })
+    };
+    let n = out.generated().len();
+    let t = timings(prompt_ms, ttft_ms.unwrap_or(prompt_ms), ms(t0), n);
+    Ok(out.finish(finish, t))
 }
 
 fn ms(t: Instant) -> f64 {

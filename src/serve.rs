@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::cpu::CpuModel;
+use crate::backend::step::BatchRequest;
 use crate::backend::{self, cuda, Backend, DeviceChoice};
 use crate::chat_template::ChatTemplate;
 use crate::config::{default_model, Device, ServeArgs};
@@ -68,6 +69,10 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
     let ctx = args.ctx_size.clamp(1, spec.hp.context);
     tracing::info!(model = %path.display(), layers = spec.hp.n_layer, bytes = plan.total_bytes(), ctx, "loading");
     let model = start_backend(&args, &file, &spec, plan, &progress, ctx)?;
+    let batch = args.batch_request(ctx);
+    if args.kv_cache_tokens.is_some_and(|t| (t as usize) < ctx) {
+        tracing::warn!("--kv-cache-tokens is below the context size; the pool holds {ctx} tokens, one whole sequence");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,7 +102,9 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
                 stop_tx.clone(),
             );
             async move {
-                if let Err(e) = build_runtime(&state, tokenizer, model, ctx, args.max_queue).await {
+                if let Err(e) =
+                    build_runtime(&state, tokenizer, model, ctx, batch, args.max_queue).await
+                {
                     tracing::error!("{e}");
                     state.progress.fail(e.clone());
                     *err.lock() = Some(e);
@@ -215,6 +222,7 @@ async fn build_runtime(
     tokenizer: std::thread::JoinHandle<Result<(Tokenizer, ChatTemplate), String>>,
     model: Arc<dyn Backend>,
     ctx: usize,
+    batch: BatchRequest,
     max_queue: usize,
 ) -> Result<(), String> {
     let built = tokio::task::spawn_blocking(move || tokenizer.join())
@@ -233,10 +241,12 @@ async fn build_runtime(
     let cfg = EngineConfig {
         model,
         tokenizer: tokenizer.clone(),
-        ctx_size: ctx,
         max_queue,
+        batch,
     };
-    let engine = engine::spawn(cfg).map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    let engine = tokio::task::spawn_blocking(move || engine::spawn(cfg))
+        .await
+        .map_err(|e| format!("engine start failed: {e}"))??;
     let runtime = Runtime {
         tokenizer,
         template: Arc::new(tmpl),

@@ -253,7 +253,12 @@ fn a_client_that_leaves_a_whole_request_cancels_it() {
 
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
-    let s = Arc::new(spawn_tiny(&["--max-queue", "1"]));
+    // One sequence runs, one waits; 300 tokens held back 2 ms each keep them overlapping on any
+    // device.
+    let s = Arc::new(spawn_tiny_with_env(
+        &["--max-queue", "1", "--max-num-seqs", "1"],
+        &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "2")],
+    ));
     let n = 5;
     let barrier = Arc::new(Barrier::new(n));
     let handles: Vec<_> = (0..n)

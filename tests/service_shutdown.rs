@@ -15,9 +15,14 @@ use serde_json::json;
 /// The drain window `serve` grants running requests after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// One sequence at a time (so a second request queues behind the first), each step held back
+/// 2 ms by the engine's test hook (so a 600-token stream lasts over a second on any device).
 fn spawn_tiny() -> Arc<Server> {
     let model = tiny_model();
-    let s = Server::spawn(&["--model", model.to_str().unwrap()], &[]);
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap(), "--max-num-seqs", "1"],
+        &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "2")],
+    );
     s.wait_ready(Duration::from_secs(30));
     Arc::new(s)
 }

@@ -191,10 +191,10 @@ fn decode_of_unknown_id_is_an_error() {
 
 /// Pushes `ids` one by one; asserts every piece is whole text and the pieces add up to `decode`.
 fn check_streaming(t: &Tokenizer, ids: &[u32]) {
-    let mut dec = IncrementalDecoder::new(t);
+    let mut dec = IncrementalDecoder::new();
     let mut streamed = String::new();
     for &id in ids {
-        streamed.push_str(&dec.push(id).unwrap());
+        streamed.push_str(&dec.push(t, id).unwrap());
     }
     streamed.push_str(&dec.finish());
     assert_eq!(streamed, t.decode(ids).unwrap(), "{ids:?}");
@@ -227,9 +227,9 @@ fn incremental_decoding_concatenates_to_decode_across_multibyte_splits() {
 fn incremental_decoding_never_emits_half_a_character() {
     let t = &fixture().tokenizer;
     let ids = t.encode_plain("😀😀 日本 👨‍👩‍👧").unwrap();
-    let mut dec = IncrementalDecoder::new(t);
+    let mut dec = IncrementalDecoder::new();
     for &id in &ids {
-        let piece = dec.push(id).unwrap();
+        let piece = dec.push(t, id).unwrap();
         assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
     }
     assert_eq!(dec.finish(), "");

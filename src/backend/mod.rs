@@ -6,12 +6,16 @@ pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda/mod.rs")]
 #[cfg_attr(not(feature = "cuda"), path = "cuda_stub.rs")]
 pub mod cuda;
+mod session_runner;
+pub mod step;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::residency::{Residency, WaitError};
 use crate::model::{HParams, ModelError};
+pub use session_runner::SessionRunner;
+use step::{BatchLimits, BatchRequest, KvGeometry, StepRunner};
 
 /// Why a forward pass could not run.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +78,31 @@ pub trait Backend: Send + Sync {
     fn residency(&self) -> &Residency;
     /// Time evaluations spent waiting for units since the last call.
     fn take_waited(&self) -> Duration;
-    /// A new sequence of up to `ctx` positions.
+    /// A new lone sequence of up to `ctx` positions (the CLI and the checks).
     fn new_session(self: Arc<Self>, ctx: usize) -> Result<Box<dyn Session>, BackendError>;
+    /// What batching this backend grants for `want`. The default: one sequence at a time in a
+    /// session's own cache (no paged attention, so no blocks shared between sequences).
+    fn batch_limits(&self, want: &BatchRequest) -> BatchLimits {
+        let block_size = want.block_size.max(1);
+        BatchLimits {
+            max_seqs: 1,
+            max_batch_tokens: want.max_batch_tokens.max(1),
+            kv: KvGeometry {
+                block_size,
+                num_blocks: want.ctx.max(1).div_ceil(block_size),
+            },
+            shared_blocks: false,
+            ctx: want.ctx,
+        }
+    }
+    /// The runner the engine drives, its KV pool reserved now (before READY).
+    fn new_runner(
+        self: Arc<Self>,
+        limits: &BatchLimits,
+    ) -> Result<Box<dyn StepRunner>, BackendError> {
+        let session = self.new_session(limits.ctx)?;
+        Ok(Box::new(SessionRunner::new(session)))
+    }
     /// Shutting down: every wait for a unit ends now (with `BackendError::Interrupted`) while
     /// the units keep loading.
     fn interrupt(&self) {

@@ -73,7 +73,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(0.0)

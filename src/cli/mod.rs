@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file, every flag also settable from `LAYERSTREAM_*`.
 
 mod bench;
+mod bench_batch;
 mod generate;
 mod tools;
 
@@ -171,6 +172,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Sequences run together through the engine's batched step (1: one sequence alone); the
+    /// decode rate reported is the total over all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
     #[command(flatten)]
     pub at: DeviceArgs,
 }
@@ -194,6 +199,7 @@ pub fn main() -> ExitCode {
         Command::Inspect { model } => tools::inspect(&model),
         Command::Convert(a) => tools::convert(a),
         Command::GenModel(a) => tools::gen_model(a),
+        Command::Bench(a) if a.batch > 1 => bench_batch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Devices { gpu_device } => {
             let j = match crate::backend::cuda::probe(gpu_device) {

@@ -1,24 +1,41 @@
-//! The engine: one thread that owns the model's sequences and runs requests, fed by a bounded
-//! crossbeam queue; each request streams its events back over its own tokio channel.
+//! The engine: one thread that owns the batch, the KV pool's bookkeeping and the backend's step
+//! runner, fed by a queue; each request streams its events back over its own tokio channel.
 //!
-//! Requests run one at a time (batching comes later). A request whose event channel is closed
-//! (the client left) is cancelled at its next token. On shutdown, queued requests are refused and
-//! the running one may finish until the drain deadline, then ends with an error.
+//! Reads as scheduler → batch → step → emit: every step `scheduler` picks the decode token of
+//! each running sequence, chunks of prompts and newly admitted requests; `batch` flattens them;
+//! the backend runs the step (each layer gated on the loader); `emit` samples, streams and
+//! retires. `kv_pool` holds block ids and the prefix cache, `sequence` one request's state.
+//! A closed event channel (the client left) drops the sequence at the next step, queued or
+//! running. On shutdown queued requests are refused and running ones may finish until the drain
+//! deadline, then end with an error.
 
+mod batch;
+mod emit;
+pub mod kv_pool;
+mod scheduler;
+mod sequence;
+mod stats;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::backend::step::{BatchLimits, BatchRequest};
+use crate::backend::Backend;
 use crate::generation::{Generation, TokenEvent};
 use crate::request::ValidRequest;
+use crate::tokenizer::Tokenizer;
 
-pub use worker::{spawn, EngineConfig};
+pub use stats::{EngineStats, StatsSnapshot};
+pub use worker::STEP_DELAY_ENV;
+
+/// Positions per KV block.
+pub const BLOCK_SIZE: usize = 16;
 
 /// One request handed to the engine.
 pub struct Job {
@@ -36,7 +53,22 @@ pub enum EngineEvent {
     Started { queued_ms: f64 },
     Token(TokenEvent),
     Done(Box<Finished>),
-    Error { code: &'static str, message: String },
+    Error(EngineError),
+}
+
+/// Why the engine could not finish a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("model loading failed: {0}")]
+    LoadFailed(String),
+    #[error("the server shut down before the request finished")]
+    ShuttingDown,
+    #[error("the model produced non-finite logits (NaN or infinity); its weights may be corrupt")]
+    NonFinite,
+    #[error("the request needs {needed} KV positions but the pool holds {capacity}")]
+    TooLarge { needed: usize, capacity: usize },
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A completed generation and the time it spent queued and waiting for the loader.
@@ -76,11 +108,22 @@ impl Drain {
     }
 }
 
+/// What the engine thread needs.
+pub struct EngineConfig {
+    pub model: Arc<dyn Backend>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub max_queue: usize,
+    pub batch: BatchRequest,
+}
+
 /// The handlers' side of the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<Job>,
     pub drain: Arc<Drain>,
+    pub stats: Arc<EngineStats>,
+    pub limits: BatchLimits,
+    max_queue: usize,
     exit: Arc<EngineExit>,
 }
 
@@ -90,17 +133,63 @@ struct EngineExit {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Reserve the KV pool and start the engine thread; returns the handle handlers submit to.
+pub fn spawn(cfg: EngineConfig) -> Result<EngineHandle, String> {
+    let limits = cfg.model.batch_limits(&cfg.batch);
+    let runner = cfg
+        .model
+        .clone()
+        .new_runner(&limits)
+        .map_err(|e| format!("cannot reserve the KV pool: {e}"))?;
+    tracing::info!(
+        max_seqs = limits.max_seqs,
+        max_batch_tokens = limits.max_batch_tokens,
+        prefix_cache = limits.shared_blocks,
+        "KV pool: {} tokens ({} blocks of {})",
+        limits.kv.tokens(),
+        limits.kv.num_blocks,
+        limits.kv.block_size
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (close_tx, close_rx) = crossbeam_channel::bounded(1);
+    let drain = Arc::new(Drain::default());
+    let stats = Arc::new(EngineStats::default());
+    let w = worker::Worker::new(
+        cfg.model,
+        cfg.tokenizer,
+        runner,
+        &limits,
+        (drain.clone(), stats.clone()),
+        (rx, close_rx),
+    );
+    let thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || w.run())
+        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    Ok(EngineHandle {
+        tx,
+        drain,
+        stats,
+        limits,
+        max_queue: cfg.max_queue.max(1),
+        exit: Arc::new(EngineExit {
+            close: close_tx,
+            thread: Mutex::new(Some(thread)),
+        }),
+    })
+}
+
 impl EngineHandle {
     /// Whether a submit would be refused now (checked before tokenizing, so a flood of requests
     /// gets cheap 429s instead of taking CPU from the engine).
     pub fn is_full(&self) -> bool {
-        self.tx.is_full()
+        self.stats.is_full(self.max_queue)
     }
 
-    /// End the engine thread once its current request is over, and wait up to `wait` for it: its
-    /// sequence (device memory, streams) is released on that thread before the process exits.
+    /// End the engine thread (its sequences end with an error) and wait up to `wait` for it: its
+    /// runner (device memory, streams) is released on that thread before the process exits.
     /// False when it did not end in time.
-    pub fn close(&self, wait: std::time::Duration) -> bool {
+    pub fn close(&self, wait: Duration) -> bool {
         let _ = self.exit.close.try_send(());
         let Some(thread) = self.exit.thread.lock().take() else {
             return true;
@@ -110,7 +199,7 @@ impl EngineHandle {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let _ = thread.join();
         true
@@ -120,9 +209,12 @@ impl EngineHandle {
         if self.drain.is_draining() {
             return Err(SubmitError::ShuttingDown);
         }
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => SubmitError::QueueFull,
-            TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+        if !self.stats.try_enqueue(self.max_queue) {
+            return Err(SubmitError::QueueFull);
+        }
+        self.tx.send(job).map_err(|_| {
+            self.stats.dequeued();
+            SubmitError::ShuttingDown
         })
     }
 }

@@ -1,53 +1,24 @@
-//! The engine thread's loop: take a job, run it through the generation loop on the backend's
-//! one session, stream its events.
+//! The engine thread: take new jobs, retire departed and timed-out sequences, schedule a step,
+//! run it on the backend's runner (which gates each layer on the loader), emit its tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
 
-use parking_lot::Mutex;
-
-use super::{Drain, EngineEvent, EngineExit, EngineHandle, Finished, Job};
-use crate::backend::{Backend, BackendError, Session};
-use crate::generation::{self, Evaluator, FinishReason, GenerationError};
+use super::kv_pool::KvPool;
+use super::scheduler::{Planned, SchedLimits, Schedule, Scheduler};
+use super::sequence::Sequence;
+use super::stats::EngineStats;
+use super::{batch, emit, Drain, EngineError, EngineEvent, Job};
+use crate::backend::step::{BatchLimits, StepBatch, StepRunner};
+use crate::backend::{Backend, BackendError};
 use crate::panic_message::panic_message;
 use crate::tokenizer::Tokenizer;
 
-/// What the engine thread needs.
-pub struct EngineConfig {
-    pub model: Arc<dyn Backend>,
-    pub tokenizer: Arc<Tokenizer>,
-    pub ctx_size: usize,
-    pub max_queue: usize,
-}
-
-/// Start the engine thread; returns the handle handlers submit to (and shutdown closes).
-pub fn spawn(cfg: EngineConfig) -> std::io::Result<EngineHandle> {
-    let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
-    let (close_tx, close_rx) = crossbeam_channel::bounded(1);
-    let drain = Arc::new(Drain::default());
-    let thread = {
-        let drain = drain.clone();
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || run(cfg, rx, close_rx, drain))?
-    };
-    Ok(EngineHandle {
-        tx,
-        drain,
-        exit: Arc::new(EngineExit {
-            close: close_tx,
-            thread: Mutex::new(Some(thread)),
-        }),
-    })
-}
-
-/// Prompt tokens evaluated between checks for a departed client or the drain deadline.
-const PROMPT_CHUNK: usize = 64;
-
-/// Test-only: with `LAYERSTREAM_TEST_STEP_DELAY_MS=N` every generated token is held back N ms,
-/// so that tests of long-running streams (shutdown drains) do not depend on how fast the device is.
+/// Test-only: with `LAYERSTREAM_TEST_STEP_DELAY_MS=N` every step (so every generated token of
+/// each sequence) is held back N ms, so tests of long-running streams (shutdown drains,
+/// disconnects, a full queue) do not depend on how fast the device is.
 pub const STEP_DELAY_ENV: &str = "LAYERSTREAM_TEST_STEP_DELAY_MS";
 
 fn step_delay() -> Option<std::time::Duration> {
@@ -55,163 +26,250 @@ fn step_delay() -> Option<std::time::Duration> {
     (ms > 0).then(|| std::time::Duration::from_millis(ms))
 }
 
-struct Eval<'a> {
-    session: &'a mut dyn Session,
-    /// True when the job should stop (client gone, or shutdown deadline passed).
-    stop: &'a dyn Fn() -> bool,
+/// Everything the engine thread owns.
+pub(super) struct Worker {
+    pub model: Arc<dyn Backend>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub runner: Box<dyn StepRunner>,
+    pub sched: Scheduler,
+    pub drain: Arc<Drain>,
+    pub stats: Arc<EngineStats>,
+    pub jobs: Receiver<Job>,
+    pub close: Receiver<()>,
+    tokens: Vec<u32>,
 }
 
-impl Evaluator for Eval<'_> {
-    fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError> {
-        // A long prompt is fed in chunks so that a departed client or the shutdown deadline is
-        // noticed within one chunk, not after the whole prompt.
-        let (head, last) = tokens.split_at(
-            tokens
-                .len()
-                .saturating_sub(PROMPT_CHUNK)
-                .next_multiple_of(PROMPT_CHUNK)
-                .min(tokens.len()),
+impl Worker {
+    pub fn new(
+        model: Arc<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        runner: Box<dyn StepRunner>,
+        limits: &BatchLimits,
+        shared: (Arc<Drain>, Arc<EngineStats>),
+        channels: (Receiver<Job>, Receiver<()>),
+    ) -> Worker {
+        let pool = KvPool::new(
+            limits.kv.num_blocks,
+            limits.kv.block_size,
+            limits.shared_blocks,
         );
-        // Decode steps (one token) are checked by the token callback instead.
-        for chunk in head.chunks(PROMPT_CHUNK) {
-            if (self.stop)() {
-                return Err(BackendError::Interrupted);
+        let sched = Scheduler::new(
+            pool,
+            SchedLimits {
+                max_seqs: limits.max_seqs,
+                max_batch_tokens: limits.max_batch_tokens,
+            },
+        );
+        Worker {
+            model,
+            tokenizer,
+            runner,
+            sched,
+            drain: shared.0,
+            stats: shared.1,
+            jobs: channels.0,
+            close: channels.1,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Run until closed (or every handle is gone), then end whatever is left.
+    pub fn run(mut self) {
+        self.stats.publish(&self.sched);
+        let t0 = Instant::now();
+        match self.runner.prepare() {
+            Ok(()) => tracing::info!(
+                "engine prepared in {:.0} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            ),
+            Err(e) => tracing::warn!("engine preparation failed (the first step will retry): {e}"),
+        }
+        let delay = step_delay();
+        while self.receive() {
+            self.retire_departed();
+            let stepped = self.step();
+            self.stats.publish(&self.sched);
+            if stepped {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
             }
-            self.session.eval(chunk)?;
         }
-        if !head.is_empty() && (self.stop)() {
-            return Err(BackendError::Interrupted);
-        }
-        self.session.eval(last)
+        self.end_all(EngineError::ShuttingDown);
+        self.stats.publish(&self.sched);
     }
-}
 
-/// The next job, or None once the engine is closed (or every handle is gone).
-fn next_job(rx: &Receiver<Job>, close: &Receiver<()>) -> Option<Job> {
-    crossbeam_channel::select! {
-        recv(rx) -> job => job.ok(),
-        recv(close) -> _ => None,
-    }
-}
-
-fn run(cfg: EngineConfig, rx: Receiver<Job>, close: Receiver<()>, drain: Arc<Drain>) {
-    let mut session = match cfg.model.clone().new_session(cfg.ctx_size) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("the engine cannot open a sequence: {e}");
-            while let Some(job) = next_job(&rx, &close) {
-                let _ = job.events.send(EngineEvent::Error {
-                    code: "internal",
-                    message: format!("the engine cannot open a sequence: {e}"),
-                });
+    /// Take new jobs (blocking while idle); false once the engine is closed.
+    fn receive(&mut self) -> bool {
+        if self.sched.is_idle() {
+            crossbeam_channel::select! {
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return false,
+                },
+                recv(self.close) -> _ => return false,
             }
-            return;
         }
-    };
-    // Off the request path: device objects are made while the weights are still landing.
-    let t0 = std::time::Instant::now();
-    match session.prepare() {
-        Ok(()) => tracing::info!(
-            "engine prepared in {:.0} ms",
-            t0.elapsed().as_secs_f64() * 1e3
-        ),
-        Err(e) => tracing::warn!("engine preparation failed (the first request will retry): {e}"),
-    }
-    while let Some(job) = next_job(&rx, &close) {
-        if job.events.is_closed() {
-            continue;
-        }
-        if drain.is_draining() {
-            let _ = job.events.send(EngineEvent::Error {
-                code: "shutting_down",
-                message: "the server is shutting down".into(),
-            });
-            continue;
-        }
-        // A panic in one request must not take the engine down for every later request.
-        let events = job.events.clone();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(&cfg, session.as_mut(), &drain, job)
-        }));
-        if let Err(panic) = outcome {
-            let cause = panic_message(&*panic);
-            tracing::error!("request failed with an internal error: {cause}");
-            let _ = events.send(EngineEvent::Error {
-                code: "internal",
-                message: format!("internal error: {cause}"),
-            });
-            session.reset();
-        }
-    }
-}
-
-fn run_job(cfg: &EngineConfig, session: &mut dyn Session, drain: &Drain, job: Job) {
-    let queued_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
-    let _ = job.events.send(EngineEvent::Started { queued_ms });
-    session.reset();
-    cfg.model.take_waited();
-    let t0 = Instant::now();
-    let mut shutdown = false;
-    let stop = || job.events.is_closed() || drain.past_deadline();
-    let mut eval = Eval {
-        session,
-        stop: &stop,
-    };
-    let delay = step_delay();
-    let result = generation::generate(&mut eval, &cfg.tokenizer, &job.prompt, &job.request, |ev| {
-        if let Some(d) = delay {
-            std::thread::sleep(d);
-        }
-        if drain.past_deadline() {
-            shutdown = true;
+        if !matches!(self.close.try_recv(), Err(TryRecvError::Empty)) {
             return false;
         }
-        job.events.send(EngineEvent::Token(ev.clone())).is_ok()
-    });
-    let waited_for_load_ms = cfg.model.take_waited().as_secs_f64() * 1e3;
-    let interrupted = matches!(
-        result,
-        Err(GenerationError::Backend(BackendError::Interrupted))
-    );
-    if interrupted && job.events.is_closed() {
-        tracing::info!(id = %job.id, "request cancelled during the prompt: client disconnected");
-        return;
+        loop {
+            match self.jobs.try_recv() {
+                Ok(job) => self.enqueue(job),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return !self.sched.is_idle(),
+            }
+        }
     }
-    let event = match result {
-        Ok(_) if shutdown => EngineEvent::Error {
-            code: "shutting_down",
-            message: "the server shut down before the request finished".into(),
-        },
-        Ok(g) if g.finish_reason == FinishReason::Cancelled => {
-            tracing::info!(id = %job.id, tokens = g.token_ids.len(), "request cancelled: client disconnected");
-            return;
+
+    fn enqueue(&mut self, job: Job) {
+        self.sched.waiting.push_back(Sequence::new(job));
+    }
+
+    /// Drop waiting requests whose client left (freeing their queue slot at once), refuse them
+    /// all while draining, end running ones whose client left or whose drain deadline passed.
+    fn retire_departed(&mut self) {
+        let draining = self.drain.is_draining();
+        let stats = &self.stats;
+        self.sched.waiting.retain_mut(|seq| {
+            let keep = !seq.is_abandoned() && !draining;
+            if !keep {
+                if draining {
+                    let _ = seq
+                        .job
+                        .events
+                        .send(EngineEvent::Error(EngineError::ShuttingDown));
+                } else {
+                    tracing::info!(id = %seq.job.id, "queued request dropped: client disconnected");
+                }
+                if seq.queued {
+                    stats.dequeued();
+                }
+            }
+            keep
+        });
+        let past = self.drain.past_deadline();
+        let pool = &mut self.sched.pool;
+        self.sched.running.retain_mut(|seq| {
+            let gone = seq.is_abandoned();
+            if gone {
+                tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request cancelled: client disconnected");
+            } else if past {
+                let _ = seq.job.events.send(EngineEvent::Error(EngineError::ShuttingDown));
+            }
+            if gone || past {
+                seq.release(pool);
+            }
+            !(gone || past)
+        });
+    }
+
+    /// Schedule and run one step; false when there was nothing to run.
+    fn step(&mut self) -> bool {
+        let Schedule { plan, unfit } = self.sched.schedule();
+        for seq in unfit {
+            self.stats.dequeued();
+            let capacity = self.sched.pool.total() * self.sched.pool.block_size();
+            let needed = seq.out.all_tokens().len();
+            let _ = seq
+                .job
+                .events
+                .send(EngineEvent::Error(EngineError::TooLarge {
+                    needed,
+                    capacity,
+                }));
         }
-        Ok(generation) => {
-            tracing::info!(
-                id = %job.id,
-                prompt_tokens = generation.usage.prompt_tokens,
-                completion_tokens = generation.usage.completion_tokens,
-                ms = t0.elapsed().as_millis() as u64,
-                "request done"
-            );
-            EngineEvent::Done(Box::new(Finished {
-                generation,
-                queued_ms,
-                waited_for_load_ms,
-            }))
+        self.mark_started();
+        if plan.is_empty() {
+            return false;
         }
-        Err(GenerationError::Backend(BackendError::LoadFailed(m))) => EngineEvent::Error {
-            code: "model_load_failed",
-            message: m,
-        },
-        Err(GenerationError::Backend(BackendError::Interrupted)) => EngineEvent::Error {
-            code: "shutting_down",
-            message: "the server shut down before the request finished".into(),
-        },
-        Err(e) => EngineEvent::Error {
-            code: "internal",
-            message: e.to_string(),
-        },
-    };
-    let _ = job.events.send(event);
+        let seqs = batch::build(&self.sched.running, &plan, &mut self.tokens);
+        let batch = StepBatch {
+            tokens: &self.tokens,
+            seqs: &seqs,
+        };
+        self.model.take_waited();
+        let runner = &mut self.runner;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let runner = runner;
+            runner.step(&batch)
+        }));
+        let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
+        let outcome = match result {
+            Ok(Ok(logits)) => Ok(logits),
+            Ok(Err(e)) => Err(engine_error(e)),
+            Err(panic) => Err(EngineError::Internal(format!(
+                "internal error: {}",
+                panic_message(&*panic)
+            ))),
+        };
+        match outcome {
+            Ok(logits) => {
+                let vocab = self.model.hp().vocab;
+                let retired = emit::apply(
+                    &mut self.sched,
+                    &plan,
+                    logits,
+                    vocab,
+                    &self.tokenizer,
+                    waited_ms,
+                );
+                self.stats.count_retired(&retired);
+            }
+            Err(e) => self.fail_planned(&plan, e),
+        }
+        true
+    }
+
+    /// Send `Started` to every sequence admitted for the first time.
+    fn mark_started(&mut self) {
+        let now = Instant::now();
+        for seq in &mut self.sched.running {
+            if seq.admitted.is_none() {
+                seq.admitted = Some(now);
+                let queued_ms = now.duration_since(seq.job.enqueued).as_secs_f64() * 1e3;
+                let _ = seq.job.events.send(EngineEvent::Started { queued_ms });
+            }
+            if std::mem::take(&mut seq.queued) {
+                self.stats.dequeued();
+            }
+        }
+    }
+
+    /// A failed step ends every sequence in it (their blocks may hold partial K/V).
+    fn fail_planned(&mut self, plan: &[Planned], e: EngineError) {
+        tracing::error!("step failed: {e}");
+        let mut idx: Vec<usize> = plan.iter().map(|p| p.seq).collect();
+        idx.sort_unstable();
+        for i in idx.into_iter().rev() {
+            let mut seq = self.sched.running.remove(i);
+            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            seq.release(&mut self.sched.pool);
+        }
+        self.runner.reset();
+    }
+
+    /// End every sequence still here with `e`.
+    fn end_all(&mut self, e: EngineError) {
+        let pool = &mut self.sched.pool;
+        for mut seq in self.sched.running.drain(..) {
+            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            seq.release(pool);
+        }
+        for seq in self.sched.waiting.drain(..) {
+            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            if seq.queued {
+                self.stats.dequeued();
+            }
+        }
+    }
+}
+
+/// How a backend failure reaches the requests of the step.
+fn engine_error(e: BackendError) -> EngineError {
+    match e {
+        BackendError::LoadFailed(m) => EngineError::LoadFailed(m),
+        BackendError::Interrupted => EngineError::ShuttingDown,
+        other => EngineError::Internal(other.to_string()),
+    }
 }

@@ -6,6 +6,7 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use super::body::{json, ResBody};
+use crate::engine::EngineError;
 use crate::request::RequestError;
 
 /// An error answered to a client.
@@ -93,5 +94,19 @@ impl ApiError {
             _ => {}
         }
         r
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::LoadFailed(m) => ApiError::LoadFailed(m),
+            EngineError::ShuttingDown => ApiError::ShuttingDown,
+            EngineError::TooLarge { .. } => ApiError::Invalid(RequestError {
+                field: "prompt".into(),
+                message: e.to_string(),
+            }),
+            EngineError::NonFinite | EngineError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }

@@ -127,14 +127,6 @@ fn finished_json(f: &Finished) -> Value {
     })
 }
 
-fn engine_error(code: &str, message: String) -> ApiError {
-    match code {
-        "model_load_failed" => ApiError::LoadFailed(message),
-        "shutting_down" => ApiError::ShuttingDown,
-        _ => ApiError::Internal(message),
-    }
-}
-
 async fn whole_response(
     mut events: mpsc::UnboundedReceiver<EngineEvent>,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -142,7 +134,7 @@ async fn whole_response(
         match ev {
             EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
             EngineEvent::Done(f) => return Ok(json(StatusCode::OK, &finished_json(&f))),
-            EngineEvent::Error { code, message } => return Err(engine_error(code, message)),
+            EngineEvent::Error(e) => return Err(e.into()),
         }
     }
     Err(ApiError::Internal("the engine dropped the request".into()))
@@ -166,8 +158,8 @@ fn stream_response(
                     data["tail"] = json!(f.generation.tail);
                     (sse_event("end", &data), true)
                 }
-                EngineEvent::Error { code, message } => {
-                    let e = engine_error(code, message);
+                EngineEvent::Error(e) => {
+                    let e = ApiError::from(e);
                     (
                         sse_event("error", &json!({"code": e.kind(), "message": e.message()})),
                         true,

@@ -39,6 +39,7 @@ fn health(state: &AppState) -> Response<ResBody> {
         LoadState::Loading => ("loading", StatusCode::SERVICE_UNAVAILABLE),
         LoadState::Failed => ("failed", StatusCode::SERVICE_UNAVAILABLE),
     };
+    let engine = state.runtime.get().map(|rt| rt.engine.stats.snapshot());
     let body = json!({
         "status": status,
         "state": s.state,
@@ -47,6 +48,7 @@ fn health(state: &AppState) -> Response<ResBody> {
         "ready_ms": s.ready_ms,
         "resident_ms": s.resident_ms,
         "error": s.error,
+        "engine": engine,
     });
     let mut r = json(code, &body);
     if code != StatusCode::OK {

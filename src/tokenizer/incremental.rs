@@ -5,23 +5,22 @@
 
 use super::{Tokenizer, TokenizerError};
 
-pub struct IncrementalDecoder<'a> {
-    tokenizer: &'a Tokenizer,
+#[derive(Debug, Default)]
+pub struct IncrementalDecoder {
     /// Bytes not yet emitted: a prefix of one UTF-8 character.
     pending: Vec<u8>,
 }
 
-impl<'a> IncrementalDecoder<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+impl IncrementalDecoder {
+    pub fn new() -> Self {
         IncrementalDecoder {
-            tokenizer,
             pending: Vec::with_capacity(8),
         }
     }
 
     /// Adds one token; returns the text it completes (possibly empty, never half a character).
-    pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        let bytes = self.tokenizer.bytes_of(id)?;
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        let bytes = tokenizer.bytes_of(id)?;
         self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         let mut start = 0;

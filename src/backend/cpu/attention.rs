@@ -1,4 +1,5 @@
-//! Causal grouped-query attention over one sequence's KV cache, on the CPU.
+//! The CPU's paged KV cache and causal grouped-query attention over it: each sequence's keys and
+//! values live in fixed-size blocks of one pool, found through the sequence's block table.
 
 use std::cell::RefCell;
 
@@ -6,50 +7,48 @@ use rayon::prelude::*;
 
 use super::ops::softmax;
 use super::simd::WeightElem;
+use crate::backend::step::KvGeometry;
 
-/// One sequence's keys and values for every layer: `[layer][position][kv_dim]`, F32.
+/// K and V of every layer for a pool of blocks: `[layer][block][slot][kv_dim]`, F32.
 #[derive(Debug)]
-pub struct KvCache {
-    pub n_layer: usize,
-    pub capacity: usize,
+pub struct PagedKv {
+    pub geometry: KvGeometry,
     pub kv_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
 }
 
-impl KvCache {
-    pub fn new(n_layer: usize, capacity: usize, kv_dim: usize) -> KvCache {
-        let n = n_layer * capacity * kv_dim;
-        KvCache {
-            n_layer,
-            capacity,
+impl PagedKv {
+    /// Reserve the pool (zeroed pages: the memory is committed as blocks are first written).
+    pub fn new(n_layer: usize, geometry: KvGeometry, kv_dim: usize) -> PagedKv {
+        let n = geometry.tokens() * kv_dim;
+        PagedKv {
+            geometry,
             kv_dim,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: (0..n_layer).map(|_| vec![0.0; n]).collect(),
+            v: (0..n_layer).map(|_| vec![0.0; n]).collect(),
         }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
+        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
     }
 
-    fn range(&self, layer: usize, pos: usize, n: usize) -> std::ops::Range<usize> {
-        let base = (layer * self.capacity + pos) * self.kv_dim;
-        base..base + n * self.kv_dim
+    fn offset(&self, blocks: &[u32], pos: usize) -> usize {
+        let bs = self.geometry.block_size;
+        (blocks[pos / bs] as usize * bs + pos % bs) * self.kv_dim
     }
 
-    /// Store `n` positions of K and V (`[n][kv_dim]` each) at `pos..pos+n` of `layer`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let n = k.len() / self.kv_dim;
-        let r = self.range(layer, pos, n);
-        self.k[r.clone()].copy_from_slice(k);
-        self.v[r].copy_from_slice(v);
+    /// Store one position's K and V (`kv_dim` each) of `layer`.
+    pub fn store(&mut self, layer: usize, blocks: &[u32], pos: usize, k: &[f32], v: &[f32]) {
+        let o = self.offset(blocks, pos);
+        self.k[layer][o..o + self.kv_dim].copy_from_slice(k);
+        self.v[layer][o..o + self.kv_dim].copy_from_slice(v);
     }
 
-    /// K and V of `layer` for positions `0..len`.
-    pub fn layer(&self, layer: usize, len: usize) -> (&[f32], &[f32]) {
-        let r = self.range(layer, 0, len);
-        (&self.k[r.clone()], &self.v[r])
+    /// The K and V pools of `layer`.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.k[layer], &self.v[layer])
     }
 }
 
@@ -61,33 +60,47 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Where one query row reads its keys: the sequence's block table and its position.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryRow<'a> {
+    pub blocks: &'a [u32],
+    pub pos: usize,
+}
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[t][h] = softmax(q[t][h] · K[0..=start+t]ᵀ / √d) · V` for `n_tok` tokens at positions
-/// `start..start+n_tok`; query head `h` reads KV head `h / (n_head / n_kv_head)`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], start: usize, s: AttnShape, out: &mut [f32]) {
-    let (hd, kv_dim) = (s.head_dim, s.n_kv_head * s.head_dim);
+/// `out[r][h] = softmax(q[r][h] · K[0..=pos_r]ᵀ / √d) · V` for every row `r`, each over its own
+/// sequence's blocks; query head `h` reads KV head `h / (n_head / n_kv_head)`. Each (row, head)
+/// is reduced in position order on its own, so a row's result does not depend on the others.
+pub fn paged_attention(
+    q: &[f32],
+    kv: &PagedKv,
+    layer: usize,
+    rows: &[QueryRow<'_>],
+    s: AttnShape,
+    out: &mut [f32],
+) {
+    let (hd, kv_dim, bs) = (s.head_dim, kv.kv_dim, kv.geometry.block_size);
     let group = s.n_head / s.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
+    let (kl, vl) = kv.layer(layer);
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / s.n_head, i % s.n_head);
+        let (row, h) = (rows[i / s.n_head], i % s.n_head);
         let g = h / group;
         let qh = &q[i * hd..(i + 1) * hd];
-        let len = start + t + 1;
+        let len = row.pos + 1;
+        // Offset of position p's head-g vector in the layer's pool.
+        let at = |p: usize| (row.blocks[p / bs] as usize * bs + p % bs) * kv_dim + g * hd;
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             scores.clear();
-            scores.extend((0..len).map(|p| {
-                let kp = &k[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd];
-                f32::dot1(kp, qh) * scale
-            }));
+            scores.extend((0..len).map(|p| f32::dot1(&kl[at(p)..at(p) + hd], qh) * scale));
             softmax(&mut scores);
             o.fill(0.0);
             for (p, &w) in scores.iter().enumerate() {
-                let vp = &v[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd];
-                for (a, &b) in o.iter_mut().zip(vp) {
+                for (a, &b) in o.iter_mut().zip(&vl[at(p)..at(p) + hd]) {
                     *a += w * b;
                 }
             }

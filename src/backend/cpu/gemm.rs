@@ -32,10 +32,17 @@ pub trait GemmElem: super::simd::WeightElem {
         kc: usize,
         mt: usize,
     ) -> [[f32; MT]; NR];
+
+    /// One token: `out[j] = Σ_{k<kc} w[j*ldw + k] · x[k]`, bit-identical to `tile(..)[j][0]`, so a
+    /// row's result never depends on how many tokens share its product.
+    ///
+    /// # Safety
+    /// As for `tile` with `mt == 1`.
+    unsafe fn tile1(w: *const Self, ldw: usize, x: *const f32, kc: usize) -> [f32; NR];
 }
 
 macro_rules! impl_tile {
-    ($ty:ty, $load:ident) => {
+    ($ty:ty, $load:ident, $load1:ident) => {
         impl GemmElem for $ty {
             unsafe fn tile(
                 w: *const $ty,
@@ -51,12 +58,20 @@ macro_rules! impl_tile {
                 }
                 scalar_tile(w, ldw, x, ldx, kc, mt)
             }
+            unsafe fn tile1(w: *const $ty, ldw: usize, x: *const f32, kc: usize) -> [f32; NR] {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() && kc % 8 == 0 {
+                    return x86::$load1(w, ldw, x, kc);
+                }
+                let t = scalar_tile(w, ldw, x, kc, kc, 1);
+                [t[0][0], t[1][0], t[2][0]]
+            }
         }
     };
 }
 
-impl_tile!(f16, tile_f16);
-impl_tile!(f32, tile_f32);
+impl_tile!(f16, tile_f16, tile1_f16);
+impl_tile!(f32, tile_f32, tile1_f32);
 
 unsafe fn scalar_tile<W: super::simd::WeightElem>(
     w: *const W,
@@ -156,4 +171,29 @@ mod x86 {
 
     tile_fn!(tile_f16, f16, "avx2,fma,f16c", load_f16);
     tile_fn!(tile_f32, f32, "avx2,fma", load_f32);
+
+    macro_rules! tile1_fn {
+        ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
+            /// Token 0's column of the 3 × 3 tile: the same accumulator chain per row, in the
+            /// same order, without the two unused token columns.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(w: *const $ty, ldw: usize, x: *const f32, kc: usize) -> [f32; NR] {
+                let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
+                let z = _mm256_setzero_ps();
+                let (mut a0, mut a1, mut a2) = (z, z, z);
+                let mut k = 0;
+                while k < kc {
+                    let v0 = _mm256_loadu_ps(x.add(k));
+                    a0 = _mm256_fmadd_ps($load(w0.add(k)), v0, a0);
+                    a1 = _mm256_fmadd_ps($load(w1.add(k)), v0, a1);
+                    a2 = _mm256_fmadd_ps($load(w2.add(k)), v0, a2);
+                    k += 8;
+                }
+                [hsum(a0), hsum(a1), hsum(a2)]
+            }
+        };
+    }
+
+    tile1_fn!(tile1_f16, f16, "avx2,fma,f16c", load_f16);
+    tile1_fn!(tile1_f32, f32, "avx2,fma", load_f32);
 }

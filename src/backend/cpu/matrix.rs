@@ -54,10 +54,11 @@ impl Matrix {
     }
 
     /// `Y[t] = W X[t]` for `n_tok` tokens: `x` is `[n_tok][cols]`, `y` is `[n_tok][rows]`.
+    ///
+    /// Row-invariant: each `Y[t]` is bit-identical whatever `n_tok` is and wherever token `t`
+    /// sits among the others (every output sums its products in the same order), so a sequence's
+    /// results do not depend on what else shares the batch.
     pub fn matmul(&self, x: &[f32], n_tok: usize, y: &mut [f32]) {
-        if n_tok == 1 {
-            return self.matvec(&x[..self.cols], &mut y[..self.rows]);
-        }
         match &self.data {
             MatData::F16(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
             MatData::F32(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
@@ -119,7 +120,17 @@ fn matmul_impl<W: GemmElem>(
                     let nr = NR.min(r_end - r);
                     // SAFETY: bounds asserted above; this task alone writes columns [r_start, r_end).
                     unsafe {
-                        if nr == NR {
+                        if nr == NR && mt == 1 {
+                            let acc = W::tile1(
+                                w.as_ptr().add(r * cols + k0),
+                                cols,
+                                x.as_ptr().add(t * cols + k0),
+                                kc,
+                            );
+                            for (j, v) in acc.iter().enumerate() {
+                                *out.0.add(t * rows + r + j) += v;
+                            }
+                        } else if nr == NR {
                             let acc = W::tile(
                                 w.as_ptr().add(r * cols + k0),
                                 cols,
@@ -207,6 +218,36 @@ mod tests {
                         "{rows}x{cols}x{n}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_rows_are_bit_identical_at_any_token_count() {
+        for (rows, cols) in [(17, 40), (40, 2100), (7, 8)] {
+            let w: Vec<f16> = (0..rows * cols)
+                .map(|i| f16::from_f32(((i * 13 % 29) as f32 - 14.0) / 9.0))
+                .collect();
+            let m = Matrix {
+                rows,
+                cols,
+                data: MatData::F16(WeightBuf::from_slice(&w).unwrap()),
+            };
+            let n = 7;
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7 % 31) as f32 - 15.0) / 7.0)
+                .collect();
+            let mut all = vec![0f32; n * rows];
+            m.matmul(&x, n, &mut all);
+            for t in 0..n {
+                let mut one = vec![0f32; rows];
+                m.matmul(&x[t * cols..(t + 1) * cols], 1, &mut one);
+                let got: Vec<u32> = one.iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = all[t * rows..(t + 1) * rows]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                assert_eq!(got, want, "{rows}x{cols}: token {t} alone differs");
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod matrix;
 pub mod ops;
 pub mod pool;
 pub mod qwen2;
+mod runner;
 pub mod simd;
 pub mod weights;
 
@@ -15,18 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use attention::KvCache;
 use matrix::Matrix;
-use qwen2::{Scratch, WeightView};
+use qwen2::WeightView;
 use weights::{HeadWeights, LayerWeights, NoHook, UnitWeights};
 
+use super::step::{BatchLimits, BatchRequest, KvGeometry, StepRunner};
 use super::BackendError;
 use crate::gguf::GgufFile;
 use crate::load::plan::{LoadPlan, UnitKind};
 use crate::load::residency::{Residency, WaitError};
 use crate::model::{HParams, ModelError, ModelSpec};
 
-/// Prompt tokens processed per matrix-matrix pass.
+pub use runner::{CpuRunner, CpuSession};
+
+/// Prompt tokens processed per matrix-matrix pass by a lone sequence ([`CpuSession`]).
 pub const DEFAULT_MAX_BATCH: usize = 256;
 
 /// A model's weights in CPU memory, unit by unit. Units are installed as they land (by the
@@ -129,70 +132,6 @@ impl WeightView for CpuModel {
     }
 }
 
-/// One sequence's state: KV cache, scratch buffers, logits, and how many positions are filled.
-pub struct CpuSession {
-    cache: KvCache,
-    scratch: Scratch,
-    logits: Vec<f32>,
-    len: usize,
-}
-
-impl CpuSession {
-    pub fn new(hp: &HParams, capacity: usize, max_batch: usize) -> CpuSession {
-        CpuSession {
-            cache: KvCache::new(hp.n_layer, capacity, hp.kv_dim()),
-            scratch: Scratch::new(hp, max_batch),
-            logits: vec![0.0; hp.vocab],
-            len: 0,
-        }
-    }
-
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forget the sequence (the cache is reused).
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-
-    /// Append `tokens` and return the logits after the last one.
-    pub fn eval(
-        &mut self,
-        hp: &HParams,
-        w: &impl WeightView,
-        tokens: &[u32],
-    ) -> Result<&[f32], BackendError> {
-        let needed = self.len + tokens.len();
-        if needed > self.cache.capacity {
-            return Err(BackendError::ContextFull {
-                needed,
-                capacity: self.cache.capacity,
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= hp.vocab) {
-            return Err(BackendError::TokenOutOfRange {
-                id,
-                vocab: hp.vocab,
-            });
-        }
-        let (cache, scratch, logits, len) = (
-            &mut self.cache,
-            &mut self.scratch,
-            &mut self.logits,
-            self.len,
-        );
-        pool::pool().install(|| qwen2::forward(hp, w, cache, tokens, len, scratch, logits))?;
-        self.len = needed;
-        Ok(&self.logits)
-    }
-}
-
 impl super::Backend for CpuModel {
     fn hp(&self) -> &HParams {
         &self.hp
@@ -208,30 +147,27 @@ impl super::Backend for CpuModel {
         ctx: usize,
     ) -> Result<Box<dyn super::Session>, BackendError> {
         let session = CpuSession::new(&self.hp, ctx, DEFAULT_MAX_BATCH);
-        Ok(Box::new(CpuModelSession {
-            model: self,
-            session,
-        }))
+        Ok(Box::new(runner::CpuModelSession::new(self, session)))
+    }
+    fn batch_limits(&self, want: &BatchRequest) -> BatchLimits {
+        BatchLimits {
+            max_seqs: want.max_seqs.max(1),
+            max_batch_tokens: want.max_batch_tokens.max(1),
+            kv: KvGeometry {
+                block_size: want.block_size.max(1),
+                num_blocks: want.kv_tokens.div_ceil(want.block_size.max(1)).max(1),
+            },
+            shared_blocks: want.prefix_cache,
+            ctx: want.ctx,
+        }
+    }
+    fn new_runner(
+        self: std::sync::Arc<Self>,
+        limits: &BatchLimits,
+    ) -> Result<Box<dyn StepRunner>, BackendError> {
+        Ok(Box::new(CpuRunner::new(self, limits)))
     }
     fn name(&self) -> &'static str {
         "cpu"
-    }
-}
-
-/// A sequence on a shared CPU model.
-pub struct CpuModelSession {
-    model: std::sync::Arc<CpuModel>,
-    session: CpuSession,
-}
-
-impl super::Session for CpuModelSession {
-    fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], BackendError> {
-        self.session.eval(&self.model.hp, &*self.model, tokens)
-    }
-    fn reset(&mut self) {
-        self.session.reset();
-    }
-    fn len(&self) -> usize {
-        self.session.len()
     }
 }

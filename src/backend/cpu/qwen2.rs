@@ -1,42 +1,50 @@
-//! The Qwen2 forward pass on the CPU: the reference every other backend is checked against.
+//! The Qwen2 forward pass on the CPU, batched: the reference every other backend is checked
+//! against, and the one copy of the layer math on this backend (prompts, decode steps and mixed
+//! batches of many sequences all take it).
 //!
 //! Reads top to bottom like the paper: embed → per layer (RMSNorm, QKV with bias, RoPE, GQA over
-//! the KV cache, output projection, residual, RMSNorm, SwiGLU MLP, residual) → final norm → head.
-//! Prompts are processed in chunks of at most `max_batch` tokens with matrix-matrix products;
-//! decode is the same path with one token. All buffers live in `Scratch`, sized once.
+//! each sequence's paged KV, output projection, residual, RMSNorm, SwiGLU MLP, residual) → final
+//! norm → head. The projections are one matrix-matrix product over every row of the batch; RoPE,
+//! the KV append and attention are per row over the row's own sequence. Every reduction is per
+//! row, so a sequence's logits are bit-identical whatever else shares its batch.
 
 use rayon::prelude::*;
 
-use super::attention::{attention, AttnShape, KvCache};
+use super::attention::{paged_attention, AttnShape, PagedKv, QueryRow};
 use super::matrix::Matrix;
 use super::ops;
 use super::weights::{HeadWeights, LayerWeights};
+use crate::backend::step::StepBatch;
+use crate::backend::BackendError;
 use crate::model::HParams;
 
-/// Everything a forward pass writes besides the KV cache, allocated once.
+/// Everything a step writes besides the KV pool, allocated once for `max_rows` rows.
 pub struct Scratch {
-    max_batch: usize,
-    x: Vec<f32>,    // (batch, hidden) residual stream
-    xn: Vec<f32>,   // (batch, hidden) normed
-    qkv: Vec<f32>,  // (batch, q_dim + 2 kv_dim)
-    q: Vec<f32>,    // (batch, q_dim)
-    k: Vec<f32>,    // (batch, kv_dim)
-    v: Vec<f32>,    // (batch, kv_dim)
-    attn: Vec<f32>, // (batch, q_dim)
-    proj: Vec<f32>, // (batch, hidden)
-    gu: Vec<f32>,   // (batch, 2 ffn)
-    act: Vec<f32>,  // (batch, ffn)
-    cos: Vec<f32>,  // (batch, head_dim / 2)
-    sin: Vec<f32>,  // (batch, head_dim / 2)
+    max_rows: usize,
+    x: Vec<f32>,      // (rows, hidden) residual stream
+    xn: Vec<f32>,     // (rows, hidden) normed
+    qkv: Vec<f32>,    // (rows, q_dim + 2 kv_dim)
+    q: Vec<f32>,      // (rows, q_dim)
+    k: Vec<f32>,      // (rows, kv_dim)
+    v: Vec<f32>,      // (rows, kv_dim)
+    attn: Vec<f32>,   // (rows, q_dim)
+    proj: Vec<f32>,   // (rows, hidden)
+    gu: Vec<f32>,     // (rows, 2 ffn)
+    act: Vec<f32>,    // (rows, ffn)
+    cos: Vec<f32>,    // (rows, head_dim / 2)
+    sin: Vec<f32>,    // (rows, head_dim / 2)
+    pos: Vec<usize>,  // (rows) position of each row
+    seq: Vec<usize>,  // (rows) sequence of each row
+    head_x: Vec<f32>, // (logit rows, hidden)
 }
 
 impl Scratch {
-    pub fn new(hp: &HParams, max_batch: usize) -> Scratch {
-        let b = max_batch.max(1);
+    pub fn new(hp: &HParams, max_rows: usize) -> Scratch {
+        let b = max_rows.max(1);
         let qkv = hp.q_dim() + 2 * hp.kv_dim();
         let z = |n: usize| vec![0f32; b * n];
         Scratch {
-            max_batch: b,
+            max_rows: b,
             x: z(hp.hidden),
             xn: z(hp.hidden),
             qkv: z(qkv),
@@ -49,145 +57,157 @@ impl Scratch {
             act: z(hp.ffn),
             cos: z(hp.head_dim / 2),
             sin: z(hp.head_dim / 2),
+            pos: vec![0; b],
+            seq: vec![0; b],
+            head_x: Vec::new(),
         }
     }
 
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
     }
 }
 
 /// Read access to the weights of each unit; blocking until the unit is resident is the
 /// implementor's business (the lazy loader gates here).
 pub trait WeightView: Sync {
-    fn embedding(&self) -> Result<&Matrix, crate::backend::BackendError>;
-    fn layer(&self, i: usize) -> Result<&LayerWeights, crate::backend::BackendError>;
-    fn head(&self) -> Result<&HeadWeights, crate::backend::BackendError>;
+    fn embedding(&self) -> Result<&Matrix, BackendError>;
+    fn layer(&self, i: usize) -> Result<&LayerWeights, BackendError>;
+    fn head(&self) -> Result<&HeadWeights, BackendError>;
 }
 
-/// Run `tokens` (at positions `start..`) through the model, appending to `cache`, and write the
-/// last token's logits (`vocab` floats) into `logits`.
-pub fn forward(
+/// Run one batched step: every row through every layer (each layer waited for as it is reached),
+/// K/V appended to each row's sequence, then the head for each sequence that wants logits.
+/// `logits` is resized to `logit_rows × vocab`. The batch must already be validated.
+pub fn step(
     hp: &HParams,
     w: &impl WeightView,
-    cache: &mut KvCache,
-    tokens: &[u32],
-    start: usize,
+    kv: &mut PagedKv,
+    batch: &StepBatch<'_>,
     s: &mut Scratch,
-    logits: &mut [f32],
-) -> Result<(), crate::backend::BackendError> {
-    if tokens.is_empty() {
-        return Err(crate::backend::BackendError::EmptyInput);
+    logits: &mut Vec<f32>,
+) -> Result<(), BackendError> {
+    let n = batch.tokens.len();
+    if n > s.max_rows {
+        return Err(BackendError::Device(format!(
+            "a step of {n} rows exceeds the {} it was sized for",
+            s.max_rows
+        )));
     }
-    let mut pos = start;
-    for chunk in tokens.chunks(s.max_batch) {
-        forward_chunk(hp, w, cache, chunk, pos, s)?;
-        pos += chunk.len();
-    }
-    let last = (tokens.len() - 1) % s.max_batch;
-    head(
-        hp,
-        w,
-        &s.x[last * hp.hidden..(last + 1) * hp.hidden],
-        &mut s.xn[..hp.hidden],
-        logits,
-    )
-}
-
-fn forward_chunk(
-    hp: &HParams,
-    w: &impl WeightView,
-    cache: &mut KvCache,
-    tokens: &[u32],
-    start: usize,
-    s: &mut Scratch,
-) -> Result<(), crate::backend::BackendError> {
-    let (n, h) = (tokens.len(), hp.hidden);
-    let embd = w.embedding()?;
-    for (t, &id) in tokens.iter().enumerate() {
-        embd.row_into(id as usize, &mut s.x[t * h..(t + 1) * h]);
-    }
-    let half = hp.head_dim / 2;
-    for t in 0..n {
-        ops::rope_table(
-            start + t,
-            hp.head_dim,
-            hp.rope_base,
-            &mut s.cos[t * half..(t + 1) * half],
-            &mut s.sin[t * half..(t + 1) * half],
-        );
-    }
+    embed_rows(hp, w, batch, s)?;
+    let rows: Vec<QueryRow<'_>> = (0..n)
+        .map(|r| QueryRow {
+            blocks: batch.seqs[s.seq[r]].blocks,
+            pos: s.pos[r],
+        })
+        .collect();
     for layer in 0..hp.n_layer {
         let lw = w.layer(layer)?;
-        attention_block(hp, lw, cache, layer, n, start, s);
+        attention_block(hp, lw, kv, layer, &rows, s);
         mlp_block(hp, lw, n, s);
     }
+    head(hp, w, batch, s, logits)
+}
+
+/// Embedding rows, each row's position and sequence, and its rotary table.
+fn embed_rows(
+    hp: &HParams,
+    w: &impl WeightView,
+    batch: &StepBatch<'_>,
+    s: &mut Scratch,
+) -> Result<(), BackendError> {
+    let (h, half) = (hp.hidden, hp.head_dim / 2);
+    let embd = w.embedding()?;
+    for (i, seq) in batch.seqs.iter().enumerate() {
+        for (t, r) in seq.rows.clone().enumerate() {
+            s.pos[r] = seq.pos + t;
+            s.seq[r] = i;
+        }
+    }
+    for (r, &id) in batch.tokens.iter().enumerate() {
+        embd.row_into(id as usize, &mut s.x[r * h..(r + 1) * h]);
+        let (c, sn) = (
+            &mut s.cos[r * half..(r + 1) * half],
+            &mut s.sin[r * half..(r + 1) * half],
+        );
+        ops::rope_table(s.pos[r], hp.head_dim, hp.rope_base, c, sn);
+    }
     Ok(())
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize, out: &mut [f32]) {
+    for (xr, o) in x.chunks(width).zip(out.chunks_mut(width)) {
+        ops::rms_norm(xr, w, eps, o);
+    }
 }
 
 fn attention_block(
     hp: &HParams,
     lw: &LayerWeights,
-    cache: &mut KvCache,
+    kv: &mut PagedKv,
     layer: usize,
-    n: usize,
-    start: usize,
+    rows: &[QueryRow<'_>],
     s: &mut Scratch,
 ) {
+    let n = rows.len();
     let (h, qd, kvd, half) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.head_dim / 2);
     let qkv_w = qd + 2 * kvd;
-    for t in 0..n {
-        ops::rms_norm(
-            &s.x[t * h..(t + 1) * h],
-            &lw.attn_norm,
-            hp.rms_eps,
-            &mut s.xn[t * h..(t + 1) * h],
-        );
-    }
+    norm_rows(
+        &s.x[..n * h],
+        &lw.attn_norm,
+        hp.rms_eps,
+        h,
+        &mut s.xn[..n * h],
+    );
     lw.wqkv.matmul(&s.xn[..n * h], n, &mut s.qkv[..n * qkv_w]);
     ops::add_bias(&mut s.qkv[..n * qkv_w], &lw.bqkv);
-    for t in 0..n {
-        let row = &s.qkv[t * qkv_w..(t + 1) * qkv_w];
+    for (r, at) in rows.iter().enumerate() {
+        let row = &s.qkv[r * qkv_w..(r + 1) * qkv_w];
         let (q, k, v) = (
-            &mut s.q[t * qd..(t + 1) * qd],
-            &mut s.k[t * kvd..(t + 1) * kvd],
-            &mut s.v[t * kvd..(t + 1) * kvd],
+            &mut s.q[r * qd..(r + 1) * qd],
+            &mut s.k[r * kvd..(r + 1) * kvd],
+            &mut s.v[r * kvd..(r + 1) * kvd],
         );
         q.copy_from_slice(&row[..qd]);
         k.copy_from_slice(&row[qd..qd + kvd]);
         v.copy_from_slice(&row[qd + kvd..]);
         let (c, sn) = (
-            &s.cos[t * half..(t + 1) * half],
-            &s.sin[t * half..(t + 1) * half],
+            &s.cos[r * half..(r + 1) * half],
+            &s.sin[r * half..(r + 1) * half],
         );
         ops::rope_apply(q, hp.head_dim, c, sn);
         ops::rope_apply(k, hp.head_dim, c, sn);
+        kv.store(layer, at.blocks, at.pos, k, v);
     }
-    cache.store(layer, start, &s.k[..n * kvd], &s.v[..n * kvd]);
-    let (kc, vc) = cache.layer(layer, start + n);
     let shape = AttnShape {
         n_head: hp.n_head,
         n_kv_head: hp.n_kv_head,
         head_dim: hp.head_dim,
     };
-    attention(&s.q[..n * qd], kc, vc, start, shape, &mut s.attn[..n * qd]);
+    paged_attention(
+        &s.q[..n * qd],
+        kv,
+        layer,
+        rows,
+        shape,
+        &mut s.attn[..n * qd],
+    );
     lw.wo.matmul(&s.attn[..n * qd], n, &mut s.proj[..n * h]);
     ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
 }
 
 fn mlp_block(hp: &HParams, lw: &LayerWeights, n: usize, s: &mut Scratch) {
     let (h, f) = (hp.hidden, hp.ffn);
-    for t in 0..n {
-        ops::rms_norm(
-            &s.x[t * h..(t + 1) * h],
-            &lw.ffn_norm,
-            hp.rms_eps,
-            &mut s.xn[t * h..(t + 1) * h],
-        );
-    }
+    norm_rows(
+        &s.x[..n * h],
+        &lw.ffn_norm,
+        hp.rms_eps,
+        h,
+        &mut s.xn[..n * h],
+    );
     lw.w_gate_up
         .matmul(&s.xn[..n * h], n, &mut s.gu[..n * 2 * f]);
-    // One token per task: a prompt's SwiGLU is n × ffn exponentials.
+    // One row per task: a prompt's SwiGLU is rows × ffn exponentials.
     s.act[..n * f]
         .par_chunks_mut(f)
         .zip(s.gu[..n * 2 * f].par_chunks(2 * f))
@@ -196,18 +216,40 @@ fn mlp_block(hp: &HParams, lw: &LayerWeights, n: usize, s: &mut Scratch) {
     ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
 }
 
+/// Final norm and LM head over the last row of each sequence that wants logits.
 fn head(
     hp: &HParams,
     w: &impl WeightView,
-    x: &[f32],
-    xn: &mut [f32],
-    logits: &mut [f32],
-) -> Result<(), crate::backend::BackendError> {
-    let hw = w.head()?;
-    ops::rms_norm(x, &hw.norm, hp.rms_eps, xn);
-    match &hw.output {
-        Some(out) => out.matvec(xn, &mut logits[..hp.vocab]),
-        None => w.embedding()?.matvec(xn, &mut logits[..hp.vocab]),
+    batch: &StepBatch<'_>,
+    s: &mut Scratch,
+    logits: &mut Vec<f32>,
+) -> Result<(), BackendError> {
+    let h = hp.hidden;
+    let wanted: Vec<usize> = batch
+        .seqs
+        .iter()
+        .filter(|q| q.logits)
+        .map(|q| q.rows.end - 1)
+        .collect();
+    let m = wanted.len();
+    logits.resize(m * hp.vocab, 0.0);
+    if m == 0 {
+        return Ok(());
     }
+    let hw = w.head()?;
+    s.head_x.resize(m * h, 0.0);
+    for (i, &r) in wanted.iter().enumerate() {
+        ops::rms_norm(
+            &s.x[r * h..(r + 1) * h],
+            &hw.norm,
+            hp.rms_eps,
+            &mut s.head_x[i * h..(i + 1) * h],
+        );
+    }
+    let out = match &hw.output {
+        Some(out) => out,
+        None => w.embedding()?,
+    };
+    out.matmul(&s.head_x, m, logits);
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::check::Report;
+use crate::backend::Session;
 use crate::cli::CheckCudaArgs;
 use crate::config::Device;
 use crate::gguf::GgufFile;
@@ -17,21 +18,31 @@ use crate::sampler::argmax;
 /// Whole-model logits: F16 activations at the projection inputs and an F16 KV cache.
 const TOL_MODEL: f64 = 3e-2;
 
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
+/// Max-norm relative error of the GPU's logits against the CPU's. An error instead when they
+/// cannot be compared: lengths that differ or are not the vocabulary's (an empty result would
+/// otherwise score zero), or a non-finite value on either side (which `f64::max` would skip).
+fn logits_err(gpu: &[f32], cpu: &[f32], vocab: usize) -> Result<f64, String> {
+    if gpu.len() != cpu.len() || gpu.len() != vocab || vocab == 0 {
+        return Err(format!(
+            "logits lengths differ: GPU {}, CPU {} (vocabulary {vocab})",
+            gpu.len(),
+            cpu.len()
+        ));
+    }
+    for (side, v) in [("GPU", gpu), ("CPU", cpu)] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("{side} logit {i} is {}", v[i]));
+        }
+    }
+    let scale = cpu
         .iter()
         .fold(0f64, |m, v| m.max(v.abs() as f64))
         .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            if g.is_finite() {
-                (*g as f64 - *w as f64).abs() / scale
-            } else {
-                f64::INFINITY
-            }
-        })
-        .fold(0.0, f64::max)
+    Ok(gpu
+        .iter()
+        .zip(cpu)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs() / scale)
+        .fold(0.0, f64::max))
 }
 
 struct Case {
@@ -126,41 +137,139 @@ pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> 
     for case in cases(args, &file, spec.hp.vocab)? {
         let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
         let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
-        let cl = ce.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
-        let gl = ge.eval(&case.ids).map_err(|e| e.to_string())?.to_vec();
-        let prompt_err = rel_err(&gl, &cl);
-        let (mut ct, mut gt) = (vec![argmax(&cl)], vec![argmax(&gl)]);
-        let mut step_err = 0f64;
-        while ct.len() < args.tokens && !EOS.contains(ct.last().unwrap_or(&0)) {
-            // Both are fed the CPU's token, so the logits stay comparable after a divergence.
-            let next = *ct.last().unwrap_or(&0);
-            let cl = ce.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
-            let gl = ge.eval(&[next]).map_err(|e| e.to_string())?.to_vec();
-            step_err = step_err.max(rel_err(&gl, &cl));
-            ct.push(argmax(&cl));
-            gt.push(argmax(&gl));
-        }
-        let same = ct == gt;
-        r.line(
-            &format!("{name} {} logits", case.name),
-            format!("prompt {prompt_err:.2e}, decode steps {step_err:.2e} (limit {TOL_MODEL:.0e})"),
-            prompt_err <= TOL_MODEL && step_err <= TOL_MODEL,
-        );
-        // Random weights give near-ties that rounding may flip: tokens must match on golden prompts.
-        r.line(
-            &format!("{name} {} greedy", case.name),
-            format!("{} tokens, identical to the CPU: {same}", ct.len()),
-            same || case.golden.is_none(),
-        );
-        if let Some(g) = &case.golden {
-            let n = ct.len().min(g.len());
-            let ok = gt[..n] == g[..n];
-            r.line(
-                &format!("{name} {} vs reference", case.name),
-                format!("first {n} greedy tokens identical to transformers: {ok}"),
-                ok,
-            );
-        }
+        let run = run_case(&mut *ce, &mut *ge, &case.ids, args.tokens, spec.hp.vocab)?;
+        report_case(&format!("{name} {}", case.name), &case, &run, r);
     }
     Ok(())
+}
+
+/// One case evaluated on both backends.
+struct Run {
+    /// Max error of the prompt's logits, and the worst over the decode steps.
+    prompt_err: f64,
+    step_err: f64,
+    /// The first logits that could not be compared (lengths, non-finite values), and where.
+    bad: Option<String>,
+    /// Greedy tokens of the CPU and of the GPU.
+    cpu: Vec<u32>,
+    gpu: Vec<u32>,
+    /// The first differing greedy token: its index, the CPU's logit of its own token minus its
+    /// logit of the GPU's, and the largest absolute logit difference between the backends at that
+    /// step. A gap within twice that difference is a near-tie the measured error explains.
+    diff: Option<(usize, f32, f32)>,
+    /// Differing tokens whose gap the measured error does not explain.
+    real_diffs: usize,
+}
+
+/// Evaluate `ids` on both sessions, then decode greedily until `tokens` tokens or a stop id.
+fn run_case(
+    ce: &mut dyn Session,
+    ge: &mut dyn Session,
+    ids: &[u32],
+    tokens: usize,
+    vocab: usize,
+) -> Result<Run, String> {
+    let mut run = Run {
+        prompt_err: 0.0,
+        step_err: 0.0,
+        bad: None,
+        cpu: Vec::new(),
+        gpu: Vec::new(),
+        diff: None,
+        real_diffs: 0,
+    };
+    let mut input = ids.to_vec();
+    loop {
+        let cl = ce.eval(&input).map_err(|e| e.to_string())?;
+        let gl = ge.eval(&input).map_err(|e| e.to_string())?;
+        let at = run.cpu.len();
+        match logits_err(gl, cl, vocab) {
+            Ok(e) if at == 0 => run.prompt_err = e,
+            Ok(e) => run.step_err = run.step_err.max(e),
+            Err(e) if run.bad.is_none() => {
+                let step = if at == 0 {
+                    "prompt".to_string()
+                } else {
+                    format!("decode step {at}")
+                };
+                run.bad = Some(format!("{step}: {e}"));
+            }
+            Err(_) => {}
+        }
+        let (c, g) = (argmax(cl), argmax(gl));
+        if c != g {
+            let logit = |t: u32| cl.get(t as usize).copied().unwrap_or(f32::NAN);
+            let gap = logit(c) - logit(g);
+            let noise = gl
+                .iter()
+                .zip(cl)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            if gap.is_nan() || gap > 2.0 * noise {
+                run.real_diffs += 1;
+            }
+            run.diff.get_or_insert((at, gap, noise));
+        }
+        run.cpu.push(c);
+        run.gpu.push(g);
+        if run.cpu.len() >= tokens.max(1) || EOS.contains(&c) {
+            return Ok(run);
+        }
+        // Both are fed the CPU's token: up to the first differing token that is each backend
+        // feeding back its own, and after it the logits stay comparable.
+        input = vec![c];
+    }
+}
+
+fn report_case(label: &str, case: &Case, run: &Run, r: &mut Report) {
+    let (pe, se) = (run.prompt_err, run.step_err);
+    let errs = format!("prompt {pe:.2e}, decode steps {se:.2e} (limit {TOL_MODEL:.0e})");
+    match &run.bad {
+        Some(b) => r.line(&format!("{label} logits"), format!("{b}; {errs}"), false),
+        None => r.line(
+            &format!("{label} logits"),
+            errs,
+            pe <= TOL_MODEL && se <= TOL_MODEL,
+        ),
+    }
+    let greedy = match run.diff {
+        None => format!("{} tokens, identical to the CPU", run.cpu.len()),
+        Some((i, gap, noise)) => format!(
+            "token {i} of {} differs: CPU {}, GPU {} (CPU logits {gap:.2e} apart, backends differ by up to {noise:.2e} there); {} differing token(s) beyond twice the measured difference",
+            run.cpu.len(),
+            run.cpu[i],
+            run.gpu[i],
+            run.real_diffs
+        ),
+    };
+    r.line(&format!("{label} greedy"), greedy, run.real_diffs == 0);
+    if let Some(g) = &case.golden {
+        let n = run.cpu.len().min(g.len());
+        let ok = n > 0 && run.gpu[..n] == g[..n];
+        r.line(
+            &format!("{label} vs reference"),
+            format!("first {n} greedy tokens identical to transformers: {ok}"),
+            ok,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logits_err;
+
+    #[test]
+    fn logits_that_cannot_be_compared_are_errors() {
+        let cpu = [1.0f32, -2.0, 0.5];
+        assert!(logits_err(&[], &[], 0).is_err());
+        assert!(logits_err(&[], &cpu, 3)
+            .unwrap_err()
+            .contains("GPU 0, CPU 3"));
+        assert!(logits_err(&cpu[..2], &cpu[..2], 3).is_err());
+        assert!(logits_err(&[1.0, f32::NAN, 0.5], &cpu, 3).is_err());
+        assert!(logits_err(&cpu, &[1.0, f32::INFINITY, 0.5], 3).is_err());
+        assert!(logits_err(&cpu, &[f32::NAN, -2.0, 0.5], 3).is_err());
+        assert_eq!(logits_err(&cpu, &cpu, 3), Ok(0.0));
+        assert_eq!(logits_err(&[1.0, -2.0, 0.0], &cpu, 3), Ok(0.25));
+    }
 }

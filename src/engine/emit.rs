@@ -1,0 +1,126 @@
+//! After a step: each planned sequence's new K/V is counted (and its full blocks offered to the
+//! prefix cache); each sequence whose logits came back samples its next token (rows in
+//! parallel), streams it, and is retired when it ends.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::scheduler::{Planned, Scheduler};
+use super::sequence::Sequence;
+use super::{EngineError, EngineEvent, Finished};
+use crate::generation::{self, Advance, FinishReason, GenerationError};
+use crate::tokenizer::Tokenizer;
+
+/// How a sequence left the batch.
+pub enum Retired {
+    Finished,
+    Cancelled,
+    Failed,
+}
+
+/// Count the step's work, sample, stream; returns what was retired (already removed from
+/// `running`, its blocks released).
+pub fn apply(
+    sched: &mut Scheduler,
+    plan: &[Planned],
+    logits: &mut [f32],
+    vocab: usize,
+    tok: &Tokenizer,
+    waited_ms: f64,
+) -> Vec<Retired> {
+    let now = Instant::now();
+    let mut row_of: Vec<Option<&mut [f32]>> = (0..sched.running.len()).map(|_| None).collect();
+    let mut rows = logits.chunks_mut(vocab.max(1));
+    for p in plan {
+        let seq = &mut sched.running[p.seq];
+        let wants = p.n == seq.pending();
+        seq.computed += p.n;
+        seq.waited_for_load_ms += waited_ms;
+        seq.register_full_blocks(&mut sched.pool);
+        if wants {
+            row_of[p.seq] = rows.next();
+        }
+    }
+    // Every row is sampled on its own, so rows run in parallel.
+    let advances: Vec<Option<Result<Advance, GenerationError>>> = sched
+        .running
+        .par_iter_mut()
+        .zip(row_of.into_par_iter())
+        .map(|(seq, row)| row.map(|r| seq.out.advance(tok, r)))
+        .collect();
+    let mut retired = Vec::new();
+    for i in (0..advances.len()).rev() {
+        let Some(adv) = &advances[i] else { continue };
+        let seq = &mut sched.running[i];
+        seq.prompt_done.get_or_insert(now);
+        seq.first_token.get_or_insert(now);
+        let outcome = match adv {
+            Ok(a) => stream(seq, a),
+            Err(GenerationError::NonFinite) => Some(fail(seq, EngineError::NonFinite)),
+            Err(e) => Some(fail(seq, EngineError::Internal(e.to_string()))),
+        };
+        if let Some(r) = outcome {
+            let mut seq = sched.running.remove(i);
+            seq.release(&mut sched.pool);
+            if let Retired::Finished = r {
+                finish(seq, advances[i].as_ref().and_then(|a| a.as_ref().ok()));
+            }
+            retired.push(r);
+        }
+    }
+    retired
+}
+
+/// Send the token; Some when the sequence leaves (ended, or its client is gone).
+fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
+    if let Some(ev) = &a.event {
+        if seq.job.events.send(EngineEvent::Token(ev.clone())).is_err() {
+            tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request cancelled: client disconnected");
+            return Some(Retired::Cancelled);
+        }
+    }
+    a.finish.map(|_| Retired::Finished)
+}
+
+fn fail(seq: &Sequence, e: EngineError) -> Retired {
+    tracing::warn!(id = %seq.job.id, "request failed: {e}");
+    let _ = seq.job.events.send(EngineEvent::Error(e));
+    Retired::Failed
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// Send the finished generation.
+fn finish(seq: Sequence, adv: Option<&Advance>) {
+    let reason = adv.and_then(|a| a.finish).unwrap_or(FinishReason::Stop);
+    let now = Instant::now();
+    let start = seq.admitted.unwrap_or(seq.job.enqueued);
+    let at = |t: Option<Instant>| ms(start, t.unwrap_or(now));
+    let n = seq.out.generated().len();
+    let timings = generation::timings(at(seq.prompt_done), at(seq.first_token), ms(start, now), n);
+    let queued_ms = ms(seq.job.enqueued, start);
+    let cached = seq.cached_tokens.unwrap_or(0);
+    let (id, events, waited) = (
+        seq.job.id.clone(),
+        seq.job.events.clone(),
+        seq.waited_for_load_ms,
+    );
+    let mut generation = seq.out.finish(reason, timings);
+    generation.usage.prompt_tokens_details.cached_tokens = cached;
+    tracing::info!(
+        id = %id,
+        prompt_tokens = generation.usage.prompt_tokens,
+        cached_tokens = cached,
+        completion_tokens = generation.usage.completion_tokens,
+        ms = generation.timings.total_ms as u64,
+        "request done"
+    );
+    let _ = events.send(EngineEvent::Done(Box::new(Finished {
+        generation,
+        queued_ms,
+        waited_for_load_ms: waited,
+    })));
+}
