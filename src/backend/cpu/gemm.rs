@@ -39,10 +39,27 @@ pub trait GemmElem: super::simd::WeightElem {
     /// # Safety
     /// As for `tile` with `mt == 1`.
     unsafe fn tile1(w: *const Self, ldw: usize, x: *const f32, kc: usize) -> [f32; NR];
+
+    /// One weight row against `n ≤ ROW_TOKENS` tokens: `out[t] = Σ_{k<kc} w[k] · x[t*ldx + k]`,
+    /// each bit-identical to the tile's sum for that (row, token). The row is read once for all
+    /// tokens, so a small batch streams W at memory speed while it computes.
+    ///
+    /// # Safety
+    /// `w` must have `kc` readable elements; `x` `n` rows of stride `ldx` with `kc` columns.
+    unsafe fn row_tokens(
+        w: *const Self,
+        x: *const f32,
+        ldx: usize,
+        kc: usize,
+        n: usize,
+    ) -> [f32; ROW_TOKENS];
 }
 
+/// Most tokens `row_tokens` takes at once (one accumulator each, in registers).
+pub const ROW_TOKENS: usize = 8;
+
 macro_rules! impl_tile {
-    ($ty:ty, $load:ident, $load1:ident) => {
+    ($ty:ty, $load:ident, $load1:ident, $rows:ident) => {
         impl GemmElem for $ty {
             unsafe fn tile(
                 w: *const $ty,
@@ -66,12 +83,29 @@ macro_rules! impl_tile {
                 let t = scalar_tile(w, ldw, x, kc, kc, 1);
                 [t[0][0], t[1][0], t[2][0]]
             }
+            unsafe fn row_tokens(
+                w: *const $ty,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+                n: usize,
+            ) -> [f32; ROW_TOKENS] {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() && kc % 8 == 0 {
+                    return x86::$rows(w, x, ldx, kc, n);
+                }
+                let mut out = [0f32; ROW_TOKENS];
+                for (t, o) in out.iter_mut().enumerate().take(n) {
+                    *o = scalar_tile(w, 0, x.add(t * ldx), ldx, kc, 1)[0][0];
+                }
+                out
+            }
         }
     };
 }
 
-impl_tile!(f16, tile_f16, tile1_f16);
-impl_tile!(f32, tile_f32, tile1_f32);
+impl_tile!(f16, tile_f16, tile1_f16, rows_f16);
+impl_tile!(f32, tile_f32, tile1_f32, rows_f32);
 
 unsafe fn scalar_tile<W: super::simd::WeightElem>(
     w: *const W,
@@ -196,4 +230,56 @@ mod x86 {
 
     tile1_fn!(tile1_f16, f16, "avx2,fma,f16c", load_f16);
     tile1_fn!(tile1_f32, f32, "avx2,fma", load_f32);
+
+    macro_rules! rows_fn {
+        ($name:ident, $inner:ident, $ty:ty, $feat:literal, $load:expr) => {
+            /// One weight row × `N` tokens: one accumulator chain per token, in k order.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn $inner<const N: usize>(
+                w: *const $ty,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+            ) -> [f32; super::ROW_TOKENS] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut k = 0;
+                while k < kc {
+                    let wv = $load(w.add(k));
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.add(t * ldx + k)), *a);
+                    }
+                    k += 8;
+                }
+                let mut out = [0f32; super::ROW_TOKENS];
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = hsum(a);
+                }
+                out
+            }
+
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(
+                w: *const $ty,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+                n: usize,
+            ) -> [f32; super::ROW_TOKENS] {
+                match n {
+                    1 => $inner::<1>(w, x, ldx, kc),
+                    2 => $inner::<2>(w, x, ldx, kc),
+                    3 => $inner::<3>(w, x, ldx, kc),
+                    4 => $inner::<4>(w, x, ldx, kc),
+                    5 => $inner::<5>(w, x, ldx, kc),
+                    6 => $inner::<6>(w, x, ldx, kc),
+                    7 => $inner::<7>(w, x, ldx, kc),
+                    _ => $inner::<8>(w, x, ldx, kc),
+                }
+            }
+        };
+    }
+
+    rows_fn!(rows_f16, rows_n_f16, f16, "avx2,fma,f16c", load_f16);
+    rows_fn!(rows_f32, rows_n_f32, f32, "avx2,fma", load_f32);
 }

@@ -7,7 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::buffer::WeightBuf;
-use super::gemm::{GemmElem, KC, MT, NR};
+use super::gemm::{GemmElem, KC, MT, NR, ROW_TOKENS};
 use super::simd::WeightElem;
 
 /// Weight storage.
@@ -104,6 +104,27 @@ fn matmul_impl<W: GemmElem>(
     // Equal reduction blocks of at most KC columns: long enough that the per-tile horizontal sums
     // are cheap, short enough that the task's W block and one token tile stay near L1.
     let block = cols.div_ceil(cols.div_ceil(KC)).next_multiple_of(8);
+    // Rows a 3-row tile cannot cover (the matrix's last `rows % NR`) are summed with `dot1` on
+    // every path, so each (row, token) is computed the same way at any token count.
+    let tail = rows - rows % NR;
+    // One token: the 3-row tile keeps three accumulator chains in flight (one chain a row would
+    // wait on each FMA's latency); 2 to ROW_TOKENS tokens already give each row that many.
+    if (2..=ROW_TOKENS).contains(&n_tok) {
+        let p = Product {
+            w,
+            rows,
+            cols,
+            x,
+            n_tok,
+            block,
+            tail,
+        };
+        return (0..tasks).into_par_iter().for_each(|task| {
+            let r = task * rpt..((task + 1) * rpt).min(rows);
+            // SAFETY: bounds asserted above; this task alone writes columns `r`.
+            unsafe { rows_task(p, r, out) }
+        });
+    }
     (0..tasks).into_par_iter().for_each(|task| {
         let out = &out;
         let r_end = ((task + 1) * rpt).min(rows);
@@ -161,6 +182,49 @@ fn matmul_impl<W: GemmElem>(
             k0 += kc;
         }
     });
+}
+
+/// The operands of one product, as the tasks see them.
+#[derive(Clone, Copy)]
+struct Product<'a, W> {
+    w: &'a [W],
+    rows: usize,
+    cols: usize,
+    x: &'a [f32],
+    n_tok: usize,
+    /// Reduction block length.
+    block: usize,
+    /// First row summed with `dot1` (the rows a 3-row tile cannot cover).
+    tail: usize,
+}
+
+/// Few tokens: each weight row is read once for all of them (`row_tokens`), rows in order, so W
+/// streams from memory while the products are computed.
+///
+/// # Safety
+/// `p`'s slices and `out` must hold the whole product (checked by the caller); no other task
+/// writes columns `r`.
+unsafe fn rows_task<W: GemmElem>(p: Product<'_, W>, r: std::ops::Range<usize>, out: OutPtr) {
+    let (cols, n_tok) = (p.cols, p.n_tok);
+    let mut k0 = 0;
+    while k0 < cols {
+        let kc = p.block.min(cols - k0);
+        for row in r.clone() {
+            let wr = &p.w[row * cols + k0..row * cols + k0 + kc];
+            if row >= p.tail {
+                for t in 0..n_tok {
+                    let xs = &p.x[t * cols + k0..t * cols + k0 + kc];
+                    *out.0.add(t * p.rows + row) += W::dot1(wr, xs);
+                }
+                continue;
+            }
+            let acc = W::row_tokens(wr.as_ptr(), p.x.as_ptr().add(k0), cols, kc, n_tok);
+            for (t, v) in acc.iter().enumerate().take(n_tok) {
+                *out.0.add(t * p.rows + row) += v;
+            }
+        }
+        k0 += kc;
+    }
 }
 
 #[cfg(test)]
@@ -233,7 +297,8 @@ mod tests {
                 cols,
                 data: MatData::F16(WeightBuf::from_slice(&w).unwrap()),
             };
-            let n = 7;
+            // 11 tokens take the 3 × 3 tiles; 1 and 5 tokens the row-at-a-time path.
+            let n = 11;
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 7 % 31) as f32 - 15.0) / 7.0)
                 .collect();
@@ -249,6 +314,14 @@ mod tests {
                     .collect();
                 assert_eq!(got, want, "{rows}x{cols}: token {t} alone differs");
             }
+            let mut five = vec![0f32; 5 * rows];
+            m.matmul(&x[3 * cols..8 * cols], 5, &mut five);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&five),
+                bits(&all[3 * rows..8 * rows]),
+                "{rows}x{cols}: 5 tokens differ"
+            );
         }
     }
 }
