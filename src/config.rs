@@ -32,6 +32,10 @@ pub struct ServeArgs {
     pub device: Device,
     #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
     pub gpu_device: usize,
+    /// The model's id in the OpenAI API (`/v1/models`, responses' `model`); default: the file
+    /// name without `.gguf`.
+    #[arg(long, env = "LAYERSTREAM_MODEL_NAME")]
+    pub model_name: Option<String>,
     /// Identifier reported to the ready callback.
     #[arg(long, env = "LAYERSTREAM_WORKER_ID", default_value = "layerstream")]
     pub worker_id: String,
@@ -62,6 +66,17 @@ pub struct ServeArgs {
     /// Turn off prefix caching (full KV blocks shared between requests with the same prefix).
     #[arg(long, env = "LAYERSTREAM_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// End a request still running this many seconds after it arrived, with what it has so far
+    /// and `finish_reason: "time_limit"` (default: no limit).
+    #[arg(long, env = "LAYERSTREAM_REQUEST_TIMEOUT", value_parser = positive_seconds)]
+    pub request_timeout: Option<f64>,
+    /// Open connections at most; more are answered 503 (`overloaded`) and closed.
+    #[arg(long, env = "LAYERSTREAM_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a request's body may take to arrive (408 `body_timeout` after it); the request
+    /// head has as long.
+    #[arg(long, env = "LAYERSTREAM_BODY_TIMEOUT", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub body_timeout: f64,
     /// Throttle the loader to this many MB/s (co-located services; tests).
     #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT", value_parser = positive_rate)]
     pub load_bandwidth_limit: Option<f64>,
@@ -83,6 +98,16 @@ pub fn default_model() -> PathBuf {
             PathBuf::from(home).join(".cache/layerstream")
         });
     cache.join("models/qwen2.5-coder-0.5b-instruct-f16.gguf")
+}
+
+/// A finite duration > 0 (seconds).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a duration in seconds; expected a finite number > 0"
+        )),
+    }
 }
 
 /// A finite rate > 0 (MB/s).

@@ -41,6 +41,8 @@ pub enum FinishReason {
     Length,
     /// The caller went away.
     Cancelled,
+    /// The request ran past `--request-timeout`.
+    TimeLimit,
 }
 
 impl FinishReason {
@@ -49,6 +51,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::TimeLimit => "time_limit",
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - `model`: hyper-parameters, the tensor-name table, shape validation, random-model generator.
 //! - `backend`: compute backends (`cpu` is the reference).
 //! - `tokenizer`, `chat_template`: Qwen2 byte-level BPE and Jinja chat templates from GGUF metadata.
-//! - `request`: the one request format (raw JSON → `ValidRequest`).
+//! - `request`: the one request format (raw JSON → `ValidRequest`); `openai`: OpenAI-shaped
+//!   bodies translated into it.
 //! - `sampler`, `stop`, `generation`: sampling, stop strings, the generation loop.
 //! - `load`: the load plan, residency gate, progress, and the loader thread.
 //! - `engine`: the thread that runs requests; `server`: HTTP; `serve`: startup that ties them.
@@ -23,6 +24,7 @@ pub mod load;
 pub mod loaded;
 pub mod logging;
 pub mod model;
+pub mod openai;
 pub mod panic_message;
 pub mod quant;
 pub mod request;

@@ -37,6 +37,52 @@ pub fn clock_seed() -> u64 {
         .unwrap_or(0)
 }
 
+/// A request body as a JSON object: within the size limit, UTF-8, JSON, an object. Errors name
+/// the field serde stopped in where it can.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(err(
+            "body",
+            format!(
+                "request body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| err("body", format!("request body is not valid UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        let field = match e.classify() {
+            serde_json::error::Category::Eof => None,
+            _ => field_at(text, e.line(), e.column()),
+        };
+        let field = field.unwrap_or_else(|| "body".into());
+        err(field, format!("request body is not valid JSON: {e}"))
+    })?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(err("body", "request body must be a JSON object")),
+    }
+}
+
+/// The object key whose value holds (line, column) of `text` — where serde stopped on a number
+/// out of range, a lone surrogate or nesting too deep — so the error can name the field. The
+/// nearest `"key":` before the position, or None (the error then names the body).
+fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let before = text.get(..(start + column).min(text.len()))?;
+    let colon = before.rfind(':')?;
+    let head = before[..colon].trim_end().strip_suffix('"')?;
+    let open = head.rfind('"')?;
+    let key = &head[open + 1..];
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    plain.then(|| key.to_string())
+}
+
 /// A request that failed validation; `field` is the JSON path of the offending value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -86,26 +132,11 @@ impl ValidRequest {
         limits: Limits,
         default_seed: u64,
     ) -> Result<ValidRequest, RequestError> {
-        if body.len() > MAX_BODY_BYTES {
-            return Err(err(
-                "body",
-                format!(
-                    "request body is {} bytes; the limit is {MAX_BODY_BYTES}",
-                    body.len()
-                ),
-            ));
-        }
-        let text = std::str::from_utf8(body)
-            .map_err(|e| err("body", format!("request body is not valid UTF-8: {e}")))?;
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| err("body", format!("request body is not valid JSON: {e}")))?;
-        let Value::Object(obj) = value else {
-            return Err(err("body", "request body must be a JSON object"));
-        };
-        Self::from_object(&obj, limits, default_seed)
+        Self::from_object(&parse_object(body)?, limits, default_seed)
     }
 
-    fn from_object(
+    /// Validate a body already parsed into a JSON object.
+    pub fn from_object(
         obj: &Map<String, Value>,
         limits: Limits,
         default_seed: u64,
@@ -380,6 +411,30 @@ mod tests {
 
     fn parse(s: &str) -> Result<ValidRequest, RequestError> {
         ValidRequest::parse(s.as_bytes(), L, 1)
+    }
+
+    #[test]
+    fn json_that_serde_rejects_names_the_field_it_stopped_in() {
+        let deep = format!(
+            r#"{{"prompt":"a","stop":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases = [
+            (
+                r#"{"prompt":"a","temperature":1e400}"#.to_string(),
+                "temperature",
+            ),
+            (r#"{"prompt":"a\ud800"}"#.to_string(), "prompt"),
+            (r#"{"prompt":"a","top_p":NaN}"#.to_string(), "top_p"),
+            (deep, "stop"),
+            (r#"{"prompt":"a""#.to_string(), "body"),
+            ("[1,2".to_string(), "body"),
+        ];
+        for (body, field) in cases {
+            let e = parse(&body).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {}", e.message);
+        }
     }
 
     #[test]

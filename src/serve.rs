@@ -23,7 +23,7 @@ use crate::load::progress::{LoadState, Progress};
 use crate::model::ModelSpec;
 use crate::request::Limits;
 use crate::server::callback::{self, ReadyNotice};
-use crate::server::{self, AppState, Runtime};
+use crate::server::{self, AppState, ModelInfo, Runtime};
 use crate::tokenizer::Tokenizer;
 
 /// How long running requests may continue after SIGTERM/SIGINT.
@@ -69,7 +69,11 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
     let ctx = args.ctx_size.clamp(1, spec.hp.context);
     tracing::info!(model = %path.display(), layers = spec.hp.n_layer, bytes = plan.total_bytes(), ctx, "loading");
     let model = start_backend(&args, &file, &spec, plan, &progress, ctx)?;
-    let batch = args.batch_request(ctx);
+    let engine_opts = EngineOptions {
+        batch: args.batch_request(ctx),
+        max_queue: args.max_queue,
+        request_timeout: args.request_timeout.map(Duration::from_secs_f64),
+    };
     if args.kv_cache_tokens.is_some_and(|t| (t as usize) < ctx) {
         tracing::warn!("--kv-cache-tokens is below the context size; the pool holds {ctx} tokens, one whole sequence");
     }
@@ -91,7 +95,20 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         println!("listening on http://{local}");
         tracing::info!("listening on http://{local}");
         progress.listener_bound();
-        let state = Arc::new(AppState::new(progress.clone(), stop_rx.clone()));
+        let body_timeout = Duration::from_secs_f64(args.body_timeout);
+        let info = ModelInfo {
+            id: args.model_name.clone().unwrap_or_else(|| model_id(&path)),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ctx,
+        };
+        let state = Arc::new(AppState::new(
+            progress.clone(),
+            stop_rx.clone(),
+            body_timeout,
+            info,
+        ));
         // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
         let startup_error = Arc::new(parking_lot::Mutex::new(None));
         let build = {
@@ -102,9 +119,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
                 stop_tx.clone(),
             );
             async move {
-                if let Err(e) =
-                    build_runtime(&state, tokenizer, model, ctx, batch, args.max_queue).await
-                {
+                if let Err(e) = build_runtime(&state, tokenizer, model, ctx, engine_opts).await {
                     tracing::error!("{e}");
                     state.progress.fail(e.clone());
                     *err.lock() = Some(e);
@@ -112,7 +127,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
                 }
             }
         };
-        tokio::spawn(build);
+        let building = tokio::spawn(build);
         let advertised = advertised_uri(args.advertise_url.as_deref(), local);
         tokio::spawn(announce_ready(
             progress.clone(),
@@ -128,10 +143,22 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             state.clone(),
             stopped(stop_rx),
             DRAIN + Duration::from_secs(1),
+            server::Limits {
+                max_connections: args.max_connections as usize,
+                head_timeout: body_timeout,
+            },
         )
         .await;
         // No thread may be inside the device driver when the process exits: the loader and the
         // kernel preload stop, then the engine thread ends and releases its sequence.
+        // A runtime still being built (the tokenizer, the engine's start) finishes first, so an
+        // engine thread cannot start inside the device driver while the process exits.
+        if tokio::time::timeout(ENGINE_CLOSE_WAIT, building)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the runtime was still starting after {ENGINE_CLOSE_WAIT:?}");
+        }
         let engine = state.runtime.get().map(|rt| rt.engine.clone());
         let _ = tokio::task::spawn_blocking(move || {
             backend.shutdown();
@@ -151,6 +178,15 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             None => Ok(()),
         }
     })
+}
+
+/// The model's default id: its file name without the `.gguf` extension.
+fn model_id(path: &std::path::Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    name.strip_suffix(".gguf").unwrap_or(&name).to_string()
 }
 
 /// Pick the backend for `--device` and start its loader thread.
@@ -216,14 +252,20 @@ fn build_tokenizer(file: &GgufFile) -> Result<(Tokenizer, ChatTemplate), String>
     Ok((tok, tmpl))
 }
 
+/// The engine's settings from the command line.
+struct EngineOptions {
+    batch: BatchRequest,
+    max_queue: usize,
+    request_timeout: Option<Duration>,
+}
+
 /// Wait for the tokenizer (built on its own thread since startup), then start the engine.
 async fn build_runtime(
     state: &Arc<AppState>,
     tokenizer: std::thread::JoinHandle<Result<(Tokenizer, ChatTemplate), String>>,
     model: Arc<dyn Backend>,
     ctx: usize,
-    batch: BatchRequest,
-    max_queue: usize,
+    opts: EngineOptions,
 ) -> Result<(), String> {
     let built = tokio::task::spawn_blocking(move || tokenizer.join())
         .await
@@ -237,12 +279,16 @@ async fn build_runtime(
             model.hp().vocab
         ));
     }
+    if *state.stopping.borrow() {
+        return Ok(()); // shutting down: no engine to start
+    }
     let tokenizer = Arc::new(tok);
     let cfg = EngineConfig {
         model,
         tokenizer: tokenizer.clone(),
-        max_queue,
-        batch,
+        max_queue: opts.max_queue,
+        batch: opts.batch,
+        request_timeout: opts.request_timeout,
     };
     let engine = tokio::task::spawn_blocking(move || engine::spawn(cfg))
         .await
@@ -332,20 +378,32 @@ impl Signals {
     }
 }
 
-/// Flip `stop` on SIGINT/SIGTERM.
+/// Flip `stop` on the first SIGINT/SIGTERM (an orderly drain); a second one exits at once with
+/// status 130, abandoning the drain.
 #[allow(unused_mut)]
 async fn watch_signals(mut signals: Signals, stop: watch::Sender<bool>) {
-    #[cfg(unix)]
-    tokio::select! {
-        _ = signals.int.recv() => {},
-        _ = signals.term.recv() => {},
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = &signals;
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    signals.next().await;
     let _ = stop.send(true);
+    signals.next().await;
+    tracing::error!("second signal during shutdown: exiting now without finishing the drain");
+    eprintln!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+impl Signals {
+    /// The next SIGINT or SIGTERM.
+    #[allow(unused_mut)]
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {},
+            _ = self.term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Resolves once `stop` is set.

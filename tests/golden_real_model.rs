@@ -27,6 +27,7 @@ const REGENERATE: &str = "regenerate with `.venv-golden/bin/python scripts/golde
 #[derive(Deserialize)]
 struct Golden {
     model_bytes: u64,
+    model_sha256: String,
     eos_ids: Vec<u32>,
     prompts: Vec<Prompt>,
 }
@@ -101,6 +102,22 @@ fn check_top5(what: &str, logits: &[f32], golden: &[(u32, f32)]) {
     }
 }
 
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).expect("open model");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read model");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn prompt_ids(tok: &Tokenizer, tmpl: &ChatTemplate, p: &Prompt) -> Vec<u32> {
     match (&p.messages, &p.text) {
         (Some(messages), None) => tok.encode_chat(tmpl, messages).expect("encode chat"),
@@ -118,6 +135,12 @@ fn real_model_matches_transformers_on_chat_and_raw_prompts() {
         bytes,
         golden.model_bytes,
         "{} is not the F16 file the golden data came from",
+        path.display()
+    );
+    assert_eq!(
+        sha256_hex(&path),
+        golden.model_sha256,
+        "{} has the golden file's size but not its contents",
         path.display()
     );
     let file = GgufFile::open(&path).expect("open model");

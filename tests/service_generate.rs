@@ -178,7 +178,8 @@ fn a_stop_string_ends_the_text_before_it() {
 
 #[test]
 fn client_disconnect_mid_stream_cancels_the_request() {
-    let s = spawn_tiny(&[]);
+    // 2 ms a step: the 200 tokens outlast the disconnect however fast the device decodes.
+    let s = spawn_tiny_with_env(&[], &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "2")]);
     let body = json!({"prompt": "Tell me a long story", "max_tokens": 200, "temperature": 0.9, "seed": 11, "stream": true});
     let mut sse = s.sse_post("/generate", &body, STREAM_READ);
     assert_eq!(sse.status, 200);

@@ -1,6 +1,8 @@
 //! The anti-cheat haiku: the real model, streamed, asked for a haiku that must contain the current
 //! UTC minute in English words, with a random nonce in the prompt and a seed from the clock, so no
-//! canned answer can pass. Up to three seeds are tried; every attempt's transcript is kept under
+//! canned answer can pass. The 0.5B model writes the word in about half of its attempts (22 of 41
+//! recorded), so up to twelve seeds are tried (all twelve missing by chance: < 1 in 10,000); the
+//! attempts made are printed, and every attempt's transcript is kept under
 //! `target/test-artifacts/haiku/`.
 
 mod common;
@@ -15,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use harness::{Server, SseEvent};
 use serde_json::json;
 
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 12;
 
 /// 0 … 59 in English words, hyphenated ("forty-seven").
 fn number_words(n: u64) -> String {
@@ -109,6 +111,21 @@ fn transcript(
     std::fs::write(path, t).unwrap();
 }
 
+/// Whether `word` stands in `text` as a whole word ("one" is not in "someone").
+fn contains_word(text: &str, word: &str) -> bool {
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+        .any(|w| w == word)
+}
+
+#[test]
+fn the_minute_word_must_stand_as_a_whole_word() {
+    assert!(contains_word("Forty-seven cores hum", "forty-seven"));
+    assert!(contains_word("one GPU, one dream.", "one"));
+    assert!(!contains_word("someone computes", "one"));
+    assert!(!contains_word("twenty-one threads", "twenty"));
+}
+
 #[test]
 fn streamed_haiku_contains_the_current_utc_minute_in_words() {
     let model = common::real_model_f16();
@@ -146,7 +163,7 @@ fn streamed_haiku_contains_the_current_utc_minute_in_words() {
             "empty text; see {}",
             path.display()
         );
-        let found = text.to_lowercase().contains(&word);
+        let found = contains_word(text, &word);
         let verdict = if found {
             "contains the word"
         } else {
@@ -154,6 +171,7 @@ fn streamed_haiku_contains_the_current_utc_minute_in_words() {
         };
         transcript(&path, &body, &events, &format!("{verdict} \"{word}\""));
         if found {
+            println!("haiku: the minute word appeared in attempt {attempt} of up to {ATTEMPTS}");
             return;
         }
         misses.push(format!("{}: {text:?}", path.display()));

@@ -17,6 +17,8 @@ pub enum Retired {
     Finished,
     Cancelled,
     Failed,
+    /// Failed on non-finite logits (counted apart: it means broken weights).
+    NonFinite,
 }
 
 /// Count the step's work, sample, stream; returns what was retired (already removed from
@@ -57,14 +59,24 @@ pub fn apply(
         seq.first_token.get_or_insert(now);
         let outcome = match adv {
             Ok(a) => stream(seq, a),
-            Err(GenerationError::NonFinite) => Some(fail(seq, EngineError::NonFinite)),
-            Err(e) => Some(fail(seq, EngineError::Internal(e.to_string()))),
+            Err(GenerationError::NonFinite) => {
+                fail(seq, EngineError::NonFinite);
+                Some(Retired::NonFinite)
+            }
+            Err(e) => {
+                fail(seq, EngineError::Internal(e.to_string()));
+                Some(Retired::Failed)
+            }
         };
         if let Some(r) = outcome {
             let mut seq = sched.running.remove(i);
             seq.release(&mut sched.pool);
             if let Retired::Finished = r {
-                finish(seq, advances[i].as_ref().and_then(|a| a.as_ref().ok()));
+                let adv = advances[i].as_ref().and_then(|a| a.as_ref().ok());
+                finish(
+                    seq,
+                    adv.and_then(|a| a.finish).unwrap_or(FinishReason::Stop),
+                );
             }
             retired.push(r);
         }
@@ -83,10 +95,9 @@ fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
     a.finish.map(|_| Retired::Finished)
 }
 
-fn fail(seq: &Sequence, e: EngineError) -> Retired {
+fn fail(seq: &Sequence, e: EngineError) {
     tracing::warn!(id = %seq.job.id, "request failed: {e}");
     let _ = seq.job.events.send(EngineEvent::Error(e));
-    Retired::Failed
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
@@ -94,8 +105,7 @@ fn ms(from: Instant, to: Instant) -> f64 {
 }
 
 /// Send the finished generation.
-fn finish(seq: Sequence, adv: Option<&Advance>) {
-    let reason = adv.and_then(|a| a.finish).unwrap_or(FinishReason::Stop);
+pub fn finish(seq: Sequence, reason: FinishReason) {
     let now = Instant::now();
     let start = seq.admitted.unwrap_or(seq.job.enqueued);
     let at = |t: Option<Instant>| ms(start, t.unwrap_or(now));

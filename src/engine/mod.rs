@@ -114,6 +114,8 @@ pub struct EngineConfig {
     pub tokenizer: Arc<Tokenizer>,
     pub max_queue: usize,
     pub batch: BatchRequest,
+    /// A request still running this long after it arrived ends with `time_limit`.
+    pub request_timeout: Option<Duration>,
 }
 
 /// The handlers' side of the engine.
@@ -154,7 +156,7 @@ pub fn spawn(cfg: EngineConfig) -> Result<EngineHandle, String> {
     let (close_tx, close_rx) = crossbeam_channel::bounded(1);
     let drain = Arc::new(Drain::default());
     let stats = Arc::new(EngineStats::default());
-    let w = worker::Worker::new(
+    let mut w = worker::Worker::new(
         cfg.model,
         cfg.tokenizer,
         runner,
@@ -162,6 +164,7 @@ pub fn spawn(cfg: EngineConfig) -> Result<EngineHandle, String> {
         (drain.clone(), stats.clone()),
         (rx, close_rx),
     );
+    w.request_timeout = cfg.request_timeout;
     let thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || w.run())

@@ -22,6 +22,7 @@ pub struct EngineStats {
     finished: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicU64,
+    non_finite: AtomicU64,
 }
 
 /// A snapshot for `/health`.
@@ -38,6 +39,8 @@ pub struct StatsSnapshot {
     pub finished: u64,
     pub cancelled: u64,
     pub failed: u64,
+    /// Requests ended because the model's logits were not finite (also counted in `failed`).
+    pub non_finite: u64,
 }
 
 impl EngineStats {
@@ -79,6 +82,10 @@ impl EngineStats {
                 Retired::Finished => &self.finished,
                 Retired::Cancelled => &self.cancelled,
                 Retired::Failed => &self.failed,
+                Retired::NonFinite => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    &self.non_finite
+                }
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -98,6 +105,7 @@ impl EngineStats {
             finished: self.finished.load(r),
             cancelled: self.cancelled.load(r),
             failed: self.failed.load(r),
+            non_finite: self.non_finite.load(r),
         }
     }
 }

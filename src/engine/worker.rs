@@ -13,6 +13,7 @@ use super::stats::EngineStats;
 use super::{batch, emit, Drain, EngineError, EngineEvent, Job};
 use crate::backend::step::{BatchLimits, StepBatch, StepRunner};
 use crate::backend::{Backend, BackendError};
+use crate::generation::FinishReason;
 use crate::panic_message::panic_message;
 use crate::tokenizer::Tokenizer;
 
@@ -36,6 +37,7 @@ pub(super) struct Worker {
     pub stats: Arc<EngineStats>,
     pub jobs: Receiver<Job>,
     pub close: Receiver<()>,
+    pub request_timeout: Option<std::time::Duration>,
     tokens: Vec<u32>,
 }
 
@@ -69,6 +71,7 @@ impl Worker {
             stats: shared.1,
             jobs: channels.0,
             close: channels.1,
+            request_timeout: None,
             tokens: Vec::new(),
         }
     }
@@ -87,6 +90,7 @@ impl Worker {
         let delay = step_delay();
         while self.receive() {
             self.retire_departed();
+            self.retire_timed_out();
             let stepped = self.step();
             self.stats.publish(&self.sched);
             if stepped {
@@ -162,6 +166,38 @@ impl Worker {
             }
             !(gone || past)
         });
+    }
+
+    /// End every request (queued or running) older than `--request-timeout` with what it has.
+    fn retire_timed_out(&mut self) {
+        let Some(limit) = self.request_timeout else {
+            return;
+        };
+        let late = |seq: &Sequence| seq.job.enqueued.elapsed() >= limit;
+        let (mut ended, keep): (Vec<Sequence>, Vec<Sequence>) =
+            self.sched.waiting.drain(..).partition(|s| late(s));
+        self.sched.waiting = keep.into();
+        for seq in &mut ended {
+            if std::mem::take(&mut seq.queued) {
+                self.stats.dequeued();
+            }
+        }
+        let pool = &mut self.sched.pool;
+        let mut i = 0;
+        while i < self.sched.running.len() {
+            if late(&self.sched.running[i]) {
+                let mut seq = self.sched.running.remove(i);
+                seq.release(pool);
+                ended.push(seq);
+            } else {
+                i += 1;
+            }
+        }
+        for seq in ended {
+            tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request ended: past --request-timeout");
+            emit::finish(seq, FinishReason::TimeLimit);
+            self.stats.count_retired(&[emit::Retired::Finished]);
+        }
     }
 
     /// Schedule and run one step; false when there was nothing to run.

@@ -13,6 +13,9 @@ pub enum GgufError {
         source: io::Error,
     },
 
+    #[error("this is {kind}, not a regular file: give the path of a .gguf model file")]
+    NotAFile { kind: &'static str },
+
     #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\" (47 47 55 46)")]
     BadMagic { found: [u8; 4] },
 

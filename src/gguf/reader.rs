@@ -201,6 +201,45 @@ fn check_overlap(tensors: &[TensorInfo]) -> Result<(), GgufError> {
     Ok(())
 }
 
+/// What a path names, for a message when it is not a regular file.
+fn kind_of(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() || t.is_char_device() {
+        Some("a device")
+    } else {
+        Some("something else")
+    }
+}
+
+/// Open `path` for reading only if it is a regular file. Opened non-blocking, so a FIFO put in
+/// its place after the check cannot hang the open; the opened file is checked again.
+fn open_regular(path: &Path) -> Result<File, GgufError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| GgufError::io(format!("opening {}", path.display()), e);
+    let not_file = |kind| GgufError::NotAFile { kind };
+    if let Some(kind) = kind_of(std::fs::metadata(path).map_err(io)?.file_type()) {
+        return Err(not_file(kind));
+    }
+    const O_NONBLOCK: i32 = 0o4000; // Linux; no effect on a regular file's reads
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    match kind_of(file.metadata().map_err(io)?.file_type()) {
+        Some(kind) => Err(not_file(kind)),
+        None => Ok(file),
+    }
+}
+
 /// An open, fully validated GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -217,8 +256,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Map the file and parse and validate everything in it.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let file = File::open(path)
-            .map_err(|e| GgufError::io(format!("opening {}", path.display()), e))?;
+        let file = open_regular(path)?;
         // SAFETY: the map is read-only and private to this process. Another process truncating the
         // file makes later page touches fault (SIGBUS); that is why `tensor_bytes` is for tools only
         // and the load path reads with `read_tensor_at`. Parsing touches only pages present now.

@@ -9,13 +9,38 @@ use super::body::{json, ResBody};
 use crate::engine::EngineError;
 use crate::request::RequestError;
 
+/// Largest request header section (hyper answers 431 above it).
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Most headers in a request (hyper answers 431 above it).
+pub const MAX_HEADERS: usize = 100;
+
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {
     Invalid(RequestError),
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
+    /// The request head exceeded the header limit (answered for hyper).
+    HeadTooLarge,
+    /// The request target exceeded hyper's limit.
+    UriTooLong,
+    /// hyper could not parse the request head (request line, a header, Content-Length).
+    MalformedHead,
+    /// The body did not arrive within the limit.
+    BodyTimeout {
+        secs: u64,
+    },
+    /// Too many open connections.
+    Overloaded {
+        limit: usize,
+    },
+    /// The model's output was not finite (broken weights): a fault of the model, not the server.
+    NonFinite(String),
     NotFound(String),
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     QueueFull,
     Loading,
     LoadFailed(String),
@@ -28,13 +53,18 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::MalformedHead => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Loading | ApiError::LoadFailed(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::NonFinite(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -43,6 +73,11 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::HeadTooLarge => "headers_too_large",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::MalformedHead => "invalid_request",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::QueueFull => "queue_full",
@@ -50,6 +85,7 @@ impl ApiError {
             ApiError::LoadFailed(_) => "model_load_failed",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Internal(_) => "internal",
+            ApiError::NonFinite(_) => "non_finite_logits",
         }
     }
 
@@ -59,30 +95,80 @@ impl ApiError {
             ApiError::TooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes")
             }
+            ApiError::HeadTooLarge => format!(
+                "the request's header section exceeds {} bytes (or {} headers)",
+                MAX_HEAD_BYTES, MAX_HEADERS
+            ),
+            ApiError::UriTooLong => "the request target is too long".into(),
+            ApiError::MalformedHead => {
+                "malformed request head: the request line, a header or Content-Length is invalid"
+                    .into()
+            }
+            ApiError::BodyTimeout { secs } => {
+                format!("the request body did not arrive within {secs} s")
+            }
+            ApiError::Overloaded { limit } => {
+                format!("the server holds its limit of {limit} connections; retry later")
+            }
             ApiError::NotFound(path) => format!("no route for {path}"),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             ApiError::QueueFull => "the request queue is full; retry later".into(),
             ApiError::Loading => "the model is loading; retry later".into(),
             ApiError::LoadFailed(m) => format!("model loading failed: {m}"),
             ApiError::ShuttingDown => "the server is shutting down".into(),
-            ApiError::Internal(m) => m.clone(),
+            // Details stay in the log (`response` writes them there), never in a body.
+            ApiError::Internal(_) => "internal error; the server log has the details".into(),
+            ApiError::NonFinite(m) => m.clone(),
         }
     }
 
     pub fn body(&self) -> serde_json::Value {
         let mut e =
             json!({"code": self.status().as_u16(), "type": self.kind(), "message": self.message()});
-        if let ApiError::Invalid(r) = self {
-            e["param"] = json!(r.field);
+        match self {
+            ApiError::Invalid(r) => e["param"] = json!(r.field),
+            ApiError::MalformedHead | ApiError::HeadTooLarge => e["param"] = json!("headers"),
+            ApiError::TooLarge { .. } | ApiError::BodyTimeout { .. } => e["param"] = json!("body"),
+            _ => {}
         }
         json!({ "error": e })
     }
 
+    /// The error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` (`code` is
+    /// this API's stable type string).
+    pub fn openai_body(&self) -> serde_json::Value {
+        let kind = match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            503 => "service_unavailable_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        let param = match self.body()["error"].get("param") {
+            Some(p) => p.clone(),
+            None => serde_json::Value::Null,
+        };
+        json!({"error": {"message": self.message(), "type": kind, "param": param, "code": self.kind()}})
+    }
+
+    /// `response` with the OpenAI-shaped body.
+    pub fn openai_response(&self) -> Response<ResBody> {
+        let mut r = self.response();
+        let body = json(self.status(), &self.openai_body());
+        *r.body_mut() = body.into_body();
+        r
+    }
+
     pub fn response(&self) -> Response<ResBody> {
+        if let ApiError::Internal(details) = self {
+            tracing::error!("internal error answered with 500: {details}");
+        }
         let mut r = json(self.status(), &self.body());
         let h = r.headers_mut();
         match self {
-            ApiError::QueueFull | ApiError::Loading => {
+            ApiError::QueueFull | ApiError::Loading | ApiError::Overloaded { .. } => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::LoadFailed(_) | ApiError::ShuttingDown => {
@@ -106,7 +192,8 @@ impl From<EngineError> for ApiError {
                 field: "prompt".into(),
                 message: e.to_string(),
             }),
-            EngineError::NonFinite | EngineError::Internal(_) => ApiError::Internal(e.to_string()),
+            EngineError::NonFinite => ApiError::NonFinite(e.to_string()),
+            EngineError::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

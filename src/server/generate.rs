@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::body::{json, sse, sse_event, ResBody};
 use super::error::ApiError;
-use super::state::AppState;
+use super::state::{AppState, Runtime};
 use crate::engine::{EngineEvent, Finished, Job, SubmitError};
 use crate::generation::{prepare, GenerationError};
 use crate::load::progress::LoadState;
@@ -23,6 +23,23 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
+    let (rt, body, arrived) = accept(&state, req).await?;
+    let valid = ValidRequest::parse(&body, rt.limits, crate::request::clock_seed())
+        .map_err(ApiError::Invalid)?;
+    let stream = valid.stream;
+    let (id, events) = submit(&state, rt, valid, arrived).await?;
+    if stream {
+        Ok(stream_response(id, events))
+    } else {
+        whole_response(events).await
+    }
+}
+
+/// The checks before a body is read (loaded, queue not full), then the body.
+pub(super) async fn accept(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<(&Runtime, Bytes, Instant), ApiError> {
     let arrived = Instant::now();
     match state.progress.state() {
         LoadState::Loading => return Err(ApiError::Loading),
@@ -37,9 +54,18 @@ pub async fn handle(
     if rt.engine.is_full() {
         return Err(ApiError::QueueFull);
     }
-    let body = read_body(req).await?;
-    let mut valid = ValidRequest::parse(&body, rt.limits, crate::request::clock_seed())
-        .map_err(ApiError::Invalid)?;
+    let body = read_body(state, req).await?;
+    Ok((rt, body, arrived))
+}
+
+/// Tokenize (off the async threads) and hand the request to the engine; returns its id and the
+/// engine's events for it.
+pub(super) async fn submit(
+    state: &AppState,
+    rt: &Runtime,
+    mut valid: ValidRequest,
+    arrived: Instant,
+) -> Result<(String, mpsc::UnboundedReceiver<EngineEvent>), ApiError> {
     let (tok, tmpl, limits) = (rt.tokenizer.clone(), rt.template.clone(), rt.limits);
     let (valid, prompt) = tokio::task::spawn_blocking(move || {
         prepare(&tok, &tmpl, &mut valid, limits).map(|p| (valid, p))
@@ -52,7 +78,6 @@ pub async fn handle(
     })?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let id = state.request_id();
-    let stream = valid.stream;
     let job = Job {
         id: id.clone(),
         request: valid,
@@ -64,14 +89,23 @@ pub async fn handle(
         SubmitError::QueueFull => ApiError::QueueFull,
         SubmitError::ShuttingDown => ApiError::ShuttingDown,
     })?;
-    if stream {
-        Ok(stream_response(id, events))
-    } else {
-        whole_response(events).await
+    Ok((id, events))
+}
+
+/// The whole body, within the body timeout; a shutdown ends the wait at once (a half-sent body
+/// must not hold the drain).
+async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = state.body_timeout;
+    let mut stopping = state.stopping.clone();
+    tokio::select! {
+        r = tokio::time::timeout(limit, collect_body(req)) => r.map_err(|_| ApiError::BodyTimeout {
+            secs: limit.as_secs_f64().ceil() as u64,
+        })?,
+        _ = stopping.wait_for(|s| *s) => Err(ApiError::ShuttingDown),
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn collect_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -140,13 +174,30 @@ async fn whole_response(
     Err(ApiError::Internal("the engine dropped the request".into()))
 }
 
+/// How long a stream stays silent before a comment line is written: a prompt being computed (or
+/// a wait in the queue or on the loader) sends no events, and only a write finds out that the
+/// client has gone, so that its request is dropped at the engine's next step.
+pub(super) const SSE_PING: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn stream_response(
     id: String,
     mut events: mpsc::UnboundedReceiver<EngineEvent>,
 ) -> Response<ResBody> {
     let (tx, resp) = sse();
     tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                // The body was dropped (the client left): dropping `events` cancels the job.
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(SSE_PING) => {
+                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(ev) = ev else { break };
             let (frame, last) = match ev {
                 EngineEvent::Started { queued_ms } => (
                     sse_event("started", &json!({"id": id, "queued_ms": queued_ms})),

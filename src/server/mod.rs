@@ -5,19 +5,33 @@ pub mod body;
 pub mod callback;
 pub mod error;
 pub mod generate;
+mod json_errors_io;
+mod openai_api;
 pub mod routes;
 pub mod state;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-pub use state::{AppState, Runtime};
+pub use state::{AppState, ModelInfo, Runtime};
+
+/// Connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// The whole request head must arrive within this.
+    pub head_timeout: Duration,
+}
 
 /// Serve until `shutdown` resolves; then wait up to `drain` for open connections.
 pub async fn run(
@@ -25,34 +39,49 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.head_timeout)
+        .max_header_size(error::MAX_HEAD_BYTES)
+        .max_headers(error::MAX_HEADERS)
+        .writev(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accept_errors = RateLimited::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
+                let stream = match accepted {
+                    Ok((s, _)) => s,
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
+                        accept_errors.warn(&e);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
-                let state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(routes::route(state, req).await) }
-                });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse(stream, limits.max_connections));
+                    continue;
+                };
+                let inflight = Arc::new(AtomicUsize::new(0));
+                let svc = {
+                    let (state, inflight) = (state.clone(), inflight.clone());
+                    service_fn(move |req| {
+                        let state = state.clone();
+                        let busy = InFlight::enter(&inflight);
+                        async move {
+                            let r = routes::route(state, req).await;
+                            // In flight until its body is done (a stream outlives the handler).
+                            Ok::<_, std::convert::Infallible>(r.map(|b| Tracked { inner: b, _busy: busy }.boxed()))
+                        }
+                    })
+                };
+                let io = TokioIo::new(json_errors_io::JsonErrorsIo::new(stream));
+                let conn = graceful.watch(http.serve_connection(io, svc));
+                tokio::spawn(serve_connection(conn, inflight, state.stopping.clone(), slot));
             }
             _ = &mut shutdown => break,
         }
@@ -63,5 +92,121 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("connections still open after {drain:?}; closing them");
+    }
+}
+
+/// Drive one connection. Once the server is stopping, a connection with no request in flight
+/// (idle, or still sending a request head) is closed at once instead of holding the drain.
+async fn serve_connection<C, E>(
+    conn: C,
+    inflight: Arc<AtomicUsize>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = &mut conn => Some(r),
+        _ = stopping.wait_for(|s| *s) => None,
+    };
+    let ended = match ended {
+        Some(r) => Some(r),
+        None => loop {
+            if inflight.load(Ordering::Acquire) == 0 {
+                break None;
+            }
+            tokio::select! {
+                r = &mut conn => break Some(r),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        },
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!("connection ended: {e}");
+    }
+    drop(slot);
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(n: &Arc<AtomicUsize>) -> InFlight {
+        n.fetch_add(1, Ordering::AcqRel);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is finished or dropped.
+struct Tracked {
+    inner: body::ResBody,
+    _busy: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answer a connection over the limit with a 503 in the API's error shape, and close it.
+async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let e = error::ApiError::Overloaded { limit };
+    let body = e.body().to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// Accept errors (out of file descriptors, say) logged at most once a second, with a count.
+#[derive(Default)]
+struct RateLimited {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    fn warn(&mut self, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            suppressed = self.suppressed,
+            "accept failed: {e} (further failures within a second are counted, not logged)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }

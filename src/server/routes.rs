@@ -1,4 +1,5 @@
-//! Routing, and the small handlers: `/live`, `/health`, `/ready`, `/load-progress`.
+//! Routing, and the small handlers: `/live`, `/health`, `/ready`, `/load-progress`. Errors on the
+//! OpenAI routes (`/v1/…`) take OpenAI's shape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use serde_json::json;
 
 use super::body::{json, sse, sse_event, ResBody};
 use super::error::ApiError;
-use super::generate;
 use super::state::AppState;
+use super::{generate, openai_api};
 use crate::load::progress::LoadState;
+use crate::openai::Route;
 
 /// Dispatch one request.
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
@@ -23,13 +25,27 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
         "/health" | "/ready" if get => Ok(health(&state)),
         "/load-progress" if get => Ok(load_progress(&state, &req)),
         "/generate" if req.method() == Method::POST => generate::handle(state, req).await,
+        "/v1/models" if get => Ok(openai_api::models(&state)),
+        "/v1/chat/completions" if req.method() == Method::POST => {
+            openai_api::completions(state, req, Route::Chat).await
+        }
+        "/v1/completions" if req.method() == Method::POST => {
+            openai_api::completions(state, req, Route::Completions).await
+        }
+        "/v1/models" => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        "/v1/chat/completions" | "/v1/completions" => {
+            Err(ApiError::MethodNotAllowed { allow: "POST" })
+        }
         "/live" | "/health" | "/ready" | "/load-progress" => {
             Err(ApiError::MethodNotAllowed { allow: "GET" })
         }
         "/generate" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        _ => Err(ApiError::NotFound(path)),
+        _ => Err(ApiError::NotFound(path.clone())),
     };
-    result.unwrap_or_else(|e| e.response())
+    result.unwrap_or_else(|e| match path.starts_with("/v1/") {
+        true => e.openai_response(),
+        false => e.response(),
+    })
 }
 
 fn health(state: &AppState) -> Response<ResBody> {

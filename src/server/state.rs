@@ -20,20 +20,41 @@ pub struct Runtime {
     pub limits: Limits,
 }
 
+/// What `/v1/models` says about the model served.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// `--model-name`, or the file name without `.gguf`.
+    pub id: String,
+    /// Seconds since the Unix epoch when the service started.
+    pub created: u64,
+    /// Positions one sequence may hold.
+    pub ctx: usize,
+}
+
 pub struct AppState {
+    pub model: ModelInfo,
     pub progress: Arc<Progress>,
     /// Set once the server is stopping; long-lived streams end on it.
     pub stopping: watch::Receiver<bool>,
     pub runtime: OnceLock<Runtime>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
     next_id: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(progress: Arc<Progress>, stopping: watch::Receiver<bool>) -> AppState {
+    pub fn new(
+        progress: Arc<Progress>,
+        stopping: watch::Receiver<bool>,
+        body_timeout: std::time::Duration,
+        model: ModelInfo,
+    ) -> AppState {
         AppState {
+            model,
             progress,
             stopping,
             runtime: OnceLock::new(),
+            body_timeout,
             next_id: AtomicU64::new(1),
         }
     }

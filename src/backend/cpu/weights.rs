@@ -92,17 +92,22 @@ fn data_err(t: &TensorInfo, e: impl std::fmt::Display) -> ModelError {
     }
 }
 
-/// Read `dst.len()` bytes of `t` from `start`, chunk by chunk through the hook.
+/// Read `dst.len()` bytes of `t` from `start`, chunk by chunk through the hook. With `floats`
+/// (the element width, 2 or 4), each chunk is checked for NaN/infinity before it counts as read.
 fn read_into(
     file: &GgufFile,
     t: &TensorInfo,
     dst: &mut [u8],
+    floats: Option<usize>,
     hook: &mut dyn ReadHook,
 ) -> Result<(), ModelError> {
     let mut done = 0usize;
     for chunk in dst.chunks_mut(READ_CHUNK) {
         hook.before_read(&t.name, chunk.len() as u64)?;
         file.read_tensor_at(t, done as u64, chunk)?;
+        if let Some(width) = floats {
+            check_finite(t, chunk, width)?;
+        }
         done += chunk.len();
         hook.after_read(chunk.len() as u64);
     }
@@ -115,7 +120,7 @@ fn read_raw(
     hook: &mut dyn ReadHook,
 ) -> Result<Vec<u8>, ModelError> {
     let mut buf = vec![0u8; t.n_bytes as usize];
-    read_into(file, t, &mut buf, hook)?;
+    read_into(file, t, &mut buf, None, hook)?;
     Ok(buf)
 }
 
@@ -192,10 +197,35 @@ fn fill_rows<T: bytemuck::Pod>(
     hook: &mut dyn ReadHook,
 ) -> Result<(), ModelError> {
     if t.ty == native {
-        return read_into(file, t, bytemuck::cast_slice_mut(out), hook);
+        return read_into(
+            file,
+            t,
+            bytemuck::cast_slice_mut(out),
+            Some(size_of::<T>()),
+            hook,
+        );
     }
     let raw = read_raw(file, t, hook)?;
-    convert(t.ty, &raw, out).map_err(|e| data_err(t, e))
+    convert(t.ty, &raw, out).map_err(|e| data_err(t, e))?;
+    check_finite(t, bytemuck::cast_slice(out), size_of::<T>())
+}
+
+/// Refuse a tensor holding NaN or infinity (a corrupt file, or one overwritten while loading):
+/// `values` are F16 (`width` 2) or F32 (`width` 4) as raw bits. A branch-free pass over the
+/// exponent bits, so it keeps up with the reads.
+fn check_finite(t: &TensorInfo, values: &[u8], width: usize) -> Result<(), ModelError> {
+    let bad = match width {
+        2 => bytemuck::cast_slice::<u8, u16>(values)
+            .iter()
+            .fold(false, |a, &b| a | (b & 0x7c00 == 0x7c00)),
+        _ => bytemuck::cast_slice::<u8, u32>(values)
+            .iter()
+            .fold(false, |a, &b| a | (b & 0x7f80_0000 == 0x7f80_0000)),
+    };
+    if bad {
+        return Err(data_err(t, "holds NaN or infinite values"));
+    }
+    Ok(())
 }
 
 fn alloc_vector(file: &GgufFile, names: &[&str]) -> Result<Vec<f32>, ModelError> {
@@ -218,6 +248,7 @@ fn fill_vector(
         let n = t.n_elems as usize;
         let raw = read_raw(file, t, hook)?;
         crate::quant::dequantize(t.ty, &raw, &mut out[at..at + n]).map_err(|e| data_err(t, e))?;
+        check_finite(t, bytemuck::cast_slice(&out[at..at + n]), 4)?;
         at += n;
     }
     Ok(())

@@ -1,0 +1,325 @@
+//! OpenAI-compatible request bodies (`/v1/chat/completions`, `/v1/completions`) translated into
+//! the one request format (`ValidRequest`), with OpenAI's defaults (temperature 1, no top-k,
+//! top-p or min-p unless given). A parameter this server cannot honour is refused with a 400 that
+//! names it, never ignored.
+
+use serde_json::{Map, Value};
+
+use crate::request::{Limits, RequestError, ValidRequest};
+
+/// Which route a body came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Chat,
+    Completions,
+}
+
+/// A translated request and what only the OpenAI shape needs.
+#[derive(Debug)]
+pub struct OpenAiRequest {
+    pub request: ValidRequest,
+    pub model: Option<String>,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
+
+/// Accepted and honoured (or accepted and without effect: `user`).
+const COMMON: [&str; 16] = [
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "user",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "response_format",
+];
+const CHAT_ONLY: [&str; 2] = ["messages", "max_completion_tokens"];
+const COMPLETIONS_ONLY: [&str; 1] = ["prompt"];
+/// Known but not supported yet: a 400 names them.
+const UNSUPPORTED: [&str; 11] = [
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "audio",
+    "modalities",
+    "echo",
+    "best_of",
+];
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> RequestError {
+    RequestError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parse and translate a body of `route`.
+pub fn parse(
+    body: &[u8],
+    route: Route,
+    limits: Limits,
+    default_seed: u64,
+) -> Result<OpenAiRequest, RequestError> {
+    let obj = crate::request::parse_object(body)?;
+    check_keys(&obj, route)?;
+    check_values(&obj)?;
+    let mut ours = Map::new();
+    match route {
+        Route::Chat => {
+            let messages = obj
+                .get("messages")
+                .ok_or_else(|| err("messages", "messages is required"))?;
+            ours.insert("messages".into(), chat_messages(messages)?);
+        }
+        Route::Completions => {
+            let prompt = obj
+                .get("prompt")
+                .ok_or_else(|| err("prompt", "prompt is required"))?;
+            ours.insert("prompt".into(), completion_prompt(prompt)?);
+        }
+    }
+    let max = obj
+        .get("max_completion_tokens")
+        .filter(|v| !v.is_null())
+        .or_else(|| obj.get("max_tokens").filter(|v| !v.is_null()));
+    if let Some(m) = max {
+        ours.insert("max_tokens".into(), m.clone());
+    }
+    // OpenAI's defaults: plain sampling at temperature 1 unless a field says otherwise.
+    let defaults = [
+        ("temperature", Value::from(1.0)),
+        ("top_p", Value::from(1.0)),
+        ("top_k", Value::from(0)),
+        ("min_p", Value::from(0.0)),
+    ];
+    for (k, d) in defaults {
+        let v = obj.get(k).filter(|v| !v.is_null()).cloned().unwrap_or(d);
+        ours.insert(k.into(), v);
+    }
+    for k in ["stop", "seed", "stream", "repetition_penalty"] {
+        if let Some(v) = obj.get(k).filter(|v| !v.is_null()) {
+            ours.insert(k.into(), v.clone());
+        }
+    }
+    let request = ValidRequest::from_object(&ours, limits, default_seed)?;
+    Ok(OpenAiRequest {
+        request,
+        model: obj.get("model").and_then(Value::as_str).map(str::to_string),
+        include_usage: obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+fn check_keys(obj: &Map<String, Value>, route: Route) -> Result<(), RequestError> {
+    let own: &[&str] = match route {
+        Route::Chat => &CHAT_ONLY,
+        Route::Completions => &COMPLETIONS_ONLY,
+    };
+    for k in obj.keys() {
+        let k = k.as_str();
+        let null = obj.get(k).is_some_and(Value::is_null);
+        if UNSUPPORTED.contains(&k) && !null && !is_off(obj, k) {
+            return Err(err(k, format!("'{k}' is not supported by this server yet")));
+        }
+        if !COMMON.contains(&k) && !own.contains(&k) && !UNSUPPORTED.contains(&k) {
+            return Err(err(k, format!("unknown parameter '{k}'")));
+        }
+    }
+    Ok(())
+}
+
+/// Values of unsupported parameters that ask for nothing (`logprobs: false`, `n` handled apart).
+fn is_off(obj: &Map<String, Value>, k: &str) -> bool {
+    matches!(
+        (k, obj.get(k)),
+        ("logprobs" | "echo", Some(Value::Bool(false)))
+    ) || matches!((k, obj.get(k)), ("best_of", Some(v)) if v.as_u64() == Some(1))
+}
+
+/// Values this server accepts only in their neutral form.
+fn check_values(obj: &Map<String, Value>) -> Result<(), RequestError> {
+    if let Some(n) = obj.get("n").filter(|v| !v.is_null()) {
+        if n.as_u64() != Some(1) {
+            return Err(err("n", format!("n must be 1 on this server; got {n}")));
+        }
+    }
+    for k in ["presence_penalty", "frequency_penalty"] {
+        match obj.get(k) {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_f64() == Some(0.0) => {}
+            Some(v) => {
+                return Err(err(
+                    k,
+                    format!(
+                        "{k} other than 0 is not supported yet (got {v}); repetition_penalty is"
+                    ),
+                ))
+            }
+        }
+    }
+    if let Some(rf) = obj.get("response_format").filter(|v| !v.is_null()) {
+        if rf.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(err(
+                "response_format",
+                "only response_format {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    if let Some(so) = obj.get("stream_options").filter(|v| !v.is_null()) {
+        let ok = so.as_object().is_some_and(|o| {
+            o.iter()
+                .all(|(k, v)| k == "include_usage" && v.is_boolean())
+        });
+        if !ok {
+            return Err(err(
+                "stream_options",
+                "stream_options accepts only {\"include_usage\": bool}",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Chat messages in our shape: content as one string (text parts joined), `developer` as
+/// `system`, an assistant's null content as empty.
+fn chat_messages(v: &Value) -> Result<Value, RequestError> {
+    let Value::Array(items) = v else {
+        return Err(err("messages", "messages must be an array"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let at = |f: &str| format!("messages[{i}].{f}");
+        let Value::Object(o) = m else {
+            return Err(err(
+                format!("messages[{i}]"),
+                "each message must be an object",
+            ));
+        };
+        for k in o.keys() {
+            if !["role", "content", "name"].contains(&k.as_str()) {
+                return Err(err(
+                    at(k),
+                    format!("'{}' is not supported in a message yet", at(k)),
+                ));
+            }
+        }
+        let role = match o.get("role").and_then(Value::as_str) {
+            Some("developer") => "system",
+            Some(r) => r,
+            None => return Err(err(at("role"), "role must be a string")),
+        };
+        let content = match o.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            Some(Value::Array(parts)) => text_parts(parts, &at("content"))?,
+            _ => {
+                return Err(err(
+                    at("content"),
+                    "content must be a string or an array of text parts",
+                ))
+            }
+        };
+        out.push(serde_json::json!({"role": role, "content": content}));
+    }
+    Ok(Value::Array(out))
+}
+
+fn text_parts(parts: &[Value], field: &str) -> Result<String, RequestError> {
+    let mut text = String::new();
+    for (j, p) in parts.iter().enumerate() {
+        match (p.get("type").and_then(Value::as_str), p.get("text")) {
+            (Some("text"), Some(Value::String(t))) => text.push_str(t),
+            _ => {
+                return Err(err(
+                    format!("{field}[{j}]"),
+                    "only {\"type\": \"text\", \"text\": ...} parts are supported",
+                ))
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// A completion prompt: a string, or an array holding one string.
+fn completion_prompt(v: &Value) -> Result<Value, RequestError> {
+    match v {
+        Value::String(_) => Ok(v.clone()),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(a[0].clone()),
+        Value::Array(_) => Err(err("prompt", "prompt must be a string or an array of one string (batches of prompts are not supported)")),
+        _ => Err(err("prompt", "prompt must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits { ctx_size: 4096 };
+
+    fn chat(body: &str) -> Result<OpenAiRequest, RequestError> {
+        parse(body.as_bytes(), Route::Chat, L, 1)
+    }
+
+    #[test]
+    fn openai_defaults_and_fields_translate() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"user","content":"hi"}],"max_completion_tokens":5,"stream":true,"stream_options":{"include_usage":true},"user":"u","n":1}"#).unwrap();
+        assert_eq!(r.request.max_tokens, 5);
+        assert_eq!(r.request.sampling.temperature, 1.0);
+        assert_eq!(r.request.sampling.top_k, 0);
+        assert!(r.include_usage && r.request.stream);
+        assert_eq!(r.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_named() {
+        for (body, field) in [
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
+                "logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[]}"#,
+                "tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                "response_format",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":0.5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"bogus":1}"#,
+                "bogus",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "messages[0].content[0]",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":-1}"#,
+                "temperature",
+            ),
+        ] {
+            assert_eq!(chat(body).unwrap_err().field, field, "{body}");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions`,
+//! `POST /v1/completions` — the same engine as `/generate`, OpenAI's JSON and stream shapes, and
+//! errors as `{"error": {"message", "type", "param", "code"}}`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::body::{json, sse, ResBody};
+use super::error::ApiError;
+use super::generate::{accept, submit, SSE_PING};
+use super::state::AppState;
+use crate::engine::{EngineEvent, Finished};
+use crate::generation::FinishReason;
+use crate::openai::{self, Route};
+
+/// `GET /v1/models`.
+pub fn models(state: &AppState) -> Response<ResBody> {
+    let m = &state.model;
+    json(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{
+            "id": m.id, "object": "model", "created": m.created, "owned_by": "layerstream",
+            "max_model_len": m.ctx, "context_length": m.ctx,
+        }]}),
+    )
+}
+
+/// What every response of one request shares.
+struct Meta {
+    id: String,
+    route: Route,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.route, chunk) {
+            (Route::Chat, false) => "chat.completion",
+            (Route::Chat, true) => "chat.completion.chunk",
+            (Route::Completions, _) => "text_completion",
+        }
+    }
+
+    /// One choice carrying `text` (a message, a delta or a completion's text).
+    fn choice(&self, text: Option<&str>, finish: Option<&str>, chunk: bool) -> Value {
+        let mut c = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+        match (self.route, chunk) {
+            (Route::Chat, false) => {
+                c["message"] = json!({"role": "assistant", "content": text.unwrap_or("")})
+            }
+            (Route::Chat, true) => c["delta"] = text.map_or(json!({}), |t| json!({"content": t})),
+            (Route::Completions, _) => c["text"] = json!(text.unwrap_or("")),
+        }
+        c
+    }
+
+    fn envelope(&self, choices: Vec<Value>, chunk: bool) -> Value {
+        let mut v = json!({
+            "id": self.id, "object": self.object(chunk), "created": self.created,
+            "model": self.model, "choices": choices,
+            "system_fingerprint": concat!("layerstream-", env!("LAYERSTREAM_COMMIT")),
+        });
+        if chunk && self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+/// OpenAI's finish reasons: a time limit reads as `length` (generation was cut short).
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::TimeLimit | FinishReason::Cancelled => "length",
+    }
+}
+
+fn usage(f: &Finished) -> Value {
+    let u = &f.generation.usage;
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.prompt_tokens_details.cached_tokens},
+    })
+}
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`.
+pub async fn completions(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    route: Route,
+) -> Result<Response<ResBody>, ApiError> {
+    let (rt, body, arrived) = accept(&state, req).await?;
+    let parsed = openai::parse(&body, route, rt.limits, crate::request::clock_seed())
+        .map_err(ApiError::Invalid)?;
+    let stream = parsed.request.stream;
+    let (id, events) = submit(&state, rt, parsed.request, arrived).await?;
+    let prefix = match route {
+        Route::Chat => "chatcmpl-",
+        Route::Completions => "cmpl-",
+    };
+    let meta = Meta {
+        id: format!("{prefix}{id}"),
+        route,
+        model: parsed.model.unwrap_or_else(|| state.model.id.clone()),
+        created: state.model.created,
+        include_usage: parsed.include_usage,
+    };
+    if stream {
+        Ok(stream_response(meta, events))
+    } else {
+        whole_response(meta, events).await
+    }
+}
+
+async fn whole_response(
+    meta: Meta,
+    mut events: mpsc::UnboundedReceiver<EngineEvent>,
+) -> Result<Response<ResBody>, ApiError> {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
+            EngineEvent::Done(f) => {
+                let g = &f.generation;
+                let choice =
+                    meta.choice(Some(&g.text), Some(finish_reason(g.finish_reason)), false);
+                let mut v = meta.envelope(vec![choice], false);
+                v["usage"] = usage(&f);
+                return Ok(json(StatusCode::OK, &v));
+            }
+            EngineEvent::Error(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Internal("the engine dropped the request".into()))
+}
+
+fn data(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// The frames an engine event becomes; `true` once the stream is over.
+fn frames(meta: &Meta, ev: EngineEvent, started: &mut bool) -> (Vec<Bytes>, bool) {
+    let mut out = Vec::new();
+    match ev {
+        EngineEvent::Started { .. } => {
+            if meta.route == Route::Chat {
+                let mut c = meta.choice(None, None, true);
+                c["delta"] = json!({"role": "assistant", "content": ""});
+                out.push(data(&meta.envelope(vec![c], true)));
+            }
+            *started = true;
+            return (out, false);
+        }
+        EngineEvent::Token(t) if t.t.is_empty() => return (out, false),
+        EngineEvent::Token(t) => {
+            out.push(data(
+                &meta.envelope(vec![meta.choice(Some(&t.t), None, true)], true),
+            ));
+            return (out, false);
+        }
+        EngineEvent::Done(f) => {
+            let g = &f.generation;
+            if !g.tail.is_empty() {
+                out.push(data(
+                    &meta.envelope(vec![meta.choice(Some(&g.tail), None, true)], true),
+                ));
+            }
+            let end = meta.choice(None, Some(finish_reason(g.finish_reason)), true);
+            out.push(data(&meta.envelope(vec![end], true)));
+            if meta.include_usage {
+                let mut u = meta.envelope(Vec::new(), true);
+                u["usage"] = usage(&f);
+                out.push(data(&u));
+            }
+        }
+        EngineEvent::Error(e) => out.push(data(&ApiError::from(e).openai_body())),
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    (out, true)
+}
+
+fn stream_response(
+    meta: Meta,
+    mut events: mpsc::UnboundedReceiver<EngineEvent>,
+) -> Response<ResBody> {
+    let (tx, resp) = sse();
+    tokio::spawn(async move {
+        let mut started = false;
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(SSE_PING) => {
+                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(ev) = ev else { break };
+            let (out, last) = frames(&meta, ev, &mut started);
+            for f in out {
+                if tx.send(f).await.is_err() {
+                    return;
+                }
+            }
+            if last {
+                return;
+            }
+        }
+        let lost = ApiError::Internal("the engine dropped the request".into()).openai_body();
+        let _ = tx.send(data(&lost)).await;
+    });
+    resp
+}

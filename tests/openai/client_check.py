@@ -1,0 +1,71 @@
+"""Drives a running layerstream server with the official `openai` client; exits non-zero with a
+message on the first check that fails. Usage: client_check.py BASE_URL (e.g. http://127.0.0.1:8080/v1)."""
+import sys
+
+import openai
+from openai import OpenAI
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAIL: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(base_url):
+    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    models = client.models.list().data
+    check(len(models) == 1 and models[0].id, f"one model listed: {models}")
+    model = models[0].id
+    messages = [
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},
+    ]
+
+    chat = client.chat.completions.create(
+        model=model, messages=messages, max_completion_tokens=8, temperature=0, seed=3
+    )
+    choice = chat.choices[0]
+    check(chat.object == "chat.completion", chat.object)
+    check(choice.message.role == "assistant", choice.message.role)
+    check(isinstance(choice.message.content, str) and choice.message.content, "content")
+    check(choice.finish_reason in ("stop", "length"), choice.finish_reason)
+    check(0 < chat.usage.completion_tokens <= 8, f"usage {chat.usage}")
+    check(chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens, "total")
+
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_completion_tokens=8, temperature=0, seed=3,
+        stream=True, stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    check(text == choice.message.content, f"streamed {text!r} vs whole {choice.message.content!r}")
+    check(finish == choice.finish_reason, f"finish {finish}")
+    check(usage is not None and usage.completion_tokens == chat.usage.completion_tokens, f"usage {usage}")
+    # The second request reused the first one's prompt blocks.
+    check(usage.prompt_tokens_details.cached_tokens > 0, f"cached {usage.prompt_tokens_details}")
+
+    comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, seed=1)
+    check(comp.object == "text_completion" and isinstance(comp.choices[0].text, str), f"{comp}")
+    check(comp.usage.completion_tokens <= 6, f"{comp.usage}")
+
+    try:
+        client.chat.completions.create(model=model, messages=messages, n=2)
+        check(False, "n=2 was accepted")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == "n", f"n=2: {e.status_code} {e.param} {e.body}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, logprobs=True)
+        check(False, "logprobs was accepted")
+    except openai.BadRequestError as e:
+        check(e.param == "logprobs", f"logprobs: {e.body}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,51 @@
+//! The OpenAI-compatible routes driven by the official `openai` Python client (pinned in
+//! `scripts/install-test-python`; `LAYERSTREAM_TEST_PYTHON` names its interpreter) against the
+//! real binary on 127.0.0.1: models, chat completions whole and streamed with usage, completions,
+//! and refusals that name the parameter.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{tiny_model, Server};
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAYERSTREAM_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
+    assert!(
+        venv.is_file(),
+        "no Python with the openai client: run scripts/install-test-python (scripts/test does)"
+    );
+    venv
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_server() {
+    let model = tiny_model();
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap(), "--device", "cpu"],
+        &[],
+    );
+    s.wait_ready(Duration::from_secs(30));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client_check.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(format!("http://{}/v1", s.addr))
+        .output()
+        .expect("run the client check");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "client check failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        s.log()
+    );
+    assert_eq!(stdout.trim(), "ok", "{stderr}");
+}
