@@ -209,7 +209,8 @@ fn weights_holding_nan_fail_the_load_naming_the_tensor() {
     // F16 NaN (0x7e00), little-endian.
     f.write_all(&[0x00, 0x7e].repeat(8)).unwrap();
     drop(f);
-    let s = Server::spawn(&["--model", path.to_str().unwrap(), "--device", "cpu"], &[]);
+    // The device comes from LAYERSTREAM_DEVICE (auto: the GPU run checks the CUDA loader's kernel).
+    let s = Server::spawn(&["--model", path.to_str().unwrap()], &[]);
     let p = s.wait_load_state("failed", Duration::from_secs(30));
     let error = p["error"].as_str().unwrap_or_default();
     assert!(

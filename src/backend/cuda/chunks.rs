@@ -45,6 +45,8 @@ pub enum After {
         ty: GgmlType,
         n: u64,
         dst_off: usize,
+        /// The tensor's name (for the non-finite check of its F16 result).
+        name: String,
     },
     /// Every byte of unit `slot` is in place.
     UnitDone { slot: usize },
@@ -155,6 +157,7 @@ impl CopyPlan {
                                     ty: t.ty,
                                     n: t.n_elems,
                                     dst_off,
+                                    name: t.name.clone(),
                                 });
                             // The staging area is reused by the next dequantized tensor: its bytes
                             // must arrive in a later chunk, after this dequantization.

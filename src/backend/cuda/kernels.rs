@@ -36,6 +36,8 @@ pub struct Kernels {
     attn_reduce: CUfunction,
     attn_decode_merge: CUfunction,
     dequant: Vec<(GgmlType, CUfunction)>,
+    nonfinite_f16: CUfunction,
+    nonfinite_f32: CUfunction,
 }
 
 unsafe impl Send for Kernels {}
@@ -232,6 +234,8 @@ impl Kernels {
             attn_reduce: m.function("attn_reduce")?,
             attn_decode_merge: big("attn_decode_merge")?,
             dequant,
+            nonfinite_f16: m.function("nonfinite_f16")?,
+            nonfinite_f32: m.function("nonfinite_f32")?,
             _module: m,
         })
     }
@@ -239,6 +243,26 @@ impl Kernels {
     /// Whether `ty` can be turned into F16 on the device.
     pub fn can_dequant(&self, ty: GgmlType) -> bool {
         self.dequant.iter().any(|(t, _)| *t == ty)
+    }
+
+    /// Write `tag` to the u32 at `flag` (holding 0xffffffff) if any of the `n` F16 (or F32, with
+    /// `wide`) elements at `p` is NaN or infinite (cuda/finite.cu).
+    pub fn check_finite(
+        &self,
+        s: &Stream,
+        p: CUdeviceptr,
+        n: u64,
+        wide: bool,
+        flag: CUdeviceptr,
+        tag: u32,
+    ) -> Result<(), String> {
+        let f = if wide {
+            self.nonfinite_f32
+        } else {
+            self.nonfinite_f16
+        };
+        let grid = blocks(n as usize, 256 * 16).clamp(1, 65_535);
+        launch!(f, (grid, 1), 256, 0, s; p, n, flag, tag)
     }
 
     /// `n` elements of `ty` at `src` → F16 at `dst`.

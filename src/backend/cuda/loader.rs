@@ -17,6 +17,7 @@ use cudarc::driver::sys;
 
 use super::chunks::{After, Chunk, CopyPlan, Route};
 use super::driver::{ck, copy_htod, write_value, DevBuf, Event, Gpu, Pinned, Stream};
+use super::finite::{FiniteCheck, Verdict};
 use super::kernels::Kernels;
 use super::layout::Layout;
 use super::{CudaModel, Device};
@@ -24,7 +25,7 @@ use crate::gguf::GgufFile;
 use crate::load::loader::{LoaderOptions, FAULT_ENV};
 use crate::load::plan::LoadPlan;
 use crate::load::progress::Progress;
-use crate::load::residency::Residency;
+use crate::load::residency::{Residency, WaitError};
 use crate::model::ModelSpec;
 use crate::panic_message::panic_message;
 
@@ -80,6 +81,8 @@ pub fn spawn(job: CudaLoadJob) -> std::io::Result<JoinHandle<()>> {
 #[derive(Default)]
 struct Held {
     ring: Vec<Pinned>,
+    /// The device NaN/infinity check's flag and its pinned copy (read by unit callbacks).
+    finite: Option<FiniteCheck>,
     stage: Option<DevBuf>,
     /// The load stream: drained before the gates are opened, so none of its later counter
     /// writes can close them again.
@@ -143,6 +146,7 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         )
     })?;
     held.stage = Some(DevBuf::alloc(copy.stage_bytes)?);
+    held.finite = Some(FiniteCheck::new(&copy.chunks)?);
     let n_units = job.plan.units.len();
     let unit_events = (0..n_units)
         .map(|_| Event::new(false))
@@ -176,6 +180,7 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     let ring = &held.ring;
     let load = held.load.as_ref().ok_or("no load stream")?;
     let stage = held.stage.as_ref().ok_or("no staging buffer")?;
+    let finite = held.finite.as_ref().ok_or("no finite check")?;
     let ring_events = ring
         .iter()
         .map(|_| Event::new(false))
@@ -215,6 +220,10 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
                 std::thread::sleep(wait.min(Duration::from_millis(20)));
             }
         }
+        // A unit found holding NaN or infinity (by its callback) ends the load.
+        if let Some(WaitError::Failed(e)) = job.model.residency.wait_error() {
+            return Err(e);
+        }
         if job.model.is_stopping() {
             load.sync()?;
             job.model.release_gates();
@@ -235,28 +244,34 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
                     load,
                 )?
             };
+            if p.route != Route::Dequant {
+                finite.piece(&device.kernels, load, device.arena.ptr, p)?;
+            }
         }
         total_bytes += bytes;
         ring_events[slot].record(load)?;
         for a in &chunk.after {
             match *a {
-                After::Dequant { ty, n, dst_off } => device.kernels.dequant(
-                    load,
+                After::Dequant {
                     ty,
-                    stage.ptr,
-                    device.arena.ptr + dst_off as u64,
                     n,
-                )?,
+                    dst_off,
+                    ref name,
+                } => {
+                    let dst = device.arena.ptr + dst_off as u64;
+                    device.kernels.dequant(load, ty, stage.ptr, dst, n)?;
+                    finite.dequantized(&device.kernels, load, dst, n, name)?;
+                }
                 After::UnitDone { slot } => {
                     let open = job.model.gates_open.load(Ordering::Acquire);
-                    unit_done(
-                        &device,
-                        load,
-                        open,
+                    finite.publish(load)?;
+                    let landed = Landed {
+                        residency: job.model.residency.clone(),
+                        progress: job.progress.clone(),
                         slot,
-                        &job.model.residency,
-                        &job.progress,
-                    )?
+                        verdict: finite.verdict(),
+                    };
+                    unit_done(&device, load, open, landed)?
                 }
             }
         }
@@ -300,24 +315,25 @@ struct Landed {
     residency: Arc<Residency>,
     progress: Arc<Progress>,
     slot: usize,
+    verdict: Verdict,
 }
 
 unsafe extern "C" fn on_landed(data: *mut c_void) {
     // Runs on a driver thread once the load stream reaches this point; takes back the Box.
     let landed = Box::from_raw(data.cast::<Landed>());
+    if let Some(e) = landed.verdict.error() {
+        // Not resident: the loader thread sees the failure at its next chunk and stops.
+        landed.residency.fail(e.clone());
+        landed.progress.fail(e);
+        return;
+    }
     landed.residency.mark_resident(landed.slot);
     landed.progress.unit_resident(landed.slot);
 }
 
 /// After unit `slot`'s last copy: its event, the device counter, and the host callback.
-fn unit_done(
-    dev: &Device,
-    load: &Stream,
-    gates_open: bool,
-    slot: usize,
-    residency: &Arc<Residency>,
-    progress: &Arc<Progress>,
-) -> Result<(), String> {
+fn unit_done(dev: &Device, load: &Stream, gates_open: bool, landed: Landed) -> Result<(), String> {
+    let slot = landed.slot;
     let event = dev.unit_events.get(slot).ok_or("unit event out of range")?;
     event.record(load)?;
     if let Some(flag) = dev.recorded.get(slot) {
@@ -330,11 +346,7 @@ fn unit_done(
         slot as u32 + 1
     };
     write_value(load, dev.arena.ptr + dev.layout.load_counter as u64, value)?;
-    let data = Box::into_raw(Box::new(Landed {
-        residency: residency.clone(),
-        progress: progress.clone(),
-        slot,
-    }));
+    let data = Box::into_raw(Box::new(landed));
     let r = unsafe { sys::cuLaunchHostFunc(load.0, Some(on_landed), data.cast()) };
     if r != sys::CUresult::CUDA_SUCCESS {
         drop(unsafe { Box::from_raw(data) });

@@ -9,6 +9,7 @@ mod check_model;
 mod chunks;
 mod driver;
 mod early_blas;
+mod finite;
 mod flag;
 mod kernels;
 mod layout;
