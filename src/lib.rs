@@ -11,6 +11,7 @@
 //! - `sampler`, `stop`, `generation`: sampling, stop strings, the generation loop.
 //! - `load`: the load plan, residency gate, progress, and the loader thread.
 //! - `engine`: the thread that runs requests; `server`: HTTP; `serve`: startup that ties them.
+//! - `metrics`: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - `loaded`: a model opened for use; `cli`, `config`: the command line.
 pub mod backend;
 pub mod chat_template;
@@ -23,6 +24,7 @@ pub mod gguf;
 pub mod load;
 pub mod loaded;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod openai;
 pub mod panic_message;

@@ -109,6 +109,12 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             body_timeout,
             info,
         ));
+        match crate::metrics::install() {
+            Ok(h) => {
+                let _ = state.metrics.set(h);
+            }
+            Err(e) => tracing::warn!("/metrics disabled: {e}"),
+        }
         // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
         let startup_error = Arc::new(parking_lot::Mutex::new(None));
         let build = {

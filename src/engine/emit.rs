@@ -87,8 +87,14 @@ pub fn apply(
 /// Send the token; Some when the sequence leaves (ended, or its client is gone).
 fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
     if let Some(ev) = &a.event {
+        let now = Instant::now();
+        match seq.last_token {
+            None => crate::metrics::first_token(now.duration_since(seq.job.enqueued)),
+            Some(t) => crate::metrics::token_gap(now.duration_since(t)),
+        }
+        seq.last_token = Some(now);
         if seq.job.events.send(EngineEvent::Token(ev.clone())).is_err() {
-            tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request cancelled: client disconnected");
+            seq.cancelled();
             return Some(Retired::Cancelled);
         }
     }
@@ -97,11 +103,16 @@ fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
 
 fn fail(seq: &Sequence, e: EngineError) {
     tracing::warn!(id = %seq.job.id, "request failed: {e}");
-    let _ = seq.job.events.send(EngineEvent::Error(e));
+    seq.fail(e);
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// Arrival to the end.
+fn seq_age(g: &crate::generation::Generation, queued_ms: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((queued_ms + g.timings.total_ms).max(0.0) / 1e3)
 }
 
 /// Send the finished generation.
@@ -120,6 +131,7 @@ pub fn finish(seq: Sequence, reason: FinishReason) {
     );
     let mut generation = seq.out.finish(reason, timings);
     generation.usage.prompt_tokens_details.cached_tokens = cached;
+    crate::metrics::finished(reason.as_str(), n, seq_age(&generation, queued_ms));
     tracing::info!(
         id = %id,
         prompt_tokens = generation.usage.prompt_tokens,

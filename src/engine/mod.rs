@@ -71,6 +71,19 @@ pub enum EngineError {
     Internal(String),
 }
 
+impl EngineError {
+    /// Stable type, as the HTTP API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::LoadFailed(_) => "model_load_failed",
+            EngineError::ShuttingDown => "shutting_down",
+            EngineError::NonFinite => "non_finite_logits",
+            EngineError::TooLarge { .. } => "invalid_request",
+            EngineError::Internal(_) => "internal",
+        }
+    }
+}
+
 /// A completed generation and the time it spent queued and waiting for the loader.
 #[derive(Debug)]
 pub struct Finished {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::kv_pool::{block_key, BlockId, KvPool};
-use super::Job;
+use super::{EngineError, EngineEvent, Job};
 use crate::generation::Decoding;
 
 pub struct Sequence {
@@ -28,6 +28,8 @@ pub struct Sequence {
     pub waited_for_load_ms: f64,
     /// Order of (re)admission: the youngest running sequence is preempted first.
     pub admit_order: u64,
+    /// When its last token was streamed (for the inter-token latency).
+    pub last_token: Option<Instant>,
 }
 
 impl Sequence {
@@ -46,6 +48,7 @@ impl Sequence {
             first_token: None,
             waited_for_load_ms: 0.0,
             admit_order: 0,
+            last_token: None,
         }
     }
 
@@ -53,6 +56,18 @@ impl Sequence {
     /// preemption, or the last sampled token).
     pub fn pending(&self) -> usize {
         self.out.all_tokens().len() - self.computed
+    }
+
+    /// End the request with `e` (counted by its type).
+    pub fn fail(&self, e: EngineError) {
+        crate::metrics::failed(e.kind());
+        let _ = self.job.events.send(EngineEvent::Error(e));
+    }
+
+    /// The client left: counted, nothing to send.
+    pub fn cancelled(&self) {
+        crate::metrics::failed("cancelled");
+        tracing::info!(id = %self.job.id, tokens = self.out.generated().len(), "request cancelled: client disconnected");
     }
 
     /// Whether the client is gone.

@@ -139,11 +139,9 @@ impl Worker {
             let keep = !seq.is_abandoned() && !draining;
             if !keep {
                 if draining {
-                    let _ = seq
-                        .job
-                        .events
-                        .send(EngineEvent::Error(EngineError::ShuttingDown));
+                    seq.fail(EngineError::ShuttingDown);
                 } else {
+                    crate::metrics::failed("cancelled");
                     tracing::info!(id = %seq.job.id, "queued request dropped: client disconnected");
                 }
                 if seq.queued {
@@ -157,9 +155,9 @@ impl Worker {
         self.sched.running.retain_mut(|seq| {
             let gone = seq.is_abandoned();
             if gone {
-                tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request cancelled: client disconnected");
+                seq.cancelled();
             } else if past {
-                let _ = seq.job.events.send(EngineEvent::Error(EngineError::ShuttingDown));
+                seq.fail(EngineError::ShuttingDown);
             }
             if gone || past {
                 seq.release(pool);
@@ -207,13 +205,7 @@ impl Worker {
             self.stats.dequeued();
             let capacity = self.sched.pool.total() * self.sched.pool.block_size();
             let needed = seq.out.all_tokens().len();
-            let _ = seq
-                .job
-                .events
-                .send(EngineEvent::Error(EngineError::TooLarge {
-                    needed,
-                    capacity,
-                }));
+            seq.fail(EngineError::TooLarge { needed, capacity });
         }
         self.mark_started();
         if plan.is_empty() {
@@ -263,7 +255,10 @@ impl Worker {
         for seq in &mut self.sched.running {
             if seq.admitted.is_none() {
                 seq.admitted = Some(now);
-                let queued_ms = now.duration_since(seq.job.enqueued).as_secs_f64() * 1e3;
+                let queued = now.duration_since(seq.job.enqueued);
+                let cached = seq.cached_tokens.unwrap_or(0);
+                crate::metrics::admitted(seq.job.prompt.len(), cached, queued);
+                let queued_ms = queued.as_secs_f64() * 1e3;
                 let _ = seq.job.events.send(EngineEvent::Started { queued_ms });
             }
             if std::mem::take(&mut seq.queued) {
@@ -279,7 +274,7 @@ impl Worker {
         idx.sort_unstable();
         for i in idx.into_iter().rev() {
             let mut seq = self.sched.running.remove(i);
-            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            seq.fail(e.clone());
             seq.release(&mut self.sched.pool);
         }
         self.runner.reset();
@@ -289,11 +284,11 @@ impl Worker {
     fn end_all(&mut self, e: EngineError) {
         let pool = &mut self.sched.pool;
         for mut seq in self.sched.running.drain(..) {
-            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            seq.fail(e.clone());
             seq.release(pool);
         }
         for seq in self.sched.waiting.drain(..) {
-            let _ = seq.job.events.send(EngineEvent::Error(e.clone()));
+            seq.fail(e.clone());
             if seq.queued {
                 self.stats.dequeued();
             }

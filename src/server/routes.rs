@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,6 +27,8 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
         "/load-progress" if get => Ok(load_progress(&state, &req)),
         "/generate" if req.method() == Method::POST => generate::handle(state, req).await,
         "/v1/models" if get => Ok(openai_api::models(&state)),
+        "/metrics" if get => metrics(&state),
+        "/metrics" => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         "/v1/chat/completions" if req.method() == Method::POST => {
             openai_api::completions(state, req, Route::Chat).await
         }
@@ -42,10 +45,32 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
         "/generate" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         _ => Err(ApiError::NotFound(path.clone())),
     };
+    let inference = path == "/generate"
+        || path.starts_with("/v1/completions")
+        || path == "/v1/chat/completions";
+    if let (Err(e), true) = (&result, inference) {
+        crate::metrics::failed(e.kind());
+    }
     result.unwrap_or_else(|e| match path.starts_with("/v1/") {
         true => e.openai_response(),
         false => e.response(),
     })
+}
+
+/// `GET /metrics`: Prometheus text format.
+fn metrics(state: &AppState) -> Result<Response<ResBody>, ApiError> {
+    let handle = state
+        .metrics
+        .get()
+        .ok_or_else(|| ApiError::NotFound("/metrics (no recorder installed)".into()))?;
+    let engine = state.runtime.get().map(|rt| rt.engine.stats.snapshot());
+    let text = crate::metrics::render(handle, engine.as_ref(), &state.progress.snapshot());
+    let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 fn health(state: &AppState) -> Response<ResBody> {

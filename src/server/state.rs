@@ -37,6 +37,8 @@ pub struct AppState {
     /// Set once the server is stopping; long-lived streams end on it.
     pub stopping: watch::Receiver<bool>,
     pub runtime: OnceLock<Runtime>,
+    /// The Prometheus recorder's handle (`GET /metrics`), once installed.
+    pub metrics: OnceLock<metrics_exporter_prometheus::PrometheusHandle>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
     next_id: AtomicU64,
@@ -54,6 +56,7 @@ impl AppState {
             progress,
             stopping,
             runtime: OnceLock::new(),
+            metrics: OnceLock::new(),
             body_timeout,
             next_id: AtomicU64::new(1),
         }
