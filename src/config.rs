@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// head has as long.
     #[arg(long, env = "LAYERSTREAM_BODY_TIMEOUT", default_value_t = 30.0, value_parser = positive_seconds)]
     pub body_timeout: f64,
+    /// After a load failure, drain and exit with status 1 (so a supervisor restarts the worker);
+    /// `false` keeps serving the failed state.
+    #[arg(long, env = "LAYERSTREAM_EXIT_ON_LOAD_FAILURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exit_on_load_failure: bool,
     /// Throttle the loader to this many MB/s (co-located services; tests).
     #[arg(long, env = "LAYERSTREAM_LOAD_BANDWIDTH_LIMIT", value_parser = positive_rate)]
     pub load_bandwidth_limit: Option<f64>,

@@ -142,6 +142,13 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
             args.worker_id.clone(),
             advertised,
         ));
+        if args.exit_on_load_failure {
+            tokio::spawn(exit_on_failure(
+                progress.clone(),
+                startup_error.clone(),
+                stop_tx.clone(),
+            ));
+        }
         let backend = model.clone();
         tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
         server::run(
@@ -410,6 +417,28 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Once the load has failed: record the failure as the exit status and start the drain.
+async fn exit_on_failure(
+    progress: Arc<Progress>,
+    failure: Arc<parking_lot::Mutex<Option<String>>>,
+    stop: watch::Sender<bool>,
+) {
+    let mut changes = progress.subscribe();
+    while progress.state() != LoadState::Failed {
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+    let e = progress.snapshot().error.unwrap_or_default();
+    tracing::error!(
+        "the load failed ({e}); draining, then exiting with status 1 (--exit-on-load-failure)"
+    );
+    failure
+        .lock()
+        .get_or_insert(format!("model loading failed: {e}"));
+    let _ = stop.send(true);
 }
 
 /// Resolves once `stop` is set.

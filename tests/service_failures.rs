@@ -56,7 +56,8 @@ fn assert_failed_state(s: &Server) -> String {
     assert_eq!(h.json()["status"], "failed", "{}", h.text());
     assert!(h.header("retry-after").is_some());
     assert_eq!(s.get("/ready").status, 503);
-    assert_eq!(s.get("/live").status, 200);
+    // A worker that can never become ready is not live: a liveness probe restarts it.
+    assert_eq!(s.get("/live").status, 503);
     let p = s.get("/load-progress").json();
     assert_eq!(p["state"], "failed", "{p}");
     assert_eq!(p["ready"], false, "{p}");
@@ -169,6 +170,7 @@ fn an_injected_fault_at_layer_1_fails_the_load_without_hanging() {
             model.to_str().unwrap(),
             "--load-bandwidth-limit",
             "10",
+            "--exit-on-load-failure=false",
         ],
         &[("LAYERSTREAM_TEST_FAIL_UNIT", "layer.1")],
     );
@@ -264,6 +266,7 @@ fn an_injected_fault_after_ready_ends_running_and_queued_requests_with_an_error(
             model.to_str().unwrap(),
             "--load-bandwidth-limit",
             "8",
+            "--exit-on-load-failure=false",
         ],
         &[("LAYERSTREAM_TEST_FAIL_UNIT", "layer.3")],
     ));
@@ -281,6 +284,7 @@ fn a_file_truncated_under_the_running_server_fails_the_load_without_sigbus() {
             path.to_str().unwrap(),
             "--load-bandwidth-limit",
             "8",
+            "--exit-on-load-failure=false",
         ],
         &[],
     ));
@@ -334,4 +338,23 @@ fn a_bandwidth_limit_that_is_not_a_positive_rate_is_refused_at_startup() {
             ),
         }
     }
+}
+
+#[test]
+fn a_failed_load_drains_and_exits_1_by_default() {
+    let model = tiny_model();
+    let s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--load-bandwidth-limit",
+            "10",
+        ],
+        &[("LAYERSTREAM_TEST_FAIL_UNIT", "layer.1")],
+    );
+    let status = s
+        .wait_exit(NO_HANG)
+        .expect("still running after the load failed");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    s.wait_for_log("exiting with status 1", Duration::from_secs(1));
 }

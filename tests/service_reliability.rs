@@ -210,7 +210,14 @@ fn weights_holding_nan_fail_the_load_naming_the_tensor() {
     f.write_all(&[0x00, 0x7e].repeat(8)).unwrap();
     drop(f);
     // The device comes from LAYERSTREAM_DEVICE (auto: the GPU run checks the CUDA loader's kernel).
-    let s = Server::spawn(&["--model", path.to_str().unwrap()], &[]);
+    let s = Server::spawn(
+        &[
+            "--model",
+            path.to_str().unwrap(),
+            "--exit-on-load-failure=false",
+        ],
+        &[],
+    );
     let p = s.wait_load_state("failed", Duration::from_secs(30));
     let error = p["error"].as_str().unwrap_or_default();
     assert!(

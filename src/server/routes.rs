@@ -22,7 +22,7 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
     let path = req.uri().path().to_string();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let result = match path.as_str() {
-        "/live" if get => Ok(json(StatusCode::OK, &json!({"status": "live"}))),
+        "/live" if get => Ok(live(&state)),
         "/health" | "/ready" if get => Ok(health(&state)),
         "/load-progress" if get => Ok(load_progress(&state, &req)),
         "/generate" if req.method() == Method::POST => generate::handle(state, req).await,
@@ -55,6 +55,18 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
         true => e.openai_response(),
         false => e.response(),
     })
+}
+
+/// `GET /live`: 200 while the process serves, 503 once the load failed (so a liveness probe
+/// restarts a worker that can never become ready).
+fn live(state: &AppState) -> Response<ResBody> {
+    match state.progress.state() {
+        LoadState::Failed => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "failed", "error": state.progress.snapshot().error}),
+        ),
+        _ => json(StatusCode::OK, &json!({"status": "live"})),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
