@@ -175,10 +175,16 @@ impl Decoding {
         // Embedding rows past the tokenizer's vocabulary (padding) can never be sampled.
         let n_text = tok.vocab_size().min(logits.len());
         logits[n_text..].fill(f32::NEG_INFINITY);
-        if logits[..n_text]
-            .iter()
-            .any(|v| v.is_nan() || *v == f32::INFINITY)
-        {
+        // NaN or +inf anywhere, or nothing finite at all, means broken weights or activations:
+        // the request ends with an error instead of a meaningless (or panicking) draw.
+        let mut any_finite = false;
+        for &v in &logits[..n_text] {
+            if v.is_nan() || v == f32::INFINITY {
+                return Err(GenerationError::NonFinite);
+            }
+            any_finite |= v.is_finite();
+        }
+        if !any_finite {
             return Err(GenerationError::NonFinite);
         }
         let id = self.sampler.sample(logits, &self.history);

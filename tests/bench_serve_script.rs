@@ -2,70 +2,13 @@
 //! runs 2 clients × 2 streamed requests through `/generate`, stops the server, and its `--json`
 //! report must say 4 requests ok, 0 failed, tokens > 0 and finite TTFT percentiles.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
+#[path = "common/harness.rs"]
+mod harness;
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
+use std::ffi::OsString;
 
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("layerstream-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_layerstream"))
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn gen_tiny_model(out: &Path) {
-    let vocab = repo_root().join("tests/data/qwen2-vocab.gguf");
-    let o = Command::new(binary())
-        .args([
-            "gen-model",
-            "--layers",
-            "2",
-            "--hidden",
-            "64",
-            "--heads",
-            "4",
-        ])
-        .args(["--kv-heads", "2", "--ffn", "128", "--seed", "1"])
-        .arg("--vocab-from")
-        .arg(&vocab)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("spawn layerstream gen-model");
-    assert!(o.status.success(), "gen-model failed: {}", describe(&o));
-}
+use common::{describe, run_script, TempDir};
 
 /// The number after the first `"key":` in `json`; panics when it is absent or not a number
 /// (the script writes `null` for a percentile of no samples).
@@ -87,30 +30,33 @@ fn json_number(json: &str, key: &str) -> f64 {
 #[test]
 fn bench_serve_starts_the_server_and_reports_every_request() {
     let tmp = TempDir::new("bench-serve");
-    let model = tmp.0.join("tiny.gguf");
     let report = tmp.0.join("out.json");
-    gen_tiny_model(&model);
-
-    let o = Command::new("python3")
-        .current_dir(repo_root())
-        .arg("scripts/bench-serve")
-        .arg("--layerstream-bin")
-        .arg(binary())
-        .arg("--model")
-        .arg(&model)
-        .args(["--device", "cpu", "--clients", "2", "--requests", "2"])
-        .args([
+    let mut args: Vec<OsString> = vec![
+        "--layerstream-bin".into(),
+        harness::binary().into(),
+        "--model".into(),
+        harness::tiny_model().into(),
+        "--json".into(),
+        report.clone().into(),
+    ];
+    args.extend(
+        [
+            "--device",
+            "cpu",
+            "--clients",
+            "2",
+            "--requests",
+            "2",
             "--max-tokens",
             "8",
             "--ready-timeout",
             "60",
             "--timeout",
             "120",
-        ])
-        .arg("--json")
-        .arg(&report)
-        .output()
-        .expect("spawn python3 scripts/bench-serve");
+        ]
+        .map(OsString::from),
+    );
+    let o = run_script("bench-serve", &args);
     assert!(o.status.success(), "bench-serve failed: {}", describe(&o));
 
     let json = std::fs::read_to_string(&report).expect("the --json report");

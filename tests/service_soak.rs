@@ -5,10 +5,13 @@
 //! answers, RSS growth after the warm-up within the bound, the engine drained with every KV block
 //! free, and the server exited 0 on SIGTERM.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
+#[path = "common/harness.rs"]
+mod harness;
 
+use std::ffi::OsString;
+
+use common::{describe, run_script, TempDir};
 use serde_json::Value;
 
 /// The request kinds the script must exercise.
@@ -26,67 +29,6 @@ const KINDS: [&str; 9] = [
 const SECONDS: u32 = 60;
 const RSS_GROWTH_MB: f64 = 64.0;
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("layerstream-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_layerstream"))
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn gen_tiny_model(out: &Path) {
-    let vocab = repo_root().join("tests/data/qwen2-vocab.gguf");
-    let o = Command::new(binary())
-        .args([
-            "gen-model",
-            "--layers",
-            "2",
-            "--hidden",
-            "64",
-            "--heads",
-            "4",
-        ])
-        .args(["--kv-heads", "2", "--ffn", "128", "--seed", "1"])
-        .arg("--vocab-from")
-        .arg(&vocab)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("spawn layerstream gen-model");
-    assert!(o.status.success(), "gen-model failed: {}", describe(&o));
-}
-
 fn num(v: &Value, path: &str) -> f64 {
     v.pointer(path)
         .and_then(Value::as_f64)
@@ -96,27 +38,27 @@ fn num(v: &Value, path: &str) -> f64 {
 #[test]
 fn soak_mixed_clients_for_a_minute_without_errors_leaks_or_stuck_requests() {
     let tmp = TempDir::new("soak");
-    let model = tmp.0.join("tiny.gguf");
     let report = tmp.0.join("soak.json");
     let log = tmp.0.join("server.log");
-    gen_tiny_model(&model);
-
-    let o = Command::new("python3")
-        .current_dir(repo_root())
-        .arg("scripts/soak")
-        .arg("--layerstream-bin")
-        .arg(binary())
-        .arg("--model")
-        .arg(&model)
-        .args(["--device", "cpu", "--clients", "8"])
-        .args(["--seconds", &SECONDS.to_string()])
-        .args(["--rss-growth-mb", &RSS_GROWTH_MB.to_string()])
-        .arg("--server-log")
-        .arg(&log)
-        .arg("--json")
-        .arg(&report)
-        .output()
-        .expect("spawn python3 scripts/soak");
+    let args: Vec<OsString> = vec![
+        "--layerstream-bin".into(),
+        harness::binary().into(),
+        "--model".into(),
+        harness::tiny_model().into(),
+        "--device".into(),
+        "cpu".into(),
+        "--clients".into(),
+        "8".into(),
+        "--seconds".into(),
+        SECONDS.to_string().into(),
+        "--rss-growth-mb".into(),
+        RSS_GROWTH_MB.to_string().into(),
+        "--server-log".into(),
+        log.into(),
+        "--json".into(),
+        report.clone().into(),
+    ];
+    let o = run_script("soak", &args);
     let out = describe(&o);
     assert!(o.status.success(), "soak failed: {out}");
     eprintln!("{}", String::from_utf8_lossy(&o.stdout));

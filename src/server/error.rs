@@ -197,3 +197,17 @@ impl From<EngineError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn a_500_body_carries_no_internal_details() {
+        let e = ApiError::Internal("index out of bounds: the len is 0 but the index is 0".into());
+        let body = e.body().to_string();
+        assert!(!body.contains("index out of bounds"), "{body}");
+        assert!(!e.openai_body().to_string().contains("index out of bounds"));
+        assert_eq!(e.body()["error"]["type"], "internal");
+    }
+}

@@ -174,10 +174,39 @@ async fn whole_response(
     Err(ApiError::Internal("the engine dropped the request".into()))
 }
 
+/// What a stream gets next.
+pub(super) enum Next {
+    Event(EngineEvent),
+    /// The engine dropped the request without a terminal event.
+    EngineGone,
+    /// The client left (its body was dropped, or a write failed): returning drops `events`,
+    /// which cancels the job.
+    ClientGone,
+}
+
+/// The next engine event for a stream, writing a comment line (`: ping`) every `SSE_PING` of
+/// silence meanwhile.
+pub(super) async fn next_or_ping(
+    events: &mut mpsc::UnboundedReceiver<EngineEvent>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Next {
+    loop {
+        tokio::select! {
+            ev = events.recv() => return ev.map_or(Next::EngineGone, Next::Event),
+            _ = tx.closed() => return Next::ClientGone,
+            _ = tokio::time::sleep(SSE_PING) => {
+                if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                    return Next::ClientGone;
+                }
+            }
+        }
+    }
+}
+
 /// How long a stream stays silent before a comment line is written: a prompt being computed (or
 /// a wait in the queue or on the loader) sends no events, and only a write finds out that the
 /// client has gone, so that its request is dropped at the engine's next step.
-pub(super) const SSE_PING: std::time::Duration = std::time::Duration::from_millis(500);
+const SSE_PING: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn stream_response(
     id: String,
@@ -186,18 +215,11 @@ fn stream_response(
     let (tx, resp) = sse();
     tokio::spawn(async move {
         loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                // The body was dropped (the client left): dropping `events` cancels the job.
-                _ = tx.closed() => return,
-                _ = tokio::time::sleep(SSE_PING) => {
-                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+            let ev = match next_or_ping(&mut events, &tx).await {
+                Next::Event(ev) => ev,
+                Next::EngineGone => break,
+                Next::ClientGone => return,
             };
-            let Some(ev) = ev else { break };
             let (frame, last) = match ev {
                 EngineEvent::Started { queued_ms } => (
                     sse_event("started", &json!({"id": id, "queued_ms": queued_ms})),

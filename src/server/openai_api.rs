@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::body::{json, sse, ResBody};
 use super::error::ApiError;
-use super::generate::{accept, submit, SSE_PING};
+use super::generate::{accept, next_or_ping, submit, Next};
 use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
 use crate::generation::FinishReason;
@@ -195,17 +195,11 @@ fn stream_response(
     tokio::spawn(async move {
         let mut started = false;
         loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = tx.closed() => return,
-                _ = tokio::time::sleep(SSE_PING) => {
-                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+            let ev = match next_or_ping(&mut events, &tx).await {
+                Next::Event(ev) => ev,
+                Next::EngineGone => break,
+                Next::ClientGone => return,
             };
-            let Some(ev) = ev else { break };
             let (out, last) = frames(&meta, ev, &mut started);
             for f in out {
                 if tx.send(f).await.is_err() {
