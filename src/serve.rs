@@ -82,115 +82,165 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    rt.block_on(async move {
-        // Signals are caught from the start, so SIGTERM during startup is an orderly exit too.
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(watch_signals(Signals::install()?, stop_tx.clone()));
-        let addr = format!("{}:{}", args.host, args.port);
-        // (host, port) rather than "host:port", so an IPv6 host such as ::1 binds too.
-        let listener = TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .map_err(|e| format!("cannot bind {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("listening on http://{local}");
-        tracing::info!("listening on http://{local}");
-        progress.listener_bound();
-        let body_timeout = Duration::from_secs_f64(args.body_timeout);
-        let info = ModelInfo {
-            id: args.model_name.clone().unwrap_or_else(|| model_id(&path)),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ctx,
-        };
-        let state = Arc::new(AppState::new(
-            progress.clone(),
-            stop_rx.clone(),
-            body_timeout,
-            info,
-        ));
-        match crate::metrics::install() {
-            Ok(h) => {
-                let _ = state.metrics.set(h);
-            }
-            Err(e) => tracing::warn!("/metrics disabled: {e}"),
-        }
-        // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
-        let startup_error = Arc::new(parking_lot::Mutex::new(None));
-        let build = {
-            let (state, model, err, stop) = (
-                state.clone(),
-                model.clone(),
-                startup_error.clone(),
-                stop_tx.clone(),
-            );
-            async move {
-                if let Err(e) = build_runtime(&state, tokenizer, model, ctx, engine_opts).await {
-                    tracing::error!("{e}");
-                    state.progress.fail(e.clone());
-                    *err.lock() = Some(e);
-                    let _ = stop.send(true);
-                }
-            }
-        };
-        let building = tokio::spawn(build);
-        let advertised = advertised_uri(args.advertise_url.as_deref(), local);
-        tokio::spawn(announce_ready(
-            progress.clone(),
-            model.clone(),
-            args.callback_url.clone(),
-            args.worker_id.clone(),
-            advertised,
-        ));
-        if args.exit_on_load_failure {
-            tokio::spawn(exit_on_failure(
-                progress.clone(),
-                startup_error.clone(),
-                stop_tx.clone(),
-            ));
-        }
-        let backend = model.clone();
-        tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
-        server::run(
-            listener,
+    rt.block_on(serve(Loading {
+        args,
+        path,
+        ctx,
+        progress,
+        model,
+        tokenizer,
+        engine_opts,
+    }))
+}
+
+/// What startup hands the async part of `serve`.
+struct Loading {
+    args: ServeArgs,
+    path: PathBuf,
+    ctx: usize,
+    progress: Arc<Progress>,
+    model: Arc<dyn Backend>,
+    tokenizer: TokenizerThread,
+    engine_opts: EngineOptions,
+}
+
+/// The tokenizer thread's handle.
+type TokenizerThread = std::thread::JoinHandle<Result<(Tokenizer, ChatTemplate), String>>;
+
+/// Bind, serve until stopped, then close everything in order.
+async fn serve(l: Loading) -> Result<(), String> {
+    let Loading {
+        args,
+        path,
+        ctx,
+        progress,
+        model,
+        tokenizer,
+        engine_opts,
+    } = l;
+    // Signals are caught from the start, so SIGTERM during startup is an orderly exit too.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(watch_signals(Signals::install()?, stop_tx.clone()));
+    let addr = format!("{}:{}", args.host, args.port);
+    // (host, port) rather than "host:port", so an IPv6 host such as ::1 binds too.
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on http://{local}");
+    tracing::info!("listening on http://{local}");
+    progress.listener_bound();
+    let body_timeout = Duration::from_secs_f64(args.body_timeout);
+    let state = app_state(&args, &path, ctx, &progress, stop_rx.clone());
+    // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
+    let startup_error = Arc::new(parking_lot::Mutex::new(None));
+    let build = {
+        let (state, model, err, stop) = (
             state.clone(),
-            stopped(stop_rx),
-            DRAIN + Duration::from_secs(1),
-            server::Limits {
-                max_connections: args.max_connections as usize,
-                head_timeout: body_timeout,
-            },
-        )
-        .await;
-        // No thread may be inside the device driver when the process exits: the loader and the
-        // kernel preload stop, then the engine thread ends and releases its sequence.
-        // A runtime still being built (the tokenizer, the engine's start) finishes first, so an
-        // engine thread cannot start inside the device driver while the process exits.
-        if tokio::time::timeout(ENGINE_CLOSE_WAIT, building)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the runtime was still starting after {ENGINE_CLOSE_WAIT:?}");
-        }
-        let engine = state.runtime.get().map(|rt| rt.engine.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            backend.shutdown();
-            if let Some(engine) = engine {
-                if !engine.close(ENGINE_CLOSE_WAIT) {
-                    tracing::warn!(
-                        "the engine did not end within {ENGINE_CLOSE_WAIT:?}; exiting anyway"
-                    );
-                }
+            model.clone(),
+            startup_error.clone(),
+            stop_tx.clone(),
+        );
+        async move {
+            if let Err(e) = build_runtime(&state, tokenizer, model, ctx, engine_opts).await {
+                tracing::error!("{e}");
+                state.progress.fail(e.clone());
+                *err.lock() = Some(e);
+                let _ = stop.send(true);
             }
-        })
-        .await;
-        tracing::info!("shut down");
-        let failed = startup_error.lock().take();
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
+        }
+    };
+    let building = tokio::spawn(build);
+    let advertised = advertised_uri(args.advertise_url.as_deref(), local);
+    tokio::spawn(announce_ready(
+        progress.clone(),
+        model.clone(),
+        args.callback_url.clone(),
+        args.worker_id.clone(),
+        advertised,
+    ));
+    if args.exit_on_load_failure {
+        tokio::spawn(exit_on_failure(
+            progress.clone(),
+            startup_error.clone(),
+            stop_tx.clone(),
+        ));
+    }
+    let backend = model.clone();
+    tokio::spawn(drain_on_stop(state.clone(), model, stop_rx.clone()));
+    server::run(
+        listener,
+        state.clone(),
+        stopped(stop_rx),
+        DRAIN + Duration::from_secs(1),
+        server::Limits {
+            max_connections: args.max_connections as usize,
+            head_timeout: body_timeout,
+        },
+    )
+    .await;
+    close_all(&state, building, backend).await;
+    tracing::info!("shut down");
+    let failed = startup_error.lock().take();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What every handler shares, with the metrics recorder installed.
+fn app_state(
+    args: &ServeArgs,
+    path: &std::path::Path,
+    ctx: usize,
+    progress: &Arc<Progress>,
+    stop: watch::Receiver<bool>,
+) -> Arc<AppState> {
+    let info = ModelInfo {
+        id: args.model_name.clone().unwrap_or_else(|| model_id(path)),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ctx,
+    };
+    let body_timeout = Duration::from_secs_f64(args.body_timeout);
+    let state = Arc::new(AppState::new(progress.clone(), stop, body_timeout, info));
+    match crate::metrics::install() {
+        Ok(h) => {
+            let _ = state.metrics.set(h);
+        }
+        Err(e) => tracing::warn!("/metrics disabled: {e}"),
+    }
+    state
+}
+
+/// After the listener closed: no thread may be inside the device driver when the process exits.
+/// A runtime still being built (the tokenizer, the engine's start) finishes first, so an engine
+/// thread cannot start inside the driver meanwhile; then the loader and the kernel preload stop,
+/// and the engine thread ends and releases its sequences.
+async fn close_all(
+    state: &AppState,
+    building: tokio::task::JoinHandle<()>,
+    backend: Arc<dyn Backend>,
+) {
+    if tokio::time::timeout(ENGINE_CLOSE_WAIT, building)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the runtime was still starting after {ENGINE_CLOSE_WAIT:?}");
+    }
+    let engine = state.runtime.get().map(|rt| rt.engine.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        backend.shutdown();
+        if let Some(engine) = engine {
+            if !engine.close(ENGINE_CLOSE_WAIT) {
+                tracing::warn!(
+                    "the engine did not end within {ENGINE_CLOSE_WAIT:?}; exiting anyway"
+                );
+            }
         }
     })
+    .await;
 }
 
 /// The model's default id: its file name without the `.gguf` extension.
@@ -275,7 +325,7 @@ struct EngineOptions {
 /// Wait for the tokenizer (built on its own thread since startup), then start the engine.
 async fn build_runtime(
     state: &Arc<AppState>,
-    tokenizer: std::thread::JoinHandle<Result<(Tokenizer, ChatTemplate), String>>,
+    tokenizer: TokenizerThread,
     model: Arc<dyn Backend>,
     ctx: usize,
     opts: EngineOptions,

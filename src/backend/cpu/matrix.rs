@@ -107,81 +107,77 @@ fn matmul_impl<W: GemmElem>(
     // Rows a 3-row tile cannot cover (the matrix's last `rows % NR`) are summed with `dot1` on
     // every path, so each (row, token) is computed the same way at any token count.
     let tail = rows - rows % NR;
+    let p = Product {
+        w,
+        rows,
+        cols,
+        x,
+        n_tok,
+        block,
+        tail,
+    };
     // One token: the 3-row tile keeps three accumulator chains in flight (one chain a row would
     // wait on each FMA's latency); 2 to ROW_TOKENS tokens already give each row that many.
-    if (2..=ROW_TOKENS).contains(&n_tok) {
-        let p = Product {
-            w,
-            rows,
-            cols,
-            x,
-            n_tok,
-            block,
-            tail,
-        };
-        return (0..tasks).into_par_iter().for_each(|task| {
-            let r = task * rpt..((task + 1) * rpt).min(rows);
-            // SAFETY: bounds asserted above; this task alone writes columns `r`.
-            unsafe { rows_task(p, r, out) }
-        });
-    }
+    let few = (2..=ROW_TOKENS).contains(&n_tok);
     (0..tasks).into_par_iter().for_each(|task| {
-        let out = &out;
-        let r_end = ((task + 1) * rpt).min(rows);
-        let r_start = task * rpt;
-        let mut k0 = 0;
-        while k0 < cols {
-            let kc = block.min(cols - k0);
-            // The task's W block (12 rows × ≤ KC) stays in L1 while token tiles pass over it.
-            let mut t = 0;
-            while t < n_tok {
-                let mt = MT.min(n_tok - t);
-                let mut r = r_start;
-                while r < r_end {
-                    let nr = NR.min(r_end - r);
-                    // SAFETY: bounds asserted above; this task alone writes columns [r_start, r_end).
-                    unsafe {
-                        if nr == NR && mt == 1 {
-                            let acc = W::tile1(
-                                w.as_ptr().add(r * cols + k0),
-                                cols,
-                                x.as_ptr().add(t * cols + k0),
-                                kc,
-                            );
-                            for (j, v) in acc.iter().enumerate() {
-                                *out.0.add(t * rows + r + j) += v;
-                            }
-                        } else if nr == NR {
-                            let acc = W::tile(
-                                w.as_ptr().add(r * cols + k0),
-                                cols,
-                                x.as_ptr().add(t * cols + k0),
-                                cols,
-                                kc,
-                                mt,
-                            );
-                            for (j, row) in acc.iter().enumerate() {
-                                for (tt, v) in row.iter().enumerate().take(mt) {
-                                    *out.0.add((t + tt) * rows + r + j) += v;
-                                }
-                            }
-                        } else {
-                            for j in 0..nr {
-                                let wr = &w[(r + j) * cols + k0..(r + j) * cols + k0 + kc];
-                                for tt in 0..mt {
-                                    let xr = &x[(t + tt) * cols + k0..(t + tt) * cols + k0 + kc];
-                                    *out.0.add((t + tt) * rows + r + j) += W::dot1(wr, xr);
-                                }
-                            }
-                        }
-                    }
-                    r += nr;
-                }
-                t += mt;
+        let r = task * rpt..((task + 1) * rpt).min(rows);
+        // SAFETY: bounds asserted above; this task alone writes columns `r`.
+        unsafe {
+            if few {
+                rows_task(p, r, out)
+            } else {
+                tiles_task(p, r, out)
             }
-            k0 += kc;
         }
     });
+}
+
+/// Many tokens (or one): 3-row × 3-token register tiles; the task's W block (12 rows × ≤ KC)
+/// stays in L1 while token tiles pass over it.
+///
+/// # Safety
+/// As for [`rows_task`].
+unsafe fn tiles_task<W: GemmElem>(p: Product<'_, W>, r: std::ops::Range<usize>, out: OutPtr) {
+    let (w, x, rows, cols) = (p.w, p.x, p.rows, p.cols);
+    let mut k0 = 0;
+    while k0 < cols {
+        let kc = p.block.min(cols - k0);
+        let mut t = 0;
+        while t < p.n_tok {
+            let mt = MT.min(p.n_tok - t);
+            let mut row = r.start;
+            while row < r.end {
+                let nr = NR.min(r.end - row);
+                let (wp, xp) = (
+                    w.as_ptr().add(row * cols + k0),
+                    x.as_ptr().add(t * cols + k0),
+                );
+                if nr == NR && mt == 1 {
+                    for (j, v) in W::tile1(wp, cols, xp, kc).iter().enumerate() {
+                        *out.0.add(t * rows + row + j) += v;
+                    }
+                } else if nr == NR {
+                    let acc = W::tile(wp, cols, xp, cols, kc, mt);
+                    for (j, accs) in acc.iter().enumerate() {
+                        for (tt, v) in accs.iter().enumerate().take(mt) {
+                            *out.0.add((t + tt) * rows + row + j) += v;
+                        }
+                    }
+                } else {
+                    for j in 0..nr {
+                        let wr = &w[(row + j) * cols + k0..(row + j) * cols + k0 + kc];
+                        for tt in 0..mt {
+                            let xr = &x[(t + tt) * cols + k0..(t + tt) * cols + k0 + kc];
+                            *out.0.add((t + tt) * rows + row + j) += W::dot1(wr, xr);
+                        }
+                    }
+                }
+                row += nr;
+            }
+            t += mt;
+        }
+        k0 += kc;
+    }
 }
 
 /// The operands of one product, as the tasks see them.
