@@ -43,11 +43,12 @@ pub struct ServeArgs {
     /// binding 0.0.0.0 or behind NAT, where the bound address is not what callers use).
     #[arg(long, env = "LAYERSTREAM_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// POST `{worker_id, uri, vram_bytes, ready_ms}` here once ready (http only).
-    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL")]
+    /// POST `{worker_id, uri, vram_bytes, ready_ms}` here once ready (http only; anything else is
+    /// refused at startup).
+    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = http_url)]
     pub callback_url: Option<String>,
-    /// Context size (positions per sequence); capped at the model's trained context.
-    #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096)]
+    /// Context size (positions per sequence, at least 1); capped at the model's trained context.
+    #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096, value_parser = positive_count)]
     pub ctx_size: usize,
     /// Requests that may wait for the engine; more get 429.
     #[arg(long, env = "LAYERSTREAM_MAX_QUEUE", default_value_t = 64)]
@@ -102,6 +103,26 @@ pub fn default_model() -> PathBuf {
             PathBuf::from(home).join(".cache/layerstream")
         });
     cache.join("models/qwen2.5-coder-0.5b-instruct-f16.gguf")
+}
+
+/// An `http://host[:port]/path` URL (the callback has no TLS support).
+fn http_url(s: &str) -> Result<String, String> {
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(_)) => Ok(s.to_string()),
+        (Some("https"), _) => Err(format!(
+            "'{s}': https is not supported (no TLS in this build); use an http:// URL"
+        )),
+        _ => Err(format!("'{s}' is not an http://host/... URL")),
+    }
+}
+
+/// A count >= 1.
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}' is not a whole number >= 1")),
+    }
 }
 
 /// A finite duration > 0 (seconds).

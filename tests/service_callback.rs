@@ -166,6 +166,19 @@ fn a_failed_callback_is_retried_after_a_backoff() {
 }
 
 #[test]
+fn a_callback_refused_with_a_4xx_is_not_retried() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/ready", listener.local_addr().unwrap());
+    let s = spawn_with_callback(&url);
+    accept_one(&listener, Duration::from_secs(30), 404).expect("no callback");
+    assert!(
+        accept_one(&listener, Duration::from_secs(2), 200).is_none(),
+        "a 404 was retried"
+    );
+    s.wait_for_log("not retried", Duration::from_secs(5));
+}
+
+#[test]
 fn a_callback_nobody_listens_on_does_not_stop_the_server() {
     // A port that was free a moment ago: connecting to it is refused.
     let port = TcpListener::bind("127.0.0.1:0")
@@ -184,11 +197,36 @@ fn a_callback_nobody_listens_on_does_not_stop_the_server() {
     assert_eq!(harness::token_ids(&r.json()).len(), 3);
     assert_eq!(s.get("/health").status, 200);
     assert!(s.try_exit().is_none(), "the process exited");
-    // An invalid URL is logged, never fatal either.
-    let s2 = spawn_with_callback("not a url");
-    s2.wait_ready(Duration::from_secs(30));
-    s2.wait_for_log("--callback-url", Duration::from_secs(10));
-    assert_eq!(s2.get("/health").status, 200);
+}
+
+#[test]
+fn a_callback_url_that_cannot_work_is_refused_at_startup() {
+    let model = tiny_model();
+    let m = model.to_str().unwrap();
+    for url in [
+        "not a url",
+        "https://example.com/ready",
+        "ftp://example.com/x",
+    ] {
+        let exit = harness::run_to_exit(
+            &["serve", "--model", m, "--port", "0", "--callback-url", url],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(exit.status.code(), Some(2), "{url}: {}", exit.stderr);
+        assert!(
+            exit.stderr.contains("--callback-url"),
+            "{url}: {}",
+            exit.stderr
+        );
+    }
+    let exit = harness::run_to_exit(
+        &["serve", "--model", m, "--port", "0", "--ctx-size", "0"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
+    assert!(exit.stderr.contains("--ctx-size"), "{}", exit.stderr);
 }
 
 #[test]
