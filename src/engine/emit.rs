@@ -14,7 +14,7 @@ use crate::tokenizer::Tokenizer;
 
 /// How a sequence left the batch.
 pub enum Retired {
-    Finished,
+    Finished(FinishReason),
     Cancelled,
     Failed,
     /// Failed on non-finite logits (counted apart: it means broken weights).
@@ -55,7 +55,6 @@ pub fn apply(
     for i in (0..advances.len()).rev() {
         let Some(adv) = &advances[i] else { continue };
         let seq = &mut sched.running[i];
-        seq.prompt_done.get_or_insert(now);
         seq.first_token.get_or_insert(now);
         let outcome = match adv {
             Ok(a) => stream(seq, a),
@@ -71,12 +70,8 @@ pub fn apply(
         if let Some(r) = outcome {
             let mut seq = sched.running.remove(i);
             seq.release(&mut sched.pool);
-            if let Retired::Finished = r {
-                let adv = advances[i].as_ref().and_then(|a| a.as_ref().ok());
-                finish(
-                    seq,
-                    adv.and_then(|a| a.finish).unwrap_or(FinishReason::Stop),
-                );
+            if let Retired::Finished(reason) = r {
+                finish(seq, reason);
             }
             retired.push(r);
         }
@@ -98,7 +93,7 @@ fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
             return Some(Retired::Cancelled);
         }
     }
-    a.finish.map(|_| Retired::Finished)
+    a.finish.map(Retired::Finished)
 }
 
 fn fail(seq: &Sequence, e: EngineError) {
@@ -110,19 +105,16 @@ fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
 }
 
-/// Arrival to the end.
-fn seq_age(g: &crate::generation::Generation, queued_ms: f64) -> std::time::Duration {
-    std::time::Duration::from_secs_f64((queued_ms + g.timings.total_ms).max(0.0) / 1e3)
-}
-
 /// Send the finished generation.
 pub fn finish(seq: Sequence, reason: FinishReason) {
     let now = Instant::now();
     let start = seq.admitted.unwrap_or(seq.job.enqueued);
     let at = |t: Option<Instant>| ms(start, t.unwrap_or(now));
     let n = seq.out.generated().len();
-    let timings = generation::timings(at(seq.prompt_done), at(seq.first_token), ms(start, now), n);
-    let queued_ms = ms(seq.job.enqueued, start);
+    // The prompt is done when the first token is sampled.
+    let first = at(seq.first_token);
+    let timings = generation::timings(first, first, ms(start, now), n);
+    let (seq_enqueued, queued_ms) = (seq.job.enqueued, ms(seq.job.enqueued, start));
     let cached = seq.cached_tokens.unwrap_or(0);
     let (id, events, waited) = (
         seq.job.id.clone(),
@@ -131,7 +123,7 @@ pub fn finish(seq: Sequence, reason: FinishReason) {
     );
     let mut generation = seq.out.finish(reason, timings);
     generation.usage.prompt_tokens_details.cached_tokens = cached;
-    crate::metrics::finished(reason.as_str(), n, seq_age(&generation, queued_ms));
+    crate::metrics::finished(reason.as_str(), n, now.duration_since(seq_enqueued));
     tracing::info!(
         id = %id,
         prompt_tokens = generation.usage.prompt_tokens,

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::kv_pool::{block_key, BlockId, KvPool};
+use super::stats::EngineStats;
 use super::{EngineError, EngineEvent, Job};
 use crate::generation::Decoding;
 
@@ -20,10 +21,9 @@ pub struct Sequence {
     pub cached_tokens: Option<usize>,
     /// Counted against the queue limit (from submission until first admission).
     pub queued: bool,
-    /// When it was first admitted (the `Started` event), first sampled, and how long its steps
-    /// waited for the loader.
+    /// When it was first admitted (the `Started` event), first sampled (its prompt done), and
+    /// how long its steps waited for the loader.
     pub admitted: Option<Instant>,
-    pub prompt_done: Option<Instant>,
     pub first_token: Option<Instant>,
     pub waited_for_load_ms: f64,
     /// Order of (re)admission: the youngest running sequence is preempted first.
@@ -44,7 +44,6 @@ impl Sequence {
             cached_tokens: None,
             queued: true,
             admitted: None,
-            prompt_done: None,
             first_token: None,
             waited_for_load_ms: 0.0,
             admit_order: 0,
@@ -56,6 +55,14 @@ impl Sequence {
     /// preemption, or the last sampled token).
     pub fn pending(&self) -> usize {
         self.out.all_tokens().len() - self.computed
+    }
+
+    /// It left the queue (admitted, dropped or refused): its slot is free for another request.
+    /// Counted once, whatever happens to it afterwards (a preempted sequence is not queued).
+    pub fn leave_queue(&mut self, stats: &EngineStats) {
+        if std::mem::take(&mut self.queued) {
+            stats.dequeued();
+        }
     }
 
     /// End the request with `e` (counted by its type).

@@ -79,7 +79,7 @@ impl EngineStats {
     pub fn count_retired(&self, retired: &[Retired]) {
         for r in retired {
             let c = match r {
-                Retired::Finished => &self.finished,
+                Retired::Finished(_) => &self.finished,
                 Retired::Cancelled => &self.cancelled,
                 Retired::Failed => &self.failed,
                 Retired::NonFinite => {

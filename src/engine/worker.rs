@@ -144,9 +144,7 @@ impl Worker {
                     crate::metrics::failed("cancelled");
                     tracing::info!(id = %seq.job.id, "queued request dropped: client disconnected");
                 }
-                if seq.queued {
-                    stats.dequeued();
-                }
+                seq.leave_queue(stats);
             }
             keep
         });
@@ -176,9 +174,7 @@ impl Worker {
             self.sched.waiting.drain(..).partition(|s| late(s));
         self.sched.waiting = keep.into();
         for seq in &mut ended {
-            if std::mem::take(&mut seq.queued) {
-                self.stats.dequeued();
-            }
+            seq.leave_queue(&self.stats);
         }
         let pool = &mut self.sched.pool;
         let mut i = 0;
@@ -194,15 +190,16 @@ impl Worker {
         for seq in ended {
             tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request ended: past --request-timeout");
             emit::finish(seq, FinishReason::TimeLimit);
-            self.stats.count_retired(&[emit::Retired::Finished]);
+            self.stats
+                .count_retired(&[emit::Retired::Finished(FinishReason::TimeLimit)]);
         }
     }
 
     /// Schedule and run one step; false when there was nothing to run.
     fn step(&mut self) -> bool {
         let Schedule { plan, unfit } = self.sched.schedule();
-        for seq in unfit {
-            self.stats.dequeued();
+        for mut seq in unfit {
+            seq.leave_queue(&self.stats);
             let capacity = self.sched.pool.total() * self.sched.pool.block_size();
             let needed = seq.out.all_tokens().len();
             seq.fail(EngineError::TooLarge { needed, capacity });
@@ -261,9 +258,7 @@ impl Worker {
                 let queued_ms = queued.as_secs_f64() * 1e3;
                 let _ = seq.job.events.send(EngineEvent::Started { queued_ms });
             }
-            if std::mem::take(&mut seq.queued) {
-                self.stats.dequeued();
-            }
+            seq.leave_queue(&self.stats);
         }
     }
 
@@ -287,11 +282,9 @@ impl Worker {
             seq.fail(e.clone());
             seq.release(pool);
         }
-        for seq in self.sched.waiting.drain(..) {
+        for mut seq in self.sched.waiting.drain(..) {
             seq.fail(e.clone());
-            if seq.queued {
-                self.stats.dequeued();
-            }
+            seq.leave_queue(&self.stats);
         }
     }
 }

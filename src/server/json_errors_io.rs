@@ -49,17 +49,25 @@ fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
         b"400 " => ApiError::MalformedHead,
         _ => return None,
     };
+    Some(raw_response(&error))
+}
+
+/// A whole `connection: close` response carrying `error` in the API's JSON shape, for answers
+/// written below hyper (its own error heads, a connection over the cap).
+pub fn raw_response(error: &ApiError) -> Vec<u8> {
     let body = error.body().to_string();
     let status = error.status();
-    Some(
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
-        )
-        .into_bytes(),
+    let retry = match error {
+        ApiError::Overloaded { .. } => "retry-after: 1\r\n",
+        _ => "",
+    };
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
     )
+    .into_bytes()
 }
 
 impl<T: AsyncWrite + Unpin> JsonErrorsIo<T> {

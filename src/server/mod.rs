@@ -174,15 +174,9 @@ impl http_body::Body for Tracked {
 /// Answer a connection over the limit with a 503 in the API's error shape, and close it.
 async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     use tokio::io::AsyncWriteExt;
-    let e = error::ApiError::Overloaded { limit };
-    let body = e.body().to_string();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
+    let answer = json_errors_io::raw_response(&error::ApiError::Overloaded { limit });
     let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
