@@ -1,5 +1,6 @@
-// Causal grouped-query attention over the F16 KV cache (rows = positions, kv_dim = n_kv * D per row;
-// query head h reads KV head h / (n_head / n_kv)).
+// Causal grouped-query attention over the F16 KV cache (rows of kv_dim = n_kv * D; query head h
+// reads KV head h / (n_head / n_kv)). A sequence's position p lives in row kv_row(table, bs, p)
+// (common.cuh): its block table in a paged pool, or row p when the table is null.
 //
 // One warp processes one query row against a range of keys with an online softmax, 32 keys at a
 // time (staged in the warp's shared tile, dynamic shared memory of 2 * tile_halves(D) bytes per
@@ -7,8 +8,11 @@
 // takes the chunk's max and rescales; then lanes switch to owning output dimensions d = lane + 32 i
 // and accumulate sum_j p_j V[j, d] with p_j broadcast by shuffles. D must be a multiple of 8, <= 256.
 //
-//   attn_prefill: grid (ceil(n / 4), n_head), block 128 = 4 warps = 4 consecutive query rows; row t
-//                 (position pos0 + t) attends to keys 0..=pos0+t; output F16 [n, q_dim] for cuBLAS.
+//   attn_rows:    grid (ceil(n / 4), n_head), block 128 = 4 warps = 4 query rows of any sequences;
+//                 row t (position row_pos[t], or pos0 + t when row_pos is null) attends to its
+//                 sequence's keys 0..=pos, its block table at tables + row_tab[t] (or `tables`
+//                 itself when row_tab is null; no table when `tables` is null); output F16
+//                 [n, q_dim] for cuBLAS. Prefill of one sequence and a batch of many alike.
 //   attn_decode + attn_reduce: one query (position *pos_dev, its K/V already in the cache), split
 //                 over the sequence: grid (max_splits, n_head), block 32; split s takes keys
 //                 [s * chunk, (s + 1) * chunk) and writes its unnormalised (acc, max, sum);
@@ -37,8 +41,9 @@ __host__ __device__ constexpr int tile_halves(int D) { return WARP * (D + 8) + W
 // and V is first copied into the warp's shared tile with coalesced 16-byte loads (all in flight
 // at once), so the score and value loops read shared memory instead of waiting on scattered loads.
 __device__ __forceinline__ void attend_range(const float* q, const __half* __restrict__ kc,
-                                             const __half* __restrict__ vc, int kv_dim, int kv_off, int D,
-                                             float scale, int k0, int k1, Softmax& st, __half* tile) {
+                                             const __half* __restrict__ vc, const int* __restrict__ table, int bs,
+                                             int kv_dim, int kv_off, int D, float scale, int k0, int k1, Softmax& st,
+                                             __half* tile) {
     const int lane = threadIdx.x % WARP;
     const int kstride = D + 8, per_row = D / 8;
     __half* ks = tile;
@@ -48,7 +53,7 @@ __device__ __forceinline__ void attend_range(const float* q, const __half* __res
 #pragma unroll 4
         for (int i = lane; i < nk * per_row; i += WARP) {
             const int r = i / per_row, c = (i % per_row) * 8;
-            const size_t src = (size_t)(j0 + r) * kv_dim + kv_off + c;
+            const size_t src = kv_row(table, bs, j0 + r) * kv_dim + kv_off + c;
             *reinterpret_cast<uint4*>(ks + r * kstride + c) = *reinterpret_cast<const uint4*>(kc + src);
             *reinterpret_cast<uint4*>(vs + r * D + c) = *reinterpret_cast<const uint4*>(vc + src);
         }
@@ -91,9 +96,11 @@ __device__ __forceinline__ void softmax_init(Softmax& st) {
     for (int i = 0; i < PER_LANE; i++) st.acc[i] = 0.0f;
 }
 
-extern "C" __global__ void attn_prefill(const float* __restrict__ q, const __half* __restrict__ kc,
-                                        const __half* __restrict__ vc, __half* __restrict__ out, int n, int pos0,
-                                        int n_head, int n_kv, int D, float scale) {
+extern "C" __global__ void attn_rows(const float* __restrict__ q, const __half* __restrict__ kc,
+                                     const __half* __restrict__ vc, __half* __restrict__ out, int n,
+                                     const int* __restrict__ row_pos, int pos0, const int* __restrict__ row_tab,
+                                     const int* __restrict__ tables, int bs, int n_head, int n_kv, int D,
+                                     float scale) {
     __shared__ float qs[4][MAX_D];
     extern __shared__ __align__(16) __half tiles[];
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -104,7 +111,10 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const __hal
     __syncwarp();
     Softmax st;
     softmax_init(st);
-    attend_range(qs[warp], kc, vc, kv_dim, kv_off, D, scale, 0, pos0 + t + 1, st, tiles + warp * tile_halves(D));
+    const int pos = row_pos ? row_pos[t] : pos0 + t;
+    const int* table = tables ? tables + (row_tab ? row_tab[t] : 0) : nullptr;
+    attend_range(qs[warp], kc, vc, table, bs, kv_dim, kv_off, D, scale, 0, pos + 1, st,
+                 tiles + warp * tile_halves(D));
     const float inv = 1.0f / st.l;
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) {
@@ -116,7 +126,8 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const __hal
 // One split of the decode attention: keys [s * chunk, (s + 1) * chunk) of head h, its unnormalised
 // (acc, max, sum) written to partial s of the head (zeros and -inf for a split past the end).
 __device__ __forceinline__ void decode_split(const float* __restrict__ q, const __half* __restrict__ kc,
-                                             const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                             const __half* __restrict__ vc, const int* __restrict__ table, int bs,
+                                             float* __restrict__ part_acc,
                                              float* __restrict__ part_ml, int len, int s, int h, int max_splits,
                                              int n_head, int n_kv, int D, float scale, int chunk) {
     __shared__ float qs[MAX_D];
@@ -130,7 +141,7 @@ __device__ __forceinline__ void decode_split(const float* __restrict__ q, const 
         const int kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
         for (int d = lane; d < D; d += WARP) qs[d] = q[h * D + d];
         __syncwarp();
-        attend_range(qs, kc, vc, kv_dim, kv_off, D, scale, k0, k1, st, tiles);
+        attend_range(qs, kc, vc, table, bs, kv_dim, kv_off, D, scale, k0, k1, st, tiles);
     }
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) {
@@ -184,11 +195,12 @@ __device__ __forceinline__ int active_splits(int len, int chunk, int max_splits)
 }
 
 extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half* __restrict__ kc,
-                                       const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                       const __half* __restrict__ vc, const int* __restrict__ table, int bs,
+                                       float* __restrict__ part_acc,
                                        float* __restrict__ part_ml, const int* __restrict__ pos_dev, int n_head,
                                        int n_kv, int D, float scale, int chunk) {
     grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
-    decode_split(q, kc, vc, part_acc, part_ml, *pos_dev + 1, blockIdx.x, blockIdx.y, gridDim.x, n_head, n_kv, D,
+    decode_split(q, kc, vc, table, bs, part_acc, part_ml, *pos_dev + 1, blockIdx.x, blockIdx.y, gridDim.x, n_head, n_kv, D,
                  scale, chunk);
 }
 
@@ -200,13 +212,14 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const
 }
 
 extern "C" __global__ void attn_decode_merge(const float* __restrict__ q, const __half* __restrict__ kc,
-                                             const __half* __restrict__ vc, float* part_acc, float* part_ml,
+                                             const __half* __restrict__ vc, const int* __restrict__ table, int bs,
+                                             float* part_acc, float* part_ml,
                                              float* __restrict__ out, int* count, const int* __restrict__ pos_dev,
                                              int n_head, int n_kv, int D, float scale, int chunk) {
     const int h = blockIdx.y, max_splits = gridDim.x;
     grid_dep_sync();
     const int len = *pos_dev + 1;
-    decode_split(q, kc, vc, part_acc, part_ml, len, blockIdx.x, h, max_splits, n_head, n_kv, D, scale, chunk);
+    decode_split(q, kc, vc, table, bs, part_acc, part_ml, len, blockIdx.x, h, max_splits, n_head, n_kv, D, scale, chunk);
     // Every lane's partial writes are visible device-wide before the block is counted.
     __threadfence();
     __syncwarp();

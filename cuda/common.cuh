@@ -73,3 +73,10 @@ __device__ __forceinline__ void half8_to_float(const uint4 raw, float out[8]) {
 __device__ __forceinline__ void load_half8(const __half* p, float out[8]) {
     half8_to_float(*reinterpret_cast<const uint4*>(p), out);
 }
+
+// The KV cache row holding position p of a sequence: with a block table (paged KV pool), block
+// table[p / bs] holds positions [b * bs, (b + 1) * bs) in rows b * bs ..; without one (null) the
+// sequence's rows are contiguous from row 0.
+__device__ __forceinline__ size_t kv_row(const int* __restrict__ table, int bs, int p) {
+    return table ? (size_t)table[p / bs] * bs + p % bs : (size_t)p;
+}

@@ -6,7 +6,8 @@
 //     RoPE and the KV append applied in the epilogue: one warp takes the two rows of a rotation pair
 //     (head h, i) and (h, i + D/2) of Q or K (their loads interleaved), adds the biases, rotates by
 //     pos * base^(-2i/D) (the formula of rope_qkv) and writes Q (F32) or the K cache row (F16);
-//     the remaining warps take one V row each into the V cache. Position from `pos_dev`.
+//     the remaining warps take one V row each into the V cache. Position from `pos_dev`; the K/V
+//     row from `slot_dev` (a paged pool) or the position when it is null.
 //     Launch: block 256 (8 warps), grid ceil(((n_head + n_kv) * D/2 + n_kv * D) / 8), dynamic
 //     shared K * 4 B.
 // It may be launched as a programmatic dependent (common.cuh). `_cN` variants (gemv.cuh): with
@@ -18,7 +19,8 @@ template <int CPL>
 __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const float* __restrict__ x,
                                          const float* __restrict__ norm_w, float eps, const float* __restrict__ bias,
                                          float* __restrict__ q_out, __half* __restrict__ k_cache,
-                                         __half* __restrict__ v_cache, const int* __restrict__ pos_dev, int n_head,
+                                         __half* __restrict__ v_cache, const int* __restrict__ pos_dev,
+                                         const int* __restrict__ slot_dev, int n_head,
                                          int n_kv, int D, float freq_base, int K) {
     extern __shared__ float fused_xs[];
     float* xs = fused_xs;
@@ -41,6 +43,7 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
     stage_input<1>(x, norm_w, eps, xs, K);
     if (t >= pairs + kv_dim) return;
     const int pos = *pos_dev;
+    const size_t kv_at = slot_dev ? (size_t)*slot_dev : (size_t)pos;
     float s[2];
     warp_rows_dot_any<2, CPL>(W, w, xs, K, rows, r, s);
     if (lane != 0) return;
@@ -55,21 +58,22 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
             q_out[r[0]] = y0;
             q_out[r[1]] = y1;
         } else {
-            __half* k = k_cache + (size_t)pos * kv_dim;
+            __half* k = k_cache + kv_at * kv_dim;
             k[r[0] - q_dim] = __float2half_rn(y0);
             k[r[1] - q_dim] = __float2half_rn(y1);
         }
     } else {
-        v_cache[(size_t)pos * kv_dim + (t - pairs)] = __float2half_rn(s[0] + bias[r[0]]);
+        v_cache[kv_at * kv_dim + (t - pairs)] = __float2half_rn(s[0] + bias[r[0]]);
     }
 }
 
 #define QKV_ROPE_KERNEL(CPL)                                                                                   \
     extern "C" __global__ void gemv_qkv_rope_c##CPL(                                                          \
         const __half* W, const float* x, const float* norm_w, float eps, const float* bias, float* q_out,     \
-        __half* k_cache, __half* v_cache, const int* pos_dev, int n_head, int n_kv, int D, float freq_base,    \
-        int K) {                                                                                              \
-        qkv_rope<CPL>(W, x, norm_w, eps, bias, q_out, k_cache, v_cache, pos_dev, n_head, n_kv, D, freq_base, K); \
+        __half* k_cache, __half* v_cache, const int* pos_dev, const int* slot_dev, int n_head, int n_kv, int D,  \
+        float freq_base, int K) {                                                                             \
+        qkv_rope<CPL>(W, x, norm_w, eps, bias, q_out, k_cache, v_cache, pos_dev, slot_dev, n_head, n_kv, D,       \
+                      freq_base, K);                                                                          \
     }
 QKV_ROPE_KERNEL(0)
 QKV_ROPE_KERNEL(4)

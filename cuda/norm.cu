@@ -1,11 +1,12 @@
 // RMSNorm for prefill: y[r, :] = f16(x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w), the input of the
-// next cuBLAS product. Grid: one block per row; block: 256 threads (sum of squares reduced over
-// the block, then each thread scales its columns).
+// next cuBLAS product. Output row r reads input row rows[r] when `rows` is non-null (the rows
+// whose logits a batch wants), else row r. Grid: one block per output row; block: 256 threads
+// (sum of squares reduced over the block, then each thread scales its columns).
 #include "common.cuh"
 
 extern "C" __global__ void rmsnorm_f16(const float* __restrict__ x, const float* __restrict__ w,
-                                       __half* __restrict__ y, int cols, float eps) {
-    const float* xr = x + (size_t)blockIdx.x * cols;
+                                       __half* __restrict__ y, const int* __restrict__ rows, int cols, float eps) {
+    const float* xr = x + (size_t)(rows ? rows[blockIdx.x] : blockIdx.x) * cols;
     __half* yr = y + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// at least the context size). Reserved before READY.
     #[arg(long, env = "LAYERSTREAM_KV_CACHE_TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
     pub kv_cache_tokens: Option<u32>,
+    /// Without --kv-cache-tokens, a GPU's KV pool fills this fraction of the device's memory
+    /// (weights and everything else in use counted), up to what --max-num-seqs sequences of
+    /// --ctx-size positions can hold. Reserved before READY.
+    #[arg(long, env = "LAYERSTREAM_GPU_MEMORY_FRACTION", default_value_t = 0.9, value_parser = memory_fraction)]
+    pub gpu_memory_fraction: f32,
     /// Turn off prefix caching (full KV blocks shared between requests with the same prefix).
     #[arg(long, env = "LAYERSTREAM_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
@@ -135,6 +140,16 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A fraction in (0, 1].
+fn memory_fraction(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a fraction of device memory; expected a number in (0, 1]"
+        )),
+    }
+}
+
 /// A finite rate > 0 (MB/s).
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -160,6 +175,10 @@ impl ServeArgs {
             block_size: crate::engine::BLOCK_SIZE,
             ctx,
             prefix_cache: !self.no_prefix_cache,
+            gpu_memory_fraction: match self.kv_cache_tokens {
+                Some(_) => None,
+                None => Some(self.gpu_memory_fraction),
+            },
         }
     }
 }

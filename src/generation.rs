@@ -177,14 +177,7 @@ impl Decoding {
         logits[n_text..].fill(f32::NEG_INFINITY);
         // NaN or +inf anywhere, or nothing finite at all, means broken weights or activations:
         // the request ends with an error instead of a meaningless (or panicking) draw.
-        let mut any_finite = false;
-        for &v in &logits[..n_text] {
-            if v.is_nan() || v == f32::INFINITY {
-                return Err(GenerationError::NonFinite);
-            }
-            any_finite |= v.is_finite();
-        }
-        if !any_finite {
+        if !all_finite_or_masked(&logits[..n_text]) {
             return Err(GenerationError::NonFinite);
         }
         let id = self.sampler.sample(logits, &self.history);
@@ -244,6 +237,28 @@ impl Decoding {
             tail,
         }
     }
+}
+
+/// Whether `logits` hold no NaN and no +inf, and at least one finite value (-inf masks a token).
+/// Branch-free over 64-wide chunks on the bit patterns, so it compiles to vector compares: at
+/// 151,936 logits a row, an early-exit loop cost more than the sampling itself.
+fn all_finite_or_masked(logits: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut any_finite = false;
+    for chunk in logits.chunks(64) {
+        let (mut bad, mut finite) = (false, false);
+        for &v in chunk {
+            let bits = v.to_bits();
+            // +inf is exactly EXP; NaN has the exponent all ones and a mantissa (either sign).
+            bad |= bits == EXP || (bits & 0x7fff_ffff) > EXP;
+            finite |= (bits & EXP) != EXP;
+        }
+        if bad {
+            return false;
+        }
+        any_finite |= finite;
+    }
+    any_finite
 }
 
 /// Timings of a sequence from its start, its first token and its end.

@@ -103,6 +103,9 @@ pub struct BatchRequest {
     pub ctx: usize,
     /// Whether requests may share cached prefix blocks.
     pub prefix_cache: bool,
+    /// When set, a GPU backend sizes its pool to fill this fraction of the device's memory
+    /// (counting what is already in use) instead of `kv_tokens` (the CPU ignores it).
+    pub gpu_memory_fraction: Option<f32>,
 }
 
 /// What a backend grants: at most the request, possibly less (a backend without paged attention

@@ -15,6 +15,7 @@ pub mod kv_pool;
 mod scheduler;
 mod sequence;
 mod stats;
+mod timing;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

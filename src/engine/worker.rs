@@ -10,6 +10,7 @@ use super::kv_pool::KvPool;
 use super::scheduler::{Planned, SchedLimits, Schedule, Scheduler};
 use super::sequence::Sequence;
 use super::stats::EngineStats;
+use super::timing::{Part, StepTimer};
 use super::{batch, emit, Drain, EngineError, EngineEvent, Job};
 use crate::backend::step::{BatchLimits, StepBatch, StepRunner};
 use crate::backend::{Backend, BackendError};
@@ -39,6 +40,7 @@ pub(super) struct Worker {
     pub close: Receiver<()>,
     pub request_timeout: Option<std::time::Duration>,
     tokens: Vec<u32>,
+    timer: StepTimer,
 }
 
 impl Worker {
@@ -73,6 +75,7 @@ impl Worker {
             close: channels.1,
             request_timeout: None,
             tokens: Vec::new(),
+            timer: StepTimer::from_env(),
         }
     }
 
@@ -197,6 +200,7 @@ impl Worker {
 
     /// Schedule and run one step; false when there was nothing to run.
     fn step(&mut self) -> bool {
+        let t = self.timer.start();
         let Schedule { plan, unfit } = self.sched.schedule();
         for mut seq in unfit {
             seq.leave_queue(&self.stats);
@@ -209,10 +213,13 @@ impl Worker {
             return false;
         }
         let seqs = batch::build(&self.sched.running, &plan, &mut self.tokens);
+        let (rows, n_seqs) = (self.tokens.len(), seqs.len());
         let batch = StepBatch {
             tokens: &self.tokens,
             seqs: &seqs,
         };
+        self.timer.add(Part::Schedule, t);
+        let t = self.timer.start();
         self.model.take_waited();
         let runner = &mut self.runner;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -220,6 +227,8 @@ impl Worker {
             runner.step(&batch)
         }));
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
+        self.timer.add(Part::Backend, t);
+        let t = self.timer.start();
         let outcome = match result {
             Ok(Ok(logits)) => Ok(logits),
             Ok(Err(e)) => Err(engine_error(e)),
@@ -243,6 +252,8 @@ impl Worker {
             }
             Err(e) => self.fail_planned(&plan, e),
         }
+        self.timer.add(Part::Emit, t);
+        self.timer.step_done(rows, n_seqs);
         true
     }
 

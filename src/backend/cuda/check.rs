@@ -10,7 +10,7 @@ use half::f16;
 
 use super::blas::Blas;
 use super::driver::{ck, DevBuf, Event, Gpu, Stream};
-use super::kernels::Kernels;
+use super::kernels::{Kernels, Paged, RowsAt};
 use crate::backend::cpu::ops;
 use crate::cli::CheckCudaArgs;
 use crate::gguf::{GgmlType, GgufFile};
@@ -18,8 +18,8 @@ use crate::model::HParams;
 use crate::rng::Rng;
 
 /// Max-norm relative error allowed: F32 outputs, and outputs stored as F16.
-const TOL_F32: f64 = 1e-3;
-const TOL_F16: f64 = 4e-3;
+pub(super) const TOL_F32: f64 = 1e-3;
+pub(super) const TOL_F16: f64 = 4e-3;
 
 #[derive(Default)]
 pub(super) struct Report {
@@ -27,7 +27,7 @@ pub(super) struct Report {
 }
 
 impl Report {
-    fn err(&mut self, name: &str, got: &[f32], want: &[f64], tol: f64) {
+    pub(super) fn err(&mut self, name: &str, got: &[f32], want: &[f64], tol: f64) {
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
         let mut worst = 0f64;
         let mut bad = got.len() != want.len();
@@ -62,7 +62,7 @@ impl Report {
     }
 }
 
-fn upload<T: bytemuck::Pod>(v: &[T]) -> Result<DevBuf, String> {
+pub(super) fn upload<T: bytemuck::Pod>(v: &[T]) -> Result<DevBuf, String> {
     let bytes: &[u8] = bytemuck::cast_slice(v);
     let b = DevBuf::alloc(bytes.len())?;
     ck("cuMemcpyHtoD", unsafe {
@@ -72,11 +72,14 @@ fn upload<T: bytemuck::Pod>(v: &[T]) -> Result<DevBuf, String> {
 }
 
 /// A buffer of `n` elements of `T`, every byte 0xFF (NaN as F32 and F16): unwritten outputs show.
-fn poisoned<T: bytemuck::Pod>(n: usize) -> Result<DevBuf, String> {
+pub(super) fn poisoned<T: bytemuck::Pod>(n: usize) -> Result<DevBuf, String> {
     upload(&vec![0xFFu8; n * std::mem::size_of::<T>()])
 }
 
-fn download<T: bytemuck::Pod + bytemuck::Zeroable>(b: &DevBuf, n: usize) -> Result<Vec<T>, String> {
+pub(super) fn download<T: bytemuck::Pod + bytemuck::Zeroable>(
+    b: &DevBuf,
+    n: usize,
+) -> Result<Vec<T>, String> {
     let mut v = vec![T::zeroed(); n];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
     ck("cuMemcpyDtoH", unsafe {
@@ -85,15 +88,15 @@ fn download<T: bytemuck::Pod + bytemuck::Zeroable>(b: &DevBuf, n: usize) -> Resu
     Ok(v)
 }
 
-fn f16s(v: &[f16]) -> Vec<f32> {
+pub(super) fn f16s(v: &[f16]) -> Vec<f32> {
     v.iter().map(|h| h.to_f32()).collect()
 }
 
-fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+pub(super) fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
 }
 
-fn randh(rng: &mut Rng, n: usize, scale: f32) -> Vec<f16> {
+pub(super) fn randh(rng: &mut Rng, n: usize, scale: f32) -> Vec<f16> {
     (0..n)
         .map(|_| f16::from_f32(rng.normal() * scale))
         .collect()
@@ -158,7 +161,7 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
     let x = randn(rng, rows * h, 2.0);
     let w = randn(rng, h, 1.0);
     let (xb, wb, yb) = (upload(&x)?, upload(&w)?, poisoned::<f16>(rows * h)?);
-    k.rmsnorm_f16(s, xb.ptr, wb.ptr, yb.ptr, rows, h, 1e-6)?;
+    k.rmsnorm_f16(s, xb.ptr, wb.ptr, yb.ptr, 0, rows, h, 1e-6)?;
     s.sync()?;
     let mut want = vec![0f32; rows * h];
     for i in 0..rows {
@@ -205,7 +208,9 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
     check_rope(k, s, rng, r)?;
     for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
         check_attention(k, s, rng, r, heads, kv, d)?;
+        super::check_paged::check_paged(k, s, rng, r, heads, kv, d)?;
     }
+    super::check_paged::check_rope_slots(k, s, rng, r)?;
     check_gemm(s, rng, r)
 }
 
@@ -286,7 +291,7 @@ fn check_gemv(
     Ok(())
 }
 
-fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
+pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
     HParams {
         n_layer: 1,
         hidden: n_head * d,
@@ -320,7 +325,17 @@ fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<
         poisoned::<f16>(ctx * kv)?,
         poisoned::<f16>(ctx * kv)?,
     );
-    k.rope_qkv(s, qb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, 0, pos0, n, &hp)?;
+    k.rope_qkv(
+        s,
+        qb.ptr,
+        bb.ptr,
+        qo.ptr,
+        kc.ptr,
+        vc.ptr,
+        &RowsAt::contiguous(pos0),
+        n,
+        &hp,
+    )?;
     s.sync()?;
     let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
@@ -351,7 +366,13 @@ fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<
 }
 
 /// Causal attention of query rows at positions `pos[i]` over cache rows `0..=pos[i]`, in f64.
-fn attention_ref(q: &[f32], kc: &[f16], vc: &[f16], pos: &[usize], hp: &HParams) -> Vec<f64> {
+pub(super) fn attention_ref(
+    q: &[f32],
+    kc: &[f16],
+    vc: &[f16],
+    pos: &[usize],
+    hp: &HParams,
+) -> Vec<f64> {
     let (d, qd, kvd) = (hp.head_dim, hp.q_dim(), hp.kv_dim());
     let group = hp.n_head / hp.n_kv_head;
     let mut out = vec![0f64; pos.len() * qd];
@@ -403,11 +424,12 @@ fn check_attention(
         upload(&vc)?,
         poisoned::<f16>(n * qd)?,
     );
-    k.attn_prefill(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, pos0, &hp)?;
+    let at = RowsAt::contiguous(pos0);
+    k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp)?;
     s.sync()?;
     let pos: Vec<usize> = (pos0..len).collect();
     r.err(
-        &format!("attn_prefill {n_head}/{n_kv}x{d}"),
+        &format!("attn_rows contiguous {n_head}/{n_kv}x{d}"),
         &f16s(&download::<f16>(&ob, n * qd)?),
         &attention_ref(&q, &kc, &vc, &pos, &hp),
         TOL_F16,
@@ -425,7 +447,18 @@ fn check_attention(
         poisoned::<f32>(qd)?,
     );
     k.attn_decode(
-        s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, ob.ptr, pb.ptr, split, max_splits, &hp,
+        s,
+        qb.ptr,
+        kb.ptr,
+        vb.ptr,
+        Paged::CONTIGUOUS,
+        pa.ptr,
+        pm.ptr,
+        ob.ptr,
+        pb.ptr,
+        split,
+        max_splits,
+        &hp,
     )?;
     s.sync()?;
     r.err(
@@ -445,8 +478,19 @@ fn check_attention(
             poisoned::<f32>(qd)?,
         );
         k.attn_decode_merged(
-            s, qb.ptr, kb.ptr, vb.ptr, pa.ptr, pm.ptr, ob.ptr, count.ptr, pb.ptr, split,
-            max_splits, &hp,
+            s,
+            qb.ptr,
+            kb.ptr,
+            vb.ptr,
+            Paged::CONTIGUOUS,
+            pa.ptr,
+            pm.ptr,
+            ob.ptr,
+            count.ptr,
+            pb.ptr,
+            split,
+            max_splits,
+            &hp,
         )?;
         s.sync()?;
         r.err(
@@ -500,7 +544,7 @@ fn check_fused_decode(
         poisoned::<f16>(ctx * kv)?,
     );
     k.gemv_qkv_rope(
-        s, wb.ptr, xb.ptr, nb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, pb.ptr, &hp,
+        s, wb.ptr, xb.ptr, nb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, pb.ptr, 0, &hp,
     )?;
     s.sync()?;
     let mut xn = vec![0f32; h];

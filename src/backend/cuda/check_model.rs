@@ -134,13 +134,15 @@ pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> 
             ctx,
         },
     )?;
-    for case in cases(args, &file, spec.hp.vocab)? {
+    let cases = cases(args, &file, spec.hp.vocab)?;
+    for case in &cases {
         let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
         let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
         let run = run_case(&mut *ce, &mut *ge, &case.ids, args.tokens, spec.hp.vocab)?;
-        report_case(&format!("{name} {}", case.name), &case, &run, r);
+        report_case(&format!("{name} {}", case.name), case, &run, r);
     }
-    Ok(())
+    let ids = cases.first().map(|c| c.ids.as_slice()).unwrap_or_default();
+    super::check_batch::check_batched(&name, &cpu, &gpu, ids, args.tokens, r)
 }
 
 /// One case evaluated on both backends.

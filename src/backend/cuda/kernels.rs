@@ -31,7 +31,7 @@ pub struct Kernels {
     /// says otherwise (64 to 1024, a multiple of 32; for comparing block sizes).
     gemv_threads: u32,
     rope_qkv: CUfunction,
-    attn_prefill: CUfunction,
+    attn_rows: CUfunction,
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
     attn_decode_merge: CUfunction,
@@ -58,6 +58,45 @@ pub fn dependent_launches(on: bool) -> DependentGuard {
 }
 
 pub struct DependentGuard(bool);
+
+/// Where each row of a pass sits and where its K/V go (rope_qkv, attn_rows): row t's position is
+/// `*pos_dev + t` when `pos_dev` is set, else `row_pos[t]` when set, else `pos0 + t`; its K/V row
+/// `slots[t]` when set, else the position; its sequence's block table at `tables + row_tab[t]`
+/// (or `tables` when `row_tab` is 0; contiguous rows when `tables` is 0), `bs` positions a block.
+/// Device pointers; 0 means absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowsAt {
+    pub pos_dev: CUdeviceptr,
+    pub row_pos: CUdeviceptr,
+    pub pos0: usize,
+    pub slots: CUdeviceptr,
+    pub row_tab: CUdeviceptr,
+    pub tables: CUdeviceptr,
+    pub bs: usize,
+}
+
+impl RowsAt {
+    /// One sequence in contiguous rows from position `pos0`.
+    pub fn contiguous(pos0: usize) -> RowsAt {
+        RowsAt {
+            pos0,
+            bs: 1,
+            ..RowsAt::default()
+        }
+    }
+}
+
+/// A single sequence's block table on the device (`table` 0: contiguous rows), for the decode
+/// attention.
+#[derive(Clone, Copy, Debug)]
+pub struct Paged {
+    pub table: CUdeviceptr,
+    pub bs: usize,
+}
+
+impl Paged {
+    pub const CONTIGUOUS: Paged = Paged { table: 0, bs: 1 };
+}
 
 impl Drop for DependentGuard {
     fn drop(&mut self) {
@@ -229,7 +268,7 @@ impl Kernels {
             ),
             gemv_threads: gemv_threads_from_env(),
             rope_qkv: m.function("rope_qkv")?,
-            attn_prefill: big("attn_prefill")?,
+            attn_rows: big("attn_rows")?,
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
             attn_decode_merge: big("attn_decode_merge")?,
@@ -303,11 +342,12 @@ impl Kernels {
         x: CUdeviceptr,
         w: CUdeviceptr,
         y: CUdeviceptr,
+        pick: CUdeviceptr,
         rows: usize,
         cols: usize,
         eps: f32,
     ) -> Result<(), String> {
-        launch!(self.rmsnorm_f16, (rows as u32, 1), 256, 0, s; x, w, y, cols as i32, eps)
+        launch!(self.rmsnorm_f16, (rows as u32, 1), 256, 0, s; x, w, y, pick, cols as i32, eps)
     }
 
     pub fn silu_mul(
@@ -413,7 +453,7 @@ impl Kernels {
         launch!(dep self.gemv_silu[v], (grid, 1), self.gemv_threads, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
-    /// Bias + RoPE + KV append for `n` tokens at positions `pos0..` (or `*pos_dev..` when non-zero).
+    /// Bias + RoPE + KV append for `n` rows placed as `at` says.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_qkv(
         &self,
@@ -423,17 +463,18 @@ impl Kernels {
         q: CUdeviceptr,
         k_cache: CUdeviceptr,
         v_cache: CUdeviceptr,
-        pos_dev: CUdeviceptr,
-        pos0: usize,
+        at: &RowsAt,
         n: usize,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         launch!(dep self.rope_qkv, (n as u32, 1), 512, 0, s;
-            qkv, bias, q, k_cache, v_cache, pos_dev, pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, hp.rope_base)
+            qkv, bias, q, k_cache, v_cache, at.pos_dev, at.row_pos, at.slots, at.pos0 as i32, hp.n_head as i32,
+            hp.n_kv_head as i32, hp.head_dim as i32, hp.rope_base)
     }
 
+    /// Causal attention of `n` query rows, each over its own sequence's keys (`at`), F16 out.
     #[allow(clippy::too_many_arguments)]
-    pub fn attn_prefill(
+    pub fn attn_rows(
         &self,
         s: &Stream,
         q: CUdeviceptr,
@@ -441,12 +482,13 @@ impl Kernels {
         vc: CUdeviceptr,
         out: CUdeviceptr,
         n: usize,
-        pos0: usize,
+        at: &RowsAt,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
-        launch!(self.attn_prefill, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
-            q, kc, vc, out, n as i32, pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
+        launch!(self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, out, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables, at.bs as i32,
+            hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
     }
 
     /// Split decode attention then the merge of the splits into `out` (F32 `[q_dim]`).
@@ -457,6 +499,7 @@ impl Kernels {
         q: CUdeviceptr,
         kc: CUdeviceptr,
         vc: CUdeviceptr,
+        pg: Paged,
         part_acc: CUdeviceptr,
         part_ml: CUdeviceptr,
         out: CUdeviceptr,
@@ -466,7 +509,7 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         self.attn_decode_splits(
-            s, q, kc, vc, part_acc, part_ml, pos_dev, split_keys, max_splits, hp,
+            s, q, kc, vc, pg, part_acc, part_ml, pos_dev, split_keys, max_splits, hp,
         )?;
         launch!(dep self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
             part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
@@ -480,6 +523,7 @@ impl Kernels {
         q: CUdeviceptr,
         kc: CUdeviceptr,
         vc: CUdeviceptr,
+        pg: Paged,
         part_acc: CUdeviceptr,
         part_ml: CUdeviceptr,
         pos_dev: CUdeviceptr,
@@ -489,7 +533,7 @@ impl Kernels {
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         launch!(dep self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
-            q, kc, vc, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)
+            q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)
     }
 
     /// Decode QKV product with RMSNorm, biases, RoPE and the KV append fused (`decode_fused.cu`).
@@ -505,12 +549,13 @@ impl Kernels {
         k_cache: CUdeviceptr,
         v_cache: CUdeviceptr,
         pos_dev: CUdeviceptr,
+        slot_dev: CUdeviceptr,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let tasks = (hp.n_head + hp.n_kv_head) * hp.head_dim / 2 + hp.kv_dim();
         let f = self.gemv_qkv_rope[self.fused_variant(hp.hidden)];
         launch!(dep f, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
-            w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, hp.n_head as i32, hp.n_kv_head as i32,
+            w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, slot_dev, hp.n_head as i32, hp.n_kv_head as i32,
             hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
     }
 
@@ -524,6 +569,7 @@ impl Kernels {
         q: CUdeviceptr,
         kc: CUdeviceptr,
         vc: CUdeviceptr,
+        pg: Paged,
         part_acc: CUdeviceptr,
         part_ml: CUdeviceptr,
         out: CUdeviceptr,
@@ -535,7 +581,7 @@ impl Kernels {
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         launch!(dep self.attn_decode_merge, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
-            q, kc, vc, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
+            q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
             scale, split_keys as i32)
     }
 }

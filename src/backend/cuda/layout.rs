@@ -42,13 +42,16 @@ pub struct LayerLoc {
     pub v_cache: usize,
 }
 
-/// One sequence's working buffers.
+/// The working buffers of one pass (a lone sequence's, or a batched step's up to `MAX_BATCH` rows).
 #[derive(Clone, Copy, Debug)]
 pub struct ScratchLoc {
     /// u32 token ids `[MAX_BATCH]`.
     pub ids: usize,
-    /// i32 position of the decode token (read by kernels inside the captured graph).
-    pub pos: usize,
+    /// The decode token's [position, K/V row, token id] (i32, read by kernels inside the
+    /// captured graph; copied from the host at the start of each step).
+    pub dec: usize,
+    /// The decode sequence's block table (i32 `[ctx]`, enough for any block size), when paged.
+    pub table: usize,
     pub x: usize,
     pub xn: usize,
     pub qkv: usize,
@@ -146,7 +149,8 @@ impl Layout {
         let m = MAX_BATCH;
         let scratch = ScratchLoc {
             ids: b.take(m * 4),
-            pos: b.take(4),
+            dec: b.take(3 * 4),
+            table: b.take(ctx.max(1) * 4),
             x: b.take(m * h * 4),
             xn: b.take(m * h * 2),
             qkv: b.take(m * (q + 2 * kv) * 4),

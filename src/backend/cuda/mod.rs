@@ -5,7 +5,9 @@
 
 mod blas;
 pub mod check;
+mod check_batch;
 mod check_model;
+mod check_paged;
 mod chunks;
 mod driver;
 mod early_blas;
@@ -14,13 +16,17 @@ mod flag;
 mod kernels;
 mod layout;
 mod loader;
+mod pass;
 mod preload;
+mod res;
+mod runner;
 mod session;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::step::{BatchLimits, BatchRequest, KvGeometry, StepRunner};
 use super::{Backend, BackendError, Session};
 use crate::gguf::GgufFile;
 use crate::load::loader::LoaderOptions;
@@ -151,7 +157,7 @@ pub struct CudaModel {
     device_known: Flag,
     /// The device objects of the last session (its stream, cuBLAS handle, pinned buffers and
     /// captured decode graph), kept when it ends for the next one: one sequence exists at a time.
-    parked: parking_lot::Mutex<Option<session::Res>>,
+    parked: parking_lot::Mutex<Option<res::Res>>,
 }
 
 impl CudaModel {
@@ -166,6 +172,19 @@ impl CudaModel {
         self.stopping.store(true, Ordering::Release);
         if let Some(t) = self.preload.lock().take() {
             let _ = t.join();
+        }
+    }
+
+    /// Account the time a pass issued at `issued` waited for the units in `gated`.
+    fn add_waited(&self, gated: &[usize], issued: std::time::Instant) {
+        if let Some(waited) = gated
+            .iter()
+            .filter_map(|&slot| self.residency.resident_at(slot))
+            .map(|at| at.saturating_duration_since(issued))
+            .max()
+        {
+            self.waited_ns
+                .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         }
     }
 
@@ -208,6 +227,32 @@ impl CudaModel {
     }
 }
 
+impl CudaModel {
+    /// KV pool positions that fill `fraction` of the device's memory, counting what is in use
+    /// (the arena, other processes), less room for the step buffers and cuBLAS; at most what
+    /// `max_seqs` sequences of `ctx` positions hold, at least one sequence. `fallback` when the
+    /// device is not there (the load failed).
+    fn pool_tokens_for(
+        &self,
+        fraction: f32,
+        max_seqs: usize,
+        ctx: usize,
+        fallback: usize,
+    ) -> usize {
+        let Ok(dev) = self.device() else {
+            return fallback;
+        };
+        let Ok((free, total)) = dev.gpu.bind().and_then(|_| dev.gpu.mem_info()) else {
+            return fallback;
+        };
+        let reserve = 512 << 20;
+        let budget = (total as f64 * fraction as f64) as usize;
+        let usable = budget.saturating_sub(total - free).saturating_sub(reserve);
+        let fits = usable / runner::kv_bytes_per_token(&self.hp);
+        fits.min(max_seqs * ctx).max(ctx)
+    }
+}
+
 impl Drop for CudaModel {
     fn drop(&mut self) {
         // The loader thread holds the model until it ends, so only the preload can be running.
@@ -239,6 +284,42 @@ impl Backend for CudaModel {
             ));
         }
         Ok(Box::new(session::CudaSession::new(self, ctx)))
+    }
+    fn batch_limits(&self, want: &BatchRequest) -> BatchLimits {
+        let block_size = want.block_size.max(1);
+        let max_seqs = want.max_seqs.clamp(1, runner::MAX_ROWS);
+        let ctx = want.ctx.min(self.ctx).max(1);
+        let tokens = match want.gpu_memory_fraction {
+            Some(f) => self.pool_tokens_for(f, max_seqs, ctx, want.kv_tokens),
+            None => want.kv_tokens,
+        };
+        BatchLimits {
+            max_seqs,
+            max_batch_tokens: want.max_batch_tokens.clamp(max_seqs, runner::MAX_ROWS),
+            kv: KvGeometry {
+                block_size,
+                num_blocks: tokens.max(ctx).div_ceil(block_size),
+            },
+            shared_blocks: want.prefix_cache,
+            ctx,
+        }
+    }
+    fn new_runner(
+        self: Arc<Self>,
+        limits: &BatchLimits,
+    ) -> Result<Box<dyn StepRunner>, BackendError> {
+        if self.session_taken.swap(true, Ordering::AcqRel) {
+            return Err(BackendError::Device(
+                "the GPU's scratch buffers are in use by a lone sequence".into(),
+            ));
+        }
+        match runner::CudaRunner::new(self.clone(), limits) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(e) => {
+                self.session_taken.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
     }
     fn device_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

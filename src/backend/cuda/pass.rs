@@ -1,0 +1,326 @@
+//! One forward pass issued on a compute stream: the Qwen2 layer math written once for the GPU.
+//! `rows` runs any number of rows of any sequences (cuBLAS projections, per-row RoPE and KV
+//! append, attention of each row over its own sequence's blocks); `decode` runs the one-row step
+//! with the fused GEMV kernels (kept for batch 1's speed, and captured into a CUDA graph). Before
+//! a unit's first kernel, while the unit is not known resident, the stream waits on the device
+//! (its event once recorded, else the load counter): the host never blocks on the loader.
+
+use std::sync::atomic::Ordering;
+
+use cudarc::driver::sys::CUdeviceptr;
+
+use super::blas::Blas;
+use super::driver::{copy_dtoh, copy_htod, wait_event, wait_value, Stream};
+use super::kernels::{Paged, RowsAt};
+use super::{CudaModel, Device};
+
+/// Where a pass reads and writes the KV cache: each layer's K and V rows (`[rows, kv_dim]` F16).
+#[derive(Clone, Debug)]
+pub struct KvPlace {
+    pub layers: Vec<(CUdeviceptr, CUdeviceptr)>,
+}
+
+/// Issues one forward pass on a stream.
+pub struct Pass<'a> {
+    pub m: &'a CudaModel,
+    pub dev: &'a Device,
+    pub s: &'a Stream,
+    pub kv: &'a KvPlace,
+    /// Units this pass had to wait for on the device.
+    pub gated: Vec<usize>,
+    /// Decode with the fused kernels (`decode_fused.cu`) rather than the separate ones.
+    pub fused: bool,
+    /// The model's kernel-loading lock, taken at the first gate that waits (see `gate`).
+    pub no_loading: Option<parking_lot::MutexGuard<'a, ()>>,
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(m: &'a CudaModel, dev: &'a Device, s: &'a Stream, kv: &'a KvPlace) -> Pass<'a> {
+        Pass {
+            m,
+            dev,
+            s,
+            kv,
+            gated: Vec::new(),
+            fused: true,
+            no_loading: None,
+        }
+    }
+
+    /// Make the stream wait for unit `slot` unless it is known resident.
+    fn gate(&mut self, slot: usize) -> Result<(), String> {
+        let r = &self.m.residency;
+        if r.is_resident(slot) {
+            return Ok(());
+        }
+        // No other thread may load kernels while this stream waits on the loader: loading one
+        // synchronises the context, which would then wait for this stream, which waits for a
+        // loader held up by that synchronisation. The kernel preload loads under this lock (one
+        // GEMM shape at a time), held from here until the pass has completed; this pass's own
+        // kernels were loaded at layer 0 (resident at READY), before any wait.
+        if self.no_loading.is_none() {
+            self.no_loading = Some(self.m.kernel_loading.lock());
+        }
+        let recorded = self
+            .dev
+            .recorded
+            .get(slot)
+            .is_some_and(|f| f.load(Ordering::Acquire));
+        match self.dev.unit_events.get(slot) {
+            Some(e) if recorded => wait_event(self.s, e)?,
+            _ => wait_value(
+                self.s,
+                self.dev.ptr(self.dev.layout.load_counter),
+                slot as u32 + 1,
+            )?,
+        }
+        self.gated.push(slot);
+        Ok(())
+    }
+
+    /// One token. `params` (pinned host): i32 [position, K/V row, token id], then the sequence's
+    /// block table (`table_ints` of them) when `pg` is paged; copied inside the pass so a captured
+    /// graph reads the current values. Logits to `logits` (pinned host).
+    pub fn decode(
+        &mut self,
+        params: *const u8,
+        table_ints: usize,
+        pg: Paged,
+        logits: *mut u8,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
+        let p = |off: usize| dev.ptr(off);
+        let (pos, slot, id) = (p(sc.dec), p(sc.dec) + 4, p(sc.dec) + 8);
+        unsafe {
+            copy_htod(pos, params, 12, s)?;
+            if pg.table != 0 {
+                copy_htod(pg.table, params.add(16), table_ints * 4, s)?;
+            }
+        }
+        let slot = if pg.table != 0 { slot } else { 0 };
+        let (h, q, f) = (hp.hidden, hp.q_dim(), hp.ffn);
+        self.gate(0)?;
+        k.embed_gather(s, p(l.embed.off), id, p(sc.x), 1, h)?;
+        for (i, ly) in l.layers.iter().enumerate() {
+            self.gate(i + 1)?;
+            let (kc, vc) = self.kv.layers[i];
+            if self.fused {
+                // Three launches fewer: RoPE + KV append in the QKV product's epilogue, the split
+                // merge in the attention's last block per head.
+                k.gemv_qkv_rope(
+                    s,
+                    p(ly.wqkv.off),
+                    p(sc.x),
+                    p(ly.attn_norm.off),
+                    p(ly.bqkv.off),
+                    p(sc.q),
+                    kc,
+                    vc,
+                    pos,
+                    slot,
+                    hp,
+                )?;
+                k.attn_decode_merged(
+                    s,
+                    p(sc.q),
+                    kc,
+                    vc,
+                    pg,
+                    p(sc.part_acc),
+                    p(sc.part_ml),
+                    p(sc.att32),
+                    p(sc.merge_count),
+                    pos,
+                    l.split_keys,
+                    l.max_splits,
+                    hp,
+                )?;
+            } else {
+                self.decode_attention_separate(i, pos, slot, pg)?;
+            }
+            k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, p(sc.x), h, q, true)?;
+            k.gemv_norm(
+                s,
+                p(ly.wgu.off),
+                p(sc.x),
+                p(ly.ffn_norm.off),
+                hp.rms_eps,
+                0,
+                p(sc.gu),
+                2 * f,
+                h,
+                false,
+            )?;
+            k.gemv_silu(s, p(ly.wdown.off), p(sc.gu), 0, p(sc.x), h, f, true)?;
+        }
+        self.head_one(p(sc.x), p(sc.logits), logits)
+    }
+
+    /// The decode step's attention half with the separate kernels (norm + QKV GEMV, RoPE + KV
+    /// append, split attention + merge), for comparison with the fused ones.
+    fn decode_attention_separate(
+        &mut self,
+        i: usize,
+        pos: CUdeviceptr,
+        slot: CUdeviceptr,
+        pg: Paged,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
+        let p = |off: usize| dev.ptr(off);
+        let ly = &l.layers[i];
+        let (kc, vc) = self.kv.layers[i];
+        let (h, q, kv) = (hp.hidden, hp.q_dim(), hp.kv_dim());
+        k.gemv_norm(
+            s,
+            p(ly.wqkv.off),
+            p(sc.x),
+            p(ly.attn_norm.off),
+            hp.rms_eps,
+            0,
+            p(sc.qkv),
+            q + 2 * kv,
+            h,
+            false,
+        )?;
+        let at = RowsAt {
+            pos_dev: pos,
+            slots: slot,
+            ..RowsAt::contiguous(0)
+        };
+        k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, &at, 1, hp)?;
+        k.attn_decode(
+            s,
+            p(sc.q),
+            kc,
+            vc,
+            pg,
+            p(sc.part_acc),
+            p(sc.part_ml),
+            p(sc.att32),
+            pos,
+            l.split_keys,
+            l.max_splits,
+            hp,
+        )
+    }
+
+    /// `n` rows whose token ids are at `ids` (device), placed as `at` says; every layer over all
+    /// of them. The residual rows end in the scratch `x` for [`Pass::head`].
+    pub fn rows(
+        &mut self,
+        blas: &Blas,
+        ids: CUdeviceptr,
+        n: usize,
+        at: &RowsAt,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
+        let p = |off: usize| dev.ptr(off);
+        let (h, q, kv, f) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.ffn);
+        self.gate(0)?;
+        k.embed_gather(s, p(l.embed.off), ids, p(sc.x), n, h)?;
+        for (i, ly) in l.layers.iter().enumerate() {
+            self.gate(i + 1)?;
+            let (kc, vc) = self.kv.layers[i];
+            k.rmsnorm_f16(
+                s,
+                p(sc.x),
+                p(ly.attn_norm.off),
+                p(sc.xn),
+                0,
+                n,
+                h,
+                hp.rms_eps,
+            )?;
+            blas.gemm(p(sc.xn), p(ly.wqkv.off), p(sc.qkv), n, q + 2 * kv, h, false)?;
+            k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, at, n, hp)?;
+            k.attn_rows(s, p(sc.q), kc, vc, p(sc.att16), n, at, hp)?;
+            blas.gemm(p(sc.att16), p(ly.wo.off), p(sc.x), n, h, q, true)?;
+            k.rmsnorm_f16(
+                s,
+                p(sc.x),
+                p(ly.ffn_norm.off),
+                p(sc.xn),
+                0,
+                n,
+                h,
+                hp.rms_eps,
+            )?;
+            blas.gemm(p(sc.xn), p(ly.wgu.off), p(sc.gu), n, 2 * f, h, false)?;
+            k.silu_mul(s, p(sc.gu), p(sc.act), n, f)?;
+            blas.gemm(p(sc.act), p(ly.wdown.off), p(sc.x), n, h, f, true)?;
+        }
+        Ok(())
+    }
+
+    /// Final norm and LM head of the residual rows `rows` (host indices; `pick`: the same as i32
+    /// on the device, used when there are several), logits `[rows, vocab]` F32 into `logits_dev`.
+    pub fn head(
+        &mut self,
+        blas: &Blas,
+        rows: &[usize],
+        pick: CUdeviceptr,
+        logits_dev: CUdeviceptr,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc) = (&dev.layout, &dev.layout.scratch);
+        self.gate(hp.n_layer + 1)?;
+        if rows.len() == 1 || !self.gated.is_empty() {
+            // One GEMV per row: the fast path for one row, and while gated on the loader (cuBLAS
+            // may load a kernel for a product shape it has not run yet, which synchronises the
+            // context: never while this stream waits on the loader, see `gate`).
+            for (j, row) in rows.iter().enumerate() {
+                let x = dev.ptr(sc.x) + (row * hp.hidden * 4) as u64;
+                self.head_gemv(x, logits_dev + (j * hp.vocab * 4) as u64)?;
+            }
+            return Ok(());
+        }
+        let xn = dev.ptr(sc.xn);
+        dev.kernels.rmsnorm_f16(
+            s,
+            dev.ptr(sc.x),
+            dev.ptr(l.out_norm.off),
+            xn,
+            pick,
+            rows.len(),
+            hp.hidden,
+            hp.rms_eps,
+        )?;
+        blas.gemm(
+            xn,
+            dev.ptr(l.out.off),
+            logits_dev,
+            rows.len(),
+            hp.vocab,
+            hp.hidden,
+            false,
+        )
+    }
+
+    /// Final norm and LM head of the one residual row at `x` (the GEMV path).
+    fn head_one(&mut self, x: u64, logits_dev: CUdeviceptr, logits: *mut u8) -> Result<(), String> {
+        self.gate(self.m.hp.n_layer + 1)?;
+        self.head_gemv(x, logits_dev)?;
+        unsafe { copy_dtoh(logits, logits_dev, self.m.hp.vocab * 4, self.s) }
+    }
+
+    /// Final norm and LM head of the residual row at `x` into `y` (device), one GEMV.
+    fn head_gemv(&self, x: u64, y: CUdeviceptr) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let l = &dev.layout;
+        dev.kernels.gemv_norm(
+            s,
+            dev.ptr(l.out.off),
+            x,
+            dev.ptr(l.out_norm.off),
+            hp.rms_eps,
+            0,
+            y,
+            hp.vocab,
+            hp.hidden,
+            false,
+        )
+    }
+}
