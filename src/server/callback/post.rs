@@ -1,5 +1,5 @@
-//! The ready callback: after READY, POST `{worker_id, uri, vram_bytes, ready_ms}` to
-//! `--callback-url`, retried with exponential backoff. A failing callback is logged, never fatal.
+//! Delivering one notice: POST it, retrying connection errors, timeouts and 5xx answers with
+//! backoff 0.25 s, 0.5 s, 1 s, … (no wait after the last attempt); a 4xx answer is final.
 
 use std::time::Duration;
 
@@ -7,19 +7,16 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use super::Notice;
 
 const ATTEMPTS: u32 = 6;
+/// One attempt's bound.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the callback says.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ReadyNotice {
-    pub worker_id: String,
-    pub uri: String,
-    pub vram_bytes: u64,
-    pub ready_ms: f64,
-}
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Why one attempt failed: worth retrying (no connection, a timeout, a 5xx), or refused (4xx).
 enum Failure {
@@ -27,63 +24,55 @@ enum Failure {
     Refused(hyper::StatusCode),
 }
 
-/// One attempt, bounded to 5 s.
-async fn post(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    uri: &Uri,
-    body: &[u8],
-) -> Result<(), Failure> {
+/// One attempt, bounded to `ATTEMPT_TIMEOUT`.
+async fn post(client: &HttpClient, uri: &Uri, body: &Bytes) -> Result<(), Failure> {
     let req = Request::post(uri.clone())
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_vec())))
+        .body(Full::new(body.clone()))
         .map_err(|e| Failure::Retry(e.to_string()))?;
-    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
         Ok(Ok(resp)) if resp.status().is_client_error() => Err(Failure::Refused(resp.status())),
         Ok(Ok(resp)) => Err(Failure::Retry(format!("status {}", resp.status()))),
         Ok(Err(e)) => Err(Failure::Retry(e.to_string())),
-        Err(_) => Err(Failure::Retry("timed out after 5 s".into())),
+        Err(_) => Err(Failure::Retry(format!(
+            "timed out after {ATTEMPT_TIMEOUT:?}"
+        ))),
     }
 }
 
-/// Post `notice` to `url` (plain http), retrying connection errors, timeouts and 5xx answers with
-/// backoff 0.25 s, 0.5 s, 1 s, … (no wait after the last attempt); a 4xx answer is final.
-pub async fn notify(url: &str, notice: &ReadyNotice) {
-    let uri: Uri = match url.parse() {
-        Ok(u) => u,
+/// Post `notice` to `uri` until it is delivered, refused, or the attempts run out (all logged).
+pub async fn deliver(client: &HttpClient, uri: &Uri, notice: &Notice) {
+    let event = notice.event.name();
+    let body = match serde_json::to_vec(notice) {
+        Ok(b) => Bytes::from(b),
         Err(e) => {
-            tracing::error!("--callback-url {url} is not a valid URL: {e}");
+            tracing::error!("{event} callback not sent: cannot encode it: {e}");
             return;
         }
     };
-    if uri.scheme_str() != Some("http") {
-        tracing::error!("--callback-url {url}: only http:// URLs are supported");
-        return;
-    }
-    let body = serde_json::to_vec(notice).unwrap_or_default();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut delay = Duration::from_millis(250);
     for attempt in 1..=ATTEMPTS {
-        match post(&client, &uri, &body).await {
+        match post(client, uri, &body).await {
             Ok(()) => {
-                tracing::info!("ready callback to {url} delivered");
+                tracing::info!("callback '{event}' to {uri} delivered");
                 return;
             }
             // The receiver refused the notice itself: sending it again will not help.
             Err(Failure::Refused(status)) => {
                 tracing::error!(
-                    "ready callback to {url} refused with status {status}; not retried"
+                    "callback '{event}' to {uri} refused with status {status}; not retried"
                 );
                 return;
             }
-            Err(Failure::Retry(e)) => {
-                tracing::warn!("ready callback to {url} failed (attempt {attempt}/{ATTEMPTS}): {e}")
-            }
+            Err(Failure::Retry(e)) => tracing::warn!(
+                "callback '{event}' to {uri} failed (attempt {attempt}/{ATTEMPTS}): {e}"
+            ),
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
     }
-    tracing::error!("ready callback to {url} gave up after {ATTEMPTS} attempts");
+    tracing::error!("callback '{event}' to {uri} gave up after {ATTEMPTS} attempts");
 }
