@@ -1,5 +1,6 @@
 //! The command line through the real binary: `generate` (one request format, JSON or streamed text,
-//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`.
+//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`, flags from the
+//! environment.
 
 mod common;
 
@@ -168,6 +169,24 @@ fn tokenize_parses_special_tokens_in_a_raw_prompt() {
     let ids: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(ids.first(), Some(&151644));
     assert_eq!(&ids[ids.len() - 2..], &[9707, 1879]);
+}
+
+#[test]
+fn a_tool_flag_is_read_from_the_environment_and_the_command_line_wins() {
+    let vocab = common::vocab_gguf();
+    let tokenize = |args: &[&str]| {
+        let o = Command::new(common::binary())
+            .arg("tokenize")
+            .args(args)
+            .env("LAYERSTREAM_MODEL", &vocab)
+            .env("LAYERSTREAM_TEXT", "Hello world")
+            .output()
+            .expect("spawn layerstream");
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice::<Vec<u32>>(&o.stdout).unwrap()
+    };
+    assert_eq!(tokenize(&[]), [9707, 1879]);
+    assert_eq!(tokenize(&["--text", "Hello"]), [9707]);
 }
 
 #[test]
