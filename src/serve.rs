@@ -14,6 +14,7 @@ use crate::backend::cpu::CpuModel;
 use crate::backend::step::BatchRequest;
 use crate::backend::{self, cuda, Backend, DeviceChoice};
 use crate::chat_template::ChatTemplate;
+use crate::cli::progress_bar::LoadBar;
 use crate::config::{default_model, Device, ServeArgs};
 use crate::engine::{self, EngineConfig};
 use crate::gguf::GgufFile;
@@ -421,7 +422,7 @@ fn advertised_uri(configured: Option<&str>, local: SocketAddr) -> String {
     format!("http://{local}")
 }
 
-/// The tasks that follow the load: the READY log line, the callbacks.
+/// The tasks that follow the load: the READY log line, the callbacks, the terminal's bar.
 fn follow_load(
     args: &ServeArgs,
     local: SocketAddr,
@@ -442,6 +443,9 @@ fn follow_load(
             callbacks,
             worker,
         ));
+    }
+    if let Some(bar) = LoadBar::on_terminal(progress) {
+        tokio::spawn(bar.follow(progress.clone()));
     }
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_batch;
 mod generate;
+pub mod progress_bar;
 mod tools;
 
 use std::path::PathBuf;
