@@ -201,7 +201,7 @@ async fn serve(l: Loading) -> Result<(), String> {
         }
     };
     let building = tokio::spawn(build);
-    follow_load(&args, local, &progress, &model, callbacks);
+    let reporting = follow_load(&args, local, &progress, &model, callbacks);
     if args.exit_on_load_failure {
         tokio::spawn(exit_on_failure(
             progress.clone(),
@@ -226,7 +226,14 @@ async fn serve(l: Loading) -> Result<(), String> {
     tracing::info!("shut down");
     let failed = startup_error.lock().take();
     match failed {
-        Some(e) => Err(e),
+        Some(e) => {
+            // The failure reached the callbacks' task with the same change that stopped the
+            // server; let it queue the `failed` notice before this runtime ends.
+            if let Some(task) = reporting {
+                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            }
+            Err(e)
+        }
         None => Ok(()),
     }
 }
@@ -422,31 +429,28 @@ fn advertised_uri(configured: Option<&str>, local: SocketAddr) -> String {
     format!("http://{local}")
 }
 
-/// The tasks that follow the load: the READY log line, the callbacks, the terminal's bar.
+/// The tasks that follow the load: the READY log line, the terminal's bar, the callbacks (whose
+/// task is returned).
 fn follow_load(
     args: &ServeArgs,
     local: SocketAddr,
     progress: &Arc<Progress>,
     model: &Arc<dyn Backend>,
     callbacks: Option<Callbacks>,
-) {
+) -> Option<tokio::task::JoinHandle<()>> {
     tokio::spawn(announce_ready(progress.clone()));
-    if let Some(callbacks) = callbacks {
-        let worker = Worker {
-            worker_id: args.worker_id.clone(),
-            uri: advertised_uri(args.advertise_url.as_deref(), local),
-        };
-        let model = model.clone();
-        tokio::spawn(callback::follow_load(
-            progress.clone(),
-            model,
-            callbacks,
-            worker,
-        ));
-    }
     if let Some(bar) = LoadBar::on_terminal(progress) {
         tokio::spawn(bar.follow(progress.clone()));
     }
+    let callbacks = callbacks?;
+    let worker = Worker {
+        worker_id: args.worker_id.clone(),
+        uri: advertised_uri(args.advertise_url.as_deref(), local),
+    };
+    let (progress, model) = (progress.clone(), model.clone());
+    Some(tokio::spawn(callback::follow_load(
+        progress, model, callbacks, worker,
+    )))
 }
 
 /// Log READY.
