@@ -36,15 +36,16 @@ pub struct ServeArgs {
     /// name without `.gguf`.
     #[arg(long, env = "LAYERSTREAM_MODEL_NAME")]
     pub model_name: Option<String>,
-    /// Identifier reported to the ready callback.
+    /// Identifier reported in the load callbacks.
     #[arg(long, env = "LAYERSTREAM_WORKER_ID", default_value = "layerstream")]
     pub worker_id: String,
-    /// The `uri` the ready callback reports (default: `http://` + the bound address; set it when
+    /// The `uri` the load callbacks report (default: `http://` + the bound address; set it when
     /// binding 0.0.0.0 or behind NAT, where the bound address is not what callers use).
     #[arg(long, env = "LAYERSTREAM_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// POST `{worker_id, uri, vram_bytes, ready_ms}` here once ready (http only; anything else is
-    /// refused at startup).
+    /// POST the load events here, in order: `ready`, then `resident` or `failed` (JSON with
+    /// `event`, `worker_id`, `uri`, `vram_bytes`, `ready_ms`); http only, anything else is refused
+    /// at startup.
     #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = http_url)]
     pub callback_url: Option<String>,
     /// Context size (positions per sequence, at least 1); capped at the model's trained context.

@@ -50,6 +50,16 @@ pub enum ConvertError {
 
 /// Convert `input` to an F16 GGUF file at `out` (written atomically: tmp file + rename).
 pub fn convert_to_f16(input: &GgufFile, out: &Path) -> Result<ConvertReport, ConvertError> {
+    convert_to_f16_with(input, out, &mut |_| {})
+}
+
+/// `convert_to_f16`, calling `on_tensor` with each tensor's input size once it is converted
+/// (the sizes add up to `input_tensor_bytes`); the file is written after the last.
+pub fn convert_to_f16_with(
+    input: &GgufFile,
+    out: &Path,
+    on_tensor: &mut dyn FnMut(u64),
+) -> Result<ConvertReport, ConvertError> {
     let mut writer = GgufWriter::new();
     let mut saw_file_type = false;
     for (key, value) in input.metadata().iter() {
@@ -70,6 +80,7 @@ pub fn convert_to_f16(input: &GgufFile, out: &Path) -> Result<ConvertReport, Con
     }
     for t in input.tensors() {
         let (ty, data) = convert_tensor(input, t)?;
+        on_tensor(input.tensor_bytes(t).len() as u64);
         writer
             .add_tensor(t.name.as_str(), ty, &t.dims, data)
             .map_err(ConvertError::Build)?;
@@ -92,6 +103,15 @@ pub fn convert_to_f16(input: &GgufFile, out: &Path) -> Result<ConvertReport, Con
         bytes_in: input.file_size(),
         bytes_out,
     })
+}
+
+/// The bytes of every tensor's data in `input`.
+pub fn input_tensor_bytes(input: &GgufFile) -> u64 {
+    input
+        .tensors()
+        .iter()
+        .map(|t| input.tensor_bytes(t).len() as u64)
+        .sum()
 }
 
 /// The output type and little-endian bytes of one tensor.

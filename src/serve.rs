@@ -14,6 +14,7 @@ use crate::backend::cpu::CpuModel;
 use crate::backend::step::BatchRequest;
 use crate::backend::{self, cuda, Backend, DeviceChoice};
 use crate::chat_template::ChatTemplate;
+use crate::cli::progress_bar::LoadBar;
 use crate::config::{default_model, Device, ServeArgs};
 use crate::engine::{self, EngineConfig};
 use crate::gguf::GgufFile;
@@ -22,7 +23,7 @@ use crate::load::plan::LoadPlan;
 use crate::load::progress::{LoadState, Progress};
 use crate::model::ModelSpec;
 use crate::request::Limits;
-use crate::server::callback::{self, ReadyNotice};
+use crate::server::callback::{self, Callbacks, Event, Notice, Worker};
 use crate::server::{self, AppState, ModelInfo, Runtime};
 use crate::tokenizer::Tokenizer;
 
@@ -30,19 +31,65 @@ use crate::tokenizer::Tokenizer;
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long the exit waits for the engine thread to finish its request and release its sequence.
 const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long an exit on a failure waits for the `failed` callback (and any notice queued before
+/// it): enough for every retry to a receiver that refuses connections.
+const FAILED_CALLBACK_WAIT: Duration = Duration::from_secs(10);
 
 pub fn run(args: ServeArgs, started: Instant) -> ExitCode {
-    match start(args, started) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+    let callbacks = args.callback_url.as_deref().and_then(|url| {
+        Callbacks::start(url)
+            .map_err(|e| tracing::error!("{e}; no callbacks will be sent"))
+            .ok()
+    });
+    let startup_worker = Worker {
+        worker_id: args.worker_id.clone(),
+        uri: configured_uri(&args),
+    };
+    let outcome = start(args, started, callbacks.clone());
+    if let Err(e) = &outcome {
+        tracing::error!("{e}");
+        eprintln!("error: {e}");
+        if let Some(cb) = &callbacks {
+            report_failure(cb, startup_worker, e);
         }
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }
 
-fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
+/// Before exiting on a failure: report it unless the load already did, and give the queue a
+/// bounded time to deliver it (with its retries).
+fn report_failure(callbacks: &Callbacks, worker: Worker, error: &str) {
+    if !callbacks.failed_pushed() {
+        callbacks.push(Notice {
+            event: Event::Failed {
+                error: error.to_string(),
+            },
+            worker_id: worker.worker_id,
+            uri: worker.uri,
+            vram_bytes: 0,
+            ready_ms: None,
+        });
+    }
+    if !callbacks.flush(FAILED_CALLBACK_WAIT) {
+        tracing::warn!(
+            "the failed callback was not delivered within {FAILED_CALLBACK_WAIT:?}; exiting anyway"
+        );
+    }
+}
+
+/// The `uri` a failure before binding reports: the advertised URL, else the configured address.
+fn configured_uri(args: &ServeArgs) -> String {
+    match &args.advertise_url {
+        Some(u) => u.clone(),
+        None if args.host.contains(':') => format!("http://[{}]:{}", args.host, args.port),
+        None => format!("http://{}:{}", args.host, args.port),
+    }
+}
+
+fn start(args: ServeArgs, started: Instant, callbacks: Option<Callbacks>) -> Result<(), String> {
     let path: PathBuf = match &args.model {
         Some(p) => p.clone(),
         None if default_model().is_file() => default_model(),
@@ -90,6 +137,7 @@ fn start(args: ServeArgs, started: Instant) -> Result<(), String> {
         model,
         tokenizer,
         engine_opts,
+        callbacks,
     }))
 }
 
@@ -102,6 +150,7 @@ struct Loading {
     model: Arc<dyn Backend>,
     tokenizer: TokenizerThread,
     engine_opts: EngineOptions,
+    callbacks: Option<Callbacks>,
 }
 
 /// The tokenizer thread's handle.
@@ -117,6 +166,7 @@ async fn serve(l: Loading) -> Result<(), String> {
         model,
         tokenizer,
         engine_opts,
+        callbacks,
     } = l;
     // Signals are caught from the start, so SIGTERM during startup is an orderly exit too.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,14 +201,7 @@ async fn serve(l: Loading) -> Result<(), String> {
         }
     };
     let building = tokio::spawn(build);
-    let advertised = advertised_uri(args.advertise_url.as_deref(), local);
-    tokio::spawn(announce_ready(
-        progress.clone(),
-        model.clone(),
-        args.callback_url.clone(),
-        args.worker_id.clone(),
-        advertised,
-    ));
+    let reporting = follow_load(&args, local, &progress, &model, callbacks);
     if args.exit_on_load_failure {
         tokio::spawn(exit_on_failure(
             progress.clone(),
@@ -183,7 +226,14 @@ async fn serve(l: Loading) -> Result<(), String> {
     tracing::info!("shut down");
     let failed = startup_error.lock().take();
     match failed {
-        Some(e) => Err(e),
+        Some(e) => {
+            // The failure reached the callbacks' task with the same change that stopped the
+            // server; let it queue the `failed` notice before this runtime ends.
+            if let Some(task) = reporting {
+                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            }
+            Err(e)
+        }
         None => Ok(()),
     }
 }
@@ -367,26 +417,44 @@ async fn build_runtime(
     Ok(())
 }
 
-/// The `uri` the callback reports: the configured one, else the bound address (with a warning
+/// The `uri` the callbacks report: the configured one, else the bound address (with a warning
 /// when that is a wildcard address nobody can connect to).
 fn advertised_uri(configured: Option<&str>, local: SocketAddr) -> String {
     if let Some(u) = configured {
         return u.to_string();
     }
     if local.ip().is_unspecified() {
-        tracing::warn!("bound to {local}: the ready callback will report it as is; set --advertise-url to the address callers use");
+        tracing::warn!("bound to {local}: the load callbacks will report it as is; set --advertise-url to the address callers use");
     }
     format!("http://{local}")
 }
 
-/// Log READY (and fully resident), and send the ready callback.
-async fn announce_ready(
-    progress: Arc<Progress>,
-    model: Arc<dyn Backend>,
-    callback_url: Option<String>,
-    worker_id: String,
-    uri: String,
-) {
+/// The tasks that follow the load: the READY log line, the terminal's bar, the callbacks (whose
+/// task is returned).
+fn follow_load(
+    args: &ServeArgs,
+    local: SocketAddr,
+    progress: &Arc<Progress>,
+    model: &Arc<dyn Backend>,
+    callbacks: Option<Callbacks>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    tokio::spawn(announce_ready(progress.clone()));
+    if let Some(bar) = LoadBar::on_terminal(progress) {
+        tokio::spawn(bar.follow(progress.clone()));
+    }
+    let callbacks = callbacks?;
+    let worker = Worker {
+        worker_id: args.worker_id.clone(),
+        uri: advertised_uri(args.advertise_url.as_deref(), local),
+    };
+    let (progress, model) = (progress.clone(), model.clone());
+    Some(tokio::spawn(callback::follow_load(
+        progress, model, callbacks, worker,
+    )))
+}
+
+/// Log READY.
+async fn announce_ready(progress: Arc<Progress>) {
     let mut changes = progress.subscribe();
     loop {
         match progress.state() {
@@ -399,21 +467,12 @@ async fn announce_ready(
         }
     }
     let snap = progress.snapshot();
-    let ready_ms = snap.ready_ms.unwrap_or(0.0);
     tracing::info!(
-        "ready in {ready_ms:.0} ms: embeddings + layer 0 resident ({}/{} units)",
+        "ready in {:.0} ms: embeddings + layer 0 resident ({}/{} units)",
+        snap.ready_ms.unwrap_or(0.0),
         snap.units_resident,
         snap.units_total
     );
-    if let Some(url) = callback_url {
-        let notice = ReadyNotice {
-            worker_id,
-            uri,
-            vram_bytes: model.device_bytes(),
-            ready_ms,
-        };
-        callback::notify(&url, &notice).await;
-    }
 }
 
 /// SIGINT and SIGTERM handlers, installed before the listener is announced so that a signal

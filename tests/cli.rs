@@ -1,5 +1,6 @@
 //! The command line through the real binary: `generate` (one request format, JSON or streamed text,
-//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`.
+//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`, `convert`, flags from
+//! the environment, progress bars on a terminal only.
 
 mod common;
 
@@ -171,6 +172,24 @@ fn tokenize_parses_special_tokens_in_a_raw_prompt() {
 }
 
 #[test]
+fn a_tool_flag_is_read_from_the_environment_and_the_command_line_wins() {
+    let vocab = common::vocab_gguf();
+    let tokenize = |args: &[&str]| {
+        let o = Command::new(common::binary())
+            .arg("tokenize")
+            .args(args)
+            .env("LAYERSTREAM_MODEL", &vocab)
+            .env("LAYERSTREAM_TEXT", "Hello world")
+            .output()
+            .expect("spawn layerstream");
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice::<Vec<u32>>(&o.stdout).unwrap()
+    };
+    assert_eq!(tokenize(&[]), [9707, 1879]);
+    assert_eq!(tokenize(&["--text", "Hello"]), [9707]);
+}
+
+#[test]
 fn inspect_dumps_header_metadata_and_tensors() {
     let model = tiny_model();
     let o = run(&["inspect", "--model", model.to_str().unwrap()]);
@@ -248,4 +267,104 @@ fn gen_model_is_deterministic_per_seed_across_parallel_chunks() {
     assert_eq!(a, b, "the same seed must give the same file");
     assert_eq!(a.len(), c.len());
     assert_ne!(a, c, "another seed must give other weights");
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}-{}.gguf", std::process::id()))
+}
+
+#[test]
+fn convert_and_gen_model_print_only_their_summary_when_stderr_is_not_a_terminal() {
+    let model = tiny_model();
+    let out = artifact("converted");
+    let o = run(&["convert", model.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let summary = format!("wrote {} (", out.display());
+    let err = text(&o.stderr);
+    assert!(err.starts_with(&summary), "{err:?}");
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(o.stdout.is_empty());
+    std::fs::remove_file(&out).unwrap();
+}
+
+/// Run `layerstream ARGS…` with a terminal as its stdin/stdout/stderr (through `script`, from
+/// util-linux); returns its exit status and everything it wrote to the terminal.
+fn run_on_terminal(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let cmd = std::iter::once(common::binary().to_string_lossy().into_owned())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("spawn script (util-linux)");
+    (o.status.code(), text(&o.stdout))
+}
+
+#[test]
+fn gen_model_and_convert_draw_a_progress_bar_on_a_terminal() {
+    let out = artifact("bar");
+    let (code, shown) = run_on_terminal(
+        &[
+            "gen-model",
+            "--layers",
+            "2",
+            "--hidden",
+            "512",
+            "--heads",
+            "8",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "1024",
+            "--vocab-size",
+            "32000",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("generating (units) ["), "no bar: {shown:?}");
+    assert!(shown.contains("wrote "), "{shown:?}");
+    let converted = artifact("bar-converted");
+    let (code, shown) = run_on_terminal(
+        &[
+            "convert",
+            out.to_str().unwrap(),
+            converted.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("converting ["), "no bar: {shown:?}");
+    assert!(shown.contains("wrote "), "{shown:?}");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&converted).unwrap();
+}
+
+#[test]
+fn serve_draws_its_load_on_a_terminal() {
+    // The load fails at layer.1 after ~2 s of embeddings, and the process exits 1 by itself.
+    let model = tiny_model();
+    let (code, shown) = run_on_terminal(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            model.to_str().unwrap(),
+            "--load-bandwidth-limit",
+            "10",
+        ],
+        &[("LAYERSTREAM_TEST_FAIL_UNIT", "layer.1")],
+    );
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("loading 0/4 units ["), "no bar: {shown:?}");
+    assert!(shown.contains("listening on http://"), "{shown:?}");
 }

@@ -1,8 +1,11 @@
-//! The command line: one subcommand per file, every flag also settable from `LAYERSTREAM_*`.
+//! The command line: one subcommand per file, every flag also settable from the environment as
+//! `LAYERSTREAM_` + its name in capitals with `_` for `-` (`--kv-heads` is `LAYERSTREAM_KV_HEADS`);
+//! positional arguments (`convert IN OUT`) are not.
 
 mod bench;
 mod bench_batch;
 mod generate;
+pub mod progress_bar;
 mod tools;
 
 use std::path::PathBuf;
@@ -69,22 +72,22 @@ pub struct DeviceArgs {
 pub struct CheckCudaArgs {
     /// Whole-model checks on these files (logits and greedy tokens vs the CPU backend;
     /// device dequantization of every tensor vs the CPU's, bit for bit).
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_MODEL")]
     pub model: Vec<PathBuf>,
     /// Chat prompts for the whole-model checks (in addition to those of --golden).
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_PROMPT")]
     pub prompt: Vec<String>,
     /// Golden file of the real model (tests/golden/real-model.json): its prompt ids are checked,
     /// and the greedy tokens compared with the reference's too.
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_GOLDEN")]
     pub golden: Option<PathBuf>,
     /// Greedy tokens compared per prompt.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "LAYERSTREAM_TOKENS", default_value_t = 16)]
     pub tokens: usize,
     #[arg(long, env = "LAYERSTREAM_GPU_DEVICE", default_value_t = 0)]
     pub gpu_device: usize,
     /// Seed of the random inputs (default: from the clock, printed).
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_SEED")]
     pub seed: Option<u64>,
 }
 
@@ -93,10 +96,10 @@ pub struct GenerateArgs {
     #[arg(long, env = "LAYERSTREAM_MODEL")]
     pub model: PathBuf,
     /// The request JSON, exactly as POST /generate accepts it.
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_REQUEST")]
     pub request: String,
     /// Print the whole result as JSON instead of streaming text.
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_JSON")]
     pub json: bool,
     #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096)]
     pub ctx_size: usize,
@@ -108,14 +111,14 @@ pub struct GenerateArgs {
 pub struct TokenizeArgs {
     #[arg(long, env = "LAYERSTREAM_MODEL")]
     pub model: PathBuf,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_TEXT")]
     pub text: String,
 }
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// Output type (only f16 for now).
-    #[arg(long, value_parser = ["f16"], default_value = "f16")]
+    #[arg(long, env = "LAYERSTREAM_TO", value_parser = ["f16"], default_value = "f16")]
     pub to: String,
     pub input: PathBuf,
     pub output: PathBuf,
@@ -123,36 +126,36 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
-    #[arg(long, value_parser = ["qwen2"], default_value = "qwen2")]
+    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2"], default_value = "qwen2")]
     pub arch: String,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_LAYERS")]
     pub layers: usize,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_HIDDEN")]
     pub hidden: usize,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_HEADS")]
     pub heads: usize,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_KV_HEADS")]
     pub kv_heads: usize,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_FFN")]
     pub ffn: usize,
     /// Copy the tokenizer (and vocabulary size) from this GGUF file.
-    #[arg(long, conflicts_with = "vocab_size")]
+    #[arg(long, env = "LAYERSTREAM_VOCAB_FROM", conflicts_with = "vocab_size")]
     pub vocab_from: Option<PathBuf>,
     /// Vocabulary size when no tokenizer is copied.
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_VOCAB_SIZE")]
     pub vocab_size: Option<usize>,
     /// Tie the LM head to the embeddings (no output.weight).
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_TIED")]
     pub tied: bool,
-    #[arg(long, value_enum, default_value = "f16")]
+    #[arg(long, env = "LAYERSTREAM_DTYPE", value_enum, default_value = "f16")]
     pub dtype: WeightDtype,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "LAYERSTREAM_SEED", default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "LAYERSTREAM_CONTEXT", default_value_t = 4096)]
     pub context: usize,
-    #[arg(long, default_value_t = 1_000_000.0)]
+    #[arg(long, env = "LAYERSTREAM_ROPE_BASE", default_value_t = 1_000_000.0)]
     pub rope_base: f32,
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_OUT")]
     pub out: PathBuf,
 }
 
@@ -161,20 +164,20 @@ pub struct BenchArgs {
     #[arg(long, env = "LAYERSTREAM_MODEL")]
     pub model: PathBuf,
     /// Prompt length for the prefill measurement.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "LAYERSTREAM_PROMPT_TOKENS", default_value_t = 64)]
     pub prompt_tokens: usize,
     /// Tokens generated for the decode measurement.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "LAYERSTREAM_GEN_TOKENS", default_value_t = 128)]
     pub gen_tokens: usize,
     /// Repetitions (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "LAYERSTREAM_REPS", default_value_t = 3)]
     pub reps: usize,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "LAYERSTREAM_JSON")]
     pub json: bool,
     /// Sequences run together through the engine's batched step (1: one sequence alone); the
     /// decode rate reported is the total over all of them.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "LAYERSTREAM_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch: u32,
     #[command(flatten)]
     pub at: DeviceArgs,
@@ -227,4 +230,29 @@ pub fn main() -> ExitCode {
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every `--flag` of every subcommand (and the global ones) against its variable's name.
+    #[test]
+    fn every_flag_is_read_from_its_layerstream_variable() {
+        let cli = super::Cli::command();
+        let mut checked = 0;
+        for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let want = format!("LAYERSTREAM_{}", long.to_uppercase().replace('-', "_"));
+                let got = arg.get_env().and_then(|e| e.to_str());
+                assert_eq!(got, Some(want.as_str()), "{} --{long}", cmd.get_name());
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} flags seen");
+    }
 }

@@ -1,11 +1,14 @@
-//! Small file tools: `tokenize`, `inspect`, `convert`, `gen-model`.
+//! Small file tools: `tokenize`, `inspect`, `convert`, `gen-model` (the last two with a progress
+//! bar on a terminal).
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::progress_bar::Bar;
 use super::{fail, ConvertArgs, GenModelArgs, TokenizeArgs};
+use crate::convert;
 use crate::gguf::GgufFile;
-use crate::model::random::{write_random_model, RandomModelSpec, VocabSource};
+use crate::model::random::{self, RandomModelSpec, VocabSource};
 use crate::tokenizer::Tokenizer;
 
 pub fn tokenize(a: TokenizeArgs) -> ExitCode {
@@ -40,7 +43,11 @@ pub fn convert(a: ConvertArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(format!("{}: {e}", a.input.display())),
     };
-    match crate::convert::convert_to_f16(&file, &a.output) {
+    let converted = {
+        let bar = Bar::bytes(convert::input_tensor_bytes(&file), "converting");
+        convert::convert_to_f16_with(&file, &a.output, &mut |n| bar.inc(n))
+    };
+    match converted {
         Ok(r) => {
             eprintln!(
                 "wrote {} ({} tensors, {} bytes)",
@@ -73,7 +80,11 @@ pub fn gen_model(a: GenModelArgs) -> ExitCode {
         context: a.context,
         rope_base: a.rope_base,
     };
-    match write_random_model(&spec, &a.out) {
+    let written = {
+        let bar = Bar::count(random::units(&spec), "generating (units)");
+        random::write_random_model_with(&spec, &a.out, &mut || bar.inc(1))
+    };
+    match written {
         Ok(hp) => {
             eprintln!(
                 "wrote {} ({} layers, hidden {}, vocab {})",

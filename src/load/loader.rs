@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::backend::cpu::weights::{self, ReadHook, UnitWeights};
 use crate::backend::cpu::CpuModel;
 use crate::gguf::GgufFile;
+use crate::load::memory::{self, MemorySources};
 use crate::load::plan::{LoadPlan, UnitKind, READY_UNITS};
 use crate::load::progress::Progress;
 use crate::model::{ModelError, ModelSpec};
@@ -155,22 +156,25 @@ fn run(job: &LoadJob) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Refuse a model whose reserved memory exceeds what the machine has available.
+/// Refuse a model whose reserved memory exceeds what this process may use (the host's available
+/// memory, or the room under its cgroup limit when that is smaller).
 fn check_memory(units: &[(UnitKind, UnitWeights)]) -> Result<(), ModelError> {
     let needed: u64 = units.iter().map(|(_, w)| w.bytes() as u64).sum();
-    if let Some(avail) = mem_available() {
-        if needed > avail {
-            return Err(ModelError::Shape(format!(
-                "model weights need {needed} bytes of memory; {avail} bytes are available"
-            )));
-        }
+    let Some(avail) = memory::available(&MemorySources::default()) else {
+        tracing::warn!("no memory limit could be read; loading {needed} bytes unchecked");
+        return Ok(());
+    };
+    tracing::info!(
+        "memory check: {needed} bytes needed, {} available (limit: {})",
+        avail.bytes,
+        avail.limit
+    );
+    if needed > avail.bytes {
+        return Err(ModelError::Memory {
+            needed,
+            available: avail.bytes,
+            limit: avail.limit.to_string(),
+        });
     }
     Ok(())
-}
-
-fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

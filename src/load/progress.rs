@@ -2,7 +2,7 @@
 //! listener bound ∧ tokenizer built ∧ `embed` ∧ `layer.0` resident.
 //!
 //! Writers are the loader thread and the startup code; readers are handlers. Every change bumps
-//! a `watch` version so SSE streams and the ready callback wake without polling.
+//! a `watch` version so SSE streams and the load callbacks wake without polling.
 
 use std::time::Instant;
 

@@ -38,6 +38,14 @@ pub enum ModelError {
     TensorType { name: String, ty: &'static str },
     #[error("tensor '{name}': {message}")]
     TensorData { name: String, message: String },
+    #[error(
+        "model weights need {needed} bytes of memory; {available} bytes are available ({limit})"
+    )]
+    Memory {
+        needed: u64,
+        available: u64,
+        limit: String,
+    },
 }
 
 /// A validated model: its hyper-parameters and whether the LM head is tied to the embeddings.

@@ -53,6 +53,31 @@ pub enum RandomModelError {
 
 /// Write a random model to `out` and return its hyper-parameters.
 pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams, RandomModelError> {
+    write_random_model_with(spec, out, &mut || {})
+}
+
+/// The units `write_random_model_with` reports: the embeddings, each layer, the head.
+pub fn units(spec: &RandomModelSpec) -> u64 {
+    spec.layers as u64 + 2
+}
+
+/// `write_random_model`, calling `on_unit` once each of the `units(spec)` units is generated
+/// (the file is written after the last).
+pub fn write_random_model_with(
+    spec: &RandomModelSpec,
+    out: &Path,
+    on_unit: &mut dyn FnMut(),
+) -> Result<HParams, RandomModelError> {
+    check_shape(spec)?;
+    let mut w = GgufWriter::new();
+    let hp = add_metadata(&mut w, spec)?;
+    add_tensors(&mut w, spec, &hp, on_unit)?;
+    w.write_file(out)?;
+    Ok(hp)
+}
+
+/// Refuse shapes the forward pass cannot run.
+fn check_shape(spec: &RandomModelSpec) -> Result<(), RandomModelError> {
     if spec.heads == 0
         || spec.kv_heads == 0
         || !spec.hidden.is_multiple_of(spec.heads)
@@ -68,7 +93,11 @@ pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams,
             "head dim must be even; layers and ffn must be >= 1".into(),
         ));
     }
-    let mut w = GgufWriter::new();
+    Ok(())
+}
+
+/// The metadata (and the tokenizer, when copied); returns the hyper-parameters it describes.
+fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, RandomModelError> {
     w.add_kv("general.architecture", Value::String("qwen2".into()))?;
     w.add_kv(
         "general.name",
@@ -97,9 +126,9 @@ pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams,
     w.add_kv(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6))?;
     let vocab = match &spec.vocab {
         VocabSource::Size(n) => *n,
-        VocabSource::FromFile(p) => copy_tokenizer(&mut w, p)?,
+        VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
     };
-    let hp = HParams {
+    Ok(HParams {
         n_layer: spec.layers,
         hidden: spec.hidden,
         ffn: spec.ffn,
@@ -110,57 +139,47 @@ pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<HParams,
         context: spec.context,
         rope_base: spec.rope_base,
         rms_eps: 1e-6,
-    };
+    })
+}
+
+/// Every tensor, in file order, from one generator seeded by `spec.seed`.
+fn add_tensors(
+    w: &mut GgufWriter,
+    spec: &RandomModelSpec,
+    hp: &HParams,
+    on_unit: &mut dyn FnMut(),
+) -> Result<(), RandomModelError> {
     let mut rng = Rng::new(spec.seed);
-    let dims = |n: &str| names::global_dims(n, &hp).unwrap_or_default();
-    add_matrix(
-        &mut w,
-        &mut rng,
-        names::TOKEN_EMBD,
-        &dims(names::TOKEN_EMBD),
-        spec.dtype,
-        1.0,
-    )?;
+    let dims = |n: &str| names::global_dims(n, hp).unwrap_or_default();
+    let embd = dims(names::TOKEN_EMBD);
+    add_matrix(w, &mut rng, names::TOKEN_EMBD, &embd, spec.dtype, 1.0)?;
+    on_unit();
     for layer in 0..spec.layers {
         for t in LayerTensor::ALL {
-            let d = t.dims_in(&hp);
+            let d = t.dims_in(hp);
+            let name = t.name(layer);
             match t {
                 LayerTensor::AttnNorm | LayerTensor::FfnNorm => {
-                    add_vector(&mut w, &mut rng, &t.name(layer), &d, 1.0, 0.2)?
+                    add_vector(w, &mut rng, &name, &d, 1.0, 0.2)?
                 }
-                _ if t.is_vector() => add_vector(&mut w, &mut rng, &t.name(layer), &d, 0.0, 0.1)?,
-                _ => add_matrix(
-                    &mut w,
-                    &mut rng,
-                    &t.name(layer),
-                    &d,
-                    spec.dtype,
-                    1.0 / (d[0] as f32).sqrt(),
-                )?,
+                _ if t.is_vector() => add_vector(w, &mut rng, &name, &d, 0.0, 0.1)?,
+                _ => {
+                    let std = 1.0 / (d[0] as f32).sqrt();
+                    add_matrix(w, &mut rng, &name, &d, spec.dtype, std)?
+                }
             }
         }
+        on_unit();
     }
-    add_vector(
-        &mut w,
-        &mut rng,
-        names::OUTPUT_NORM,
-        &dims(names::OUTPUT_NORM),
-        1.0,
-        0.2,
-    )?;
+    let norm = dims(names::OUTPUT_NORM);
+    add_vector(w, &mut rng, names::OUTPUT_NORM, &norm, 1.0, 0.2)?;
     if !spec.tied {
         let d = dims(names::OUTPUT);
-        add_matrix(
-            &mut w,
-            &mut rng,
-            names::OUTPUT,
-            &d,
-            spec.dtype,
-            1.0 / (d[0] as f32).sqrt(),
-        )?;
+        let std = 1.0 / (d[0] as f32).sqrt();
+        add_matrix(w, &mut rng, names::OUTPUT, &d, spec.dtype, std)?;
     }
-    w.write_file(out)?;
-    Ok(hp)
+    on_unit();
+    Ok(())
 }
 
 fn copy_tokenizer(w: &mut GgufWriter, path: &Path) -> Result<usize, RandomModelError> {
