@@ -5,9 +5,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::step::RowResult;
 use crate::backend::BackendError;
 use crate::chat_template::ChatTemplate;
 use crate::request::{Input, Limits, RequestError, ValidRequest};
+use crate::sampler::RowWant;
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -181,6 +183,35 @@ impl Decoding {
             return Err(GenerationError::NonFinite);
         }
         let id = self.sampler.sample(logits, &self.history);
+        self.accept(tok, id)
+    }
+
+    /// How the next logits row should be answered for this sequence (see `RowWant`).
+    pub fn want(&mut self, vocab: usize) -> RowWant {
+        self.sampler.want(vocab)
+    }
+
+    /// Take what a backend answered for this sequence's row; None when the whole row is needed
+    /// (then `advance` with it).
+    pub fn advance_row(
+        &mut self,
+        tok: &Tokenizer,
+        row: &RowResult,
+        vocab: usize,
+    ) -> Option<Result<Advance, GenerationError>> {
+        match row {
+            RowResult::Token(id) => Some(self.accept(tok, *id)),
+            RowResult::NonFinite => Some(Err(GenerationError::NonFinite)),
+            RowResult::Head(h) => {
+                let id = self.sampler.sample_head(h, vocab)?;
+                Some(self.accept(tok, id))
+            }
+            RowResult::Full => None,
+        }
+    }
+
+    /// The sampled token: end at EOS, else detokenize, match stops and count.
+    fn accept(&mut self, tok: &Tokenizer, id: u32) -> Result<Advance, GenerationError> {
         if tok.eos_ids().contains(&id) {
             return Ok(Advance {
                 event: None,

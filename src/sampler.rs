@@ -44,6 +44,32 @@ pub struct Sampler {
 }
 
 const FIRST_HEAD: usize = 256;
+/// Largest logits a backend returns per row when it answers [`RowWant::Head`] (the first head
+/// `sample_sorted` takes, so a head settles what that path settles on its first pass).
+pub const DEVICE_HEAD: usize = FIRST_HEAD;
+
+/// What a sampler needs from its sequence's next logits row (see `backend::step`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowWant {
+    /// The whole row (penalties applied on the host, or a top-k beyond the head).
+    Full,
+    /// The largest logit's id.
+    Argmax,
+    /// A draw over the whole distribution at `1 / temperature = inv_t`, `u` uniform in [0, 1)
+    /// drawn from the sequence's own generator.
+    Draw { inv_t: f32, u: f32 },
+    /// The largest logits, sorted, with the distribution's normaliser at `inv_t`.
+    Head { inv_t: f32 },
+}
+
+/// The largest logits of a row: `cand` sorted descending (ties: lower id first), `max` the row's
+/// largest logit, `total` the sum of `exp((l - max) * inv_t)` over the whole row.
+#[derive(Clone, Debug, Default)]
+pub struct LogitHead {
+    pub max: f32,
+    pub total: f64,
+    pub cand: Vec<(f32, u32)>,
+}
 /// Up to this top-k, sampling works from the k largest logits alone (see `sample`).
 const TOP_K_DIRECT: usize = 1024;
 
@@ -72,6 +98,63 @@ impl Sampler {
         } else {
             self.sample_sorted(logits)
         }
+    }
+
+    /// How the next row should be answered for this sampler, over a vocabulary of `vocab`; a
+    /// draw over the whole distribution takes its uniform number now (one per token, as
+    /// `sample` takes it).
+    pub fn want(&mut self, vocab: usize) -> RowWant {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            return RowWant::Full;
+        }
+        if p.temperature < 1e-4 {
+            return RowWant::Argmax;
+        }
+        let inv_t = 1.0 / p.temperature;
+        let k = p.top_k;
+        let top_k_path = k > 0 && k <= TOP_K_DIRECT && k < vocab;
+        if top_k_path && k > DEVICE_HEAD || k > TOP_K_DIRECT && k < vocab {
+            return RowWant::Full;
+        }
+        if !top_k_path && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            return RowWant::Draw {
+                inv_t,
+                u: self.rng.next_f64() as f32,
+            };
+        }
+        RowWant::Head { inv_t }
+    }
+
+    /// Sample from a row's head as `sample` would from the whole row; None when the head does
+    /// not settle it (top-p's mass or min-p's cut lies beyond it): then the whole row is needed.
+    pub fn sample_head(&mut self, head: &LogitHead, vocab: usize) -> Option<u32> {
+        let inv_t = 1.0 / self.params.temperature;
+        let k = self.params.top_k;
+        if k > 0 && k <= TOP_K_DIRECT && k < vocab {
+            // As `sample_top_k`: the k largest logits.
+            let top = head.cand.get(..k)?;
+            let max = top.first().map_or(0.0, |c| c.0);
+            self.cand.clear();
+            self.cand
+                .extend(top.iter().map(|&(l, id)| (((l - max) * inv_t).exp(), id)));
+            let mass = self.cand.iter().map(|c| c.0 as f64).sum();
+            return Some(self.draw(mass));
+        }
+        // As `sample_sorted`'s first head (no top-k: the denominator is the whole row's).
+        self.cand.clear();
+        self.cand.extend(
+            head.cand
+                .iter()
+                .map(|&(l, id)| (((l - head.max) * inv_t).exp(), id)),
+        );
+        let kept_mass: f64 = self.cand.iter().map(|c| c.0 as f64).sum();
+        let covers_p = kept_mass >= self.params.top_p as f64 * head.total;
+        let last = self.cand.last().map_or(0.0, |c| c.0);
+        let first = self.cand.first().map_or(0.0, |c| c.0);
+        let min_p_cut = self.params.min_p > 0.0 && last < self.params.min_p * first;
+        let whole = self.cand.len() >= vocab;
+        (covers_p || min_p_cut || whole).then(|| self.draw(head.total))
     }
 
     /// Top-k on: the k largest logits are the k most probable tokens, and top-k renormalises over
@@ -442,5 +525,90 @@ mod tests {
         let mut p = params(0.0, 0, 1.0, 0.0, 0);
         p.repetition_penalty = 2.0;
         assert_eq!(Sampler::new(p).sample(&mut l, &[0]), 1);
+    }
+
+    /// The head a device returns for `l` at `inv_t`: the `DEVICE_HEAD` largest logits sorted
+    /// (ties: lower id first), the max and the whole row's normaliser.
+    fn head_of(l: &[f32], inv_t: f32) -> LogitHead {
+        let mut cand: Vec<(f32, u32)> = l.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+        cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        cand.truncate(DEVICE_HEAD);
+        let max = cand[0].0;
+        let total = l.iter().map(|&v| ((v - max) * inv_t).exp() as f64).sum();
+        LogitHead { max, total, cand }
+    }
+
+    #[test]
+    fn head_answers_draw_what_the_whole_row_draws() {
+        let mut rng = Rng::new(3);
+        let l: Vec<f32> = (0..2000).map(|_| rng.normal() * 3.0).collect();
+        let cases = [
+            params(0.8, 0, 0.95, 0.0, 1),
+            params(0.7, 40, 1.0, 0.0, 2),
+            params(1.0, 0, 1.0, 0.1, 3),
+            params(0.5, 0, 0.9, 0.05, 4),
+            params(1.2, 0, 1.0, 0.0, 5),
+            params(0.0, 0, 1.0, 0.0, 6),
+        ];
+        let (mut heads, mut draws) = (0, 0);
+        for p in cases {
+            let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p.clone()));
+            for _ in 0..50 {
+                let want = b.sample(&mut l.clone(), &[]);
+                let got = match a.want(l.len()) {
+                    RowWant::Argmax => argmax(&l),
+                    RowWant::Head { inv_t } => {
+                        heads += 1;
+                        match a.sample_head(&head_of(&l, inv_t), l.len()) {
+                            Some(id) => id,
+                            None => a.sample(&mut l.clone(), &[]),
+                        }
+                    }
+                    RowWant::Draw { inv_t, u } => {
+                        draws += 1;
+                        // As the device draws: ids in order until the running sum passes u * sum.
+                        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let p: Vec<f64> = l
+                            .iter()
+                            .map(|&v| ((v - max) * inv_t).exp() as f64)
+                            .collect();
+                        let target = u as f64 * p.iter().sum::<f64>();
+                        let mut acc = 0.0;
+                        p.iter()
+                            .position(|&x| {
+                                acc += x;
+                                target < acc
+                            })
+                            .unwrap_or(l.len() - 1) as u32
+                    }
+                    RowWant::Full => a.sample(&mut l.clone(), &[]),
+                };
+                assert_eq!(got, want, "{p:?}");
+            }
+        }
+        assert!(heads >= 200 && draws >= 50, "heads {heads}, draws {draws}");
+    }
+
+    #[test]
+    fn penalties_and_wide_top_k_want_the_whole_row() {
+        let mut p = params(0.8, 0, 0.9, 0.0, 1);
+        p.repetition_penalty = 1.1;
+        assert_eq!(Sampler::new(p).want(1000), RowWant::Full);
+        assert_eq!(
+            Sampler::new(params(0.8, 300, 1.0, 0.0, 1)).want(1000),
+            RowWant::Full
+        );
+        assert_eq!(
+            Sampler::new(params(0.8, 2000, 1.0, 0.0, 1)).want(10_000),
+            RowWant::Full
+        );
+        assert!(matches!(
+            Sampler::new(params(0.8, 0, 1.0, 0.0, 1)).want(1000),
+            RowWant::Draw { .. }
+        ));
+        assert_eq!(
+            Sampler::new(params(0.0, 0, 1.0, 0.0, 1)).want(1000),
+            RowWant::Argmax
+        );
     }
 }

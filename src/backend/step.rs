@@ -121,11 +121,49 @@ pub struct BatchLimits {
     pub ctx: usize,
 }
 
+pub use crate::sampler::{LogitHead, RowWant};
+
+/// What came back for a row.
+#[derive(Clone, Debug)]
+pub enum RowResult {
+    /// Chosen on the device (the argmax or the draw).
+    Token(u32),
+    /// A NaN or +inf logit, or nothing finite.
+    NonFinite,
+    Head(LogitHead),
+    /// The whole row: read it with [`StepRunner::full_row`].
+    Full,
+}
+
+/// A step's answer: every row whole, or one result per row.
+pub enum StepOut<'a> {
+    Logits(&'a mut [f32]),
+    Rows(Vec<RowResult>),
+}
+
 /// Runs batched steps over one KV pool; made once by the engine and kept.
 pub trait StepRunner: Send {
     /// Evaluate the batch, appending each row's K/V to its sequence's blocks; returns
     /// `logit_rows × vocab` logits, one row per sequence with `logits` set, in batch order.
     fn step(&mut self, batch: &StepBatch<'_>) -> Result<&mut [f32], BackendError>;
+    /// Evaluate the batch and answer each logit row as `wants` says (one per sequence with
+    /// `logits`, in order; ids at or past `n_text` are never chosen). The default: every row
+    /// whole.
+    fn step_rows(
+        &mut self,
+        batch: &StepBatch<'_>,
+        wants: &[RowWant],
+        n_text: usize,
+    ) -> Result<StepOut<'_>, BackendError> {
+        let _ = (wants, n_text);
+        self.step(batch).map(StepOut::Logits)
+    }
+    /// Logit row `i` of the last `step_rows`, whole (for a row answered [`RowResult::Full`]).
+    fn full_row(&mut self, i: usize) -> Result<&mut [f32], BackendError> {
+        Err(BackendError::Device(format!(
+            "logit row {i} was not kept by this backend"
+        )))
+    }
     /// Make the device-side objects a first step would otherwise create; runs no layer.
     fn prepare(&mut self) -> Result<(), BackendError> {
         Ok(())

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::scheduler::{Planned, Scheduler};
 use super::sequence::Sequence;
 use super::{EngineError, EngineEvent, Finished};
+use crate::backend::step::{RowResult, StepRunner};
 use crate::generation::{self, Advance, FinishReason, GenerationError};
 use crate::tokenizer::Tokenizer;
 
@@ -21,8 +22,10 @@ pub enum Retired {
     NonFinite,
 }
 
+type Step = Option<Result<Advance, GenerationError>>;
+
 /// Count the step's work, sample, stream; returns what was retired (already removed from
-/// `running`, its blocks released).
+/// `running`, its blocks released). `logits`: one whole row per sequence that asked.
 pub fn apply(
     sched: &mut Scheduler,
     plan: &[Planned],
@@ -32,8 +35,60 @@ pub fn apply(
     waited_ms: f64,
 ) -> Vec<Retired> {
     let now = Instant::now();
-    let mut row_of: Vec<Option<&mut [f32]>> = (0..sched.running.len()).map(|_| None).collect();
-    let mut rows = logits.chunks_mut(vocab.max(1));
+    let row_idx = account(sched, plan, waited_ms);
+    let mut rows: Vec<Option<&mut [f32]>> = logits.chunks_mut(vocab.max(1)).map(Some).collect();
+    let row_of: Vec<Option<&mut [f32]>> = row_idx
+        .iter()
+        .map(|i| i.and_then(|i| rows.get_mut(i).and_then(Option::take)))
+        .collect();
+    // Every row is sampled on its own, so rows run in parallel.
+    let advances: Vec<Step> = sched
+        .running
+        .par_iter_mut()
+        .zip(row_of.into_par_iter())
+        .map(|(seq, row)| row.map(|r| seq.out.advance(tok, r)))
+        .collect();
+    retire(sched, advances, now)
+}
+
+/// As [`apply`], from what the backend answered per row ([`RowResult`]); a row whose answer does
+/// not settle the draw is read whole from `runner`.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_rows(
+    sched: &mut Scheduler,
+    plan: &[Planned],
+    results: &[RowResult],
+    runner: &mut dyn StepRunner,
+    vocab: usize,
+    tok: &Tokenizer,
+    waited_ms: f64,
+) -> Vec<Retired> {
+    let now = Instant::now();
+    let row_idx = account(sched, plan, waited_ms);
+    let mut advances: Vec<Option<Step>> = sched
+        .running
+        .par_iter_mut()
+        .zip(row_idx.par_iter())
+        .map(|(seq, i)| i.map(|i| seq.out.advance_row(tok, &results[i], vocab)))
+        .collect();
+    for ((adv, i), seq) in advances.iter_mut().zip(&row_idx).zip(&mut sched.running) {
+        if let (Some(None), Some(i)) = (&adv, i) {
+            let whole = runner.full_row(*i).map_err(GenerationError::from);
+            *adv = Some(Some(whole.and_then(|row| seq.out.advance(tok, row))));
+        }
+    }
+    retire(
+        sched,
+        advances.into_iter().map(Option::flatten).collect(),
+        now,
+    )
+}
+
+/// The step's K/V counted per planned sequence (full blocks offered to the prefix cache); for
+/// each running sequence, the index of its logits row when it has one.
+fn account(sched: &mut Scheduler, plan: &[Planned], waited_ms: f64) -> Vec<Option<usize>> {
+    let mut row_idx = vec![None; sched.running.len()];
+    let mut next = 0;
     for p in plan {
         let seq = &mut sched.running[p.seq];
         let wants = p.n == seq.pending();
@@ -41,16 +96,15 @@ pub fn apply(
         seq.waited_for_load_ms += waited_ms;
         seq.register_full_blocks(&mut sched.pool);
         if wants {
-            row_of[p.seq] = rows.next();
+            row_idx[p.seq] = Some(next);
+            next += 1;
         }
     }
-    // Every row is sampled on its own, so rows run in parallel.
-    let advances: Vec<Option<Result<Advance, GenerationError>>> = sched
-        .running
-        .par_iter_mut()
-        .zip(row_of.into_par_iter())
-        .map(|(seq, row)| row.map(|r| seq.out.advance(tok, r)))
-        .collect();
+    row_idx
+}
+
+/// Stream each sampled token; retire the sequences that ended, failed or lost their client.
+fn retire(sched: &mut Scheduler, advances: Vec<Step>, now: Instant) -> Vec<Retired> {
     let mut retired = Vec::new();
     for i in (0..advances.len()).rev() {
         let Some(adv) = &advances[i] else { continue };

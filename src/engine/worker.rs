@@ -12,7 +12,7 @@ use super::sequence::Sequence;
 use super::stats::EngineStats;
 use super::timing::{Part, StepTimer};
 use super::{batch, emit, Drain, EngineError, EngineEvent, Job};
-use crate::backend::step::{BatchLimits, StepBatch, StepRunner};
+use crate::backend::step::{BatchLimits, RowWant, StepBatch, StepOut, StepRunner};
 use crate::backend::{Backend, BackendError};
 use crate::generation::FinishReason;
 use crate::panic_message::panic_message;
@@ -212,6 +212,15 @@ impl Worker {
         if plan.is_empty() {
             return false;
         }
+        let vocab = self.model.hp().vocab;
+        let wants: Vec<RowWant> = plan
+            .iter()
+            .filter_map(|p| {
+                let seq = &mut self.sched.running[p.seq];
+                (p.n == seq.pending()).then(|| seq.out.want(vocab))
+            })
+            .collect();
+        let n_text = self.tokenizer.vocab_size().min(vocab);
         let seqs = batch::build(&self.sched.running, &plan, &mut self.tokens);
         let (rows, n_seqs) = (self.tokens.len(), seqs.len());
         let batch = StepBatch {
@@ -224,7 +233,7 @@ impl Worker {
         let runner = &mut self.runner;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let runner = runner;
-            runner.step(&batch)
+            runner.step_rows(&batch, &wants, n_text)
         }));
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
         self.timer.add(Part::Backend, t);
@@ -237,17 +246,16 @@ impl Worker {
                 panic_message(&*panic)
             ))),
         };
+        let tok = &self.tokenizer;
         match outcome {
-            Ok(logits) => {
-                let vocab = self.model.hp().vocab;
-                let retired = emit::apply(
-                    &mut self.sched,
-                    &plan,
-                    logits,
-                    vocab,
-                    &self.tokenizer,
-                    waited_ms,
-                );
+            Ok(StepOut::Logits(logits)) => {
+                let retired = emit::apply(&mut self.sched, &plan, logits, vocab, tok, waited_ms);
+                self.stats.count_retired(&retired);
+            }
+            Ok(StepOut::Rows(rows)) => {
+                let runner = &mut *self.runner;
+                let retired =
+                    emit::apply_rows(&mut self.sched, &plan, &rows, runner, vocab, tok, waited_ms);
                 self.stats.count_retired(&retired);
             }
             Err(e) => self.fail_planned(&plan, e),

@@ -211,6 +211,7 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         super::check_paged::check_paged(k, s, rng, r, heads, kv, d)?;
     }
     super::check_paged::check_rope_slots(k, s, rng, r)?;
+    super::check_sample::check_logits_rows(k, s, rng, r)?;
     check_gemm(s, rng, r)
 }
 

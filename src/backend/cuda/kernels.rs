@@ -35,6 +35,7 @@ pub struct Kernels {
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
     attn_decode_merge: CUfunction,
+    logits_rows: CUfunction,
     dequant: Vec<(GgmlType, CUfunction)>,
     nonfinite_f16: CUfunction,
     nonfinite_f32: CUfunction,
@@ -272,6 +273,7 @@ impl Kernels {
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
             attn_decode_merge: big("attn_decode_merge")?,
+            logits_rows: m.function("logits_rows")?,
             dequant,
             nonfinite_f16: m.function("nonfinite_f16")?,
             nonfinite_f32: m.function("nonfinite_f32")?,
@@ -584,4 +586,31 @@ impl Kernels {
             q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
             scale, split_keys as i32)
     }
+
+    /// Per-row results of `rows` logit rows (`sample.cu`): `mode`, `inv_t`, `u` one per row (i32,
+    /// f32, f32); `out`: [`HEAD_ROW_WORDS`] u32 per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits_rows(
+        &self,
+        s: &Stream,
+        logits: CUdeviceptr,
+        rows: usize,
+        vocab: usize,
+        n_text: usize,
+        mode: CUdeviceptr,
+        inv_t: CUdeviceptr,
+        u: CUdeviceptr,
+        out: CUdeviceptr,
+    ) -> Result<(), String> {
+        launch!(self.logits_rows, (rows as u32, 1), 1024, 0, s;
+            logits, vocab as i32, n_text as i32, mode, inv_t, u, out)
+    }
 }
+
+/// Candidates `logits_rows` returns per row in head mode (`HEAD_K` in sample.cu).
+pub const HEAD_K: usize = 256;
+/// u32 words per row of `logits_rows`'s output.
+pub const HEAD_ROW_WORDS: usize = 8 + 2 * HEAD_K;
+
+// The host's sampler reads exactly the head the device returns.
+const _: () = assert!(HEAD_K == crate::sampler::DEVICE_HEAD);

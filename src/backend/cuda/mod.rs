@@ -8,6 +8,7 @@ pub mod check;
 mod check_batch;
 mod check_model;
 mod check_paged;
+mod check_sample;
 mod chunks;
 mod driver;
 mod early_blas;
@@ -21,6 +22,7 @@ mod preload;
 mod res;
 mod runner;
 mod session;
+mod step_timing;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

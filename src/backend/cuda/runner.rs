@@ -8,13 +8,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::driver::{copy_dtoh, copy_htod, DevBuf, Event, Pinned};
+use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
+use super::kernels::HEAD_ROW_WORDS;
 use super::kernels::{Paged, RowsAt};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass};
 use super::res::{wait_done, Res};
+use super::step_timing::StepTiming;
 use super::CudaModel;
-use crate::backend::step::{BatchLimits, KvGeometry, StepBatch, StepRunner};
+use crate::backend::step::{
+    BatchLimits, KvGeometry, LogitHead, RowResult, RowWant, StepBatch, StepOut, StepRunner,
+};
 use crate::backend::BackendError;
 
 pub struct CudaRunner {
@@ -34,56 +38,28 @@ pub struct CudaRunner {
     staging_dev: DevBuf,
     logits_dev: DevBuf,
     logits_host: Pinned,
+    /// `logits_rows`'s answers (`HEAD_ROW_WORDS` u32 a row), and which rows of the last step
+    /// were copied whole into `logits_host`.
+    rows_dev: DevBuf,
+    rows_host: Pinned,
+    whole: Vec<bool>,
     timing: Option<StepTiming>,
 }
 
-/// With `LAYERSTREAM_CUDA_TIMING` set: events around a step of several rows (start, layers done,
-/// LM head done, logits copied) and the times between them (µs), logged when the runner ends.
-struct StepTiming {
-    events: [Event; 4],
-    /// (rows, layers, head, logits copy) per step.
-    steps: Vec<(usize, f64, f64, f64)>,
+/// How a step was issued: the lone decode row (its logits in the `Res`), or `n` logit rows.
+enum Ran {
+    Lone,
+    Rows(usize),
 }
 
-impl StepTiming {
-    fn from_env() -> Result<Option<StepTiming>, String> {
-        if std::env::var_os("LAYERSTREAM_CUDA_TIMING").is_none() {
-            return Ok(None);
-        }
-        let e = || Event::new(true);
-        Ok(Some(StepTiming {
-            events: [e()?, e()?, e()?, e()?],
-            steps: Vec::new(),
-        }))
-    }
-
-    /// After the step completed.
-    fn collect(&mut self, rows: usize) -> Result<(), String> {
-        let ev = &self.events;
-        let us = |a: usize, b: usize| ev[a].elapsed_ms(&ev[b]).map(|m| m as f64 * 1e3);
-        self.steps.push((rows, us(0, 1)?, us(1, 2)?, us(2, 3)?));
-        Ok(())
-    }
-
-    fn log(&mut self) {
-        if self.steps.is_empty() {
-            return;
-        }
-        let med = |f: fn(&(usize, f64, f64, f64)) -> f64, v: &[(usize, f64, f64, f64)]| {
-            let mut x: Vec<f64> = v.iter().map(f).collect();
-            x.sort_by(f64::total_cmp);
-            x[x.len() / 2]
-        };
-        let v = &self.steps;
-        tracing::info!(
-            steps = v.len(),
-            "batched step (medians): {:.0} rows; layers {:.0} us, LM head {:.0} us, logits copy {:.0} us",
-            med(|s| s.0 as f64, v),
-            med(|s| s.1, v),
-            med(|s| s.2, v),
-            med(|s| s.3, v)
-        );
-    }
+/// A step's staged inputs: see `CudaRunner::stage`.
+struct Staged {
+    picks: Vec<usize>,
+    rows: RowsAt,
+    ids: u64,
+    pick_dev: u64,
+    modes: u64,
+    ints: usize,
 }
 
 /// KV pool bytes per position: every layer's K and V rows, F16.
@@ -111,7 +87,7 @@ impl CudaRunner {
         };
         let (max_rows, max_seqs) = (limits.max_batch_tokens, limits.max_seqs);
         let max_blocks = limits.ctx.div_ceil(geo.block_size);
-        let ints = 4 * max_rows + max_seqs + max_seqs * max_blocks;
+        let ints = 4 * max_rows + 4 * max_seqs + max_seqs * max_blocks;
         Ok(CudaRunner {
             res: None,
             _pool: pool,
@@ -124,6 +100,9 @@ impl CudaRunner {
             staging_dev: DevBuf::alloc(ints * 4).map_err(e)?,
             logits_dev: DevBuf::alloc(max_seqs * hp.vocab * 4).map_err(e)?,
             logits_host: Pinned::alloc(max_seqs * hp.vocab * 4, false).map_err(e)?,
+            rows_dev: DevBuf::alloc(max_seqs * HEAD_ROW_WORDS * 4).map_err(e)?,
+            rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
+            whole: Vec::new(),
             timing: StepTiming::from_env().map_err(e)?,
             model,
         })
@@ -138,16 +117,18 @@ impl CudaRunner {
             .ok_or_else(|| BackendError::Device("no runner resources".into()))
     }
 
-    /// Stage the step's inputs; returns the logit rows (host indices) and where each input
-    /// array starts on the device.
-    fn stage(&mut self, batch: &StepBatch<'_>) -> (Vec<usize>, RowsAt, u64, u64, usize) {
+    /// Stage the step's inputs (and each logit row's mode, 1/temperature and uniform draw for
+    /// `logits_rows`); returns the logit rows (host indices), the rows' placement, where the ids,
+    /// the picked rows and the modes start on the device, and the ints staged.
+    fn stage(&mut self, batch: &StepBatch<'_>, wants: &[RowWant]) -> Staged {
         let n = batch.tokens.len();
+        let m = batch.logit_rows();
         let bs = self.geo.block_size;
         let base = self.staging_dev.ptr;
         let buf = bytemuck::cast_slice_mut::<u8, u32>(self.staging_host.as_mut_slice());
         buf[..n].copy_from_slice(batch.tokens);
         let mut picks = Vec::new();
-        let tables0 = 4 * n + batch.logit_rows();
+        let tables0 = 4 * n + 4 * m;
         let mut t = tables0;
         for s in batch.seqs {
             for (j, r) in s.rows.clone().enumerate() {
@@ -164,45 +145,135 @@ impl CudaRunner {
             buf[t..t + used].copy_from_slice(&s.blocks[..used]);
             t += used;
         }
-        let at = RowsAt {
-            pos_dev: 0,
-            row_pos: base + (n * 4) as u64,
-            pos0: 0,
-            slots: base + (2 * n * 4) as u64,
-            row_tab: base + (3 * n * 4) as u64,
-            tables: base + (tables0 * 4) as u64,
-            bs,
-        };
-        (picks, at, base, base + (4 * n * 4) as u64, t)
+        for (j, w) in wants.iter().enumerate().take(m) {
+            let (mode, inv_t, u) = match *w {
+                RowWant::Full | RowWant::Argmax => (0, 0.0, 0.0),
+                RowWant::Draw { inv_t, u } => (1, inv_t, u),
+                RowWant::Head { inv_t } => (2, inv_t, 0.0),
+            };
+            buf[4 * n + m + j] = mode;
+            buf[4 * n + 2 * m + j] = f32::to_bits(inv_t);
+            buf[4 * n + 3 * m + j] = f32::to_bits(u);
+        }
+        let at = |i: usize| base + (i * 4) as u64;
+        Staged {
+            picks,
+            rows: RowsAt {
+                pos_dev: 0,
+                row_pos: at(n),
+                pos0: 0,
+                slots: at(2 * n),
+                row_tab: at(3 * n),
+                tables: at(tables0),
+                bs,
+            },
+            ids: base,
+            pick_dev: at(4 * n),
+            modes: at(4 * n + m),
+            ints: t,
+        }
     }
 
-    /// A step of several rows: one pass over all of them, logits of the rows that want them.
-    fn issue_rows(&mut self, batch: &StepBatch<'_>, pass: &mut Pass) -> Result<usize, String> {
-        let (picks, at, ids, pick_dev, ints) = self.stage(batch);
-        let mark = |t: &Option<StepTiming>, i: usize| match t {
-            Some(t) => t.events[i].record(pass.s),
-            None => Ok(()),
-        };
-        mark(&self.timing, 0)?;
+    /// A step of several rows: one pass over all of them; then, for the logit rows, either every
+    /// row whole to the host, or `logits_rows`'s answer per row (and whole only the rows that
+    /// want it).
+    fn issue_rows(
+        &mut self,
+        batch: &StepBatch<'_>,
+        pass: &mut Pass,
+        rows_want: Option<(&[RowWant], usize)>,
+    ) -> Result<usize, String> {
+        let wants = rows_want.map_or(&[][..], |w| w.0);
+        let st = self.stage(batch, wants);
+        StepTiming::mark(&self.timing, 0, pass.s)?;
         unsafe {
             copy_htod(
                 self.staging_dev.ptr,
                 self.staging_host.ptr,
-                ints * 4,
+                st.ints * 4,
                 pass.s,
             )?
         };
         let res = self.res.as_ref().ok_or("no runner resources")?;
-        pass.rows(&res.blas, ids, batch.tokens.len(), &at)?;
-        mark(&self.timing, 1)?;
-        if !picks.is_empty() {
-            pass.head(&res.blas, &picks, pick_dev, self.logits_dev.ptr)?;
+        pass.rows(&res.blas, st.ids, batch.tokens.len(), &st.rows)?;
+        StepTiming::mark(&self.timing, 1, pass.s)?;
+        let m = st.picks.len();
+        if m > 0 {
+            pass.head(&res.blas, &st.picks, st.pick_dev, self.logits_dev.ptr)?;
         }
-        mark(&self.timing, 2)?;
-        let bytes = picks.len() * self.model.hp.vocab * 4;
-        unsafe { copy_dtoh(self.logits_host.ptr, self.logits_dev.ptr, bytes, pass.s)? };
-        mark(&self.timing, 3)?;
-        Ok(picks.len())
+        StepTiming::mark(&self.timing, 2, pass.s)?;
+        let vocab = self.model.hp.vocab;
+        let row_bytes = vocab * 4;
+        self.whole.clear();
+        match rows_want {
+            Some((wants, n_text)) if wants.iter().any(|w| *w != RowWant::Full) => {
+                let (lo, u) = (st.modes, st.modes + (2 * m * 4) as u64);
+                let k = &pass.dev.kernels;
+                k.logits_rows(
+                    pass.s,
+                    self.logits_dev.ptr,
+                    m,
+                    vocab,
+                    n_text,
+                    lo,
+                    lo + (m * 4) as u64,
+                    u,
+                    self.rows_dev.ptr,
+                )?;
+                let bytes = m * HEAD_ROW_WORDS * 4;
+                unsafe { copy_dtoh(self.rows_host.ptr, self.rows_dev.ptr, bytes, pass.s)? };
+                for (i, w) in wants.iter().enumerate() {
+                    let full = *w == RowWant::Full;
+                    if full {
+                        let (dst, src) =
+                            (i * row_bytes, self.logits_dev.ptr + (i * row_bytes) as u64);
+                        unsafe {
+                            copy_dtoh(self.logits_host.ptr.add(dst), src, row_bytes, pass.s)?
+                        };
+                    }
+                    self.whole.push(full);
+                }
+            }
+            _ => {
+                unsafe {
+                    copy_dtoh(
+                        self.logits_host.ptr,
+                        self.logits_dev.ptr,
+                        m * row_bytes,
+                        pass.s,
+                    )?
+                };
+                self.whole.resize(m, true);
+            }
+        }
+        StepTiming::mark(&self.timing, 3, pass.s)?;
+        Ok(m)
+    }
+
+    /// The answers of the last step's logit rows, from `logits_rows`'s output.
+    fn row_results(&self, wants: &[RowWant]) -> Vec<RowResult> {
+        let words = bytemuck::cast_slice::<u8, u32>(self.rows_host.as_slice());
+        wants
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let o = &words[i * HEAD_ROW_WORDS..(i + 1) * HEAD_ROW_WORDS];
+                match (w, o[0]) {
+                    (RowWant::Full, _) => RowResult::Full,
+                    (_, 1) => RowResult::NonFinite,
+                    (_, 2) => RowResult::Full,
+                    (RowWant::Argmax, _) => RowResult::Token(o[1]),
+                    (RowWant::Draw { .. }, _) => RowResult::Token(o[2]),
+                    (RowWant::Head { .. }, _) => RowResult::Head(LogitHead {
+                        max: f32::from_bits(o[4]),
+                        total: f32::from_bits(o[5]) as f64,
+                        cand: (0..o[3] as usize)
+                            .map(|j| (f32::from_bits(o[8 + 2 * j]), o[9 + 2 * j]))
+                            .collect(),
+                    }),
+                }
+            })
+            .collect()
     }
 
     fn check(&self, batch: &StepBatch<'_>) -> Result<(), BackendError> {
@@ -229,8 +300,14 @@ impl CudaRunner {
     }
 }
 
-impl StepRunner for CudaRunner {
-    fn step(&mut self, batch: &StepBatch<'_>) -> Result<&mut [f32], BackendError> {
+impl CudaRunner {
+    /// Issue the step and wait for it: the lone decode row's fused path (its logits whole in
+    /// the `Res`), or one pass over every row.
+    fn run(
+        &mut self,
+        batch: &StepBatch<'_>,
+        rows_want: Option<(&[RowWant], usize)>,
+    ) -> Result<Ran, BackendError> {
         self.check(batch)?;
         let model = self.model.clone();
         let (dev, stream) = {
@@ -242,25 +319,22 @@ impl StepRunner for CudaRunner {
         let kv = self.kv.clone();
         let t_issue = Instant::now();
         let mut pass = Pass::new(&model, &dev, &stream, &kv);
-        let lone = match batch.seqs {
-            [s] if s.rows.len() == 1 && s.logits => Some(s),
-            _ => None,
-        };
-        let rows = if let Some(s) = lone {
-            let bs = self.geo.block_size;
-            let slot = s.blocks[s.pos / bs] as usize * bs + s.pos % bs;
-            let pg = Paged {
-                table: dev.ptr(dev.layout.scratch.table),
-                bs,
-            };
-            let (table_ints, all) = (self.max_blocks, model.residency.all_resident());
-            let res = self.res()?;
-            res.set_decode_params(s.pos, slot, batch.tokens[s.rows.start], s.blocks);
-            res.issue_decode(&mut pass, table_ints, pg, all)
-                .map_err(e)?;
-            1
-        } else {
-            self.issue_rows(batch, &mut pass).map_err(e)?
+        let ran = match batch.seqs {
+            [s] if s.rows.len() == 1 && s.logits => {
+                let bs = self.geo.block_size;
+                let slot = s.blocks[s.pos / bs] as usize * bs + s.pos % bs;
+                let pg = Paged {
+                    table: dev.ptr(dev.layout.scratch.table),
+                    bs,
+                };
+                let (table_ints, all) = (self.max_blocks, model.residency.all_resident());
+                let res = self.res()?;
+                res.set_decode_params(s.pos, slot, batch.tokens[s.rows.start], s.blocks);
+                res.issue_decode(&mut pass, table_ints, pg, all)
+                    .map_err(e)?;
+                Ran::Lone
+            }
+            _ => Ran::Rows(self.issue_rows(batch, &mut pass, rows_want).map_err(e)?),
         };
         let res = self.res.as_mut().ok_or(BackendError::Interrupted)?;
         let gated = std::mem::take(&mut pass.gated);
@@ -268,16 +342,69 @@ impl StepRunner for CudaRunner {
         wait_done(&model, &res.done, !gated.is_empty())?;
         drop(pass);
         model.add_waited(&gated, t_issue);
-        if let (Some(t), None) = (&mut self.timing, lone) {
+        if let (Some(t), Ran::Rows(_)) = (&mut self.timing, &ran) {
             t.collect(batch.tokens.len()).map_err(e)?;
         }
-        let vocab = model.hp.vocab;
-        let host = if lone.is_some() {
-            &mut res.logits_host
-        } else {
-            &mut self.logits_host
+        Ok(ran)
+    }
+
+    /// The logits of the last step, whole.
+    fn logits(&mut self, ran: Ran) -> Result<&mut [f32], BackendError> {
+        let vocab = self.model.hp.vocab;
+        let (host, rows) = match ran {
+            Ran::Lone => (
+                &mut self
+                    .res
+                    .as_mut()
+                    .ok_or(BackendError::Interrupted)?
+                    .logits_host,
+                1,
+            ),
+            Ran::Rows(m) => (&mut self.logits_host, m),
         };
         Ok(&mut bytemuck::cast_slice_mut::<u8, f32>(host.as_mut_slice())[..rows * vocab])
+    }
+}
+
+impl StepRunner for CudaRunner {
+    fn step(&mut self, batch: &StepBatch<'_>) -> Result<&mut [f32], BackendError> {
+        let ran = self.run(batch, None)?;
+        self.logits(ran)
+    }
+
+    fn step_rows(
+        &mut self,
+        batch: &StepBatch<'_>,
+        wants: &[RowWant],
+        n_text: usize,
+    ) -> Result<StepOut<'_>, BackendError> {
+        match self.run(batch, Some((wants, n_text)))? {
+            Ran::Rows(m) if self.whole.len() == m && self.whole.iter().any(|w| !w) => {
+                Ok(StepOut::Rows(self.row_results(wants)))
+            }
+            ran => self.logits(ran).map(StepOut::Logits),
+        }
+    }
+
+    fn full_row(&mut self, i: usize) -> Result<&mut [f32], BackendError> {
+        let vocab = self.model.hp.vocab;
+        if i >= self.whole.len() {
+            return Err(BackendError::Device(format!(
+                "no logit row {i} in the last step"
+            )));
+        }
+        if !self.whole[i] {
+            let e = BackendError::Device;
+            let res = self.res.as_ref().ok_or(BackendError::Interrupted)?;
+            let (dst, src) = (i * vocab * 4, self.logits_dev.ptr + (i * vocab * 4) as u64);
+            unsafe {
+                copy_dtoh(self.logits_host.ptr.add(dst), src, vocab * 4, &res.stream).map_err(e)?
+            };
+            res.stream.sync().map_err(e)?;
+            self.whole[i] = true;
+        }
+        let all = bytemuck::cast_slice_mut::<u8, f32>(self.logits_host.as_mut_slice());
+        Ok(&mut all[i * vocab..(i + 1) * vocab])
     }
 
     fn prepare(&mut self) -> Result<(), BackendError> {
