@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::server::auth::ApiKey;
+use crate::server::cors::CorsOrigin;
+use crate::server::hosts::HostEntry;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
     /// CUDA when available, else the CPU.
@@ -98,6 +102,27 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Require `Authorization: Bearer KEY` on the inference routes (`/generate`, `/v1/…`); the
+    /// health routes and `/metrics` stay open. A command line is visible to every user of the
+    /// machine: prefer the variable or --api-key-file.
+    #[arg(long, env = "LAYERSTREAM_API_KEY", hide_env_values = true, value_name = "KEY",
+          value_parser = ApiKey::parse, conflicts_with = "api_key_file")]
+    pub api_key: Option<ApiKey>,
+    /// Read the API key from this file (without its trailing newline).
+    #[arg(long, env = "LAYERSTREAM_API_KEY_FILE", value_name = "PATH", value_parser = api_key_file)]
+    pub api_key_file: Option<ApiKey>,
+    /// Origins (`scheme://host[:port]`, or `*`) whose pages may call the API from a browser
+    /// (CORS); comma-separated or repeated. Requests with any other `Origin` get 403 on the
+    /// inference routes. Default: none.
+    #[arg(long, env = "LAYERSTREAM_CORS_ALLOW_ORIGIN", value_name = "ORIGIN",
+          value_delimiter = ',', value_parser = CorsOrigin::parse)]
+    pub cors_allow_origin: Vec<CorsOrigin>,
+    /// `Host` names answered (any port, unless one is given; `*`: all); others get 403.
+    /// Comma-separated or repeated. Default: bound to a loopback address, `localhost`,
+    /// `127.0.0.1`, `[::1]` and the bound address; bound elsewhere, every host.
+    #[arg(long, env = "LAYERSTREAM_ALLOWED_HOSTS", value_name = "HOST",
+          value_delimiter = ',', value_parser = HostEntry::parse)]
+    pub allowed_hosts: Vec<HostEntry>,
 }
 
 /// The model `serve` uses when `--model` is not given.
@@ -121,6 +146,11 @@ fn http_url(s: &str) -> Result<String, String> {
         )),
         _ => Err(format!("'{s}' is not an http://host/... URL")),
     }
+}
+
+/// `--api-key-file`: the key it holds.
+fn api_key_file(s: &str) -> Result<ApiKey, String> {
+    ApiKey::from_file(std::path::Path::new(s))
 }
 
 /// A count >= 1.
@@ -162,6 +192,11 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 }
 
 impl ServeArgs {
+    /// The API key of --api-key or --api-key-file.
+    pub fn api_key(&self) -> Option<ApiKey> {
+        self.api_key.clone().or_else(|| self.api_key_file.clone())
+    }
+
     /// The batching the engine asks of the backend, for a context of `ctx` positions.
     pub fn batch_request(&self, ctx: usize) -> crate::backend::step::BatchRequest {
         let max_seqs = self.max_num_seqs as usize;

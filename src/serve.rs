@@ -23,7 +23,10 @@ use crate::load::plan::LoadPlan;
 use crate::load::progress::{LoadState, Progress};
 use crate::model::ModelSpec;
 use crate::request::Limits;
+use crate::server::access::AccessPolicy;
 use crate::server::callback::{self, Callbacks, Event, Notice, Worker};
+use crate::server::cors::Origins;
+use crate::server::hosts::AllowedHosts;
 use crate::server::{self, AppState, ModelInfo, Runtime};
 use crate::tokenizer::Tokenizer;
 
@@ -181,7 +184,7 @@ async fn serve(l: Loading) -> Result<(), String> {
     tracing::info!("listening on http://{local}");
     progress.listener_bound();
     let body_timeout = Duration::from_secs_f64(args.body_timeout);
-    let state = app_state(&args, &path, ctx, &progress, stop_rx.clone());
+    let state = app_state(&args, &path, ctx, &progress, stop_rx.clone(), local);
     // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
     let startup_error = Arc::new(parking_lot::Mutex::new(None));
     let build = {
@@ -245,6 +248,7 @@ fn app_state(
     ctx: usize,
     progress: &Arc<Progress>,
     stop: watch::Receiver<bool>,
+    bound: SocketAddr,
 ) -> Arc<AppState> {
     let info = ModelInfo {
         id: args.model_name.clone().unwrap_or_else(|| model_id(path)),
@@ -254,7 +258,19 @@ fn app_state(
         ctx,
     };
     let body_timeout = Duration::from_secs_f64(args.body_timeout);
-    let state = Arc::new(AppState::new(progress.clone(), stop, body_timeout, info));
+    let access = AccessPolicy {
+        api_key: args.api_key(),
+        hosts: AllowedHosts::new(&args.allowed_hosts, bound),
+        origins: Origins::new(&args.cors_allow_origin),
+    };
+    tracing::info!("access: {access}");
+    let state = Arc::new(AppState::new(
+        progress.clone(),
+        stop,
+        body_timeout,
+        info,
+        access,
+    ));
     match crate::metrics::install() {
         Ok(h) => {
             let _ = state.metrics.set(h);

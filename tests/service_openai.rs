@@ -1,7 +1,8 @@
 //! The OpenAI-compatible routes driven by the official `openai` Python client (pinned in
 //! `scripts/install-test-python`; `LAYERSTREAM_TEST_PYTHON` names its interpreter) against the
-//! real binary on 127.0.0.1: models, chat completions whole and streamed with usage, completions,
-//! and refusals that name the parameter.
+//! real binary on 127.0.0.1 behind an API key: models, chat completions whole and streamed with
+//! usage, completions, refusals that name the parameter, and a wrong key seen as the client's
+//! `AuthenticationError`.
 
 #[path = "common/harness.rs"]
 mod harness;
@@ -27,15 +28,17 @@ fn python() -> PathBuf {
 #[test]
 fn the_official_openai_client_works_against_the_server() {
     let model = tiny_model();
+    let key = "sk-client-check";
     let s = Server::spawn(
         &["--model", model.to_str().unwrap(), "--device", "cpu"],
-        &[],
+        &[("LAYERSTREAM_API_KEY", key)],
     );
     s.wait_ready(Duration::from_secs(30));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client_check.py");
     let out = Command::new(python())
         .arg(&script)
         .arg(format!("http://{}/v1", s.addr))
+        .arg(key)
         .output()
         .expect("run the client check");
     let (stdout, stderr) = (

@@ -1,10 +1,11 @@
 //! The one error shape of the HTTP API, `{"error": {"code", "type", "message"}}`, and the single
 //! place that maps errors to status codes and stable `type` strings.
 
-use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use super::auth::AuthFailure;
 use super::body::{json, ResBody};
 use crate::engine::EngineError;
 use crate::request::RequestError;
@@ -38,6 +39,14 @@ pub enum ApiError {
     /// The model's output was not finite (broken weights): a fault of the model, not the server.
     NonFinite(String),
     NotFound(String),
+    /// An inference route without the API key.
+    Unauthorized(AuthFailure),
+    /// The `Host` header (shown) is not in `--allowed-hosts`.
+    HostNotAllowed(String),
+    /// The `Origin` header (shown) is not in `--cors-allow-origin`.
+    OriginNotAllowed(String),
+    /// A JSON route's body is labelled with this content type (shown), or none.
+    NotJson(Option<String>),
     MethodNotAllowed {
         allow: &'static str,
     },
@@ -59,6 +68,9 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::HostNotAllowed(_) | ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Loading | ApiError::LoadFailed(_) | ApiError::ShuttingDown => {
@@ -79,6 +91,10 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized(_) => "invalid_api_key",
+            ApiError::HostNotAllowed(_) => "host_not_allowed",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::NotJson(_) => "unsupported_media_type",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::QueueFull => "queue_full",
             ApiError::Loading => "loading",
@@ -111,6 +127,20 @@ impl ApiError {
                 format!("the server holds its limit of {limit} connections; retry later")
             }
             ApiError::NotFound(path) => format!("no route for {path}"),
+            ApiError::Unauthorized(AuthFailure::Missing) => {
+                "an API key is required: send the header `Authorization: Bearer <key>`".into()
+            }
+            ApiError::Unauthorized(AuthFailure::Wrong) => "incorrect API key provided".into(),
+            ApiError::HostNotAllowed(host) => format!(
+                "host '{host}' is not allowed; the server answers the hosts of --allowed-hosts"
+            ),
+            ApiError::OriginNotAllowed(origin) => format!(
+                "origin '{origin}' is not allowed; the server answers the origins of --cors-allow-origin"
+            ),
+            ApiError::NotJson(got) => format!(
+                "the Content-Type header must be application/json; got {}",
+                got.as_deref().unwrap_or("none")
+            ),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             ApiError::QueueFull => "the request queue is full; retry later".into(),
             ApiError::Loading => "the model is loading; retry later".into(),
@@ -129,6 +159,9 @@ impl ApiError {
             ApiError::Invalid(r) => e["param"] = json!(r.field),
             ApiError::MalformedHead | ApiError::HeadTooLarge => e["param"] = json!("headers"),
             ApiError::TooLarge { .. } | ApiError::BodyTimeout { .. } => e["param"] = json!("body"),
+            ApiError::HostNotAllowed(_) => e["param"] = json!("Host"),
+            ApiError::OriginNotAllowed(_) => e["param"] = json!("Origin"),
+            ApiError::NotJson(_) => e["param"] = json!("Content-Type"),
             _ => {}
         }
         json!({ "error": e })
@@ -176,6 +209,9 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthorized(_) => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::access_log::{Exchange, TokenCount};
 use super::body::{json, sse, sse_event, ResBody};
 use super::error::ApiError;
 use super::state::{AppState, Runtime};
@@ -22,14 +23,15 @@ use crate::request::{ValidRequest, MAX_BODY_BYTES};
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
+    ex: &Exchange,
 ) -> Result<Response<ResBody>, ApiError> {
     let (rt, body, arrived) = accept(&state, req).await?;
     let valid = ValidRequest::parse(&body, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
     let stream = valid.stream;
-    let (id, events) = submit(&state, rt, valid, arrived).await?;
+    let events = submit(rt, valid, arrived, ex).await?;
     if stream {
-        Ok(stream_response(id, events))
+        Ok(stream_response(ex.id.clone(), events))
     } else {
         whole_response(events).await
     }
@@ -58,14 +60,14 @@ pub(super) async fn accept(
     Ok((rt, body, arrived))
 }
 
-/// Tokenize (off the async threads) and hand the request to the engine; returns its id and the
-/// engine's events for it.
+/// Tokenize (off the async threads) and hand the request to the engine as job `ex.id`; returns
+/// the engine's events for it.
 pub(super) async fn submit(
-    state: &AppState,
     rt: &Runtime,
     mut valid: ValidRequest,
     arrived: Instant,
-) -> Result<(String, mpsc::UnboundedReceiver<EngineEvent>), ApiError> {
+    ex: &Exchange,
+) -> Result<Events, ApiError> {
     let (tok, tmpl, limits) = (rt.tokenizer.clone(), rt.template.clone(), rt.limits);
     let (valid, prompt) = tokio::task::spawn_blocking(move || {
         prepare(&tok, &tmpl, &mut valid, limits).map(|p| (valid, p))
@@ -77,9 +79,8 @@ pub(super) async fn submit(
         other => ApiError::Internal(other.to_string()),
     })?;
     let (events_tx, events) = mpsc::unbounded_channel();
-    let id = state.request_id();
     let job = Job {
-        id: id.clone(),
+        id: ex.id.clone(),
         request: valid,
         prompt,
         enqueued: arrived,
@@ -89,7 +90,28 @@ pub(super) async fn submit(
         SubmitError::QueueFull => ApiError::QueueFull,
         SubmitError::ShuttingDown => ApiError::ShuttingDown,
     })?;
-    Ok((id, events))
+    Ok(Events {
+        rx: events,
+        tokens: ex.tokens.clone(),
+    })
+}
+
+/// The engine's events for one request; a finished generation's token counts are noted for the
+/// access log as they pass.
+pub(super) struct Events {
+    rx: mpsc::UnboundedReceiver<EngineEvent>,
+    tokens: Arc<TokenCount>,
+}
+
+impl Events {
+    /// The next event (cancel-safe, like the channel's `recv`).
+    pub(super) async fn recv(&mut self) -> Option<EngineEvent> {
+        let ev = self.rx.recv().await;
+        if let Some(EngineEvent::Done(f)) = &ev {
+            self.tokens.record(&f.generation.usage);
+        }
+        ev
+    }
 }
 
 /// The whole body, within the body timeout; a shutdown ends the wait at once (a half-sent body
@@ -161,9 +183,7 @@ fn finished_json(f: &Finished) -> Value {
     })
 }
 
-async fn whole_response(
-    mut events: mpsc::UnboundedReceiver<EngineEvent>,
-) -> Result<Response<ResBody>, ApiError> {
+async fn whole_response(mut events: Events) -> Result<Response<ResBody>, ApiError> {
     while let Some(ev) = events.recv().await {
         match ev {
             EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
@@ -186,10 +206,7 @@ pub(super) enum Next {
 
 /// The next engine event for a stream, writing a comment line (`: ping`) every `SSE_PING` of
 /// silence meanwhile.
-pub(super) async fn next_or_ping(
-    events: &mut mpsc::UnboundedReceiver<EngineEvent>,
-    tx: &mpsc::Sender<Bytes>,
-) -> Next {
+pub(super) async fn next_or_ping(events: &mut Events, tx: &mpsc::Sender<Bytes>) -> Next {
     loop {
         tokio::select! {
             ev = events.recv() => return ev.map_or(Next::EngineGone, Next::Event),
@@ -208,10 +225,7 @@ pub(super) async fn next_or_ping(
 /// client has gone, so that its request is dropped at the engine's next step.
 const SSE_PING: std::time::Duration = std::time::Duration::from_millis(500);
 
-fn stream_response(
-    id: String,
-    mut events: mpsc::UnboundedReceiver<EngineEvent>,
-) -> Response<ResBody> {
+fn stream_response(id: String, mut events: Events) -> Response<ResBody> {
     let (tx, resp) = sse();
     tokio::spawn(async move {
         loop {

@@ -1,10 +1,15 @@
 //! The HTTP server: `run(listener, state, shutdown)` accepts connections until `shutdown`
 //! resolves, then stops accepting and lets open connections finish (bounded by the caller).
 
+pub mod access;
+mod access_log;
+pub mod auth;
 pub mod body;
 pub mod callback;
+pub mod cors;
 pub mod error;
 pub mod generate;
+pub mod hosts;
 mod json_errors_io;
 mod openai_api;
 pub mod routes;
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -70,13 +76,8 @@ pub async fn run(
                 let svc = {
                     let (state, inflight) = (state.clone(), inflight.clone());
                     service_fn(move |req| {
-                        let state = state.clone();
                         let busy = InFlight::enter(&inflight);
-                        async move {
-                            let r = routes::route(state, req).await;
-                            // In flight until its body is done (a stream outlives the handler).
-                            Ok::<_, std::convert::Infallible>(r.map(|b| Tracked { inner: b, _busy: busy }.boxed()))
-                        }
+                        answer(state.clone(), req, busy)
                     })
                 };
                 let io = TokioIo::new(json_errors_io::JsonErrorsIo::new(stream));
@@ -93,6 +94,29 @@ pub async fn run(
     {
         tracing::warn!("connections still open after {drain:?}; closing them");
     }
+}
+
+/// Route a request; its response carries `X-Request-Id`, and its body keeps the request in
+/// flight and its access-log line pending until the body is done (a stream outlives the handler).
+async fn answer(
+    state: Arc<AppState>,
+    req: hyper::Request<hyper::body::Incoming>,
+    busy: InFlight,
+) -> Result<hyper::Response<body::ResBody>, std::convert::Infallible> {
+    let ex = access_log::Exchange::begin(state.request_id(), req.method(), req.uri().path());
+    let mut r = routes::route(state, req, &ex).await;
+    if let Ok(id) = HeaderValue::from_str(&ex.id) {
+        r.headers_mut().insert("x-request-id", id);
+    }
+    let log = ex.answered(r.status().as_u16());
+    Ok(r.map(|inner| {
+        Tracked {
+            inner,
+            _busy: busy,
+            log,
+        }
+        .boxed()
+    }))
 }
 
 /// Drive one connection. Once the server is stopping, a connection with no request in flight
@@ -145,10 +169,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is finished or dropped.
+/// A response body that keeps its request counted as in flight until it is finished or dropped,
+/// and logs the request then.
 struct Tracked {
     inner: body::ResBody,
     _busy: InFlight,
+    log: access_log::Pending,
 }
 
 impl http_body::Body for Tracked {
@@ -159,11 +185,20 @@ impl http_body::Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper stops polling a body that says it has ended, so both places note the end.
+        if matches!(frame, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.log.body_ended();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.log.body_ended();
+        }
+        end
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

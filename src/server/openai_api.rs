@@ -8,11 +8,11 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
+use super::access_log::Exchange;
 use super::body::{json, sse, ResBody};
 use super::error::ApiError;
-use super::generate::{accept, next_or_ping, submit, Next};
+use super::generate::{accept, next_or_ping, submit, Events, Next};
 use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
 use crate::generation::FinishReason;
@@ -97,18 +97,19 @@ pub async fn completions(
     state: Arc<AppState>,
     req: Request<Incoming>,
     route: Route,
+    ex: &Exchange,
 ) -> Result<Response<ResBody>, ApiError> {
     let (rt, body, arrived) = accept(&state, req).await?;
     let parsed = openai::parse(&body, route, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
     let stream = parsed.request.stream;
-    let (id, events) = submit(&state, rt, parsed.request, arrived).await?;
+    let events = submit(rt, parsed.request, arrived, ex).await?;
     let prefix = match route {
         Route::Chat => "chatcmpl-",
         Route::Completions => "cmpl-",
     };
     let meta = Meta {
-        id: format!("{prefix}{id}"),
+        id: format!("{prefix}{}", ex.id),
         route,
         model: parsed.model.unwrap_or_else(|| state.model.id.clone()),
         created: state.model.created,
@@ -121,10 +122,7 @@ pub async fn completions(
     }
 }
 
-async fn whole_response(
-    meta: Meta,
-    mut events: mpsc::UnboundedReceiver<EngineEvent>,
-) -> Result<Response<ResBody>, ApiError> {
+async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBody>, ApiError> {
     while let Some(ev) = events.recv().await {
         match ev {
             EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
@@ -187,10 +185,7 @@ fn frames(meta: &Meta, ev: EngineEvent, started: &mut bool) -> (Vec<Bytes>, bool
     (out, true)
 }
 
-fn stream_response(
-    meta: Meta,
-    mut events: mpsc::UnboundedReceiver<EngineEvent>,
-) -> Response<ResBody> {
+fn stream_response(meta: Meta, mut events: Events) -> Response<ResBody> {
     let (tx, resp) = sse();
     tokio::spawn(async move {
         let mut started = false;

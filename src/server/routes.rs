@@ -1,39 +1,69 @@
-//! Routing, and the small handlers: `/live`, `/health`, `/ready`, `/load-progress`. Errors on the
-//! OpenAI routes (`/v1/…`) take OpenAI's shape.
+//! Routing after the access checks, and the small handlers: `/live`, `/health`, `/ready`,
+//! `/load-progress`. Errors on the OpenAI routes (`/v1/…`) take OpenAI's shape.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, RETRY_AFTER};
+use hyper::header::{HeaderValue, ACCEPT, ORIGIN, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::access::{self, Verdict};
+use super::access_log::Exchange;
 use super::body::{json, sse, sse_event, ResBody};
 use super::error::ApiError;
 use super::state::AppState;
-use super::{generate, openai_api};
+use super::{cors, generate, openai_api};
 use crate::load::progress::LoadState;
 use crate::openai::Route;
 
-/// Dispatch one request.
-pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+/// Check who may ask, answer, and add the CORS headers for the request's origin.
+pub async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    ex: &Exchange,
+) -> Response<ResBody> {
     let path = req.uri().path().to_string();
+    let origin = req.headers().get(ORIGIN).cloned();
+    let result = match access::check(&state.access, req.method(), &path, req.headers()) {
+        Ok(Verdict::Preflight) => Ok(cors::preflight()),
+        Ok(Verdict::Pass) => dispatch(state.clone(), req, &path, ex).await,
+        Err(e) => Err(e),
+    };
+    if let (Err(e), true) = (&result, access::is_generation(&path)) {
+        crate::metrics::failed(e.kind());
+    }
+    let mut r = result.unwrap_or_else(|e| match path.starts_with("/v1/") {
+        true => e.openai_response(),
+        false => e.response(),
+    });
+    state.access.origins.decorate(origin.as_ref(), &mut r);
+    r
+}
+
+/// The handler for a path and method.
+async fn dispatch(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    path: &str,
+    ex: &Exchange,
+) -> Result<Response<ResBody>, ApiError> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    let result = match path.as_str() {
+    match path {
         "/live" if get => Ok(live(&state)),
         "/health" | "/ready" if get => Ok(health(&state)),
         "/load-progress" if get => Ok(load_progress(&state, &req)),
-        "/generate" if req.method() == Method::POST => generate::handle(state, req).await,
+        "/generate" if req.method() == Method::POST => generate::handle(state, req, ex).await,
         "/v1/models" if get => Ok(openai_api::models(&state)),
         "/metrics" if get => metrics(&state),
         "/metrics" => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         "/v1/chat/completions" if req.method() == Method::POST => {
-            openai_api::completions(state, req, Route::Chat).await
+            openai_api::completions(state, req, Route::Chat, ex).await
         }
         "/v1/completions" if req.method() == Method::POST => {
-            openai_api::completions(state, req, Route::Completions).await
+            openai_api::completions(state, req, Route::Completions, ex).await
         }
         "/v1/models" => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         "/v1/chat/completions" | "/v1/completions" => {
@@ -43,18 +73,8 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Res
             Err(ApiError::MethodNotAllowed { allow: "GET" })
         }
         "/generate" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        _ => Err(ApiError::NotFound(path.clone())),
-    };
-    let inference = path == "/generate"
-        || path.starts_with("/v1/completions")
-        || path == "/v1/chat/completions";
-    if let (Err(e), true) = (&result, inference) {
-        crate::metrics::failed(e.kind());
+        _ => Err(ApiError::NotFound(path.to_string())),
     }
-    result.unwrap_or_else(|e| match path.starts_with("/v1/") {
-        true => e.openai_response(),
-        false => e.response(),
-    })
 }
 
 /// `GET /live`: 200 while the process serves, 503 once the load failed (so a liveness probe

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
+use super::access::AccessPolicy;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::load::progress::Progress;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: OnceLock<metrics_exporter_prometheus::PrometheusHandle>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// API key, allowed hosts and origins.
+    pub access: AccessPolicy,
     next_id: AtomicU64,
 }
 
@@ -50,6 +53,7 @@ impl AppState {
         stopping: watch::Receiver<bool>,
         body_timeout: std::time::Duration,
         model: ModelInfo,
+        access: AccessPolicy,
     ) -> AppState {
         AppState {
             model,
@@ -58,6 +62,7 @@ impl AppState {
             runtime: OnceLock::new(),
             metrics: OnceLock::new(),
             body_timeout,
+            access,
             next_id: AtomicU64::new(1),
         }
     }

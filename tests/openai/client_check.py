@@ -1,5 +1,6 @@
 """Drives a running layerstream server with the official `openai` client; exits non-zero with a
-message on the first check that fails. Usage: client_check.py BASE_URL (e.g. http://127.0.0.1:8080/v1)."""
+message on the first check that fails. Usage: client_check.py BASE_URL API_KEY
+(e.g. http://127.0.0.1:8080/v1 sk-test)."""
 import sys
 
 import openai
@@ -12,8 +13,8 @@ def check(cond, what):
         sys.exit(1)
 
 
-def main(base_url):
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+def main(base_url, api_key):
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     models = client.models.list().data
     check(len(models) == 1 and models[0].id, f"one model listed: {models}")
     model = models[0].id
@@ -64,8 +65,15 @@ def main(base_url):
         check(False, "logprobs was accepted")
     except openai.BadRequestError as e:
         check(e.param == "logprobs", f"logprobs: {e.body}")
+
+    stranger = OpenAI(base_url=base_url, api_key=api_key + "-wrong", max_retries=0, timeout=120)
+    try:
+        stranger.chat.completions.create(model=model, messages=messages, max_completion_tokens=1)
+        check(False, "a wrong API key was accepted")
+    except openai.AuthenticationError as e:
+        check(e.status_code == 401 and e.code == "invalid_api_key", f"wrong key: {e.status_code} {e.body}")
     print("ok")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
