@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// --ctx-size positions can hold. Reserved before READY.
     #[arg(long, env = "LAYERSTREAM_GPU_MEMORY_FRACTION", default_value_t = 0.9, value_parser = memory_fraction)]
     pub gpu_memory_fraction: f32,
+    /// Make each sequence's results independent of what else shares its steps on a GPU (every
+    /// product at one fixed shape; the CPU always is). Costs throughput: see docs/benchmarks.md.
+    #[arg(long, env = "LAYERSTREAM_BATCH_INVARIANT")]
+    pub batch_invariant: bool,
     /// Turn off prefix caching (full KV blocks shared between requests with the same prefix).
     #[arg(long, env = "LAYERSTREAM_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
@@ -211,6 +215,7 @@ impl ServeArgs {
             block_size: crate::engine::BLOCK_SIZE,
             ctx,
             prefix_cache: !self.no_prefix_cache,
+            batch_invariant: self.batch_invariant,
             gpu_memory_fraction: match self.kv_cache_tokens {
                 Some(_) => None,
                 None => Some(self.gpu_memory_fraction),

@@ -93,6 +93,7 @@ pub trait Backend: Send + Sync {
             },
             shared_blocks: false,
             ctx: want.ctx,
+            batch_invariant: true,
         }
     }
     /// The runner the engine drives, its KV pool reserved now (before READY).

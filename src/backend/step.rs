@@ -103,6 +103,9 @@ pub struct BatchRequest {
     pub ctx: usize,
     /// Whether requests may share cached prefix blocks.
     pub prefix_cache: bool,
+    /// Whether a sequence's results must not depend on the other rows of its steps (the CPU's
+    /// always are; a GPU backend then runs every product at one fixed shape).
+    pub batch_invariant: bool,
     /// When set, a GPU backend sizes its pool to fill this fraction of the device's memory
     /// (counting what is already in use) instead of `kv_tokens` (the CPU ignores it).
     pub gpu_memory_fraction: Option<f32>,
@@ -119,6 +122,8 @@ pub struct BatchLimits {
     pub shared_blocks: bool,
     /// Positions one sequence may hold.
     pub ctx: usize,
+    /// Whether a sequence's results are independent of the rest of its steps.
+    pub batch_invariant: bool,
 }
 
 pub use crate::sampler::{LogitHead, RowWant};

@@ -34,6 +34,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
         block_size: BLOCK,
         ctx: per_seq,
         prefix_cache: false,
+        batch_invariant: false,
         gpu_memory_fraction: None,
     };
     let limits = model.backend.batch_limits(&want);

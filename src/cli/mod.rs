@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the HTTP API; ready as soon as the embeddings and layer 0 are resident.
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
     /// Run one request (the JSON body of POST /generate) and stream the text to stdout.
     Generate(GenerateArgs),
     /// Print the token ids of a text (raw-prompt semantics: special tokens are parsed) as JSON.
@@ -196,7 +196,7 @@ pub fn main() -> ExitCode {
         crate::backend::cpu::pool::set_threads(n);
     }
     match cli.command {
-        Command::Serve(a) => crate::serve::run(a, started),
+        Command::Serve(a) => crate::serve::run(*a, started),
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Inspect { model } => tools::inspect(&model),

@@ -159,6 +159,8 @@ impl super::Backend for CpuModel {
             },
             shared_blocks: want.prefix_cache,
             ctx: want.ctx,
+            // Every reduction is per row (see matrix.rs).
+            batch_invariant: true,
         }
     }
     fn new_runner(

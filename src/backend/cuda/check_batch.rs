@@ -34,6 +34,7 @@ fn limits(ctx: usize, blocks: usize) -> BatchLimits {
         },
         shared_blocks: false,
         ctx,
+        batch_invariant: false,
     }
 }
 
@@ -163,7 +164,7 @@ pub(super) fn check_batched(
         ),
     }
     drop(gr);
-    batch_variance(label, gpu, &lim, &seqs[0], &beside, r)
+    batch_variance(label, gpu, &lim, &seqs, &schedule, &beside, r)
 }
 
 /// Compare one step's rows; a greedy difference counts unless the CPU's gap between the two
@@ -201,44 +202,83 @@ fn compare(c: &[f32], g: &[f32], vocab: usize, step: usize, t: &mut Tally) {
     }
 }
 
-/// The first sequence's steps run again alone on a fresh GPU runner, against its logits beside
-/// the others (`beside`: its row of each batched step): how much the GPU's result depends on the
-/// batch (reported, not judged).
+/// Replay the schedule over the sequences' final tokens on `r` (each sequence's prompt first,
+/// then one token a step); returns the first sequence's logits row of each step.
+fn replay(
+    r: &mut dyn StepRunner,
+    last: &[Seq],
+    prompt: &[usize],
+    schedule: &[Vec<usize>],
+    vocab: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    let mut seqs: Vec<Seq> = last
+        .iter()
+        .zip(prompt)
+        .map(|(q, &n)| Seq {
+            ids: q.ids[..n].to_vec(),
+            done: 0,
+            blocks: q.blocks.clone(),
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for which in schedule {
+        let out = step(r, &seqs, which)?;
+        rows.push(out[..vocab].to_vec());
+        for &i in which {
+            let s = &mut seqs[i];
+            s.done = s.ids.len();
+            if let Some(&t) = last[i].ids.get(s.ids.len()) {
+                s.ids.push(t);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// The first sequence alone on a fresh GPU runner against its rows beside the other two, in
+/// the default mode (measured, not judged) and with `batch_invariant` (must be identical).
 fn batch_variance(
     label: &str,
     gpu: &Arc<dyn Backend>,
     lim: &BatchLimits,
-    first: &Seq,
+    seqs: &[Seq],
+    schedule: &[Vec<usize>],
     beside: &[Vec<f32>],
     r: &mut Report,
 ) -> Result<(), String> {
-    let prompt = first.ids.len() - beside.len();
-    let mut alone = gpu.clone().new_runner(lim).map_err(|e| e.to_string())?;
-    let mut s = vec![Seq {
-        ids: first.ids[..prompt].to_vec(),
-        done: 0,
-        blocks: first.blocks.clone(),
-    }];
-    let mut worst = 0f32;
-    for want in beside {
-        let got = step(&mut *alone, &s, &[0])?;
-        worst = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f32::max);
-        s[0].done = s[0].ids.len();
-        if let Some(&next) = first.ids.get(s[0].ids.len()) {
-            s[0].ids.push(next);
-        }
-    }
+    let vocab = gpu.hp().vocab;
+    let prompt = [37usize, 5, 70];
+    let alone_schedule = vec![vec![0usize]; schedule.len()];
+    let run = |lim: &BatchLimits, sched: &[Vec<usize>], seqs: &[Seq]| {
+        let mut rn = gpu.clone().new_runner(lim).map_err(|e| e.to_string())?;
+        replay(&mut *rn, seqs, &prompt, sched, vocab)
+    };
+    let alone = run(lim, &alone_schedule, &seqs[..1])?;
+    let worst = max_diff(&alone, beside);
     r.line(
         &format!("{label} batch variance"),
-        format!(
-            "largest logit difference of a sequence alone vs beside others over {} steps: {worst:.3e} (measured, not judged)",
-            beside.len()
-        ),
+        format!("largest logit difference of a sequence alone vs beside others over {} steps: {worst:.3e} (measured, not judged)", beside.len()),
         true,
+    );
+    let inv = BatchLimits {
+        batch_invariant: true,
+        ..*lim
+    };
+    let mixed = run(&inv, schedule, seqs)?;
+    let alone = run(&inv, &alone_schedule, &seqs[..1])?;
+    let worst = max_diff(&alone, &mixed);
+    r.line(
+        &format!("{label} batch-invariant"),
+        format!("--batch-invariant: largest logit difference alone vs beside others {worst:.3e} (0 required)"),
+        worst == 0.0 && alone.len() == mixed.len(),
     );
     Ok(())
 }

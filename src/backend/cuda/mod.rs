@@ -304,6 +304,7 @@ impl Backend for CudaModel {
             },
             shared_blocks: want.prefix_cache,
             ctx,
+            batch_invariant: want.batch_invariant,
         }
     }
     fn new_runner(

@@ -32,7 +32,14 @@ pub struct Pass<'a> {
     pub fused: bool,
     /// The model's kernel-loading lock, taken at the first gate that waits (see `gate`).
     pub no_loading: Option<parking_lot::MutexGuard<'a, ()>>,
+    /// Batch-invariant mode: every product runs over exactly this many rows (in chunks, the last
+    /// padded), so cuBLAS picks one kernel whatever the step holds and a row's sums never depend
+    /// on the other rows; the LM head always takes the product path.
+    pub fixed_rows: Option<usize>,
 }
+
+/// Rows of every product in batch-invariant mode (divides `MAX_BATCH`).
+pub const INVARIANT_ROWS: usize = 64;
 
 impl<'a> Pass<'a> {
     pub fn new(m: &'a CudaModel, dev: &'a Device, s: &'a Stream, kv: &'a KvPlace) -> Pass<'a> {
@@ -44,6 +51,7 @@ impl<'a> Pass<'a> {
             gated: Vec::new(),
             fused: true,
             no_loading: None,
+            fixed_rows: None,
         }
     }
 
@@ -234,10 +242,19 @@ impl<'a> Pass<'a> {
                 h,
                 hp.rms_eps,
             )?;
-            blas.gemm(p(sc.xn), p(ly.wqkv.off), p(sc.qkv), n, q + 2 * kv, h, false)?;
+            self.gemm(
+                blas,
+                p(sc.xn),
+                p(ly.wqkv.off),
+                p(sc.qkv),
+                n,
+                q + 2 * kv,
+                h,
+                false,
+            )?;
             k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, at, n, hp)?;
             k.attn_rows(s, p(sc.q), kc, vc, p(sc.att16), n, at, hp)?;
-            blas.gemm(p(sc.att16), p(ly.wo.off), p(sc.x), n, h, q, true)?;
+            self.gemm(blas, p(sc.att16), p(ly.wo.off), p(sc.x), n, h, q, true)?;
             k.rmsnorm_f16(
                 s,
                 p(sc.x),
@@ -248,9 +265,9 @@ impl<'a> Pass<'a> {
                 h,
                 hp.rms_eps,
             )?;
-            blas.gemm(p(sc.xn), p(ly.wgu.off), p(sc.gu), n, 2 * f, h, false)?;
+            self.gemm(blas, p(sc.xn), p(ly.wgu.off), p(sc.gu), n, 2 * f, h, false)?;
             k.silu_mul(s, p(sc.gu), p(sc.act), n, f)?;
-            blas.gemm(p(sc.act), p(ly.wdown.off), p(sc.x), n, h, f, true)?;
+            self.gemm(blas, p(sc.act), p(ly.wdown.off), p(sc.x), n, h, f, true)?;
         }
         Ok(())
     }
@@ -267,7 +284,7 @@ impl<'a> Pass<'a> {
         let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
         let (l, sc) = (&dev.layout, &dev.layout.scratch);
         self.gate(hp.n_layer + 1)?;
-        if rows.len() == 1 || !self.gated.is_empty() {
+        if self.fixed_rows.is_none() && (rows.len() == 1 || !self.gated.is_empty()) {
             // One GEMV per row: the fast path for one row, and while gated on the loader (cuBLAS
             // may load a kernel for a product shape it has not run yet, which synchronises the
             // context: never while this stream waits on the loader, see `gate`).
@@ -288,15 +305,38 @@ impl<'a> Pass<'a> {
             hp.hidden,
             hp.rms_eps,
         )?;
-        blas.gemm(
-            xn,
-            dev.ptr(l.out.off),
-            logits_dev,
-            rows.len(),
-            hp.vocab,
-            hp.hidden,
-            false,
-        )
+        let (w, m) = (dev.ptr(l.out.off), rows.len());
+        self.gemm(blas, xn, w, logits_dev, m, hp.vocab, hp.hidden, false)
+    }
+
+    /// Y[n, out] (+)= X[n, k] · W[out, k]ᵀ (F16 X, F32 Y), at the fixed row count when set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        blas: &Blas,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+        n: usize,
+        out: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<(), String> {
+        let Some(f) = self.fixed_rows else {
+            return blas.gemm(x, w, y, n, out, k, acc);
+        };
+        for c in (0..n).step_by(f) {
+            blas.gemm(
+                x + (c * k * 2) as u64,
+                w,
+                y + (c * out * 4) as u64,
+                f,
+                out,
+                k,
+                acc,
+            )?;
+        }
+        Ok(())
     }
 
     /// Final norm and LM head of the one residual row at `x` (the GEMV path).

@@ -12,7 +12,7 @@ use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
 use super::kernels::HEAD_ROW_WORDS;
 use super::kernels::{Paged, RowsAt};
 use super::layout::MAX_BATCH;
-use super::pass::{KvPlace, Pass};
+use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
 use super::res::{wait_done, Res};
 use super::step_timing::StepTiming;
 use super::CudaModel;
@@ -43,6 +43,8 @@ pub struct CudaRunner {
     rows_dev: DevBuf,
     rows_host: Pinned,
     whole: Vec<bool>,
+    /// Batch-invariant mode (see `Pass::fixed_rows`).
+    invariant: bool,
     timing: Option<StepTiming>,
 }
 
@@ -98,11 +100,14 @@ impl CudaRunner {
             max_blocks,
             staging_host: Pinned::alloc(ints * 4, true).map_err(e)?,
             staging_dev: DevBuf::alloc(ints * 4).map_err(e)?,
-            logits_dev: DevBuf::alloc(max_seqs * hp.vocab * 4).map_err(e)?,
+            // Room for the padded rows of a batch-invariant LM head.
+            logits_dev: DevBuf::alloc(max_seqs.next_multiple_of(INVARIANT_ROWS) * hp.vocab * 4)
+                .map_err(e)?,
             logits_host: Pinned::alloc(max_seqs * hp.vocab * 4, false).map_err(e)?,
             rows_dev: DevBuf::alloc(max_seqs * HEAD_ROW_WORDS * 4).map_err(e)?,
             rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
             whole: Vec::new(),
+            invariant: limits.batch_invariant,
             timing: StepTiming::from_env().map_err(e)?,
             model,
         })
@@ -276,6 +281,31 @@ impl CudaRunner {
             .collect()
     }
 
+    /// In batch-invariant mode, cuBLAS's kernel for the LM head's fixed shape, loaded now: a
+    /// step gated on the loader must not load one (see `Pass::gate`). Reads whatever the head's
+    /// memory holds yet, into the step's own logits buffer.
+    fn load_head_kernels(&mut self) -> Result<(), BackendError> {
+        if !self.invariant {
+            return Ok(());
+        }
+        let e = BackendError::Device;
+        let res = self.res.as_ref().ok_or(BackendError::Interrupted)?;
+        let (d, hp) = (&res.dev, &self.model.hp);
+        let (xn, w) = (d.ptr(d.layout.scratch.xn), d.ptr(d.layout.out.off));
+        res.blas
+            .gemm(
+                xn,
+                w,
+                self.logits_dev.ptr,
+                INVARIANT_ROWS,
+                hp.vocab,
+                hp.hidden,
+                false,
+            )
+            .map_err(e)?;
+        res.stream.sync().map_err(e)
+    }
+
     fn check(&self, batch: &StepBatch<'_>) -> Result<(), BackendError> {
         batch.validate(&self.geo, self.model.hp.vocab)?;
         if batch.tokens.len() > self.max_rows || batch.seqs.len() > self.max_seqs {
@@ -319,8 +349,9 @@ impl CudaRunner {
         let kv = self.kv.clone();
         let t_issue = Instant::now();
         let mut pass = Pass::new(&model, &dev, &stream, &kv);
+        pass.fixed_rows = self.invariant.then_some(INVARIANT_ROWS);
         let ran = match batch.seqs {
-            [s] if s.rows.len() == 1 && s.logits => {
+            [s] if s.rows.len() == 1 && s.logits && !self.invariant => {
                 let bs = self.geo.block_size;
                 let slot = s.blocks[s.pos / bs] as usize * bs + s.pos % bs;
                 let pg = Paged {
@@ -409,6 +440,7 @@ impl StepRunner for CudaRunner {
 
     fn prepare(&mut self) -> Result<(), BackendError> {
         let made = self.res().and_then(|r| r.load_blas_kernels());
+        let made = made.and_then(|_| self.load_head_kernels());
         self.model.prepared.set();
         made
     }
