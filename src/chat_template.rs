@@ -43,11 +43,17 @@ pub enum TemplateError {
     Render(String),
 }
 
-/// One chat turn as the template sees it (`message['role']`, `message['content']`).
+/// One chat turn as the template sees it (`message['role']`, `message['content']`, and for tool use
+/// `message.tool_calls` on an assistant turn and `message.tool_call_id` on a `tool` turn). The tool
+/// fields are left out of the template's view when empty, so plain chats render as before.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallTurn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -55,8 +61,27 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
+}
+
+/// A call an assistant turn made, as templates read it (`tool_call.function.name`,
+/// `tool_call.function.arguments | tojson`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq)]
+pub struct ToolCallTurn {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// `arguments` is a JSON value (an object for well-formed calls) with its keys in written order.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: Value,
 }
 
 /// A compiled chat template plus the special-token strings it may reference.
@@ -130,15 +155,30 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// `render` with the function tools the model may call (`tools` in the template, each an
+    /// OpenAI `{"type": "function", "function": {...}}` object); `None` leaves `tools` undefined.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TemplateError::Render(describe(&e)))?;
-        let ctx = context! {
+        let base = context! {
             messages => Value::from(Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
+        };
+        let ctx = match tools {
+            Some(tools) => context! { tools => Value::from(tools.to_vec()), ..base },
+            None => base,
         };
         template.render(ctx).map_err(|e| classify(&e))
     }

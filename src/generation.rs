@@ -115,7 +115,11 @@ pub fn prepare(
     // bad request, not a server fault.
     let (ids, field) = match &req.input {
         Input::Prompt(p) => (tok.encode_prompt(p), "prompt"),
-        Input::Messages(m) => (tok.encode_chat(tmpl, m), "messages"),
+        Input::Messages(m) => (
+            tok.encode_chat_tools(tmpl, m, req.tools.as_deref())
+                .map(|(_, ids)| ids),
+            "messages",
+        ),
     };
     let ids = ids.map_err(|e| RequestError {
         field: field.into(),

@@ -117,6 +117,9 @@ pub struct ValidRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub stream: bool,
+    /// Function tools for the chat template (`tools`), keys in the order the client wrote them;
+    /// set by the OpenAI layer, `None` for `/generate`.
+    pub tools: Option<Vec<minijinja::Value>>,
 }
 
 /// Limits that depend on the running model and configuration.
@@ -217,6 +220,7 @@ impl ValidRequest {
             sampling,
             stop: stop(obj.get("stop"))?,
             stream,
+            tools: None,
         })
     }
 
@@ -319,7 +323,7 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
                     ))
                 }
             };
-            Ok(ChatMessage { role, content })
+            Ok(ChatMessage::new(role, content))
         })
         .collect()
 }

@@ -2,8 +2,9 @@
 //! `scripts/install-test-python`; `LAYERSTREAM_TEST_PYTHON` names its interpreter) against the
 //! real binary on 127.0.0.1 behind an API key: models, chat completions whole and streamed with
 //! usage, completions, refusals that name the parameter, and a wrong key seen as the client's
-//! `AuthenticationError`.
+//! `AuthenticationError`; and tool calls on the real model (`tests/openai/tools_check.py`).
 
+mod common;
 #[path = "common/harness.rs"]
 mod harness;
 
@@ -25,16 +26,11 @@ fn python() -> PathBuf {
     venv
 }
 
-#[test]
-fn the_official_openai_client_works_against_the_server() {
-    let model = tiny_model();
-    let key = "sk-client-check";
-    let s = Server::spawn(
-        &["--model", model.to_str().unwrap(), "--device", "cpu"],
-        &[("LAYERSTREAM_API_KEY", key)],
-    );
-    s.wait_ready(Duration::from_secs(30));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client_check.py");
+/// Runs `tests/openai/<script>` against `s`; it must print `ok`.
+fn run_check(s: &Server, script: &str, key: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/openai")
+        .join(script);
     let out = Command::new(python())
         .arg(&script)
         .arg(format!("http://{}/v1", s.addr))
@@ -51,4 +47,28 @@ fn the_official_openai_client_works_against_the_server() {
         s.log()
     );
     assert_eq!(stdout.trim(), "ok", "{stderr}");
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_server() {
+    let model = tiny_model();
+    let key = "sk-client-check";
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap(), "--device", "cpu"],
+        &[("LAYERSTREAM_API_KEY", key)],
+    );
+    s.wait_ready(Duration::from_secs(30));
+    run_check(&s, "client_check.py", key);
+}
+
+#[test]
+fn the_real_model_calls_a_tool_and_answers_from_its_result() {
+    let model = common::real_model_f16();
+    let key = "sk-tools-check";
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap()],
+        &[("LAYERSTREAM_API_KEY", key)],
+    );
+    s.wait_ready(Duration::from_secs(30));
+    run_check(&s, "tools_check.py", key);
 }

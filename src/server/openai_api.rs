@@ -1,6 +1,7 @@
 //! The OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/completions` — the same engine as `/generate`, OpenAI's JSON and stream shapes, and
-//! errors as `{"error": {"message", "type", "param", "code"}}`.
+//! errors as `{"error": {"message", "type", "param", "code"}}`. With tools, tool-call blocks in
+//! the text become `tool_calls` (`openai_tools`).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use super::access_log::Exchange;
 use super::body::{json, sse, ResBody};
 use super::error::ApiError;
 use super::generate::{accept, next_or_ping, submit, Events, Next};
+use super::openai_tools::{self, ToolDeltas};
 use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
 use crate::generation::FinishReason;
@@ -37,6 +39,8 @@ struct Meta {
     model: String,
     created: u64,
     include_usage: bool,
+    /// The request's tool names when it gave tools: tool calls in the text are parsed out.
+    tools: Option<Vec<String>>,
 }
 
 impl Meta {
@@ -61,6 +65,13 @@ impl Meta {
         c
     }
 
+    /// A stream chunk with one choice holding `delta`.
+    fn delta_chunk(&self, delta: Value) -> Bytes {
+        let mut c = self.choice(None, None, true);
+        c["delta"] = delta;
+        data(&self.envelope(vec![c], true))
+    }
+
     fn envelope(&self, choices: Vec<Value>, chunk: bool) -> Value {
         let mut v = json!({
             "id": self.id, "object": self.object(chunk), "created": self.created,
@@ -79,6 +90,14 @@ fn finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
         FinishReason::Length | FinishReason::TimeLimit | FinishReason::Cancelled => "length",
+    }
+}
+
+/// `tool_calls` when the model ended its turn after calling tools; a cut-short turn keeps `length`.
+fn finish_with_calls(r: FinishReason, called: bool) -> &'static str {
+    match r {
+        FinishReason::Stop if called => "tool_calls",
+        r => finish_reason(r),
     }
 }
 
@@ -103,6 +122,7 @@ pub async fn completions(
     let parsed = openai::parse(&body, route, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
     let stream = parsed.request.stream;
+    let tools = parsed.request.tools.as_deref().map(openai::tools::names);
     let events = submit(rt, parsed.request, arrived, ex).await?;
     let prefix = match route {
         Route::Chat => "chatcmpl-",
@@ -114,6 +134,7 @@ pub async fn completions(
         model: parsed.model.unwrap_or_else(|| state.model.id.clone()),
         created: state.model.created,
         include_usage: parsed.include_usage,
+        tools,
     };
     if stream {
         Ok(stream_response(meta, events))
@@ -128,8 +149,13 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
             EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
             EngineEvent::Done(f) => {
                 let g = &f.generation;
-                let choice =
+                let mut choice =
                     meta.choice(Some(&g.text), Some(finish_reason(g.finish_reason)), false);
+                if let Some(names) = &meta.tools {
+                    let (message, called) = openai_tools::message(&g.text, names);
+                    choice["message"] = message;
+                    choice["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
+                }
                 let mut v = meta.envelope(vec![choice], false);
                 v["usage"] = usage(&f);
                 return Ok(json(StatusCode::OK, &v));
@@ -144,35 +170,42 @@ fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// A stream's state between events.
+#[derive(Default)]
+struct StreamState {
+    /// Present when the request gave tools.
+    tools: Option<ToolDeltas>,
+}
+
 /// The frames an engine event becomes; `true` once the stream is over.
-fn frames(meta: &Meta, ev: EngineEvent, started: &mut bool) -> (Vec<Bytes>, bool) {
+fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bool) {
     let mut out = Vec::new();
     match ev {
         EngineEvent::Started { .. } => {
             if meta.route == Route::Chat {
-                let mut c = meta.choice(None, None, true);
-                c["delta"] = json!({"role": "assistant", "content": ""});
-                out.push(data(&meta.envelope(vec![c], true)));
+                out.push(meta.delta_chunk(json!({"role": "assistant", "content": ""})));
             }
-            *started = true;
             return (out, false);
         }
         EngineEvent::Token(t) if t.t.is_empty() => return (out, false),
         EngineEvent::Token(t) => {
-            out.push(data(
-                &meta.envelope(vec![meta.choice(Some(&t.t), None, true)], true),
-            ));
+            out.extend(text_frames(meta, st, &t.t));
             return (out, false);
         }
         EngineEvent::Done(f) => {
             let g = &f.generation;
-            if !g.tail.is_empty() {
-                out.push(data(
-                    &meta.envelope(vec![meta.choice(Some(&g.tail), None, true)], true),
-                ));
-            }
-            let end = meta.choice(None, Some(finish_reason(g.finish_reason)), true);
-            out.push(data(&meta.envelope(vec![end], true)));
+            out.extend(text_frames(meta, st, &g.tail));
+            let called = match &mut st.tools {
+                Some(tools) => {
+                    out.extend(tools.finish().into_iter().map(|d| meta.delta_chunk(d)));
+                    tools.called()
+                }
+                None => false,
+            };
+            let reason = finish_with_calls(g.finish_reason, called);
+            out.push(data(
+                &meta.envelope(vec![meta.choice(None, Some(reason), true)], true),
+            ));
             if meta.include_usage {
                 let mut u = meta.envelope(Vec::new(), true);
                 u["usage"] = usage(&f);
@@ -185,17 +218,36 @@ fn frames(meta: &Meta, ev: EngineEvent, started: &mut bool) -> (Vec<Bytes>, bool
     (out, true)
 }
 
+/// Generated text as chunks: as it is, or through the tool-call parser.
+fn text_frames(meta: &Meta, st: &mut StreamState, text: &str) -> Vec<Bytes> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    match &mut st.tools {
+        Some(tools) => tools
+            .feed(text)
+            .into_iter()
+            .map(|d| meta.delta_chunk(d))
+            .collect(),
+        None => vec![data(
+            &meta.envelope(vec![meta.choice(Some(text), None, true)], true),
+        )],
+    }
+}
+
 fn stream_response(meta: Meta, mut events: Events) -> Response<ResBody> {
     let (tx, resp) = sse();
     tokio::spawn(async move {
-        let mut started = false;
+        let mut st = StreamState {
+            tools: meta.tools.clone().map(ToolDeltas::new),
+        };
         loop {
             let ev = match next_or_ping(&mut events, &tx).await {
                 Next::Event(ev) => ev,
                 Next::EngineGone => break,
                 Next::ClientGone => return,
             };
-            let (out, last) = frames(&meta, ev, &mut started);
+            let (out, last) = frames(&meta, ev, &mut st);
             for f in out {
                 if tx.send(f).await.is_err() {
                     return;

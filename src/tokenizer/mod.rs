@@ -79,6 +79,8 @@ pub enum TokenizerError {
     Template(#[from] TemplateError),
     #[error("the chat template transforms message content, so content holding special-token text cannot be kept plain; remove '{0}' from the messages")]
     ContentNotIsolated(String),
+    #[error("tools and tool calls are written into the chat template's own text, so they cannot hold special-token text; remove '{0}'")]
+    ToolTextNotPlain(String),
 }
 
 /// The tokenizer-relevant metadata as plain slices, so tests and tools can build one without a file.
@@ -248,9 +250,22 @@ impl Tokenizer {
         template: &ChatTemplate,
         messages: &[ChatMessage],
     ) -> Result<(String, Vec<u32>), TokenizerError> {
-        let rendered = template.render(messages, true)?;
+        self.encode_chat_tools(template, messages, None)
+    }
+
+    /// `encode_chat_with_text` with function tools in the template's `tools`. Tool definitions and
+    /// the calls of assistant turns are written by the template into its scaffolding, so an
+    /// added-token string in them is refused rather than read as a control token.
+    pub fn encode_chat_tools(
+        &self,
+        template: &ChatTemplate,
+        messages: &[ChatMessage],
+        tools: Option<&[minijinja::Value]>,
+    ) -> Result<(String, Vec<u32>), TokenizerError> {
+        self.check_tool_text(messages, tools)?;
+        let rendered = template.render_with_tools(messages, tools, true)?;
         let sentinel_render = template
-            .render(&split::sentinel_messages(messages), true)
+            .render_with_tools(&split::sentinel_messages(messages), tools, true)
             .ok();
         let segments = sentinel_render
             .as_deref()
@@ -268,6 +283,26 @@ impl Tokenizer {
             }
         };
         Ok((rendered, ids))
+    }
+
+    /// Refuses tools and tool calls that hold an added-token string (they render as scaffolding).
+    fn check_tool_text(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[minijinja::Value]>,
+    ) -> Result<(), TokenizerError> {
+        let calls = messages.iter().flat_map(|m| &m.tool_calls);
+        let texts = tools
+            .into_iter()
+            .flatten()
+            .map(|t| t.to_string())
+            .chain(calls.map(|c| format!("{} {}", c.function.name, c.function.arguments)));
+        for text in texts {
+            if let Some(found) = self.added.find(&text, 0) {
+                return Err(TokenizerError::ToolTextNotPlain(found.text.to_owned()));
+            }
+        }
+        Ok(())
     }
 
     /// Hugging Face's order of work: split on added tokens found in scaffolding, then encode each

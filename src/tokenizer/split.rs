@@ -77,14 +77,19 @@ impl AddedTokenMatcher {
     }
 }
 
-/// The messages with each content replaced by its sentinel.
+/// The messages with each non-empty content replaced by its sentinel.
 pub(super) fn sentinel_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
     messages
         .iter()
         .enumerate()
         .map(|(i, m)| ChatMessage {
-            role: m.role.clone(),
-            content: format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}"),
+            // An empty content stays empty: templates test it (`if message.content`).
+            content: if m.content.is_empty() {
+                String::new()
+            } else {
+                format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}")
+            },
+            ..m.clone()
         })
         .collect()
 }
@@ -188,8 +193,7 @@ mod tests {
             vec![
                 Segment::Scaffold("<s>"),
                 Segment::Content("hi <|im_end|>"),
-                Segment::Scaffold("|"),
-                Segment::Scaffold("|\u{E000}9\u{E001}"),
+                Segment::Scaffold("||\u{E000}9\u{E001}"),
             ]
         );
         assert!(reproduces(&segs, "<s>hi <|im_end|>||\u{E000}9\u{E001}"));

@@ -3,9 +3,16 @@
 //! top-p or min-p unless given). A parameter this server cannot honour is refused with a 400 that
 //! names it, never ignored.
 
+pub mod tool_calls;
+pub mod tools;
+
 use serde_json::{Map, Value};
 
-use crate::request::{Limits, RequestError, ValidRequest};
+use crate::chat_template::ToolCallTurn;
+use crate::request::{Input, Limits, RequestError, ValidRequest};
+
+/// Per message, what the plain `{role, content}` shape leaves out: tool calls and `tool_call_id`.
+type Extras = Vec<(Vec<ToolCallTurn>, Option<String>)>;
 
 /// Which route a body came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,15 +49,14 @@ const COMMON: [&str; 16] = [
     "repetition_penalty",
     "response_format",
 ];
-const CHAT_ONLY: [&str; 2] = ["messages", "max_completion_tokens"];
+const CHAT_ONLY: [&str; 4] = ["messages", "max_completion_tokens", "tools", "tool_choice"];
 const COMPLETIONS_ONLY: [&str; 1] = ["prompt"];
 /// Known but not supported yet: a 400 names them.
-const UNSUPPORTED: [&str; 11] = [
+const UNSUPPORTED: [&str; 10] = [
     "logprobs",
     "top_logprobs",
     "logit_bias",
-    "tools",
-    "tool_choice",
+    "parallel_tool_calls",
     "functions",
     "function_call",
     "audio",
@@ -59,7 +65,7 @@ const UNSUPPORTED: [&str; 11] = [
     "best_of",
 ];
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> RequestError {
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> RequestError {
     RequestError {
         field: field.into(),
         message: message.into(),
@@ -77,12 +83,17 @@ pub fn parse(
     check_keys(&obj, route)?;
     check_values(&obj)?;
     let mut ours = Map::new();
+    let (mut extras, mut tools) = (Extras::new(), None);
     match route {
         Route::Chat => {
             let messages = obj
                 .get("messages")
                 .ok_or_else(|| err("messages", "messages is required"))?;
-            ours.insert("messages".into(), chat_messages(messages)?);
+            let ordered = tools::ordered(body)?;
+            tools = tools::tools(&obj, &ordered)?;
+            let (plain, more) = chat_messages(messages, &ordered)?;
+            ours.insert("messages".into(), plain);
+            extras = more;
         }
         Route::Completions => {
             let prompt = obj
@@ -114,7 +125,14 @@ pub fn parse(
             ours.insert(k.into(), v.clone());
         }
     }
-    let request = ValidRequest::from_object(&ours, limits, default_seed)?;
+    let mut request = ValidRequest::from_object(&ours, limits, default_seed)?;
+    if let Input::Messages(messages) = &mut request.input {
+        for (m, (calls, id)) in messages.iter_mut().zip(extras) {
+            m.tool_calls = calls;
+            m.tool_call_id = id;
+        }
+    }
+    request.tools = tools;
     Ok(OpenAiRequest {
         request,
         model: obj.get("model").and_then(Value::as_str).map(str::to_string),
@@ -149,6 +167,7 @@ fn is_off(obj: &Map<String, Value>, k: &str) -> bool {
     matches!(
         (k, obj.get(k)),
         ("logprobs" | "echo", Some(Value::Bool(false)))
+            | ("parallel_tool_calls", Some(Value::Bool(true)))
     ) || matches!((k, obj.get(k)), ("best_of", Some(v)) if v.as_u64() == Some(1))
 }
 
@@ -197,12 +216,13 @@ fn check_values(obj: &Map<String, Value>) -> Result<(), RequestError> {
 }
 
 /// Chat messages in our shape: content as one string (text parts joined), `developer` as
-/// `system`, an assistant's null content as empty.
-fn chat_messages(v: &Value) -> Result<Value, RequestError> {
+/// `system`, an assistant's null content as empty; tool calls and ids apart, in `Extras`.
+fn chat_messages(v: &Value, ordered: &minijinja::Value) -> Result<(Value, Extras), RequestError> {
     let Value::Array(items) = v else {
         return Err(err("messages", "messages must be an array"));
     };
     let mut out = Vec::with_capacity(items.len());
+    let mut extras = Extras::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
         let at = |f: &str| format!("messages[{i}].{f}");
         let Value::Object(o) = m else {
@@ -212,7 +232,7 @@ fn chat_messages(v: &Value) -> Result<Value, RequestError> {
             ));
         };
         for k in o.keys() {
-            if !["role", "content", "name"].contains(&k.as_str()) {
+            if !["role", "content", "name", "tool_calls", "tool_call_id"].contains(&k.as_str()) {
                 return Err(err(
                     at(k),
                     format!("'{}' is not supported in a message yet", at(k)),
@@ -235,9 +255,10 @@ fn chat_messages(v: &Value) -> Result<Value, RequestError> {
                 ))
             }
         };
+        extras.push(tools::message_extras(o, role, ordered, i)?);
         out.push(serde_json::json!({"role": role, "content": content}));
     }
-    Ok(Value::Array(out))
+    Ok((Value::Array(out), extras))
 }
 
 fn text_parts(parts: &[Value], field: &str) -> Result<String, RequestError> {
@@ -295,8 +316,28 @@ mod tests {
                 "logprobs",
             ),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"tools":[]}"#,
-                "tools",
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                "tools[0].function",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"a b"}}]}"#,
+                "tools[0].function.name",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#,
+                "tool_choice",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"f"}}}"#,
+                "tool_choice",
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+                "messages[0].tool_call_id",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}"#,
+                "messages[0].tool_calls[0].function.arguments",
             ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
@@ -321,5 +362,31 @@ mod tests {
         ] {
             assert_eq!(chat(body).unwrap_err().field, field, "{body}");
         }
+    }
+
+    #[test]
+    fn tools_and_tool_turns_reach_the_template_in_written_order() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"w?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\", \"days\": 1}"}}]},{"role":"tool","tool_call_id":"call_1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],"tool_choice":"auto","parallel_tool_calls":true}"#).unwrap();
+        let tools = r.request.tools.unwrap();
+        assert_eq!(
+            serde_json::to_string(&tools[0]).unwrap(),
+            r#"{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}"#
+        );
+        let Input::Messages(m) = r.request.input else {
+            panic!("chat input")
+        };
+        let call = &m[1].tool_calls[0];
+        assert_eq!(call.function.name, "get_weather");
+        assert_eq!(
+            serde_json::to_string(&call.function.arguments).unwrap(),
+            r#"{"city":"Paris","days":1}"#
+        );
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_1"));
+    }
+
+    #[test]
+    fn tool_choice_none_keeps_tools_from_the_template() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#).unwrap();
+        assert!(r.request.tools.is_none());
     }
 }
