@@ -14,6 +14,7 @@ mod driver;
 mod early_blas;
 mod finite;
 mod flag;
+mod graph_steps;
 mod kernels;
 mod layout;
 mod loader;

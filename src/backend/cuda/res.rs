@@ -207,19 +207,25 @@ fn capture(
     logits: *mut u8,
     dependent: bool,
 ) -> Result<Graph, String> {
+    let s = pass.s;
+    capture_on(s, || {
+        let _dependent = kernels::dependent_launches(dependent);
+        pass.decode(params, table_ints, pg, logits)
+    })
+}
+
+/// Capture what `issue` puts on stream `s` into an instantiated graph.
+pub fn capture_on(s: &Stream, issue: impl FnOnce() -> Result<(), String>) -> Result<Graph, String> {
     ck("cuStreamBeginCapture", unsafe {
         sys::cuStreamBeginCapture_v2(
-            pass.s.0,
+            s.0,
             sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
         )
     })?;
-    let issued = {
-        let _dependent = kernels::dependent_launches(dependent);
-        pass.decode(params, table_ints, pg, logits)
-    };
+    let issued = issue();
     let mut graph = std::ptr::null_mut();
     let ended = ck("cuStreamEndCapture", unsafe {
-        sys::cuStreamEndCapture(pass.s.0, &mut graph)
+        sys::cuStreamEndCapture(s.0, &mut graph)
     });
     issued?;
     ended?;

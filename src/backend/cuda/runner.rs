@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
+use super::graph_steps::{Fixed, Graphs};
 use super::kernels::HEAD_ROW_WORDS;
 use super::kernels::{Paged, RowsAt};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
-use super::res::{wait_done, Res};
+use super::res::capture_on;
+use super::res::{wait_done, Graph, Res};
 use super::step_timing::StepTiming;
 use super::CudaModel;
 use crate::backend::step::{
@@ -45,6 +47,8 @@ pub struct CudaRunner {
     whole: Vec<bool>,
     /// Batch-invariant mode (see `Pass::fixed_rows`).
     invariant: bool,
+    /// Decode steps replayed from a graph per bucket (graph_steps.rs).
+    graphs: Graphs,
     timing: Option<StepTiming>,
 }
 
@@ -77,7 +81,8 @@ impl CudaRunner {
         dev.gpu.bind().map_err(e)?;
         let hp = &model.hp;
         let geo = limits.kv;
-        let layer_bytes = geo.tokens() * hp.kv_dim() * 2;
+        // One block more than the engine's: the padded rows of a replayed step write there.
+        let layer_bytes = (geo.num_blocks + 1) * geo.block_size * hp.kv_dim() * 2;
         let pool = DevBuf::alloc(layer_bytes * 2 * hp.n_layer).map_err(e)?;
         let kv = KvPlace {
             layers: (0..hp.n_layer)
@@ -108,6 +113,7 @@ impl CudaRunner {
             rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
             whole: Vec::new(),
             invariant: limits.batch_invariant,
+            graphs: Graphs::from_env(),
             timing: StepTiming::from_env().map_err(e)?,
             model,
         })
@@ -255,6 +261,101 @@ impl CudaRunner {
         Ok(m)
     }
 
+    /// The bucket whose graph replays this step, when one may.
+    fn graph_bucket(&self, batch: &StepBatch<'_>) -> Option<usize> {
+        if !self.model.residency.all_resident() {
+            return None;
+        }
+        self.graphs.fits(batch, self.max_seqs)
+    }
+
+    /// A decode-only step replayed from its bucket's graph (captured on the bucket's first
+    /// step; a capture the driver refuses turns graphs off and the step runs as `issue_rows`).
+    fn issue_graph(
+        &mut self,
+        batch: &StepBatch<'_>,
+        pass: &mut Pass,
+        rows_want: Option<(&[RowWant], usize)>,
+        b: usize,
+    ) -> Result<usize, String> {
+        let fx = Fixed {
+            b,
+            max_blocks: self.max_blocks,
+        };
+        let (bs, trash) = (self.geo.block_size, self.geo.num_blocks as u32);
+        let wants = rows_want.map_or(&[][..], |w| w.0);
+        let n_text = rows_want.map_or(self.model.hp.vocab, |w| w.1);
+        let buf = bytemuck::cast_slice_mut::<u8, u32>(self.staging_host.as_mut_slice());
+        fx.stage(buf, batch, wants, bs, trash);
+        if !self.graphs.map.contains_key(&b) {
+            match self.capture_bucket(pass, &fx, n_text) {
+                Ok(g) => {
+                    self.graphs.map.insert(b, g);
+                }
+                Err(why) => {
+                    tracing::warn!("batched decode graph refused ({why}); steps run unrecorded");
+                    self.graphs.off = true;
+                    return self.issue_rows(batch, pass, rows_want);
+                }
+            }
+        }
+        if let Some(g) = self.graphs.map.get(&b) {
+            g.launch(pass.s)?;
+        }
+        let m = batch.seqs.len();
+        self.copy_whole_rows(pass, wants, m)?;
+        Ok(m)
+    }
+
+    /// Capture bucket `fx`'s step: the inputs copy, every layer, the LM head, the per-row
+    /// answers and their copy to the host.
+    fn capture_bucket(&self, pass: &mut Pass, fx: &Fixed, n_text: usize) -> Result<Graph, String> {
+        let res = self.res.as_ref().ok_or("no runner resources")?;
+        let base = self.staging_dev.ptr;
+        let (b, vocab) = (fx.b, self.model.hp.vocab);
+        let picks: Vec<usize> = (0..b).collect();
+        let s = pass.s;
+        let (stage_host, logits_dev) = (self.staging_host.ptr, self.logits_dev.ptr);
+        let (rows_dev, rows_host) = (self.rows_dev.ptr, self.rows_host.ptr);
+        capture_on(s, || {
+            unsafe { copy_htod(base, stage_host, fx.ints() * 4, s)? };
+            pass.rows(&res.blas, base, b, &fx.rows(base, self.geo.block_size))?;
+            pass.head(&res.blas, &picks, fx.picks(base), logits_dev)?;
+            let mode = fx.modes(base);
+            let (inv_t, u) = (mode + (b * 4) as u64, mode + (2 * b * 4) as u64);
+            let k = &pass.dev.kernels;
+            k.logits_rows(s, logits_dev, b, vocab, n_text, mode, inv_t, u, rows_dev)?;
+            unsafe { copy_dtoh(rows_host, rows_dev, b * HEAD_ROW_WORDS * 4, s) }
+        })
+    }
+
+    /// After a replayed step: the rows wanted whole (every row for `step`) to the host.
+    fn copy_whole_rows(&mut self, pass: &Pass, wants: &[RowWant], m: usize) -> Result<(), String> {
+        let row_bytes = self.model.hp.vocab * 4;
+        self.whole.clear();
+        if wants.is_empty() || wants.iter().all(|w| *w == RowWant::Full) {
+            unsafe {
+                copy_dtoh(
+                    self.logits_host.ptr,
+                    self.logits_dev.ptr,
+                    m * row_bytes,
+                    pass.s,
+                )?
+            };
+            self.whole.resize(m, true);
+            return Ok(());
+        }
+        for (i, w) in wants.iter().enumerate().take(m) {
+            let full = *w == RowWant::Full;
+            if full {
+                let (dst, src) = (i * row_bytes, self.logits_dev.ptr + (i * row_bytes) as u64);
+                unsafe { copy_dtoh(self.logits_host.ptr.add(dst), src, row_bytes, pass.s)? };
+            }
+            self.whole.push(full);
+        }
+        Ok(())
+    }
+
     /// The answers of the last step's logit rows, from `logits_rows`'s output.
     fn row_results(&self, wants: &[RowWant]) -> Vec<RowResult> {
         let words = bytemuck::cast_slice::<u8, u32>(self.rows_host.as_slice());
@@ -365,7 +466,13 @@ impl CudaRunner {
                     .map_err(e)?;
                 Ran::Lone
             }
-            _ => Ran::Rows(self.issue_rows(batch, &mut pass, rows_want).map_err(e)?),
+            _ => match self.graph_bucket(batch) {
+                Some(b) => Ran::Rows(
+                    self.issue_graph(batch, &mut pass, rows_want, b)
+                        .map_err(e)?,
+                ),
+                None => Ran::Rows(self.issue_rows(batch, &mut pass, rows_want).map_err(e)?),
+            },
         };
         let res = self.res.as_mut().ok_or(BackendError::Interrupted)?;
         let gated = std::mem::take(&mut pass.gated);
