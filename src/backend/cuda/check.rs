@@ -435,6 +435,20 @@ fn check_attention(
         &attention_ref(&q, &kc, &vc, &pos, &hp),
         TOL_F16,
     );
+    check_attention_decode(k, s, rng, r, &hp)
+}
+
+/// The split decode attention (merge launched apart, then merged by each head's last block) of
+/// one query over up to 1000 cached rows, against the f64 reference.
+fn check_attention_decode(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    hp: &HParams,
+) -> Result<(), String> {
+    let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
+    let (n_head, n_kv, d) = (hp.n_head, hp.n_kv_head, hp.head_dim);
     // Decode: one query at position 999 over 1000 cached rows, split 64 keys at a time.
     let (len, split, max_splits) = (1000usize, 64usize, 64usize);
     let q = randn(rng, qd, 1.0);
@@ -459,13 +473,13 @@ fn check_attention(
         pb.ptr,
         split,
         max_splits,
-        &hp,
+        hp,
     )?;
     s.sync()?;
     r.err(
         &format!("attn_decode {n_head}/{n_kv}x{d} len {len}"),
         &download::<f32>(&ob, qd)?,
-        &attention_ref(&q, &kc, &vc, &[len - 1], &hp),
+        &attention_ref(&q, &kc, &vc, &[len - 1], hp),
         TOL_F32,
     );
     // The same with the merge in each head's last block: three launches in a row at different
@@ -491,13 +505,13 @@ fn check_attention(
             pb.ptr,
             split,
             max_splits,
-            &hp,
+            hp,
         )?;
         s.sync()?;
         r.err(
             &format!("attn_decode_merge {n_head}/{n_kv}x{d} len {len}"),
             &download::<f32>(&ob, qd)?,
-            &attention_ref(&q, &kc[..len * kvd], &vc[..len * kvd], &[len - 1], &hp),
+            &attention_ref(&q, &kc[..len * kvd], &vc[..len * kvd], &[len - 1], hp),
             TOL_F32,
         );
     }
