@@ -214,49 +214,29 @@ impl CudaRunner {
         }
         StepTiming::mark(&self.timing, 2, pass.s)?;
         let vocab = self.model.hp.vocab;
-        let row_bytes = vocab * 4;
-        self.whole.clear();
-        match rows_want {
+        let wants = match rows_want {
             Some((wants, n_text)) if wants.iter().any(|w| *w != RowWant::Full) => {
                 let (lo, u) = (st.modes, st.modes + (2 * m * 4) as u64);
+                let (logits, out) = (self.logits_dev.ptr, self.rows_dev.ptr);
                 let k = &pass.dev.kernels;
                 k.logits_rows(
                     pass.s,
-                    self.logits_dev.ptr,
+                    logits,
                     m,
                     vocab,
                     n_text,
                     lo,
                     lo + (m * 4) as u64,
                     u,
-                    self.rows_dev.ptr,
+                    out,
                 )?;
                 let bytes = m * HEAD_ROW_WORDS * 4;
                 unsafe { copy_dtoh(self.rows_host.ptr, self.rows_dev.ptr, bytes, pass.s)? };
-                for (i, w) in wants.iter().enumerate() {
-                    let full = *w == RowWant::Full;
-                    if full {
-                        let (dst, src) =
-                            (i * row_bytes, self.logits_dev.ptr + (i * row_bytes) as u64);
-                        unsafe {
-                            copy_dtoh(self.logits_host.ptr.add(dst), src, row_bytes, pass.s)?
-                        };
-                    }
-                    self.whole.push(full);
-                }
+                wants
             }
-            _ => {
-                unsafe {
-                    copy_dtoh(
-                        self.logits_host.ptr,
-                        self.logits_dev.ptr,
-                        m * row_bytes,
-                        pass.s,
-                    )?
-                };
-                self.whole.resize(m, true);
-            }
-        }
+            _ => &[],
+        };
+        self.copy_whole_rows(pass, wants, m)?;
         StepTiming::mark(&self.timing, 3, pass.s)?;
         Ok(m)
     }
@@ -329,7 +309,8 @@ impl CudaRunner {
         })
     }
 
-    /// After a replayed step: the rows wanted whole (every row for `step`) to the host.
+    /// After the step's kernels: the rows wanted whole (every row when `wants` is empty or all
+    /// whole) to the host.
     fn copy_whole_rows(&mut self, pass: &Pass, wants: &[RowWant], m: usize) -> Result<(), String> {
         let row_bytes = self.model.hp.vocab * 4;
         self.whole.clear();
