@@ -1,7 +1,8 @@
 //! The OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/completions` — the same engine as `/generate`, OpenAI's JSON and stream shapes, and
 //! errors as `{"error": {"message", "type", "param", "code"}}`. With tools, tool-call blocks in
-//! the text become `tool_calls` (`openai_tools`).
+//! the text become `tool_calls` (`openai_tools`); asked-for log-probabilities ride on the choices
+//! (`openai_logprobs`).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use super::access_log::Exchange;
 use super::body::{json, sse, ResBody};
 use super::error::ApiError;
 use super::generate::{accept, next_or_ping, submit, Events, Next};
+use super::openai_logprobs::{self, Pending};
 use super::openai_tools::{self, ToolDeltas};
 use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
@@ -41,6 +43,8 @@ struct Meta {
     include_usage: bool,
     /// The request's tool names when it gave tools: tool calls in the text are parsed out.
     tools: Option<Vec<String>>,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Meta {
@@ -123,6 +127,7 @@ pub async fn completions(
         .map_err(ApiError::Invalid)?;
     let stream = parsed.request.stream;
     let tools = parsed.request.tools.as_deref().map(openai::tools::names);
+    let logprobs = parsed.request.logprobs.is_some();
     let events = submit(rt, parsed.request, arrived, ex).await?;
     let prefix = match route {
         Route::Chat => "chatcmpl-",
@@ -135,6 +140,7 @@ pub async fn completions(
         created: state.model.created,
         include_usage: parsed.include_usage,
         tools,
+        logprobs,
     };
     if stream {
         Ok(stream_response(meta, events))
@@ -156,6 +162,10 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
                     choice["message"] = message;
                     choice["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
                 }
+                if meta.logprobs {
+                    let lps = g.logprobs.as_deref().unwrap_or_default();
+                    choice["logprobs"] = openai_logprobs::whole(lps, meta.route);
+                }
                 let mut v = meta.envelope(vec![choice], false);
                 v["usage"] = usage(&f);
                 return Ok(json(StatusCode::OK, &v));
@@ -175,6 +185,8 @@ fn data(v: &Value) -> Bytes {
 struct StreamState {
     /// Present when the request gave tools.
     tools: Option<ToolDeltas>,
+    /// Present when the request asked for log-probabilities: those not yet sent.
+    logprobs: Option<Pending>,
 }
 
 /// The frames an engine event becomes; `true` once the stream is over.
@@ -187,8 +199,10 @@ fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bo
             }
             return (out, false);
         }
-        EngineEvent::Token(t) if t.t.is_empty() => return (out, false),
         EngineEvent::Token(t) => {
+            if let (Some(p), Some(lp)) = (&mut st.logprobs, t.logprobs) {
+                p.push(lp);
+            }
             out.extend(text_frames(meta, st, &t.t));
             return (out, false);
         }
@@ -203,9 +217,11 @@ fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bo
                 None => false,
             };
             let reason = finish_with_calls(g.finish_reason, called);
-            out.push(data(
-                &meta.envelope(vec![meta.choice(None, Some(reason), true)], true),
-            ));
+            let mut last = meta.choice(None, Some(reason), true);
+            if let Some(p) = &mut st.logprobs {
+                last["logprobs"] = p.take(meta.route);
+            }
+            out.push(data(&meta.envelope(vec![last], true)));
             if meta.include_usage {
                 let mut u = meta.envelope(Vec::new(), true);
                 u["usage"] = usage(&f);
@@ -218,7 +234,8 @@ fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bo
     (out, true)
 }
 
-/// Generated text as chunks: as it is, or through the tool-call parser.
+/// Generated text as chunks: as it is (with the log-probabilities of the tokens it completes), or
+/// through the tool-call parser (log-probabilities then wait for the last chunk).
 fn text_frames(meta: &Meta, st: &mut StreamState, text: &str) -> Vec<Bytes> {
     if text.is_empty() {
         return Vec::new();
@@ -229,9 +246,13 @@ fn text_frames(meta: &Meta, st: &mut StreamState, text: &str) -> Vec<Bytes> {
             .into_iter()
             .map(|d| meta.delta_chunk(d))
             .collect(),
-        None => vec![data(
-            &meta.envelope(vec![meta.choice(Some(text), None, true)], true),
-        )],
+        None => {
+            let mut c = meta.choice(Some(text), None, true);
+            if let Some(p) = &mut st.logprobs {
+                c["logprobs"] = p.take(meta.route);
+            }
+            vec![data(&meta.envelope(vec![c], true))]
+        }
     }
 }
 
@@ -240,6 +261,7 @@ fn stream_response(meta: Meta, mut events: Events) -> Response<ResBody> {
     tokio::spawn(async move {
         let mut st = StreamState {
             tools: meta.tools.clone().map(ToolDeltas::new),
+            logprobs: meta.logprobs.then(Pending::default),
         };
         loop {
             let ev = match next_or_ping(&mut events, &tx).await {
