@@ -184,41 +184,7 @@ impl ValidRequest {
                 ));
             }
         }
-        let sampling = SamplingParams {
-            temperature: opt_num(
-                obj,
-                "temperature",
-                0.8,
-                |v| (0.0..=100.0).contains(&v),
-                "must be >= 0.0 and <= 100.0",
-            )?,
-            top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,
-            top_p: opt_num(
-                obj,
-                "top_p",
-                0.95,
-                |v| v > 0.0 && v <= 1.0,
-                "must be > 0.0 and <= 1.0",
-            )?,
-            min_p: opt_num(
-                obj,
-                "min_p",
-                0.05,
-                |v| (0.0..=1.0).contains(&v),
-                "must be >= 0.0 and <= 1.0",
-            )?,
-            repetition_penalty: opt_num(
-                obj,
-                "repetition_penalty",
-                1.0,
-                |v| v > 0.0 && v <= 10.0,
-                "must be > 0.0 and <= 10.0",
-            )?,
-            presence_penalty: penalty(obj, "presence_penalty")?,
-            frequency_penalty: penalty(obj, "frequency_penalty")?,
-            logit_bias: logit_bias(obj.get("logit_bias"))?,
-            seed: opt_uint(obj, "seed")?.unwrap_or(default_seed),
-        };
+        let sampling = sampling(obj, default_seed)?;
         let stream = match obj.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -263,6 +229,45 @@ impl ValidRequest {
         }
         Ok(())
     }
+}
+
+/// The sampling fields with `/generate`'s defaults (the OpenAI layer writes its own into `obj`).
+fn sampling(obj: &Map<String, Value>, default_seed: u64) -> Result<SamplingParams, RequestError> {
+    Ok(SamplingParams {
+        temperature: opt_num(
+            obj,
+            "temperature",
+            0.8,
+            |v| (0.0..=100.0).contains(&v),
+            "must be >= 0.0 and <= 100.0",
+        )?,
+        top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,
+        top_p: opt_num(
+            obj,
+            "top_p",
+            0.95,
+            |v| v > 0.0 && v <= 1.0,
+            "must be > 0.0 and <= 1.0",
+        )?,
+        min_p: opt_num(
+            obj,
+            "min_p",
+            0.05,
+            |v| (0.0..=1.0).contains(&v),
+            "must be >= 0.0 and <= 1.0",
+        )?,
+        repetition_penalty: opt_num(
+            obj,
+            "repetition_penalty",
+            1.0,
+            |v| v > 0.0 && v <= 10.0,
+            "must be > 0.0 and <= 10.0",
+        )?,
+        presence_penalty: penalty(obj, "presence_penalty")?,
+        frequency_penalty: penalty(obj, "frequency_penalty")?,
+        logit_bias: logit_bias(obj.get("logit_bias"))?,
+        seed: opt_uint(obj, "seed")?.unwrap_or(default_seed),
+    })
 }
 
 fn prompt(v: &Value) -> Result<String, RequestError> {

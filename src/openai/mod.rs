@@ -29,7 +29,12 @@ pub struct OpenAiRequest {
     pub model: Option<String>,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
+    /// Choices to generate (`n`), each its own sequence drawing with seed + its index.
+    pub n: usize,
 }
+
+/// Most choices one request may ask for (`n`).
+pub const MAX_N: u64 = 16;
 
 /// Accepted and honoured (or accepted and without effect: `user`).
 const COMMON: [&str; 18] = [
@@ -157,6 +162,7 @@ pub fn parse(
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        n: obj.get("n").and_then(Value::as_u64).unwrap_or(1) as usize,
     })
 }
 
@@ -207,7 +213,7 @@ fn check_keys(obj: &Map<String, Value>, route: Route) -> Result<(), RequestError
     Ok(())
 }
 
-/// Values of unsupported parameters that ask for nothing (`echo: false`, `n` handled apart).
+/// Values of unsupported parameters that ask for nothing (`echo: false`).
 fn is_off(obj: &Map<String, Value>, k: &str) -> bool {
     matches!(
         (k, obj.get(k)),
@@ -218,8 +224,11 @@ fn is_off(obj: &Map<String, Value>, k: &str) -> bool {
 /// Values this server accepts only in their neutral form.
 fn check_values(obj: &Map<String, Value>) -> Result<(), RequestError> {
     if let Some(n) = obj.get("n").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(err("n", format!("n must be 1 on this server; got {n}")));
+        if !n.as_u64().is_some_and(|n| (1..=MAX_N).contains(&n)) {
+            return Err(err(
+                "n",
+                format!("n must be an integer >= 1 and <= {MAX_N}; got {n}"),
+            ));
         }
     }
     if let Some(rf) = obj.get("response_format").filter(|v| !v.is_null()) {
@@ -373,7 +382,11 @@ mod tests {
     #[test]
     fn what_cannot_be_honoured_is_named() {
         for (body, field) in [
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":17}"#,
+                "n",
+            ),
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "n"),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"logprobs":1}"#,
                 "logprobs",

@@ -56,6 +56,38 @@ def check_logprobs(client, model, messages):
         check(e.param == "top_logprobs", f"top_logprobs: {e.body}")
 
 
+def check_n(client, model, messages):
+    args = dict(model=model, messages=messages, max_completion_tokens=8, temperature=1.0, seed=11,
+                n=3)
+    first = client.chat.completions.create(**args)
+    again = client.chat.completions.create(**args)
+    check([c.index for c in first.choices] == [0, 1, 2], f"indices {first.choices}")
+    texts = [c.message.content for c in first.choices]
+    check(texts == [c.message.content for c in again.choices], f"n=3 not reproducible: {texts}")
+    check(len(set(texts)) > 1, f"three choices, one text: {texts}")
+    u = first.usage
+    check(u.total_tokens == u.prompt_tokens + u.completion_tokens, f"usage {u}")
+    single = client.chat.completions.create(**{**args, "n": 1})
+    check(u.prompt_tokens == single.usage.prompt_tokens, f"prompt counted once: {u}")
+    check(single.choices[0].message.content == texts[0], "choice 0 draws with the seed itself")
+    streamed, usage = ["", "", ""], None
+    for chunk in client.chat.completions.create(**args, stream=True,
+                                                 stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    check(streamed == texts, f"streamed {streamed} vs whole {texts}")
+    check(usage.completion_tokens == u.completion_tokens, f"streamed usage {usage}")
+    comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=4, n=2,
+                                     seed=5)
+    check(sorted(c.index for c in comp.choices) == [0, 1], f"{comp}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, n=17)
+        check(False, "n=17 was accepted")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == "n", f"n=17: {e.status_code} {e.param} {e.body}")
+
+
 def main(base_url, api_key):
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     models = client.models.list().data
@@ -98,11 +130,7 @@ def main(base_url, api_key):
     check(comp.object == "text_completion" and isinstance(comp.choices[0].text, str), f"{comp}")
     check(comp.usage.completion_tokens <= 6, f"{comp.usage}")
 
-    try:
-        client.chat.completions.create(model=model, messages=messages, n=2)
-        check(False, "n=2 was accepted")
-    except openai.BadRequestError as e:
-        check(e.status_code == 400 and e.param == "n", f"n=2: {e.status_code} {e.param} {e.body}")
+    check_n(client, model, messages)
     check_logprobs(client, model, messages)
 
     stranger = OpenAI(base_url=base_url, api_key=api_key + "-wrong", max_retries=0, timeout=120)
