@@ -8,9 +8,9 @@ use serde::Serialize;
 use crate::backend::step::RowResult;
 use crate::backend::BackendError;
 use crate::chat_template::ChatTemplate;
+use crate::logprobs::{RowLogprobs, TokenLogprob};
 use crate::request::{Input, Limits, RequestError, ValidRequest};
-use crate::sampler::RowWant;
-use crate::sampler::Sampler;
+use crate::sampler::{History, RowWant, Sampler};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -93,6 +93,9 @@ pub struct Generation {
     /// Text released after the last token event (already part of `text`).
     #[serde(skip)]
     pub tail: String,
+    /// Per generated token, when the request asked (the OpenAI routes report them).
+    #[serde(skip)]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// One generated token as streamed: its index, id, and the text it releases (may be empty
@@ -102,6 +105,9 @@ pub struct TokenEvent {
     pub i: usize,
     pub id: u32,
     pub t: String,
+    /// When the request asked (the OpenAI routes report them).
+    #[serde(skip)]
+    pub logprobs: Option<TokenLogprob>,
 }
 
 /// Tokenize the request's input and fit `max_tokens` to the context.
@@ -126,6 +132,19 @@ pub fn prepare(
         message: format!("{field} cannot be tokenized: {e}"),
     })?;
     req.fit_context(ids.len(), limits)?;
+    let vocab = tok.vocab_size();
+    if let Some(&(id, _)) = req
+        .sampling
+        .logit_bias
+        .iter()
+        .find(|b| b.0 as usize >= vocab)
+    {
+        return Err(RequestError {
+            field: "logit_bias".into(),
+            message: format!("logit_bias names token {id}; the vocabulary has {vocab} tokens"),
+        }
+        .into());
+    }
     Ok(ids)
 }
 
@@ -133,13 +152,18 @@ pub fn prepare(
 /// CLI's loop and the engine's batched steps both drive it, so both end a request the same way.
 pub struct Decoding {
     sampler: Sampler,
-    /// The prompt and the tokens generated so far (for the repetition penalty).
+    /// The prompt and the tokens generated so far (for the penalties).
     history: Vec<u32>,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     prompt_tokens: usize,
     max_tokens: usize,
     seed: u64,
+    /// Alternatives to report per token, when log-probabilities were asked for.
+    logprobs: Option<usize>,
+    reported: Vec<TokenLogprob>,
+    /// The penalized row, kept while a draw rewrites it (for the drawn token's log-probability).
+    row: Vec<f32>,
 }
 
 /// What one sampled token did: the event to stream (none for EOS) and whether generation ended.
@@ -159,6 +183,9 @@ impl Decoding {
             prompt_tokens: prompt.len(),
             max_tokens: req.max_tokens,
             seed: req.sampling.seed,
+            logprobs: req.logprobs,
+            reported: Vec::new(),
+            row: Vec::new(),
         }
     }
 
@@ -186,12 +213,31 @@ impl Decoding {
         if !all_finite_or_masked(&logits[..n_text]) {
             return Err(GenerationError::NonFinite);
         }
-        let id = self.sampler.sample(logits, &self.history);
-        self.accept(tok, id)
+        let history = History {
+            tokens: &self.history,
+            prompt: self.prompt_tokens,
+        };
+        self.sampler.penalize(logits, history);
+        let Some(n) = self.logprobs else {
+            let id = self.sampler.pick(logits);
+            return self.accept(tok, id, None);
+        };
+        let measured = RowLogprobs::measure(logits, n);
+        self.row.clear();
+        self.row.extend_from_slice(logits);
+        let id = self.sampler.pick(logits);
+        let logit = self.row.get(id as usize).copied();
+        let report = measured.report(tok, id, logit.unwrap_or(f32::NEG_INFINITY));
+        self.accept(tok, id, Some(report))
     }
 
-    /// How the next logits row should be answered for this sequence (see `RowWant`).
+    /// How the next logits row should be answered for this sequence (see `RowWant`). Reporting
+    /// log-probabilities needs the whole row, so on a GPU such a sequence costs a full-row copy
+    /// to the host per token.
     pub fn want(&mut self, vocab: usize) -> RowWant {
+        if self.logprobs.is_some() {
+            return RowWant::Full;
+        }
         self.sampler.want(vocab)
     }
 
@@ -204,18 +250,25 @@ impl Decoding {
         vocab: usize,
     ) -> Option<Result<Advance, GenerationError>> {
         match row {
-            RowResult::Token(id) => Some(self.accept(tok, *id)),
             RowResult::NonFinite => Some(Err(GenerationError::NonFinite)),
+            // A device's answer carries no log-probabilities: only the whole row will do.
+            _ if self.logprobs.is_some() => None,
+            RowResult::Token(id) => Some(self.accept(tok, *id, None)),
             RowResult::Head(h) => {
                 let id = self.sampler.sample_head(h, vocab)?;
-                Some(self.accept(tok, id))
+                Some(self.accept(tok, id, None))
             }
             RowResult::Full => None,
         }
     }
 
     /// The sampled token: end at EOS, else detokenize, match stops and count.
-    fn accept(&mut self, tok: &Tokenizer, id: u32) -> Result<Advance, GenerationError> {
+    fn accept(
+        &mut self,
+        tok: &Tokenizer,
+        id: u32,
+        logprobs: Option<TokenLogprob>,
+    ) -> Result<Advance, GenerationError> {
         if tok.eos_ids().contains(&id) {
             return Ok(Advance {
                 event: None,
@@ -228,6 +281,9 @@ impl Decoding {
             .push(tok, id)
             .map_err(|e| GenerationError::Tokenize(e.to_string()))?;
         let (text, stopped) = self.stops.push(&piece);
+        if let Some(lp) = &logprobs {
+            self.reported.push(lp.clone());
+        }
         let n = self.generated().len();
         let finish = if stopped {
             Some(FinishReason::Stop)
@@ -241,6 +297,7 @@ impl Decoding {
                 i: n - 1,
                 id,
                 t: text,
+                logprobs,
             }),
             finish,
         })
@@ -270,6 +327,7 @@ impl Decoding {
             seed: self.seed,
             timings,
             tail,
+            logprobs: self.logprobs.map(|_| self.reported),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - `tokenizer`, `chat_template`: Qwen2 byte-level BPE and Jinja chat templates from GGUF metadata.
 //! - `request`: the one request format (raw JSON → `ValidRequest`); `openai`: OpenAI-shaped
 //!   bodies translated into it.
-//! - `sampler`, `stop`, `generation`: sampling, stop strings, the generation loop.
+//! - `sampler`, `stop`, `generation`: sampling, stop strings, the generation loop; `logprobs`:
+//!   the log-probabilities reported for generated tokens.
 //! - `load`: the load plan, residency gate, progress, and the loader thread.
 //! - `engine`: the thread that runs requests; `server`: HTTP; `serve`: startup that ties them.
 //! - `metrics`: Prometheus counters, histograms and gauges (`GET /metrics`).
@@ -24,6 +25,7 @@ pub mod gguf;
 pub mod load;
 pub mod loaded;
 pub mod logging;
+pub mod logprobs;
 pub mod metrics;
 pub mod model;
 pub mod openai;

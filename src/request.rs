@@ -13,8 +13,10 @@ pub const MAX_STOP_STRINGS: usize = 8;
 pub const MAX_STOP_BYTES: usize = 256;
 pub const MAX_MESSAGES: usize = 1024;
 pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Most `logit_bias` entries a request may give.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 14] = [
     "prompt",
     "messages",
     "max_tokens",
@@ -23,6 +25,9 @@ const FIELDS: [&str; 11] = [
     "top_p",
     "min_p",
     "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
     "seed",
     "stop",
     "stream",
@@ -120,6 +125,9 @@ pub struct ValidRequest {
     /// Function tools for the chat template (`tools`), keys in the order the client wrote them;
     /// set by the OpenAI layer, `None` for `/generate`.
     pub tools: Option<Vec<minijinja::Value>>,
+    /// Report each generated token's log-probability and this many alternatives (at most
+    /// `logprobs::MAX_TOP_LOGPROBS`); set by the OpenAI layer, `None` for `/generate`.
+    pub logprobs: Option<usize>,
 }
 
 /// Limits that depend on the running model and configuration.
@@ -176,38 +184,7 @@ impl ValidRequest {
                 ));
             }
         }
-        let sampling = SamplingParams {
-            temperature: opt_num(
-                obj,
-                "temperature",
-                0.8,
-                |v| (0.0..=100.0).contains(&v),
-                "must be >= 0.0 and <= 100.0",
-            )?,
-            top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,
-            top_p: opt_num(
-                obj,
-                "top_p",
-                0.95,
-                |v| v > 0.0 && v <= 1.0,
-                "must be > 0.0 and <= 1.0",
-            )?,
-            min_p: opt_num(
-                obj,
-                "min_p",
-                0.05,
-                |v| (0.0..=1.0).contains(&v),
-                "must be >= 0.0 and <= 1.0",
-            )?,
-            repetition_penalty: opt_num(
-                obj,
-                "repetition_penalty",
-                1.0,
-                |v| v > 0.0 && v <= 10.0,
-                "must be > 0.0 and <= 10.0",
-            )?,
-            seed: opt_uint(obj, "seed")?.unwrap_or(default_seed),
-        };
+        let sampling = sampling(obj, default_seed)?;
         let stream = match obj.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -221,6 +198,7 @@ impl ValidRequest {
             stop: stop(obj.get("stop"))?,
             stream,
             tools: None,
+            logprobs: None,
         })
     }
 
@@ -251,6 +229,45 @@ impl ValidRequest {
         }
         Ok(())
     }
+}
+
+/// The sampling fields with `/generate`'s defaults (the OpenAI layer writes its own into `obj`).
+fn sampling(obj: &Map<String, Value>, default_seed: u64) -> Result<SamplingParams, RequestError> {
+    Ok(SamplingParams {
+        temperature: opt_num(
+            obj,
+            "temperature",
+            0.8,
+            |v| (0.0..=100.0).contains(&v),
+            "must be >= 0.0 and <= 100.0",
+        )?,
+        top_k: opt_uint(obj, "top_k")?.unwrap_or(40).min(u32::MAX as u64) as usize,
+        top_p: opt_num(
+            obj,
+            "top_p",
+            0.95,
+            |v| v > 0.0 && v <= 1.0,
+            "must be > 0.0 and <= 1.0",
+        )?,
+        min_p: opt_num(
+            obj,
+            "min_p",
+            0.05,
+            |v| (0.0..=1.0).contains(&v),
+            "must be >= 0.0 and <= 1.0",
+        )?,
+        repetition_penalty: opt_num(
+            obj,
+            "repetition_penalty",
+            1.0,
+            |v| v > 0.0 && v <= 10.0,
+            "must be > 0.0 and <= 10.0",
+        )?,
+        presence_penalty: penalty(obj, "presence_penalty")?,
+        frequency_penalty: penalty(obj, "frequency_penalty")?,
+        logit_bias: logit_bias(obj.get("logit_bias"))?,
+        seed: opt_uint(obj, "seed")?.unwrap_or(default_seed),
+    })
 }
 
 fn prompt(v: &Value) -> Result<String, RequestError> {
@@ -361,6 +378,62 @@ fn opt_num(
     }
 }
 
+/// OpenAI's presence/frequency penalty: 0 (off) unless given, within [-2, 2].
+fn penalty(obj: &Map<String, Value>, field: &str) -> Result<f32, RequestError> {
+    let ok = |v: f64| (-2.0..=2.0).contains(&v);
+    opt_num(obj, field, 0.0, ok, "must be >= -2.0 and <= 2.0")
+}
+
+/// `{"<token id>": bias}` with biases in [-100, 100], as (id, bias) sorted by id. Whether the
+/// ids are in the vocabulary is checked once the tokenizer is at hand (`generation::prepare`).
+fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, RequestError> {
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(err(
+                "logit_bias",
+                "logit_bias must be an object of token id -> bias",
+            ))
+        }
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(err(
+            "logit_bias",
+            format!(
+                "logit_bias has {} entries; the limit is {MAX_LOGIT_BIAS}",
+                map.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (k, b) in map {
+        let id: u32 = k.parse().map_err(|_| {
+            err(
+                "logit_bias",
+                format!("logit_bias keys must be token ids (integers); got '{k}'"),
+            )
+        })?;
+        let bias = b.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+        let bias = bias.ok_or_else(|| {
+            err(
+                "logit_bias",
+                format!("logit_bias[{k}] must be a number >= -100 and <= 100; got {b}"),
+            )
+        })?;
+        out.push((id, bias as f32));
+    }
+    out.sort_by_key(|e| e.0);
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        let id = w[0].0;
+        return Err(err(
+            "logit_bias",
+            format!("logit_bias gives token {id} twice"),
+        ));
+    }
+    Ok(out)
+}
+
 fn stop(v: Option<&Value>) -> Result<Vec<String>, RequestError> {
     let list = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
@@ -449,6 +522,12 @@ mod tests {
         assert_eq!(r.sampling.seed, 5);
         assert_eq!(r.stop, vec!["x".to_string()]);
         assert_eq!(r.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(r.sampling.presence_penalty, 0.0);
+        assert!(r.sampling.logit_bias.is_empty());
+        let r = parse(r#"{"prompt":"hi","presence_penalty":-2,"frequency_penalty":1.5,"logit_bias":{"7":-100,"3":2.5}}"#).unwrap();
+        assert_eq!(r.sampling.presence_penalty, -2.0);
+        assert_eq!(r.sampling.frequency_penalty, 1.5);
+        assert_eq!(r.sampling.logit_bias, vec![(3, 2.5), (7, -100.0)]);
     }
 
     #[test]
@@ -480,6 +559,18 @@ mod tests {
             ),
             (r#"{"prompt":"a","stop":[""]}"#, "stop[0]"),
             (r#"{"prompt":"a","stream":"yes"}"#, "stream"),
+            (
+                r#"{"prompt":"a","presence_penalty":2.5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"prompt":"a","frequency_penalty":-3}"#,
+                "frequency_penalty",
+            ),
+            (r#"{"prompt":"a","logit_bias":{"x":1}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":{"5":101}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":{"5":"1"}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":[1]}"#, "logit_bias"),
             (r#"[1]"#, "body"),
             (r#"{"prompt":"a""#, "body"),
         ];

@@ -1,4 +1,5 @@
-//! Token sampling: repetition penalty, then greedy (temperature 0) or temperature → top-k →
+//! Token sampling: penalties (repetition; OpenAI's presence and frequency) and logit bias, then
+//! greedy (temperature 0) or temperature → top-k →
 //! top-p → min-p → a seeded draw (the order Hugging Face's warpers use).
 //!
 //! Deterministic: the same logits, history, parameters and seed give the same token sequence.
@@ -19,6 +20,12 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1.0 = disabled.
     pub repetition_penalty: f32,
+    /// OpenAI's, over the generated tokens only: a token's logit loses `presence` once it has
+    /// been generated and `frequency` for each time it was. 0.0 = disabled.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Added to a token's logit: (id, bias) with unique ids. Empty = disabled.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -30,8 +37,39 @@ impl SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
+    }
+
+    /// Whether the logits are changed before sampling (then only the whole row will do).
+    pub fn edits_logits(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
+    }
+}
+
+/// A sequence's tokens so far: the prompt, then the generated ones.
+#[derive(Clone, Copy, Debug)]
+pub struct History<'a> {
+    pub tokens: &'a [u32],
+    /// How many of `tokens` are the prompt.
+    pub prompt: usize,
+}
+
+impl<'a> History<'a> {
+    pub const EMPTY: History<'static> = History {
+        tokens: &[],
+        prompt: 0,
+    };
+
+    /// The tokens generated so far.
+    pub fn generated(&self) -> &'a [u32] {
+        self.tokens.get(self.prompt..).unwrap_or(&[])
     }
 }
 
@@ -84,10 +122,15 @@ impl Sampler {
         }
     }
 
-    /// Pick the next token. `logits` may be modified (penalties, temperature). `history` holds
-    /// the prompt and the tokens generated so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    /// Pick the next token. `logits` may be modified (penalties, temperature).
+    pub fn sample(&mut self, logits: &mut [f32], history: History) -> u32 {
         self.penalize(logits, history);
+        self.pick(logits)
+    }
+
+    /// Pick the next token from logits already penalized (see [`Sampler::penalize`]); `logits`
+    /// may be modified (temperature).
+    pub fn pick(&mut self, logits: &mut [f32]) -> u32 {
         // Below this, 1/temperature overflows and every draw would be the top token anyway.
         if self.params.temperature < 1e-4 {
             return argmax(logits);
@@ -105,7 +148,7 @@ impl Sampler {
     /// `sample` takes it).
     pub fn want(&mut self, vocab: usize) -> RowWant {
         let p = &self.params;
-        if p.repetition_penalty != 1.0 {
+        if p.edits_logits() {
             return RowWant::Full;
         }
         if p.temperature < 1e-4 {
@@ -128,7 +171,11 @@ impl Sampler {
 
     /// Sample from a row's head as `sample` would from the whole row; None when the head does
     /// not settle it (top-p's mass or min-p's cut lies beyond it): then the whole row is needed.
+    /// Never asked of a sampler that edits logits (`want` answers `Full` for it); None if it is.
     pub fn sample_head(&mut self, head: &LogitHead, vocab: usize) -> Option<u32> {
+        if self.params.edits_logits() {
+            return None;
+        }
         let inv_t = 1.0 / self.params.temperature;
         let k = self.params.top_k;
         if k > 0 && k <= TOP_K_DIRECT && k < vocab {
@@ -211,18 +258,46 @@ impl Sampler {
         }
     }
 
-    fn penalize(&mut self, logits: &mut [f32], history: &[u32]) {
+    /// Apply the repetition penalty (over prompt and generated tokens), the presence and
+    /// frequency penalties (over generated tokens) and the logit bias, in that order.
+    pub fn penalize(&mut self, logits: &mut [f32], history: History) {
+        self.repeat(logits, history.tokens);
+        self.presence_frequency(logits, history.generated());
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+    }
+
+    fn repeat(&mut self, logits: &mut [f32], tokens: &[u32]) {
         let p = self.params.repetition_penalty;
         if p == 1.0 {
             return;
         }
         self.seen.clear();
-        self.seen.extend_from_slice(history);
+        self.seen.extend_from_slice(tokens);
         self.seen.sort_unstable();
         self.seen.dedup();
         for &id in &self.seen {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = if *l > 0.0 { *l / p } else { *l * p };
+            }
+        }
+    }
+
+    /// OpenAI's: `logit -= presence * (count > 0) + frequency * count`.
+    fn presence_frequency(&mut self, logits: &mut [f32], generated: &[u32]) {
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        if presence == 0.0 && frequency == 0.0 {
+            return;
+        }
+        self.seen.clear();
+        self.seen.extend_from_slice(generated);
+        self.seen.sort_unstable();
+        for run in self.seen.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
+                *l -= presence + frequency * run.len() as f32;
             }
         }
     }
@@ -358,6 +433,9 @@ mod tests {
             top_p: p,
             min_p: m,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed,
         }
     }
@@ -436,7 +514,7 @@ mod tests {
         let mut counts = [0usize; 5];
         let n = 40_000;
         for _ in 0..n {
-            counts[s.sample(&mut logits.clone(), &[]) as usize] += 1;
+            counts[s.sample(&mut logits.clone(), History::EMPTY) as usize] += 1;
         }
         assert_eq!(counts[4], 0);
         for (i, &c) in counts[..4].iter().enumerate() {
@@ -470,7 +548,7 @@ mod tests {
         let mut l = logits();
         let want = argmax(&l);
         assert_eq!(
-            Sampler::new(params(0.0, 0, 1.0, 0.0, 1)).sample(&mut l, &[]),
+            Sampler::new(params(0.0, 0, 1.0, 0.0, 1)).sample(&mut l, History::EMPTY),
             want
         );
     }
@@ -480,7 +558,7 @@ mod tests {
         let run = |seed| {
             let mut s = Sampler::new(params(1.5, 0, 1.0, 0.0, seed));
             (0..50)
-                .map(|_| s.sample(&mut logits(), &[]))
+                .map(|_| s.sample(&mut logits(), History::EMPTY))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
@@ -492,15 +570,16 @@ mod tests {
         let want = argmax(&logits());
         for seed in 0..20 {
             assert_eq!(
-                Sampler::new(params(1.0, 1, 1.0, 0.0, seed)).sample(&mut logits(), &[]),
+                Sampler::new(params(1.0, 1, 1.0, 0.0, seed)).sample(&mut logits(), History::EMPTY),
                 want
             );
             assert_eq!(
-                Sampler::new(params(1.0, 0, 1e-6, 0.0, seed)).sample(&mut logits(), &[]),
+                Sampler::new(params(1.0, 0, 1e-6, 0.0, seed)).sample(&mut logits(), History::EMPTY),
                 want
             );
             assert_eq!(
-                Sampler::new(params(1.0, 0, 1.0, 0.999, seed)).sample(&mut logits(), &[]),
+                Sampler::new(params(1.0, 0, 1.0, 0.999, seed))
+                    .sample(&mut logits(), History::EMPTY),
                 want
             );
         }
@@ -515,7 +594,7 @@ mod tests {
         let mut s = Sampler::new(params(5.0, 5, 1.0, 0.0, 9));
         for _ in 0..200 {
             l = logits();
-            assert!(allowed.contains(&s.sample(&mut l, &[])));
+            assert!(allowed.contains(&s.sample(&mut l, History::EMPTY)));
         }
     }
 
@@ -524,7 +603,11 @@ mod tests {
         let mut l = vec![1.0, 0.9, -1.0];
         let mut p = params(0.0, 0, 1.0, 0.0, 0);
         p.repetition_penalty = 2.0;
-        assert_eq!(Sampler::new(p).sample(&mut l, &[0]), 1);
+        let h = History {
+            tokens: &[0],
+            prompt: 1,
+        };
+        assert_eq!(Sampler::new(p).sample(&mut l, h), 1);
     }
 
     /// The head a device returns for `l` at `inv_t`: the `DEVICE_HEAD` largest logits sorted
@@ -554,14 +637,14 @@ mod tests {
         for p in cases {
             let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p.clone()));
             for _ in 0..50 {
-                let want = b.sample(&mut l.clone(), &[]);
+                let want = b.sample(&mut l.clone(), History::EMPTY);
                 let got = match a.want(l.len()) {
                     RowWant::Argmax => argmax(&l),
                     RowWant::Head { inv_t } => {
                         heads += 1;
                         match a.sample_head(&head_of(&l, inv_t), l.len()) {
                             Some(id) => id,
-                            None => a.sample(&mut l.clone(), &[]),
+                            None => a.sample(&mut l.clone(), History::EMPTY),
                         }
                     }
                     RowWant::Draw { inv_t, u } => {
@@ -581,7 +664,7 @@ mod tests {
                             })
                             .unwrap_or(l.len() - 1) as u32
                     }
-                    RowWant::Full => a.sample(&mut l.clone(), &[]),
+                    RowWant::Full => a.sample(&mut l.clone(), History::EMPTY),
                 };
                 assert_eq!(got, want, "{p:?}");
             }
@@ -610,5 +693,62 @@ mod tests {
             Sampler::new(params(0.0, 0, 1.0, 0.0, 1)).want(1000),
             RowWant::Argmax
         );
+    }
+
+    #[test]
+    fn presence_and_frequency_penalise_generated_tokens_only() {
+        let mut p = params(0.0, 0, 1.0, 0.0, 0);
+        p.presence_penalty = 0.5;
+        p.frequency_penalty = 0.25;
+        // Prompt [3, 3]; generated [1, 2, 1].
+        let h = History {
+            tokens: &[3, 3, 1, 2, 1],
+            prompt: 2,
+        };
+        let mut l = vec![1.0f32; 5];
+        Sampler::new(p.clone()).penalize(&mut l, h);
+        assert_eq!(l, vec![1.0, 1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25, 1.0, 1.0]);
+        // A negative presence penalty lifts generated tokens, not the prompt's token 3.
+        p.presence_penalty = -2.0;
+        p.frequency_penalty = 0.0;
+        let mut l = vec![0.0f32, 0.1, 0.5, 2.4];
+        assert_eq!(Sampler::new(p).sample(&mut l, h), 2);
+    }
+
+    #[test]
+    fn logit_bias_shifts_its_tokens() {
+        let mut p = params(0.0, 0, 1.0, 0.0, 0);
+        p.logit_bias = vec![(0, -100.0), (2, 3.0), (9, 1.0)];
+        let mut l = vec![5.0f32, 1.0, 1.0, f32::NEG_INFINITY];
+        let mut s = Sampler::new(p.clone());
+        s.penalize(&mut l, History::EMPTY);
+        assert_eq!(l, vec![-95.0, 1.0, 4.0, f32::NEG_INFINITY]);
+        assert_eq!(s.pick(&mut l), 2);
+        // +100 makes a token all but certain at any temperature.
+        p.temperature = 1.0;
+        p.logit_bias = vec![(1, 100.0)];
+        let mut s = Sampler::new(p);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut logits(), History::EMPTY), 1);
+        }
+    }
+
+    #[test]
+    fn edited_logits_never_take_a_device_answer() {
+        let row: Vec<f32> = (0..2000).map(|i| (i % 97) as f32 / 10.0).collect();
+        let head = head_of(&row, 1.0);
+        for edit in 0..3 {
+            for (t, k, top_p) in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9)] {
+                let mut p = params(t, k, top_p, 0.0, 1);
+                match edit {
+                    0 => p.presence_penalty = 0.1,
+                    1 => p.frequency_penalty = -0.1,
+                    _ => p.logit_bias = vec![(5, 0.5)],
+                }
+                let mut s = Sampler::new(p.clone());
+                assert_eq!(s.want(row.len()), RowWant::Full, "{p:?}");
+                assert_eq!(s.sample_head(&head, row.len()), None, "{p:?}");
+            }
+        }
     }
 }

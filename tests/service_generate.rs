@@ -321,3 +321,48 @@ fn json_logs_are_one_object_per_line_with_the_request_fields() {
         );
     }
 }
+
+#[test]
+fn logit_bias_bans_and_forces_tokens_and_out_of_range_fields_are_named() {
+    let s = shared();
+    let req = |extra: Value| {
+        let mut b = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let greedy = token_ids(&generate_ok(s, &req(json!({}))));
+    assert!(greedy.len() >= 2, "{greedy:?}");
+    let (first, forced) = (greedy[0], greedy[1]);
+    let banned = token_ids(&generate_ok(
+        s,
+        &req(json!({"logit_bias": {first.to_string(): -100}})),
+    ));
+    assert_ne!(
+        banned.first(),
+        Some(&first),
+        "a -100 bias left the greedy token first"
+    );
+    let all = token_ids(&generate_ok(
+        s,
+        &req(
+            json!({"logit_bias": {forced.to_string(): 100}, "frequency_penalty": 2, "presence_penalty": 2}),
+        ),
+    ));
+    assert_eq!(
+        all,
+        vec![forced; 6],
+        "a +100 bias outweighs penalties of 2 + 2 per token"
+    );
+    for (extra, field) in [
+        (json!({"logit_bias": {"100000000": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"1": 100.5}}), "logit_bias"),
+        (json!({"presence_penalty": -2.5}), "presence_penalty"),
+        (json!({"frequency_penalty": "1"}), "frequency_penalty"),
+    ] {
+        let r = s.post_json("/generate", &req(extra.clone()));
+        let e = assert_error(&r, 400, "invalid_request");
+        assert_eq!(e["param"], field, "{extra}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The OpenAI-compatible routes driven by the official `openai` Python client (pinned in
 //! `scripts/install-test-python`; `LAYERSTREAM_TEST_PYTHON` names its interpreter) against the
 //! real binary on 127.0.0.1 behind an API key: models, chat completions whole and streamed with
-//! usage, completions, refusals that name the parameter, and a wrong key seen as the client's
+//! usage, completions, log-probabilities (both shapes, streamed too), `n` choices reproducible by
+//! seed, refusals that name the parameter, and a wrong key seen as the client's
 //! `AuthenticationError`; and tool calls on the real model (`tests/openai/tools_check.py`).
 
 mod common;

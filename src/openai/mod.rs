@@ -9,6 +9,7 @@ pub mod tools;
 use serde_json::{Map, Value};
 
 use crate::chat_template::ToolCallTurn;
+use crate::logprobs::MAX_TOP_LOGPROBS;
 use crate::request::{Input, Limits, RequestError, ValidRequest};
 
 /// Per message, what the plain `{role, content}` shape leaves out: tool calls and `tool_call_id`.
@@ -28,10 +29,15 @@ pub struct OpenAiRequest {
     pub model: Option<String>,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
+    /// Choices to generate (`n`), each its own sequence drawing with seed + its index.
+    pub n: usize,
 }
 
+/// Most choices one request may ask for (`n`).
+pub const MAX_N: u64 = 16;
+
 /// Accepted and honoured (or accepted and without effect: `user`).
-const COMMON: [&str; 16] = [
+const COMMON: [&str; 18] = [
     "model",
     "max_tokens",
     "temperature",
@@ -44,18 +50,23 @@ const COMMON: [&str; 16] = [
     "user",
     "presence_penalty",
     "frequency_penalty",
+    "logit_bias",
+    "logprobs",
     "top_k",
     "min_p",
     "repetition_penalty",
     "response_format",
 ];
-const CHAT_ONLY: [&str; 4] = ["messages", "max_completion_tokens", "tools", "tool_choice"];
+const CHAT_ONLY: [&str; 5] = [
+    "messages",
+    "max_completion_tokens",
+    "tools",
+    "tool_choice",
+    "top_logprobs",
+];
 const COMPLETIONS_ONLY: [&str; 1] = ["prompt"];
 /// Known but not supported yet: a 400 names them.
-const UNSUPPORTED: [&str; 10] = [
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
+const UNSUPPORTED: [&str; 7] = [
     "parallel_tool_calls",
     "functions",
     "function_call",
@@ -120,7 +131,16 @@ pub fn parse(
         let v = obj.get(k).filter(|v| !v.is_null()).cloned().unwrap_or(d);
         ours.insert(k.into(), v);
     }
-    for k in ["stop", "seed", "stream", "repetition_penalty"] {
+    const PASSED: [&str; 7] = [
+        "stop",
+        "seed",
+        "stream",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+    ];
+    for k in PASSED {
         if let Some(v) = obj.get(k).filter(|v| !v.is_null()) {
             ours.insert(k.into(), v.clone());
         }
@@ -133,6 +153,7 @@ pub fn parse(
         }
     }
     request.tools = tools;
+    request.logprobs = logprobs(&obj, route)?;
     Ok(OpenAiRequest {
         request,
         model: obj.get("model").and_then(Value::as_str).map(str::to_string),
@@ -141,7 +162,37 @@ pub fn parse(
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        n: obj.get("n").and_then(Value::as_u64).unwrap_or(1) as usize,
     })
+}
+
+/// How many alternatives to report per token, when log-probabilities are asked for: chat's
+/// `logprobs: true` with `top_logprobs`, completions' `logprobs: <alternatives>`.
+fn logprobs(obj: &Map<String, Value>, route: Route) -> Result<Option<usize>, RequestError> {
+    let count = |k: &str, v: &Value| match v.as_u64() {
+        Some(n) if n as usize <= MAX_TOP_LOGPROBS => Ok(n as usize),
+        _ => Err(err(
+            k,
+            format!("{k} must be an integer >= 0 and <= {MAX_TOP_LOGPROBS}; got {v}"),
+        )),
+    };
+    let given = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    match (route, given("logprobs")) {
+        (Route::Completions, None) => Ok(None),
+        (Route::Completions, Some(v)) => count("logprobs", v).map(Some),
+        (Route::Chat, lp) => {
+            let on = match lp {
+                None | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(_) => return Err(err("logprobs", "logprobs must be a boolean")),
+            };
+            match given("top_logprobs") {
+                None => Ok(on.then_some(0)),
+                Some(_) if !on => Err(err("top_logprobs", "top_logprobs needs logprobs: true")),
+                Some(v) => count("top_logprobs", v).map(Some),
+            }
+        }
+    }
 }
 
 fn check_keys(obj: &Map<String, Value>, route: Route) -> Result<(), RequestError> {
@@ -162,34 +213,22 @@ fn check_keys(obj: &Map<String, Value>, route: Route) -> Result<(), RequestError
     Ok(())
 }
 
-/// Values of unsupported parameters that ask for nothing (`logprobs: false`, `n` handled apart).
+/// Values of unsupported parameters that ask for nothing (`echo: false`).
 fn is_off(obj: &Map<String, Value>, k: &str) -> bool {
     matches!(
         (k, obj.get(k)),
-        ("logprobs" | "echo", Some(Value::Bool(false)))
-            | ("parallel_tool_calls", Some(Value::Bool(true)))
+        ("echo", Some(Value::Bool(false))) | ("parallel_tool_calls", Some(Value::Bool(true)))
     ) || matches!((k, obj.get(k)), ("best_of", Some(v)) if v.as_u64() == Some(1))
 }
 
 /// Values this server accepts only in their neutral form.
 fn check_values(obj: &Map<String, Value>) -> Result<(), RequestError> {
     if let Some(n) = obj.get("n").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(err("n", format!("n must be 1 on this server; got {n}")));
-        }
-    }
-    for k in ["presence_penalty", "frequency_penalty"] {
-        match obj.get(k) {
-            None | Some(Value::Null) => {}
-            Some(v) if v.as_f64() == Some(0.0) => {}
-            Some(v) => {
-                return Err(err(
-                    k,
-                    format!(
-                        "{k} other than 0 is not supported yet (got {v}); repetition_penalty is"
-                    ),
-                ))
-            }
+        if !n.as_u64().is_some_and(|n| (1..=MAX_N).contains(&n)) {
+            return Err(err(
+                "n",
+                format!("n must be an integer >= 1 and <= {MAX_N}; got {n}"),
+            ));
         }
     }
     if let Some(rf) = obj.get("response_format").filter(|v| !v.is_null()) {
@@ -305,15 +344,60 @@ mod tests {
         assert_eq!(r.request.sampling.top_k, 0);
         assert!(r.include_usage && r.request.stream);
         assert_eq!(r.model.as_deref(), Some("m"));
+        let r = chat(r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":0.5,"frequency_penalty":-1,"logit_bias":{"12":-100}}"#).unwrap();
+        let s = &r.request.sampling;
+        assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, -1.0));
+        assert_eq!(s.logit_bias, vec![(12, -100.0)]);
+        assert_eq!(r.request.logprobs, None);
+        let lp = |body: &str, route| {
+            parse(body.as_bytes(), route, L, 1)
+                .unwrap()
+                .request
+                .logprobs
+        };
+        let msgs = r#""messages":[{"role":"user","content":"x"}]"#;
+        let chat_lp = format!(r#"{{{msgs},"logprobs":true,"top_logprobs":3}}"#);
+        assert_eq!(lp(&chat_lp, Route::Chat), Some(3));
+        assert_eq!(
+            lp(&format!(r#"{{{msgs},"logprobs":true}}"#), Route::Chat),
+            Some(0)
+        );
+        assert_eq!(
+            lp(&format!(r#"{{{msgs},"logprobs":false}}"#), Route::Chat),
+            None
+        );
+        assert_eq!(
+            lp(r#"{"prompt":"x","logprobs":5}"#, Route::Completions),
+            Some(5)
+        );
+        let e = parse(
+            br#"{"prompt":"x","logprobs":true}"#,
+            Route::Completions,
+            L,
+            1,
+        );
+        assert_eq!(e.unwrap_err().field, "logprobs");
     }
 
     #[test]
     fn what_cannot_be_honoured_is_named() {
         for (body, field) in [
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
+                r#"{"messages":[{"role":"user","content":"x"}],"n":17}"#,
+                "n",
+            ),
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":1}"#,
                 "logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
+                "top_logprobs",
             ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
@@ -344,8 +428,12 @@ mod tests {
                 "response_format",
             ),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":0.5}"#,
+                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":2.5}"#,
                 "presence_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"a":1}}"#,
+                "logit_bias",
             ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"bogus":1}"#,

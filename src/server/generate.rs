@@ -1,6 +1,7 @@
 //! `POST /generate`: body → `ValidRequest` → tokens → engine job → JSON or SSE.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use super::body::{json, sse, sse_event, ResBody};
 use super::error::ApiError;
 use super::state::{AppState, Runtime};
 use crate::engine::{EngineEvent, Finished, Job, SubmitError};
-use crate::generation::{prepare, GenerationError};
+use crate::generation::{prepare, GenerationError, Usage};
 use crate::load::progress::LoadState;
 use crate::request::{ValidRequest, MAX_BODY_BYTES};
 
@@ -64,7 +65,20 @@ pub(super) async fn accept(
 /// the engine's events for it.
 pub(super) async fn submit(
     rt: &Runtime,
+    valid: ValidRequest,
+    arrived: Instant,
+    ex: &Exchange,
+) -> Result<Events, ApiError> {
+    submit_n(rt, valid, 1, arrived, ex).await
+}
+
+/// As [`submit`], `n` jobs from one tokenization: job `i` draws with seed + `i` and is named
+/// `ex.id` (i = 0) or `ex.id.i`. They share the prompt's full KV blocks through the prefix cache
+/// once one of them has computed them (jobs admitted in the same step compute their own).
+pub(super) async fn submit_n(
+    rt: &Runtime,
     mut valid: ValidRequest,
+    n: usize,
     arrived: Instant,
     ex: &Exchange,
 ) -> Result<Events, ApiError> {
@@ -78,39 +92,88 @@ pub(super) async fn submit(
         GenerationError::Request(r) => ApiError::Invalid(r),
         other => ApiError::Internal(other.to_string()),
     })?;
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let job = Job {
-        id: ex.id.clone(),
-        request: valid,
-        prompt,
-        enqueued: arrived,
-        events: events_tx,
-    };
-    rt.engine.submit(job).map_err(|e| match e {
-        SubmitError::QueueFull => ApiError::QueueFull,
-        SubmitError::ShuttingDown => ApiError::ShuttingDown,
-    })?;
+    let mut rxs = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut request = valid.clone();
+        request.sampling.seed = valid.sampling.seed.wrapping_add(i as u64);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let job = Job {
+            id: if i == 0 {
+                ex.id.clone()
+            } else {
+                format!("{}.{i}", ex.id)
+            },
+            request,
+            prompt: prompt.clone(),
+            enqueued: arrived,
+            events: events_tx,
+        };
+        // On a refusal the jobs already submitted are dropped with their receivers (cancelled).
+        rt.engine.submit(job).map_err(|e| match e {
+            SubmitError::QueueFull => ApiError::QueueFull,
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
+        })?;
+        rxs.push(Some(events));
+    }
     Ok(Events {
-        rx: events,
+        rxs,
         tokens: ex.tokens.clone(),
+        done: 0,
+        usage: Usage::default(),
     })
 }
 
-/// The engine's events for one request; a finished generation's token counts are noted for the
-/// access log as they pass.
+/// The engine's events for one request's jobs; the finished generations' token counts (the
+/// prompt once, completions summed) are noted for the access log once every job is done.
 pub(super) struct Events {
-    rx: mpsc::UnboundedReceiver<EngineEvent>,
+    /// One per job; None once its channel closed.
+    rxs: Vec<Option<mpsc::UnboundedReceiver<EngineEvent>>>,
     tokens: Arc<TokenCount>,
+    done: usize,
+    usage: Usage,
 }
 
 impl Events {
-    /// The next event (cancel-safe, like the channel's `recv`).
+    /// How many jobs (choices) the events are of.
+    pub(super) fn jobs(&self) -> usize {
+        self.rxs.len()
+    }
+
+    /// The next event of the (first) job (cancel-safe, like the channel's `recv`).
     pub(super) async fn recv(&mut self) -> Option<EngineEvent> {
-        let ev = self.rx.recv().await;
-        if let Some(EngineEvent::Done(f)) = &ev {
-            self.tokens.record(&f.generation.usage);
+        self.recv_indexed().await.map(|(_, ev)| ev)
+    }
+
+    /// The next event of any job, with the job's index; None once every job's channel closed.
+    pub(super) async fn recv_indexed(&mut self) -> Option<(usize, EngineEvent)> {
+        let (i, ev) = std::future::poll_fn(|cx| self.poll_any(cx)).await?;
+        if let EngineEvent::Done(f) = &ev {
+            let u = &f.generation.usage;
+            self.usage.prompt_tokens = u.prompt_tokens;
+            self.usage.completion_tokens += u.completion_tokens;
+            self.done += 1;
+            if self.done == self.rxs.len() {
+                self.tokens.record(&self.usage);
+            }
         }
-        ev
+        Some((i, ev))
+    }
+
+    fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, EngineEvent)>> {
+        let mut open = false;
+        for (i, slot) in self.rxs.iter_mut().enumerate() {
+            let Some(rx) = slot else { continue };
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => return Poll::Ready(Some((i, ev))),
+                Poll::Ready(None) => *slot = None,
+                Poll::Pending => open = true,
+            }
+        }
+        if open {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
+        }
     }
 }
 
@@ -196,7 +259,8 @@ async fn whole_response(mut events: Events) -> Result<Response<ResBody>, ApiErro
 
 /// What a stream gets next.
 pub(super) enum Next {
-    Event(EngineEvent),
+    /// An event of the job with this index.
+    Event(usize, EngineEvent),
     /// The engine dropped the request without a terminal event.
     EngineGone,
     /// The client left (its body was dropped, or a write failed): returning drops `events`,
@@ -209,7 +273,9 @@ pub(super) enum Next {
 pub(super) async fn next_or_ping(events: &mut Events, tx: &mpsc::Sender<Bytes>) -> Next {
     loop {
         tokio::select! {
-            ev = events.recv() => return ev.map_or(Next::EngineGone, Next::Event),
+            ev = events.recv_indexed() => {
+                return ev.map_or(Next::EngineGone, |(i, ev)| Next::Event(i, ev))
+            }
             _ = tx.closed() => return Next::ClientGone,
             _ = tokio::time::sleep(SSE_PING) => {
                 if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
@@ -230,7 +296,7 @@ fn stream_response(id: String, mut events: Events) -> Response<ResBody> {
     tokio::spawn(async move {
         loop {
             let ev = match next_or_ping(&mut events, &tx).await {
-                Next::Event(ev) => ev,
+                Next::Event(_, ev) => ev,
                 Next::EngineGone => break,
                 Next::ClientGone => return,
             };

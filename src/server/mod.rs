@@ -12,6 +12,7 @@ pub mod generate;
 pub mod hosts;
 mod json_errors_io;
 mod openai_api;
+mod openai_logprobs;
 mod openai_tools;
 pub mod routes;
 pub mod state;

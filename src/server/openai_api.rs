@@ -1,7 +1,9 @@
 //! The OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/completions` — the same engine as `/generate`, OpenAI's JSON and stream shapes, and
+//! `POST /v1/completions` — the same engine as `/generate` (one job per choice when `n` > 1),
+//! OpenAI's JSON and stream shapes, and
 //! errors as `{"error": {"message", "type", "param", "code"}}`. With tools, tool-call blocks in
-//! the text become `tool_calls` (`openai_tools`).
+//! the text become `tool_calls` (`openai_tools`); asked-for log-probabilities ride on the choices
+//! (`openai_logprobs`).
 
 use std::sync::Arc;
 
@@ -13,7 +15,8 @@ use serde_json::{json, Value};
 use super::access_log::Exchange;
 use super::body::{json, sse, ResBody};
 use super::error::ApiError;
-use super::generate::{accept, next_or_ping, submit, Events, Next};
+use super::generate::{accept, next_or_ping, submit_n, Events, Next};
+use super::openai_logprobs::{self, Pending};
 use super::openai_tools::{self, ToolDeltas};
 use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
@@ -41,6 +44,8 @@ struct Meta {
     include_usage: bool,
     /// The request's tool names when it gave tools: tool calls in the text are parsed out.
     tools: Option<Vec<String>>,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Meta {
@@ -52,9 +57,9 @@ impl Meta {
         }
     }
 
-    /// One choice carrying `text` (a message, a delta or a completion's text).
-    fn choice(&self, text: Option<&str>, finish: Option<&str>, chunk: bool) -> Value {
-        let mut c = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+    /// Choice `index` carrying `text` (a message, a delta or a completion's text).
+    fn choice(&self, index: usize, text: Option<&str>, finish: Option<&str>, chunk: bool) -> Value {
+        let mut c = json!({"index": index, "logprobs": null, "finish_reason": finish});
         match (self.route, chunk) {
             (Route::Chat, false) => {
                 c["message"] = json!({"role": "assistant", "content": text.unwrap_or("")})
@@ -65,9 +70,9 @@ impl Meta {
         c
     }
 
-    /// A stream chunk with one choice holding `delta`.
-    fn delta_chunk(&self, delta: Value) -> Bytes {
-        let mut c = self.choice(None, None, true);
+    /// A stream chunk with choice `index` holding `delta`.
+    fn delta_chunk(&self, index: usize, delta: Value) -> Bytes {
+        let mut c = self.choice(index, None, None, true);
         c["delta"] = delta;
         data(&self.envelope(vec![c], true))
     }
@@ -101,13 +106,21 @@ fn finish_with_calls(r: FinishReason, called: bool) -> &'static str {
     }
 }
 
-fn usage(f: &Finished) -> Value {
-    let u = &f.generation.usage;
+/// The choices' usage: the prompt counted once (its cached tokens as the first choice found
+/// them), completion tokens summed.
+fn usage(finished: &[Finished]) -> Value {
+    let first = finished.first().map(|f| &f.generation.usage);
+    let prompt = first.map_or(0, |u| u.prompt_tokens);
+    let cached = first.map_or(0, |u| u.prompt_tokens_details.cached_tokens);
+    let completion: usize = finished
+        .iter()
+        .map(|f| f.generation.usage.completion_tokens)
+        .sum();
     json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.prompt_tokens_details.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 
@@ -123,7 +136,8 @@ pub async fn completions(
         .map_err(ApiError::Invalid)?;
     let stream = parsed.request.stream;
     let tools = parsed.request.tools.as_deref().map(openai::tools::names);
-    let events = submit(rt, parsed.request, arrived, ex).await?;
+    let logprobs = parsed.request.logprobs.is_some();
+    let events = submit_n(rt, parsed.request, parsed.n, arrived, ex).await?;
     let prefix = match route {
         Route::Chat => "chatcmpl-",
         Route::Completions => "cmpl-",
@@ -135,6 +149,7 @@ pub async fn completions(
         created: state.model.created,
         include_usage: parsed.include_usage,
         tools,
+        logprobs,
     };
     if stream {
         Ok(stream_response(meta, events))
@@ -144,21 +159,22 @@ pub async fn completions(
 }
 
 async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBody>, ApiError> {
-    while let Some(ev) = events.recv().await {
+    let mut done: Vec<Option<Finished>> = (0..events.jobs()).map(|_| None).collect();
+    while let Some((i, ev)) = events.recv_indexed().await {
         match ev {
             EngineEvent::Started { .. } | EngineEvent::Token(_) => {}
             EngineEvent::Done(f) => {
-                let g = &f.generation;
-                let mut choice =
-                    meta.choice(Some(&g.text), Some(finish_reason(g.finish_reason)), false);
-                if let Some(names) = &meta.tools {
-                    let (message, called) = openai_tools::message(&g.text, names);
-                    choice["message"] = message;
-                    choice["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
+                if let Some(slot) = done.get_mut(i) {
+                    *slot = Some(*f);
                 }
-                let mut v = meta.envelope(vec![choice], false);
-                v["usage"] = usage(&f);
-                return Ok(json(StatusCode::OK, &v));
+                if done.iter().all(Option::is_some) {
+                    let finished: Vec<Finished> = done.into_iter().flatten().collect();
+                    let choices = finished.iter().enumerate();
+                    let choices = choices.map(|(i, f)| whole_choice(&meta, i, f)).collect();
+                    let mut v = meta.envelope(choices, false);
+                    v["usage"] = usage(&finished);
+                    return Ok(json(StatusCode::OK, &v));
+                }
             }
             EngineEvent::Error(e) => return Err(e.into()),
         }
@@ -166,49 +182,71 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
     Err(ApiError::Internal("the engine dropped the request".into()))
 }
 
+/// Choice `index` of a whole response.
+fn whole_choice(meta: &Meta, index: usize, f: &Finished) -> Value {
+    let g = &f.generation;
+    let finish = finish_reason(g.finish_reason);
+    let mut choice = meta.choice(index, Some(&g.text), Some(finish), false);
+    if let Some(names) = &meta.tools {
+        let (message, called) = openai_tools::message(&g.text, names);
+        choice["message"] = message;
+        choice["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
+    }
+    if meta.logprobs {
+        let lps = g.logprobs.as_deref().unwrap_or_default();
+        choice["logprobs"] = openai_logprobs::whole(lps, meta.route);
+    }
+    choice
+}
+
 fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-/// A stream's state between events.
+/// One choice's stream state between events.
 #[derive(Default)]
-struct StreamState {
+struct ChoiceState {
     /// Present when the request gave tools.
     tools: Option<ToolDeltas>,
+    /// Present when the request asked for log-probabilities: those not yet sent.
+    logprobs: Option<Pending>,
 }
 
-/// The frames an engine event becomes; `true` once the stream is over.
-fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bool) {
+/// A stream's state: each choice's, and the choices finished so far.
+struct StreamState {
+    choices: Vec<ChoiceState>,
+    finished: Vec<Finished>,
+}
+
+/// The frames an event of choice `i` becomes; `true` once the stream is over.
+fn frames(meta: &Meta, i: usize, ev: EngineEvent, all: &mut StreamState) -> (Vec<Bytes>, bool) {
     let mut out = Vec::new();
+    let Some(st) = all.choices.get_mut(i) else {
+        return (out, false);
+    };
     match ev {
         EngineEvent::Started { .. } => {
             if meta.route == Route::Chat {
-                out.push(meta.delta_chunk(json!({"role": "assistant", "content": ""})));
+                out.push(meta.delta_chunk(i, json!({"role": "assistant", "content": ""})));
             }
             return (out, false);
         }
-        EngineEvent::Token(t) if t.t.is_empty() => return (out, false),
         EngineEvent::Token(t) => {
-            out.extend(text_frames(meta, st, &t.t));
+            if let (Some(p), Some(lp)) = (&mut st.logprobs, t.logprobs) {
+                p.push(lp);
+            }
+            out.extend(text_frames(meta, i, st, &t.t));
             return (out, false);
         }
         EngineEvent::Done(f) => {
-            let g = &f.generation;
-            out.extend(text_frames(meta, st, &g.tail));
-            let called = match &mut st.tools {
-                Some(tools) => {
-                    out.extend(tools.finish().into_iter().map(|d| meta.delta_chunk(d)));
-                    tools.called()
-                }
-                None => false,
-            };
-            let reason = finish_with_calls(g.finish_reason, called);
-            out.push(data(
-                &meta.envelope(vec![meta.choice(None, Some(reason), true)], true),
-            ));
+            out.extend(last_frames(meta, i, st, &f));
+            all.finished.push(*f);
+            if all.finished.len() < all.choices.len() {
+                return (out, false);
+            }
             if meta.include_usage {
                 let mut u = meta.envelope(Vec::new(), true);
-                u["usage"] = usage(&f);
+                u["usage"] = usage(&all.finished);
                 out.push(data(&u));
             }
         }
@@ -218,8 +256,29 @@ fn frames(meta: &Meta, ev: EngineEvent, st: &mut StreamState) -> (Vec<Bytes>, bo
     (out, true)
 }
 
-/// Generated text as chunks: as it is, or through the tool-call parser.
-fn text_frames(meta: &Meta, st: &mut StreamState, text: &str) -> Vec<Bytes> {
+/// A finished choice's last frames: its held-back text and calls, then its `finish_reason`.
+fn last_frames(meta: &Meta, i: usize, st: &mut ChoiceState, f: &Finished) -> Vec<Bytes> {
+    let g = &f.generation;
+    let mut out = text_frames(meta, i, st, &g.tail);
+    let called = match &mut st.tools {
+        Some(tools) => {
+            out.extend(tools.finish().into_iter().map(|d| meta.delta_chunk(i, d)));
+            tools.called()
+        }
+        None => false,
+    };
+    let reason = finish_with_calls(g.finish_reason, called);
+    let mut last = meta.choice(i, None, Some(reason), true);
+    if let Some(p) = &mut st.logprobs {
+        last["logprobs"] = p.take(meta.route);
+    }
+    out.push(data(&meta.envelope(vec![last], true)));
+    out
+}
+
+/// Generated text as chunks: as it is (with the log-probabilities of the tokens it completes), or
+/// through the tool-call parser (log-probabilities then wait for the last chunk).
+fn text_frames(meta: &Meta, i: usize, st: &mut ChoiceState, text: &str) -> Vec<Bytes> {
     if text.is_empty() {
         return Vec::new();
     }
@@ -227,27 +286,38 @@ fn text_frames(meta: &Meta, st: &mut StreamState, text: &str) -> Vec<Bytes> {
         Some(tools) => tools
             .feed(text)
             .into_iter()
-            .map(|d| meta.delta_chunk(d))
+            .map(|d| meta.delta_chunk(i, d))
             .collect(),
-        None => vec![data(
-            &meta.envelope(vec![meta.choice(Some(text), None, true)], true),
-        )],
+        None => {
+            let mut c = meta.choice(i, Some(text), None, true);
+            if let Some(p) = &mut st.logprobs {
+                c["logprobs"] = p.take(meta.route);
+            }
+            vec![data(&meta.envelope(vec![c], true))]
+        }
     }
 }
 
 fn stream_response(meta: Meta, mut events: Events) -> Response<ResBody> {
     let (tx, resp) = sse();
     tokio::spawn(async move {
+        let choices = (0..events.jobs())
+            .map(|_| ChoiceState {
+                tools: meta.tools.clone().map(ToolDeltas::new),
+                logprobs: meta.logprobs.then(Pending::default),
+            })
+            .collect();
         let mut st = StreamState {
-            tools: meta.tools.clone().map(ToolDeltas::new),
+            choices,
+            finished: Vec::new(),
         };
         loop {
-            let ev = match next_or_ping(&mut events, &tx).await {
-                Next::Event(ev) => ev,
+            let (i, ev) = match next_or_ping(&mut events, &tx).await {
+                Next::Event(i, ev) => (i, ev),
                 Next::EngineGone => break,
                 Next::ClientGone => return,
             };
-            let (out, last) = frames(&meta, ev, &mut st);
+            let (out, last) = frames(&meta, i, ev, &mut st);
             for f in out {
                 if tx.send(f).await.is_err() {
                     return;

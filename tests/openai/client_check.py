@@ -13,6 +13,81 @@ def check(cond, what):
         sys.exit(1)
 
 
+def check_greedy_entry(token, logprob, top, n):
+    """A greedy token's log-probability: at most 0, and the token is the first of `top` (n
+    (token, logprob) pairs, most probable first)."""
+    check(logprob <= 0, f"logprob {logprob} > 0")
+    check(len(top) == n, f"{len(top)} alternatives, asked {n}")
+    check(top[0] == (token, logprob), f"greedy {token!r} {logprob} is not the top: {top}")
+    check(all(a[1] >= b[1] for a, b in zip(top, top[1:])), f"alternatives not ordered: {top}")
+
+
+def check_logprobs(client, model, messages):
+    args = dict(model=model, messages=messages, max_completion_tokens=6, temperature=0, seed=3,
+                logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**args)
+    content = whole.choices[0].logprobs.content
+    check(len(content) == whole.usage.completion_tokens, f"{len(content)} logprobs entries")
+    text = bytes(b for e in content for b in e.bytes).decode("utf-8", "replace")
+    check(text == whole.choices[0].message.content, f"tokens {text!r} vs text")
+    for e in content:
+        top = [(t.token, t.logprob) for t in e.top_logprobs]
+        check_greedy_entry(e.token, e.logprob, top, 3)
+    streamed = []
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            streamed += c.logprobs.content if c.logprobs and c.logprobs.content else []
+    check([(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content],
+          "streamed logprobs differ from the whole answer's")
+
+    comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=5,
+                                     temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    check(len(lp.tokens) == comp.usage.completion_tokens == len(lp.token_logprobs), f"{lp}")
+    check(lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), f"{lp.text_offset}")
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        ranked = sorted(top.items(), key=lambda kv: -kv[1])
+        check(len(top) <= 2 and ranked[0][1] == logprob and logprob <= 0, f"{token!r}: {top}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, logprobs=True,
+                                       top_logprobs=21)
+        check(False, "top_logprobs=21 was accepted")
+    except openai.BadRequestError as e:
+        check(e.param == "top_logprobs", f"top_logprobs: {e.body}")
+
+
+def check_n(client, model, messages):
+    args = dict(model=model, messages=messages, max_completion_tokens=8, temperature=1.0, seed=11,
+                n=3)
+    first = client.chat.completions.create(**args)
+    again = client.chat.completions.create(**args)
+    check([c.index for c in first.choices] == [0, 1, 2], f"indices {first.choices}")
+    texts = [c.message.content for c in first.choices]
+    check(texts == [c.message.content for c in again.choices], f"n=3 not reproducible: {texts}")
+    check(len(set(texts)) > 1, f"three choices, one text: {texts}")
+    u = first.usage
+    check(u.total_tokens == u.prompt_tokens + u.completion_tokens, f"usage {u}")
+    single = client.chat.completions.create(**{**args, "n": 1})
+    check(u.prompt_tokens == single.usage.prompt_tokens, f"prompt counted once: {u}")
+    check(single.choices[0].message.content == texts[0], "choice 0 draws with the seed itself")
+    streamed, usage = ["", "", ""], None
+    for chunk in client.chat.completions.create(**args, stream=True,
+                                                 stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    check(streamed == texts, f"streamed {streamed} vs whole {texts}")
+    check(usage.completion_tokens == u.completion_tokens, f"streamed usage {usage}")
+    comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=4, n=2,
+                                     seed=5)
+    check(sorted(c.index for c in comp.choices) == [0, 1], f"{comp}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, n=17)
+        check(False, "n=17 was accepted")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == "n", f"n=17: {e.status_code} {e.param} {e.body}")
+
+
 def main(base_url, api_key):
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     models = client.models.list().data
@@ -55,16 +130,8 @@ def main(base_url, api_key):
     check(comp.object == "text_completion" and isinstance(comp.choices[0].text, str), f"{comp}")
     check(comp.usage.completion_tokens <= 6, f"{comp.usage}")
 
-    try:
-        client.chat.completions.create(model=model, messages=messages, n=2)
-        check(False, "n=2 was accepted")
-    except openai.BadRequestError as e:
-        check(e.status_code == 400 and e.param == "n", f"n=2: {e.status_code} {e.param} {e.body}")
-    try:
-        client.chat.completions.create(model=model, messages=messages, logprobs=True)
-        check(False, "logprobs was accepted")
-    except openai.BadRequestError as e:
-        check(e.param == "logprobs", f"logprobs: {e.body}")
+    check_n(client, model, messages)
+    check_logprobs(client, model, messages)
 
     stranger = OpenAI(base_url=base_url, api_key=api_key + "-wrong", max_retries=0, timeout=120)
     try:
