@@ -56,6 +56,18 @@ def check_logprobs(client, model, messages):
         check(e.param == "top_logprobs", f"top_logprobs: {e.body}")
 
 
+def check_stop(client, model, messages, full):
+    """A stop string from the greedy answer cuts it there, finish_reason "stop"."""
+    if len(full) < 3:
+        return
+    stop = full[1:3]
+    cut = client.chat.completions.create(model=model, messages=messages, max_completion_tokens=8,
+                                         temperature=0, seed=3, stop=[stop])
+    c = cut.choices[0]
+    check((c.message.content or "") == full[:full.index(stop)] and c.finish_reason == "stop",
+          f"stop {stop!r}: {c.message.content!r} ({c.finish_reason}) from {full!r}")
+
+
 def check_n(client, model, messages):
     args = dict(model=model, messages=messages, max_completion_tokens=8, temperature=1.0, seed=11,
                 n=3)
@@ -129,6 +141,14 @@ def main(base_url, api_key):
     comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, seed=1)
     check(comp.object == "text_completion" and isinstance(comp.choices[0].text, str), f"{comp}")
     check(comp.usage.completion_tokens <= 6, f"{comp.usage}")
+
+    check_stop(client, model, messages, choice.message.content)
+    try:
+        client.chat.completions.create(model=model, messages=messages, max_completion_tokens=1,
+                                       response_format={"type": "json_object"})
+        check(False, "response_format json_object was accepted")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == "response_format", f"unsupported: {e.body}")
 
     check_n(client, model, messages)
     check_logprobs(client, model, messages)
