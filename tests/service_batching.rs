@@ -2,7 +2,8 @@
 //! on how many others share its steps (greedy and seeded, at concurrency 1, 4 and 16), a shared
 //! prefix is served from the cache with the same tokens, a pool far smaller than the demand
 //! preempts and still completes every request, a storm of mixed and abandoned requests leaves
-//! every KV block free, and requests batched at READY return what they return after the load.
+//! every KV block free, requests sent together with one prompt compute it once, and requests
+//! batched at READY return what they return after the load.
 
 mod common;
 #[path = "common/harness.rs"]
@@ -121,6 +122,48 @@ fn a_cached_prefix_gives_the_same_tokens_and_reports_cached_tokens() {
         assert_eq!(token_ids(&hit), token_ids(&cold), "{q}");
     }
     assert!(engine(&with)["kv_blocks_cached"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn requests_sent_together_with_one_prompt_compute_it_once() {
+    // Each step held back 30 ms while another request keeps the engine stepping, so the three
+    // reach the queue together, before any of their prompt is computed.
+    let model = harness::tiny_model();
+    let args = ["--model", model.to_str().unwrap(), "--device", "cpu"];
+    let s = Arc::new(Server::spawn(
+        &args,
+        &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "30")],
+    ));
+    s.wait_ready(Duration::from_secs(30));
+    let busy = {
+        let s = s.clone();
+        let body = json!({"prompt": "Keep the engine busy", "max_tokens": 60, "temperature": 0});
+        std::thread::spawn(move || s.post_json("/generate", &body))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let prompt = "A shared system prompt that is long enough. ".repeat(10);
+    let body = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0});
+    let out = run_all(&s, &[body.clone(), body.clone(), body], 3);
+    assert_eq!(busy.join().unwrap().status, 200);
+    let mut cached: Vec<u64> = out
+        .iter()
+        .map(|r| {
+            r["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    cached.sort_unstable();
+    let prompt_tokens = out[0]["usage"]["prompt_tokens"].as_u64().unwrap();
+    // Every full block of the prompt but the one holding its last token.
+    let all_but_last = (prompt_tokens - 1) / 16 * 16;
+    assert_eq!(cached[0], 0, "one of them computes the prompt: {cached:?}");
+    assert!(
+        cached[1] == all_but_last && cached[2] == all_but_last,
+        "the other two take all its blocks ({prompt_tokens} prompt tokens): {cached:?}"
+    );
+    assert_eq!(token_ids(&out[0]), token_ids(&out[1]));
+    assert_eq!(token_ids(&out[1]), token_ids(&out[2]));
 }
 
 #[test]

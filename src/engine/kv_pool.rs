@@ -67,6 +67,11 @@ impl KvPool {
         }
     }
 
+    /// Whether full blocks are shared between sequences (prefix caching on).
+    pub fn shares(&self) -> bool {
+        self.share
+    }
+
     pub fn block_size(&self) -> usize {
         self.block_size
     }

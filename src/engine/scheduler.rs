@@ -132,6 +132,14 @@ impl Scheduler {
                 break;
             };
             let cached = seq.take_prefix(&mut self.pool);
+            if prefix_in_progress(&self.running, &self.pool, seq, cached) {
+                // Its prompt's next blocks are being computed by a running sequence (the other
+                // choices of an `n` > 1 request, a system prompt shared by requests sent
+                // together): wait for them to reach the cache instead of computing the same
+                // positions again.
+                seq.release(&mut self.pool);
+                break;
+            }
             let total = seq.out.all_tokens().len();
             let missing = seq.blocks_missing(&self.pool, total);
             // One block per running sequence stays free for their decoding.
@@ -167,4 +175,21 @@ impl Scheduler {
         }
         unfit
     }
+}
+
+/// Whether a running sequence is still computing at least one more full block of `seq`'s
+/// tokens than the `cached` positions the prefix cache already gave it.
+fn prefix_in_progress(running: &[Sequence], pool: &KvPool, seq: &Sequence, cached: usize) -> bool {
+    let bs = pool.block_size();
+    if !pool.shares() {
+        return false;
+    }
+    let mine = seq.out.all_tokens();
+    running.iter().any(|r| {
+        let theirs = r.out.all_tokens();
+        let common = mine.iter().zip(theirs).take_while(|(a, b)| a == b).count();
+        // Full blocks only (the last position is always computed by its own sequence).
+        let shareable = (common.min(mine.len().saturating_sub(1)) / bs) * bs;
+        shareable >= cached + bs && r.computed < shareable
+    })
 }
