@@ -91,6 +91,13 @@ struct Held {
 
 fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     job.progress.load_started();
+    start_prefetch(job)?;
+    let (device, copy) = set_up_device(job, held)?;
+    stream_chunks(job, held, &device, copy)
+}
+
+/// Page-cache prefetch in unit order, overlapping context creation on a cold cache.
+fn start_prefetch(job: &CudaLoadJob) -> Result<(), String> {
     let file = job.file.clone();
     let ranges: Vec<(u64, u64)> = job
         .plan
@@ -103,12 +110,16 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
                 .map(|t| (t.offset, t.n_bytes))
         })
         .collect();
-    // Page-cache prefetch in unit order, overlapping context creation on a cold cache.
     std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || ranges.into_iter().for_each(|(at, n)| file.prefetch(at, n)))
         .map_err(|e| format!("cannot start the prefetch thread: {e}"))?;
+    Ok(())
+}
 
+/// The context, the kernels, the arena (refused before anything is copied when it does not fit)
+/// published to the model, and the kernel preload started.
+fn set_up_device(job: &CudaLoadJob, held: &mut Held) -> Result<(Arc<Device>, CopyPlan), String> {
     let t0 = Instant::now();
     let gpu = Gpu::new(job.ordinal)?;
     gpu.bind()?;
@@ -171,7 +182,17 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         device.layout.weights_bytes,
         device.layout.kv_bytes
     );
+    Ok((device, copy))
+}
 
+/// Copy every chunk in unit order through the ring of pinned buffers, each unit's completion
+/// published by its callback; stop early on a failed unit or a shutdown.
+fn stream_chunks(
+    job: &CudaLoadJob,
+    held: &mut Held,
+    device: &Arc<Device>,
+    copy: CopyPlan,
+) -> Result<(), String> {
     let started = Instant::now();
     held.load = Some(Stream::new()?);
     held.ring = (0..RING.min(copy.chunks.len()).max(1))
@@ -209,17 +230,7 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
         let slot = k % ring.len();
         let chunk: &Chunk = &chunks[k];
         let bytes: u64 = chunk.pieces.iter().map(|p| p.src_len).sum();
-        // The throttle paces the copies (what makes units resident), whatever the readers did.
-        if let Some(rate) = rate {
-            let due = Duration::from_secs_f64((total_bytes + bytes) as f64 / rate);
-            // In short naps, so a shutdown is noticed promptly.
-            while let Some(wait) = due.checked_sub(started.elapsed()) {
-                if job.model.is_stopping() {
-                    break;
-                }
-                std::thread::sleep(wait.min(Duration::from_millis(20)));
-            }
-        }
+        throttle(job, rate, total_bytes + bytes, started);
         // A unit found holding NaN or infinity (by its callback) ends the load.
         if let Some(WaitError::Failed(e)) = job.model.residency.wait_error() {
             return Err(e);
@@ -230,51 +241,10 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
             tracing::info!("loading stopped: shutting down");
             return Ok(());
         }
-        for p in &chunk.pieces {
-            let base = if p.route == Route::Dequant {
-                stage.ptr
-            } else {
-                device.arena.ptr
-            };
-            unsafe {
-                copy_htod(
-                    base + p.dst_off as u64,
-                    ring[slot].ptr.add(p.slot_off),
-                    p.staged_len,
-                    load,
-                )?
-            };
-            if p.route != Route::Dequant {
-                finite.piece(&device.kernels, load, device.arena.ptr, p)?;
-            }
-        }
+        copy_pieces(device, chunk, ring[slot].ptr, load, stage, finite)?;
         total_bytes += bytes;
         ring_events[slot].record(load)?;
-        for a in &chunk.after {
-            match *a {
-                After::Dequant {
-                    ty,
-                    n,
-                    dst_off,
-                    ref name,
-                } => {
-                    let dst = device.arena.ptr + dst_off as u64;
-                    device.kernels.dequant(load, ty, stage.ptr, dst, n)?;
-                    finite.dequantized(&device.kernels, load, dst, n, name)?;
-                }
-                After::UnitDone { slot } => {
-                    let open = job.model.gates_open.load(Ordering::Acquire);
-                    finite.publish(load)?;
-                    let landed = Landed {
-                        residency: job.model.residency.clone(),
-                        progress: job.progress.clone(),
-                        slot,
-                        verdict: finite.verdict(),
-                    };
-                    unit_done(&device, load, open, landed)?
-                }
-            }
-        }
+        after_chunk(job, device, chunk, load, stage, finite)?;
         let next = k + ahead;
         if next < n {
             // The buffer is reused only once the copy that last read it is done.
@@ -293,10 +263,91 @@ fn run(job: &CudaLoadJob, held: &mut Held) -> Result<(), String> {
     tracing::info!(
         "fully resident in {:.0} ms: {} units, {:.1} MB at {:.0} MB/s",
         job.progress.snapshot().resident_ms.unwrap_or(0.0),
-        n_units,
+        job.plan.units.len(),
         total_bytes as f64 / 1e6,
         total_bytes as f64 / 1e6 / secs.max(1e-9)
     );
+    Ok(())
+}
+
+/// Under `--load-bandwidth-limit` (`rate` bytes/s): wait until `bytes` are due since `started`,
+/// in short naps so a shutdown is noticed promptly.
+fn throttle(job: &CudaLoadJob, rate: Option<f64>, bytes: u64, started: Instant) {
+    let Some(rate) = rate else { return };
+    let due = Duration::from_secs_f64(bytes as f64 / rate);
+    while let Some(wait) = due.checked_sub(started.elapsed()) {
+        if job.model.is_stopping() {
+            break;
+        }
+        std::thread::sleep(wait.min(Duration::from_millis(20)));
+    }
+}
+
+/// Issue a chunk's copies from its pinned buffer `src` (weights straight into the arena, with
+/// their NaN/infinity check; quantized ones to the staging buffer).
+fn copy_pieces(
+    device: &Device,
+    chunk: &Chunk,
+    src: *mut u8,
+    load: &Stream,
+    stage: &DevBuf,
+    finite: &FiniteCheck,
+) -> Result<(), String> {
+    for p in &chunk.pieces {
+        let base = if p.route == Route::Dequant {
+            stage.ptr
+        } else {
+            device.arena.ptr
+        };
+        unsafe {
+            copy_htod(
+                base + p.dst_off as u64,
+                src.add(p.slot_off),
+                p.staged_len,
+                load,
+            )?
+        };
+        if p.route != Route::Dequant {
+            finite.piece(&device.kernels, load, device.arena.ptr, p)?;
+        }
+    }
+    Ok(())
+}
+
+/// What follows a chunk's copies: device dequantization, and each unit it completes.
+fn after_chunk(
+    job: &CudaLoadJob,
+    device: &Device,
+    chunk: &Chunk,
+    load: &Stream,
+    stage: &DevBuf,
+    finite: &FiniteCheck,
+) -> Result<(), String> {
+    for a in &chunk.after {
+        match *a {
+            After::Dequant {
+                ty,
+                n,
+                dst_off,
+                ref name,
+            } => {
+                let dst = device.arena.ptr + dst_off as u64;
+                device.kernels.dequant(load, ty, stage.ptr, dst, n)?;
+                finite.dequantized(&device.kernels, load, dst, n, name)?;
+            }
+            After::UnitDone { slot } => {
+                let open = job.model.gates_open.load(Ordering::Acquire);
+                finite.publish(load)?;
+                let landed = Landed {
+                    residency: job.model.residency.clone(),
+                    progress: job.progress.clone(),
+                    slot,
+                    verdict: finite.verdict(),
+                };
+                unit_done(device, load, open, landed)?
+            }
+        }
+    }
     Ok(())
 }
 
