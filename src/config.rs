@@ -58,13 +58,15 @@ pub struct ServeArgs {
     /// Requests that may wait for the engine; more get 429.
     #[arg(long, env = "LAYERSTREAM_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
-    /// Sequences decoded together in one step (continuous batching).
-    #[arg(long, env = "LAYERSTREAM_MAX_NUM_SEQS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_num_seqs: u32,
+    /// Sequences decoded together in one step (continuous batching) [default: 16 on the CPU,
+    /// 128 on a GPU].
+    #[arg(long, env = "LAYERSTREAM_MAX_NUM_SEQS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_num_seqs: Option<u32>,
     /// Tokens one step may evaluate (decode tokens plus prompt chunks); a long prompt is computed
     /// in chunks of at most this many tokens.
-    #[arg(long, env = "LAYERSTREAM_MAX_BATCH_TOKENS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub max_batch_tokens: u32,
+    /// [default: 128 on the CPU, 512 on a GPU]
+    #[arg(long, env = "LAYERSTREAM_MAX_BATCH_TOKENS", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_batch_tokens: Option<u32>,
     /// KV cache pool capacity in tokens, shared by every sequence (default: 1,024 per sequence,
     /// at least the context size). Reserved before READY.
     #[arg(long, env = "LAYERSTREAM_KV_CACHE_TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
@@ -201,16 +203,18 @@ impl ServeArgs {
         self.api_key.clone().or_else(|| self.api_key_file.clone())
     }
 
-    /// The batching the engine asks of the backend, for a context of `ctx` positions.
-    pub fn batch_request(&self, ctx: usize) -> crate::backend::step::BatchRequest {
-        let max_seqs = self.max_num_seqs as usize;
+    /// The batching the engine asks of the backend, for a context of `ctx` positions, on a GPU
+    /// or not (the defaults differ: a GPU step of 128 sequences costs about what one of 16 does).
+    pub fn batch_request(&self, ctx: usize, gpu: bool) -> crate::backend::step::BatchRequest {
+        let (seqs, tokens) = if gpu { (128, 512) } else { (16, 128) };
+        let max_seqs = self.max_num_seqs.unwrap_or(seqs) as usize;
         let kv_tokens = self
             .kv_cache_tokens
             .map_or(max_seqs * 1024, |t| t as usize)
             .max(ctx);
         crate::backend::step::BatchRequest {
             max_seqs,
-            max_batch_tokens: self.max_batch_tokens as usize,
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens) as usize,
             kv_tokens,
             block_size: crate::engine::BLOCK_SIZE,
             ctx,

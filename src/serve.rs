@@ -120,7 +120,7 @@ fn start(args: ServeArgs, started: Instant, callbacks: Option<Callbacks>) -> Res
     tracing::info!(model = %path.display(), layers = spec.hp.n_layer, bytes = plan.total_bytes(), ctx, "loading");
     let model = start_backend(&args, &file, &spec, plan, &progress, ctx)?;
     let engine_opts = EngineOptions {
-        batch: args.batch_request(ctx),
+        batch: args.batch_request(ctx, model.name() == "cuda"),
         max_queue: args.max_queue,
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
     };
