@@ -253,7 +253,11 @@ impl Decoding {
             RowResult::NonFinite => Some(Err(GenerationError::NonFinite)),
             // A device's answer carries no log-probabilities: only the whole row will do.
             _ if self.logprobs.is_some() => None,
-            RowResult::Token(id) => Some(self.accept(tok, *id, None)),
+            RowResult::Token(id) => {
+                // The device drew with the number `want` took (or took the argmax).
+                self.sampler.forget_drawn();
+                Some(self.accept(tok, *id, None))
+            }
             RowResult::Head(h) => {
                 let id = self.sampler.sample_head(h, vocab)?;
                 Some(self.accept(tok, id, None))

@@ -79,6 +79,9 @@ pub struct Sampler {
     rng: Rng,
     cand: Vec<(f32, u32)>,
     seen: Vec<u32>,
+    /// The uniform number `want` drew for a draw over the whole row: the draw uses it whether
+    /// the device makes it or the whole row comes back (one number per token either way).
+    drawn: Option<f64>,
 }
 
 const FIRST_HEAD: usize = 256;
@@ -119,6 +122,7 @@ impl Sampler {
             rng,
             cand: Vec::new(),
             seen: Vec::new(),
+            drawn: None,
         }
     }
 
@@ -161,12 +165,16 @@ impl Sampler {
             return RowWant::Full;
         }
         if !top_k_path && p.top_p >= 1.0 && p.min_p <= 0.0 {
-            return RowWant::Draw {
-                inv_t,
-                u: self.rng.next_f64() as f32,
-            };
+            let u = self.rng.next_f64();
+            self.drawn = Some(u);
+            return RowWant::Draw { inv_t, u: u as f32 };
         }
         RowWant::Head { inv_t }
+    }
+
+    /// The token was chosen on the device (with the number `want` drew, if any).
+    pub fn forget_drawn(&mut self) {
+        self.drawn = None;
     }
 
     /// Sample from a row's head as `sample` would from the whole row; None when the head does
@@ -361,7 +369,7 @@ impl Sampler {
     /// Nothing truncated (no top-k, top-p or min-p): draw from the whole distribution, walking
     /// the ids in order (no sorting needed). `total` is the sum of `probs`.
     fn draw_untruncated(&mut self, probs: &[f32], total: f64) -> u32 {
-        let u = self.rng.next_f64() * total;
+        let u = self.drawn.take().unwrap_or_else(|| self.rng.next_f64()) * total;
         let mut acc = 0f64;
         let mut last = 0;
         for (i, &p) in probs.iter().enumerate() {
@@ -670,6 +678,22 @@ mod tests {
             }
         }
         assert!(heads >= 200 && draws >= 50, "heads {heads}, draws {draws}");
+    }
+
+    #[test]
+    fn a_whole_row_after_a_draw_want_draws_what_sample_alone_draws() {
+        let mut rng = Rng::new(9);
+        let l: Vec<f32> = (0..3000).map(|_| rng.normal() * 2.0).collect();
+        let p = params(0.9, 0, 1.0, 0.0, 11);
+        let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
+        for _ in 0..40 {
+            assert!(matches!(a.want(l.len()), RowWant::Draw { .. }));
+            // A backend that answers with whole rows (the CPU): one number per token either way.
+            assert_eq!(
+                a.sample(&mut l.clone(), History::EMPTY),
+                b.sample(&mut l.clone(), History::EMPTY)
+            );
+        }
     }
 
     #[test]

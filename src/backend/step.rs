@@ -21,6 +21,13 @@ pub struct SeqStep<'a> {
     pub logits: bool,
 }
 
+/// The pool row holding position `pos` of a sequence whose blocks are `blocks` (`block_size`
+/// positions each).
+#[inline]
+pub fn pool_row(blocks: &[u32], pos: usize, block_size: usize) -> usize {
+    blocks[pos / block_size] as usize * block_size + pos % block_size
+}
+
 /// What one step evaluates.
 #[derive(Clone, Debug)]
 pub struct StepBatch<'a> {

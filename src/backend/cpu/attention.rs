@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::ops::softmax;
 use super::simd::WeightElem;
-use crate::backend::step::KvGeometry;
+use crate::backend::step::{pool_row, KvGeometry};
 
 /// K and V of every layer for a pool of blocks: `[layer][block][slot][kv_dim]`, F32.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl PagedKv {
 
     fn offset(&self, blocks: &[u32], pos: usize) -> usize {
         let bs = self.geometry.block_size;
-        (blocks[pos / bs] as usize * bs + pos % bs) * self.kv_dim
+        pool_row(blocks, pos, bs) * self.kv_dim
     }
 
     /// Store one position's K and V (`kv_dim` each) of `layer`.
@@ -92,7 +92,7 @@ pub fn paged_attention(
         let qh = &q[i * hd..(i + 1) * hd];
         let len = row.pos + 1;
         // Offset of position p's head-g vector in the layer's pool.
-        let at = |p: usize| (row.blocks[p / bs] as usize * bs + p % bs) * kv_dim + g * hd;
+        let at = |p: usize| pool_row(row.blocks, p, bs) * kv_dim + g * hd;
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             scores.clear();

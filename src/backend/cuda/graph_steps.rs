@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 
-use super::kernels::RowsAt;
+use super::kernels::{row_mode, RowsAt};
 use super::res::Graph;
-use crate::backend::step::{RowWant, StepBatch};
+use crate::backend::step::{pool_row, RowWant, StepBatch};
 
 /// Batch sizes with a graph of their own (a step of n rows takes the smallest that holds it).
 const BUCKETS: [usize; 14] = [2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512];
@@ -77,7 +77,7 @@ impl Fixed {
                 Some(s) => {
                     let used = (s.pos + 1).div_ceil(bs);
                     buf[tab..tab + used].copy_from_slice(&s.blocks[..used]);
-                    let slot = s.blocks[s.pos / bs] * bs as u32 + (s.pos % bs) as u32;
+                    let slot = pool_row(s.blocks, s.pos, bs) as u32;
                     (batch.tokens[s.rows.start], s.pos as u32, slot)
                 }
                 None => {
@@ -85,11 +85,7 @@ impl Fixed {
                     (0, 0, trash * bs as u32)
                 }
             };
-            let (mode, inv_t, u) = match wants.get(i).copied().unwrap_or(RowWant::Full) {
-                RowWant::Full | RowWant::Argmax => (0, 0.0, 0.0),
-                RowWant::Draw { inv_t, u } => (1, inv_t, u),
-                RowWant::Head { inv_t } => (2, inv_t, 0.0f32),
-            };
+            let (mode, inv_t, u) = row_mode(wants.get(i).copied().unwrap_or(RowWant::Full));
             buf[i] = id;
             buf[b + i] = pos;
             buf[2 * b + i] = slot;

@@ -607,6 +607,17 @@ impl Kernels {
     }
 }
 
+/// `logits_rows`'s (mode, 1/temperature, uniform) for a row that wants `w`: 0 argmax only (also
+/// for a row read whole), 1 a draw, 2 the head.
+pub fn row_mode(w: crate::sampler::RowWant) -> (u32, f32, f32) {
+    use crate::sampler::RowWant;
+    match w {
+        RowWant::Full | RowWant::Argmax => (0, 0.0, 0.0),
+        RowWant::Draw { inv_t, u } => (1, inv_t, u),
+        RowWant::Head { inv_t } => (2, inv_t, 0.0),
+    }
+}
+
 /// Candidates `logits_rows` returns per row in head mode (`HEAD_K` in sample.cu).
 pub const HEAD_K: usize = 256;
 /// u32 words per row of `logits_rows`'s output.

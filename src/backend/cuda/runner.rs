@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
 use super::graph_steps::{Fixed, Graphs};
-use super::kernels::HEAD_ROW_WORDS;
-use super::kernels::{Paged, RowsAt};
+use super::kernels::{row_mode, Paged, RowsAt, HEAD_ROW_WORDS};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
 use super::res::capture_on;
@@ -19,7 +18,8 @@ use super::res::{wait_done, Graph, Res};
 use super::step_timing::StepTiming;
 use super::CudaModel;
 use crate::backend::step::{
-    BatchLimits, KvGeometry, LogitHead, RowResult, RowWant, StepBatch, StepOut, StepRunner,
+    pool_row, BatchLimits, KvGeometry, LogitHead, RowResult, RowWant, StepBatch, StepOut,
+    StepRunner,
 };
 use crate::backend::BackendError;
 
@@ -28,7 +28,7 @@ pub struct CudaRunner {
     res: Option<Res>,
     /// The KV pool; `kv` points into it.
     _pool: DevBuf,
-    kv: KvPlace,
+    kv: Arc<KvPlace>,
     geo: KvGeometry,
     /// Rows and sequences a step may hold; block-table entries a sequence may hold.
     max_rows: usize,
@@ -84,14 +84,14 @@ impl CudaRunner {
         // One block more than the engine's: the padded rows of a replayed step write there.
         let layer_bytes = (geo.num_blocks + 1) * geo.block_size * hp.kv_dim() * 2;
         let pool = DevBuf::alloc(layer_bytes * 2 * hp.n_layer).map_err(e)?;
-        let kv = KvPlace {
+        let kv = Arc::new(KvPlace {
             layers: (0..hp.n_layer)
                 .map(|l| {
                     let k = pool.ptr + (2 * l * layer_bytes) as u64;
                     (k, k + layer_bytes as u64)
                 })
                 .collect(),
-        };
+        });
         let (max_rows, max_seqs) = (limits.max_batch_tokens, limits.max_seqs);
         let max_blocks = limits.ctx.div_ceil(geo.block_size);
         let ints = 4 * max_rows + 4 * max_seqs + max_seqs * max_blocks;
@@ -145,7 +145,7 @@ impl CudaRunner {
             for (j, r) in s.rows.clone().enumerate() {
                 let pos = s.pos + j;
                 buf[n + r] = pos as u32;
-                buf[2 * n + r] = s.blocks[pos / bs] * bs as u32 + (pos % bs) as u32;
+                buf[2 * n + r] = pool_row(s.blocks, pos, bs) as u32;
                 buf[3 * n + r] = (t - tables0) as u32;
             }
             if s.logits {
@@ -157,11 +157,7 @@ impl CudaRunner {
             t += used;
         }
         for (j, w) in wants.iter().enumerate().take(m) {
-            let (mode, inv_t, u) = match *w {
-                RowWant::Full | RowWant::Argmax => (0, 0.0, 0.0),
-                RowWant::Draw { inv_t, u } => (1, inv_t, u),
-                RowWant::Head { inv_t } => (2, inv_t, 0.0),
-            };
+            let (mode, inv_t, u) = row_mode(*w);
             buf[4 * n + m + j] = mode;
             buf[4 * n + 2 * m + j] = f32::to_bits(inv_t);
             buf[4 * n + 3 * m + j] = f32::to_bits(u);
@@ -435,7 +431,7 @@ impl CudaRunner {
         let ran = match batch.seqs {
             [s] if s.rows.len() == 1 && s.logits && !self.invariant => {
                 let bs = self.geo.block_size;
-                let slot = s.blocks[s.pos / bs] as usize * bs + s.pos % bs;
+                let slot = pool_row(s.blocks, s.pos, bs);
                 let pg = Paged {
                     table: dev.ptr(dev.layout.scratch.table),
                     bs,
