@@ -161,6 +161,8 @@ pub struct Decoding {
     seed: u64,
     /// Alternatives to report per token, when log-probabilities were asked for.
     logprobs: Option<usize>,
+    /// Generate past EOS (it is counted, adds no text).
+    ignore_eos: bool,
     reported: Vec<TokenLogprob>,
     /// The penalized row, kept while a draw rewrites it (for the drawn token's log-probability).
     row: Vec<f32>,
@@ -184,6 +186,7 @@ impl Decoding {
             max_tokens: req.max_tokens,
             seed: req.sampling.seed,
             logprobs: req.logprobs,
+            ignore_eos: req.ignore_eos,
             reported: Vec::new(),
             row: Vec::new(),
         }
@@ -273,17 +276,21 @@ impl Decoding {
         id: u32,
         logprobs: Option<TokenLogprob>,
     ) -> Result<Advance, GenerationError> {
-        if tok.eos_ids().contains(&id) {
+        let eos = tok.eos_ids().contains(&id);
+        if eos && !self.ignore_eos {
             return Ok(Advance {
                 event: None,
                 finish: Some(FinishReason::Stop),
             });
         }
         self.history.push(id);
-        let piece = self
-            .decoder
-            .push(tok, id)
-            .map_err(|e| GenerationError::Tokenize(e.to_string()))?;
+        let piece = if eos {
+            String::new()
+        } else {
+            self.decoder
+                .push(tok, id)
+                .map_err(|e| GenerationError::Tokenize(e.to_string()))?
+        };
         let (text, stopped) = self.stops.push(&piece);
         if let Some(lp) = &logprobs {
             self.reported.push(lp.clone());

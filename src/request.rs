@@ -16,7 +16,7 @@ pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// Most `logit_bias` entries a request may give.
 pub const MAX_LOGIT_BIAS: usize = 1024;
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "prompt",
     "messages",
     "max_tokens",
@@ -31,6 +31,7 @@ const FIELDS: [&str; 14] = [
     "seed",
     "stop",
     "stream",
+    "ignore_eos",
 ];
 
 /// A seed for requests that don't give one: nanoseconds of the wall clock, kept to 53 bits so that
@@ -128,6 +129,9 @@ pub struct ValidRequest {
     /// Report each generated token's log-probability and this many alternatives (at most
     /// `logprobs::MAX_TOP_LOGPROBS`); set by the OpenAI layer, `None` for `/generate`.
     pub logprobs: Option<usize>,
+    /// Keep generating past an end-of-sequence token (vLLM's and llama-server's `ignore_eos`):
+    /// the token is counted but adds no text; stop strings and `max_tokens` still end the request.
+    pub ignore_eos: bool,
 }
 
 /// Limits that depend on the running model and configuration.
@@ -190,6 +194,11 @@ impl ValidRequest {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(err("stream", "stream must be a boolean")),
         };
+        let ignore_eos = match obj.get("ignore_eos") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(err("ignore_eos", "ignore_eos must be a boolean")),
+        };
         Ok(ValidRequest {
             input,
             max_tokens: max_tokens.map_or(DEFAULT_MAX_TOKENS, |n| n as usize),
@@ -199,6 +208,7 @@ impl ValidRequest {
             stream,
             tools: None,
             logprobs: None,
+            ignore_eos,
         })
     }
 

@@ -37,7 +37,7 @@ pub struct OpenAiRequest {
 pub const MAX_N: u64 = 16;
 
 /// Accepted and honoured (or accepted and without effect: `user`).
-const COMMON: [&str; 18] = [
+const COMMON: [&str; 19] = [
     "model",
     "max_tokens",
     "temperature",
@@ -56,6 +56,7 @@ const COMMON: [&str; 18] = [
     "min_p",
     "repetition_penalty",
     "response_format",
+    "ignore_eos",
 ];
 const CHAT_ONLY: [&str; 5] = [
     "messages",
@@ -131,7 +132,8 @@ pub fn parse(
         let v = obj.get(k).filter(|v| !v.is_null()).cloned().unwrap_or(d);
         ours.insert(k.into(), v);
     }
-    const PASSED: [&str; 7] = [
+    const PASSED: [&str; 8] = [
+        "ignore_eos",
         "stop",
         "seed",
         "stream",
