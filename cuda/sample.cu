@@ -9,7 +9,11 @@
 //                 in order first exceeds u[row] * sum(p) (the last id with p > 0 when rounding
 //                 leaves u * sum at the top), and sum(p);
 //     2 (head):   sum(p), and the HEAD_K largest logits sorted descending (ties: lower id first),
-//                 found exactly by a radix select over the logits' order-preserving keys.
+//                 found exactly: the candidates are the logits in the fewest top bins of a
+//                 histogram of (max - logit) that hold HEAD_K of them (one pass, few atomics on
+//                 one address, since the bins spread the bulk of the vocabulary); when those are
+//                 more than CAND_CAP, or fewer than HEAD_K logits lie within the histogram's
+//                 range, a radix select over the logits' order-preserving keys finds them.
 //   Output per row: 8 words [status, argmax, drawn, n_cand, max, total, 0, 0] then HEAD_K pairs
 //   (logit, id).
 #include <math_constants.h>
@@ -17,6 +21,9 @@
 
 #define HEAD_K 256
 #define CAND_CAP 512
+// The fast head's histogram: FAST_BINS bins of 1/FAST_SCALE of a logit below the max.
+#define FAST_BINS 2048
+#define FAST_SCALE 64.0f
 #define ROW_WORDS (8 + 2 * HEAD_K)
 
 // Order-preserving key of a float (larger float, larger key; -inf smallest of the non-NaN).
@@ -124,6 +131,74 @@ __device__ void sort_candidates(float* cv, unsigned* ci) {
     }
 }
 
+// The fast head's bin of logit `v` (row max `mx`), -1 below the histogram's range.
+__device__ __forceinline__ int fast_bin(float v, float mx) {
+    const float d = (mx - v) * FAST_SCALE;
+    return d < (float)FAST_BINS ? (int)d : -1;
+}
+
+// Exclusive prefix sum over the block of one unsigned per thread (in thread order).
+__device__ __forceinline__ unsigned block_exclusive_scan_u(unsigned x) {
+    __shared__ unsigned warp_tot[32];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    unsigned incl = x;
+    for (int o = 1; o < WARP; o <<= 1) {
+        const unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    __syncthreads();
+    if (lane == WARP - 1) warp_tot[warp] = incl;
+    __syncthreads();
+    unsigned before = 0;
+    for (int w = 0; w < warp; w++) before += warp_tot[w];
+    return before + incl - x;
+}
+
+// The fast head's candidates into cv/ci: every logit in the fewest top bins holding `want`.
+// Returns how many were taken, or 0 when they would be more than CAND_CAP or fewer than `want`
+// lie in the histogram (the caller then selects by radix).
+__device__ unsigned fast_candidates(const float* l, int n_text, float mx, unsigned want,
+                                    float* cv, unsigned* ci) {
+    __shared__ unsigned fh[FAST_BINS];
+    __shared__ int s_last;
+    __shared__ unsigned s_taken, s_n;
+    for (int b = threadIdx.x; b < FAST_BINS; b += blockDim.x) fh[b] = 0;
+    if (threadIdx.x == 0) { s_last = -1; s_taken = 0; s_n = 0; }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_text; i += blockDim.x) {
+        const int b = fast_bin(l[i], mx);
+        if (b >= 0) atomicAdd(&fh[b], 1u);
+    }
+    __syncthreads();
+    // Each thread owns FAST_BINS / blockDim.x consecutive bins (from the top).
+    const int per = FAST_BINS / blockDim.x, b0 = threadIdx.x * per;
+    unsigned mine = 0;
+    for (int b = b0; b < b0 + per; b++) mine += fh[b];
+    unsigned cum = block_exclusive_scan_u(mine);
+    if (cum < want && cum + mine >= want) {
+        for (int b = b0; b < b0 + per; b++) {
+            cum += fh[b];
+            if (cum >= want) { s_last = b; s_taken = cum; break; }
+        }
+    }
+    __syncthreads();
+    const int last = s_last;
+    const unsigned taken = s_taken;
+    if (last < 0 || taken > CAND_CAP) return 0;
+    for (int i = threadIdx.x; i < CAND_CAP; i += blockDim.x) { cv[i] = -CUDART_INF_F; ci[i] = 0xffffffffu; }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_text; i += blockDim.x) {
+        const int b = fast_bin(l[i], mx);
+        if (b >= 0 && b <= last) {
+            const unsigned at = atomicAdd(&s_n, 1u);
+            cv[at] = l[i];
+            ci[at] = i;
+        }
+    }
+    __syncthreads();
+    return taken;
+}
+
 // Mode 2: the sum of p, and the HEAD_K largest logits (radix select on the keys, 8 bits a pass).
 __device__ void head_row(const float* l, int n_text, float mx, float it, unsigned* o) {
     __shared__ unsigned hist[256];
@@ -134,6 +209,19 @@ __device__ void head_row(const float* l, int n_text, float mx, float it, unsigne
     for (int i = threadIdx.x; i < n_text; i += blockDim.x) s += expf((l[i] - mx) * it);
     s = block_sum(s);
     const unsigned want = min(HEAD_K, n_text);
+    if (fast_candidates(l, n_text, mx, want, cv, ci) > 0) {
+        sort_candidates(cv, ci);
+        for (int j = threadIdx.x; j < (int)want; j += blockDim.x) {
+            o[8 + 2 * j] = __float_as_uint(cv[j]);
+            o[8 + 2 * j + 1] = ci[j];
+        }
+        if (threadIdx.x == 0) {
+            o[0] = 0u;
+            o[3] = want;
+            o[5] = __float_as_uint(s);
+        }
+        return;
+    }
     unsigned prefix = 0, pmask = 0, need = want;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;

@@ -4,7 +4,6 @@
 //! decode rows of all three — every row's logits compared, greedy tokens fed from the CPU. Also
 //! measures how far the GPU's logits for one sequence move when other sequences share its steps.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use super::check::Report;
@@ -18,10 +17,10 @@ const BS: usize = 16;
 const TOL: f64 = 3e-2;
 
 /// A sequence of the check: all its tokens so far, how many are in its blocks, its blocks.
-struct Seq {
-    ids: Vec<u32>,
-    done: usize,
-    blocks: Vec<u32>,
+pub(super) struct Seq {
+    pub ids: Vec<u32>,
+    pub done: usize,
+    pub blocks: Vec<u32>,
 }
 
 fn limits(ctx: usize, blocks: usize) -> BatchLimits {
@@ -39,29 +38,29 @@ fn limits(ctx: usize, blocks: usize) -> BatchLimits {
 }
 
 /// The step over `which` sequences' pending tokens; logits for each.
+pub(super) fn batch_of<'a>(seqs: &'a [Seq], which: &[usize]) -> (Vec<u32>, Vec<SeqStep<'a>>) {
+    let mut tokens = Vec::new();
+    let mut steps = Vec::new();
+    for &i in which {
+        let s = &seqs[i];
+        let start = tokens.len();
+        tokens.extend_from_slice(&s.ids[s.done..]);
+        steps.push(SeqStep {
+            rows: start..tokens.len(),
+            pos: s.done,
+            blocks: &s.blocks,
+            logits: true,
+        });
+    }
+    (tokens, steps)
+}
+
 fn step<'a>(
     r: &'a mut dyn StepRunner,
     seqs: &[Seq],
     which: &[usize],
 ) -> Result<&'a mut [f32], String> {
-    let mut tokens = Vec::new();
-    let mut rows: Vec<(Range<usize>, usize)> = Vec::new();
-    for &i in which {
-        let s = &seqs[i];
-        let start = tokens.len();
-        tokens.extend_from_slice(&s.ids[s.done..]);
-        rows.push((start..tokens.len(), s.done));
-    }
-    let steps: Vec<SeqStep> = which
-        .iter()
-        .zip(&rows)
-        .map(|(&i, (rows, pos))| SeqStep {
-            rows: rows.clone(),
-            pos: *pos,
-            blocks: &seqs[i].blocks,
-            logits: true,
-        })
-        .collect();
+    let (tokens, steps) = batch_of(seqs, which);
     let batch = StepBatch {
         tokens: &tokens,
         seqs: &steps,
@@ -72,7 +71,7 @@ fn step<'a>(
 /// Three prompts of different lengths from the first case's ids (repeated as needed).
 fn prompts(ids: &[u32], vocab: usize) -> Vec<Vec<u32>> {
     let mut rng = Rng::new(11);
-    [37usize, 5, 70]
+    PROMPTS
         .iter()
         .map(|&n| {
             (0..n)
@@ -164,6 +163,7 @@ pub(super) fn check_batched(
         ),
     }
     drop(gr);
+    super::check_answers::check_answers(label, cpu, gpu, &lim, &seqs, &schedule, r)?;
     batch_variance(label, gpu, &lim, &seqs, &schedule, &beside, r)
 }
 
@@ -204,7 +204,7 @@ fn compare(c: &[f32], g: &[f32], vocab: usize, step: usize, t: &mut Tally) {
 
 /// Replay the schedule over the sequences' final tokens on `r` (each sequence's prompt first,
 /// then one token a step); returns the first sequence's logits row of each step.
-fn replay(
+pub(super) fn replay(
     r: &mut dyn StepRunner,
     last: &[Seq],
     prompt: &[usize],
@@ -243,6 +243,9 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Prompt lengths of the check's three sequences.
+pub(super) const PROMPTS: [usize; 3] = [37, 5, 70];
+
 /// The first sequence alone on a fresh GPU runner against its rows beside the other two, in
 /// the default mode (measured, not judged) and with `batch_invariant` (must be identical).
 fn batch_variance(
@@ -255,7 +258,7 @@ fn batch_variance(
     r: &mut Report,
 ) -> Result<(), String> {
     let vocab = gpu.hp().vocab;
-    let prompt = [37usize, 5, 70];
+    let prompt = PROMPTS;
     let alone_schedule = vec![vec![0usize]; schedule.len()];
     let run = |lim: &BatchLimits, sched: &[Vec<usize>], seqs: &[Seq]| {
         let mut rn = gpu.clone().new_runner(lim).map_err(|e| e.to_string())?;

@@ -1,5 +1,6 @@
 //! `check-cuda`'s check of the per-row logits kernel (`sample.cu`) against the host: the argmax,
-//! the head of 256 sorted logits and the normaliser, a draw over ids in order, the vocabulary
+//! the head of 256 sorted logits and the normaliser (by the histogram, and by the radix select
+//! for a row spread too wide for the histogram), a draw over ids in order, the vocabulary
 //! cut (ids past `n_text` never chosen), a NaN row flagged, and a row of ties too wide for the
 //! head sent back whole.
 
@@ -18,29 +19,31 @@ pub(super) fn check_logits_rows(
     rng: &mut Rng,
     r: &mut Report,
 ) -> Result<(), String> {
-    // Rows: argmax, head, draw, NaN, all equal (ties beyond the head).
-    let mut l = randn(rng, 5 * VOCAB, 3.0);
+    // Rows: argmax, head, draw, NaN, all equal (ties beyond the head), head of a wide row.
+    let mut l = randn(rng, 6 * VOCAB, 3.0);
     for row in 0..3 {
         // Past the tokenizer's vocabulary: larger than anything, and never chosen.
         l[row * VOCAB + N_TEXT..(row + 1) * VOCAB].fill(1e4);
     }
     l[3 * VOCAB + 777] = f32::NAN;
     l[4 * VOCAB..5 * VOCAB].fill(0.5);
+    // Spread so that fewer than 256 logits lie within 32 of the max.
+    l[5 * VOCAB..].iter_mut().for_each(|v| *v *= 10.0);
     let (modes, inv_t, u) = (
-        [0i32, 2, 1, 2, 2],
-        [0.0f32, 1.25, 1.0, 1.0, 1.0],
-        [0.0f32, 0.0, 0.3, 0.0, 0.0],
+        [0i32, 2, 1, 2, 2, 2],
+        [0.0f32, 1.25, 1.0, 1.0, 1.0, 0.1],
+        [0.0f32, 0.0, 0.3, 0.0, 0.0, 0.0],
     );
     let (lb, mb, tb, ub, ob) = (
         upload(&l)?,
         upload(&modes)?,
         upload(&inv_t)?,
         upload(&u)?,
-        poisoned::<u32>(5 * HEAD_ROW_WORDS)?,
+        poisoned::<u32>(6 * HEAD_ROW_WORDS)?,
     );
-    k.logits_rows(s, lb.ptr, 5, VOCAB, N_TEXT, mb.ptr, tb.ptr, ub.ptr, ob.ptr)?;
+    k.logits_rows(s, lb.ptr, 6, VOCAB, N_TEXT, mb.ptr, tb.ptr, ub.ptr, ob.ptr)?;
     s.sync()?;
-    let o = download::<u32>(&ob, 5 * HEAD_ROW_WORDS)?;
+    let o = download::<u32>(&ob, 6 * HEAD_ROW_WORDS)?;
     let row = |i: usize| &o[i * HEAD_ROW_WORDS..(i + 1) * HEAD_ROW_WORDS];
     let text = |i: usize| &l[i * VOCAB..i * VOCAB + N_TEXT];
     let want = argmax(text(0));
@@ -49,7 +52,8 @@ pub(super) fn check_logits_rows(
         format!("device {} host {want} (status {})", row(0)[1], row(0)[0]),
         row(0)[0] == 0 && row(0)[1] == want,
     );
-    check_head(row(1), text(1), inv_t[1], r);
+    check_head("logits_rows head", row(1), text(1), inv_t[1], r);
+    check_head("logits_rows head (wide row)", row(5), text(5), inv_t[5], r);
     check_draw(row(2), text(2), u[2], r);
     r.line(
         "logits_rows NaN row",
@@ -64,7 +68,7 @@ pub(super) fn check_logits_rows(
     Ok(())
 }
 
-fn check_head(o: &[u32], l: &[f32], inv_t: f32, r: &mut Report) {
+fn check_head(name: &str, o: &[u32], l: &[f32], inv_t: f32, r: &mut Report) {
     let mut cand: Vec<(f32, u32)> = l.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
     cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     cand.truncate(HEAD_K);
@@ -76,7 +80,7 @@ fn check_head(o: &[u32], l: &[f32], inv_t: f32, r: &mut Report) {
     let dev_total = f32::from_bits(o[5]) as f64;
     let rel = (dev_total - total).abs() / total;
     r.line(
-        "logits_rows head",
+        name,
         format!(
             "{} candidates, {} as the host's; max {} vs {max}; sum {dev_total:.6e} vs {total:.6e} (rel {rel:.1e})",
             got.len(),

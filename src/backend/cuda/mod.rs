@@ -5,6 +5,7 @@
 
 mod blas;
 pub mod check;
+mod check_answers;
 mod check_batch;
 mod check_model;
 mod check_paged;

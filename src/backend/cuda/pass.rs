@@ -281,19 +281,33 @@ impl<'a> Pass<'a> {
         pick: CUdeviceptr,
         logits_dev: CUdeviceptr,
     ) -> Result<(), String> {
-        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
-        let (l, sc) = (&dev.layout, &dev.layout.scratch);
+        let (dev, hp) = (self.dev, &self.m.hp);
         self.gate(hp.n_layer + 1)?;
         if self.fixed_rows.is_none() && (rows.len() == 1 || !self.gated.is_empty()) {
             // One GEMV per row: the fast path for one row, and while gated on the loader (cuBLAS
             // may load a kernel for a product shape it has not run yet, which synchronises the
             // context: never while this stream waits on the loader, see `gate`).
             for (j, row) in rows.iter().enumerate() {
-                let x = dev.ptr(sc.x) + (row * hp.hidden * 4) as u64;
+                let x = dev.ptr(dev.layout.scratch.x) + (row * hp.hidden * 4) as u64;
                 self.head_gemv(x, logits_dev + (j * hp.vocab * 4) as u64)?;
             }
             return Ok(());
         }
+        self.head_picked(blas, rows.len(), pick, logits_dev)
+    }
+
+    /// Final norm and LM head of the `m` residual rows whose indices are at `pick` (i32, device),
+    /// as one product: what a captured graph replays for any rows.
+    pub fn head_picked(
+        &mut self,
+        blas: &Blas,
+        m: usize,
+        pick: CUdeviceptr,
+        logits_dev: CUdeviceptr,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc) = (&dev.layout, &dev.layout.scratch);
+        self.gate(hp.n_layer + 1)?;
         let xn = dev.ptr(sc.xn);
         dev.kernels.rmsnorm_f16(
             s,
@@ -301,11 +315,11 @@ impl<'a> Pass<'a> {
             dev.ptr(l.out_norm.off),
             xn,
             pick,
-            rows.len(),
+            m,
             hp.hidden,
             hp.rms_eps,
         )?;
-        let (w, m) = (dev.ptr(l.out.off), rows.len());
+        let w = dev.ptr(l.out.off);
         self.gemm(blas, xn, w, logits_dev, m, hp.vocab, hp.hidden, false)
     }
 

@@ -18,6 +18,7 @@ use cudarc::driver::sys;
 use super::blas::Blas;
 use super::driver::{ck, Stream};
 use super::flag::Flag;
+use super::graph_steps::ROW_BUCKETS;
 use super::layout::MAX_BATCH;
 use super::Device;
 use crate::model::HParams;
@@ -25,10 +26,9 @@ use crate::model::HParams;
 /// cuBLAS handles kept for the life of the process (see `run`).
 static PARKED: parking_lot::Mutex<Vec<Blas>> = parking_lot::Mutex::new(Vec::new());
 
-/// Prompt lengths whose GEMM kernels are loaded ahead.
-const SHAPES: [usize; 15] = [
-    1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, MAX_BATCH,
-];
+/// Row counts whose GEMM kernels are loaded ahead: the steps' row buckets (a step's rows are
+/// padded to one once every unit is resident).
+const SHAPES: [usize; ROW_BUCKETS.len()] = ROW_BUCKETS;
 
 /// How long the preload waits for the engine's preparation before starting anyway (a `bench`
 /// or `check-cuda` run has no engine).

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
-use super::graph_steps::{Fixed, Graphs};
-use super::kernels::{row_mode, Paged, RowsAt, HEAD_ROW_WORDS};
+use super::graph_steps::{head_capacity, row_capacity, Graphs, HeadStage, RowsStage};
+use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
 use super::res::capture_on;
-use super::res::{wait_done, Graph, Res};
+use super::res::{wait_done, Res};
 use super::step_timing::StepTiming;
 use super::CudaModel;
 use crate::backend::step::{
@@ -34,10 +34,15 @@ pub struct CudaRunner {
     max_rows: usize,
     max_seqs: usize,
     max_blocks: usize,
-    /// i32 step inputs (ids, positions, K/V rows, table offsets, logit rows, block tables),
-    /// staged on the host and copied in one transfer.
+    /// Rows and logit rows the staging holds: the buckets at or above the two limits.
+    row_cap: usize,
+    head_cap: usize,
+    /// The rows' inputs (`RowsStage`) and the logit rows' (`HeadStage`), staged on the host and
+    /// copied in a transfer each.
     staging_host: Pinned,
     staging_dev: DevBuf,
+    head_host: Pinned,
+    head_dev: DevBuf,
     logits_dev: DevBuf,
     logits_host: Pinned,
     /// `logits_rows`'s answers (`HEAD_ROW_WORDS` u32 a row), and which rows of the last step
@@ -47,7 +52,7 @@ pub struct CudaRunner {
     whole: Vec<bool>,
     /// Batch-invariant mode (see `Pass::fixed_rows`).
     invariant: bool,
-    /// Decode steps replayed from a graph per bucket (graph_steps.rs).
+    /// Steps replayed from graphs per bucket (graph_steps.rs).
     graphs: Graphs,
     timing: Option<StepTiming>,
 }
@@ -60,12 +65,40 @@ enum Ran {
 
 /// A step's staged inputs: see `CudaRunner::stage`.
 struct Staged {
+    /// The logit rows (host indices).
     picks: Vec<usize>,
     rows: RowsAt,
-    ids: u64,
-    pick_dev: u64,
-    modes: u64,
-    ints: usize,
+    head: HeadStage,
+    /// Words of the rows' staging.
+    words: usize,
+}
+
+/// Where the head's inputs and outputs sit: the staged logit rows, the logits, the answers.
+#[derive(Clone, Copy)]
+struct HeadBufs {
+    head_dev: u64,
+    logits: u64,
+    out: u64,
+    vocab: usize,
+}
+
+impl HeadBufs {
+    /// `logits_rows` over the first `m` logit rows staged (as `HeadStage { m }`).
+    fn answers(&self, pass: &Pass, m: usize, n_text: usize) -> Result<(), String> {
+        let (mode, inv_t, u) = HeadStage { m }.modes(self.head_dev);
+        let k = &pass.dev.kernels;
+        k.logits_rows(
+            pass.s,
+            self.logits,
+            m,
+            self.vocab,
+            n_text,
+            mode,
+            inv_t,
+            u,
+            self.out,
+        )
+    }
 }
 
 /// KV pool bytes per position: every layer's K and V rows, F16.
@@ -94,7 +127,9 @@ impl CudaRunner {
         });
         let (max_rows, max_seqs) = (limits.max_batch_tokens, limits.max_seqs);
         let max_blocks = limits.ctx.div_ceil(geo.block_size);
-        let ints = 4 * max_rows + 4 * max_seqs + max_seqs * max_blocks;
+        let (row_cap, head_cap) = (row_capacity(max_rows), head_capacity(max_seqs));
+        let ints = RowsStage::capacity(row_cap, max_seqs, max_blocks);
+        let head_bytes = HeadStage { m: head_cap }.words() * 4;
         Ok(CudaRunner {
             res: None,
             _pool: pool,
@@ -103,13 +138,17 @@ impl CudaRunner {
             max_rows,
             max_seqs,
             max_blocks,
+            row_cap,
+            head_cap,
             staging_host: Pinned::alloc(ints * 4, true).map_err(e)?,
             staging_dev: DevBuf::alloc(ints * 4).map_err(e)?,
-            // Room for the padded rows of a batch-invariant LM head.
-            logits_dev: DevBuf::alloc(max_seqs.next_multiple_of(INVARIANT_ROWS) * hp.vocab * 4)
+            head_host: Pinned::alloc(head_bytes, true).map_err(e)?,
+            head_dev: DevBuf::alloc(head_bytes).map_err(e)?,
+            // Room for the padded rows of a replayed or batch-invariant LM head.
+            logits_dev: DevBuf::alloc(head_cap.next_multiple_of(INVARIANT_ROWS) * hp.vocab * 4)
                 .map_err(e)?,
             logits_host: Pinned::alloc(max_seqs * hp.vocab * 4, false).map_err(e)?,
-            rows_dev: DevBuf::alloc(max_seqs * HEAD_ROW_WORDS * 4).map_err(e)?,
+            rows_dev: DevBuf::alloc(head_cap * HEAD_ROW_WORDS * 4).map_err(e)?,
             rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
             whole: Vec::new(),
             invariant: limits.batch_invariant,
@@ -128,60 +167,26 @@ impl CudaRunner {
             .ok_or_else(|| BackendError::Device("no runner resources".into()))
     }
 
-    /// Stage the step's inputs (and each logit row's mode, 1/temperature and uniform draw for
-    /// `logits_rows`); returns the logit rows (host indices), the rows' placement, where the ids,
-    /// the picked rows and the modes start on the device, and the ints staged.
-    fn stage(&mut self, batch: &StepBatch<'_>, wants: &[RowWant]) -> Staged {
-        let n = batch.tokens.len();
-        let m = batch.logit_rows();
-        let bs = self.geo.block_size;
-        let base = self.staging_dev.ptr;
+    /// Stage the step's inputs for `r` rows and `m` logit rows (each at least the step's; the
+    /// rest padding) in the two pinned buffers.
+    fn stage(&mut self, batch: &StepBatch<'_>, wants: &[RowWant], r: usize, m: usize) -> Staged {
+        let (bs, spare) = (self.geo.block_size, self.geo.num_blocks as u32);
+        let rows = RowsStage { r };
         let buf = bytemuck::cast_slice_mut::<u8, u32>(self.staging_host.as_mut_slice());
-        buf[..n].copy_from_slice(batch.tokens);
-        let mut picks = Vec::new();
-        let tables0 = 4 * n + 4 * m;
-        let mut t = tables0;
-        for s in batch.seqs {
-            for (j, r) in s.rows.clone().enumerate() {
-                let pos = s.pos + j;
-                buf[n + r] = pos as u32;
-                buf[2 * n + r] = pool_row(s.blocks, pos, bs) as u32;
-                buf[3 * n + r] = (t - tables0) as u32;
-            }
-            if s.logits {
-                buf[4 * n + picks.len()] = (s.rows.end - 1) as u32;
-                picks.push(s.rows.end - 1);
-            }
-            let used = (s.pos + s.rows.len()).div_ceil(bs);
-            buf[t..t + used].copy_from_slice(&s.blocks[..used]);
-            t += used;
-        }
-        for (j, w) in wants.iter().enumerate().take(m) {
-            let (mode, inv_t, u) = row_mode(*w);
-            buf[4 * n + m + j] = mode;
-            buf[4 * n + 2 * m + j] = f32::to_bits(inv_t);
-            buf[4 * n + 3 * m + j] = f32::to_bits(u);
-        }
-        let at = |i: usize| base + (i * 4) as u64;
+        let words = rows.stage(buf, batch, bs, spare);
+        let head = HeadStage { m };
+        let hbuf = bytemuck::cast_slice_mut::<u8, u32>(self.head_host.as_mut_slice());
+        let picks = head.stage(hbuf, batch, wants);
         Staged {
             picks,
-            rows: RowsAt {
-                pos_dev: 0,
-                row_pos: at(n),
-                pos0: 0,
-                slots: at(2 * n),
-                row_tab: at(3 * n),
-                tables: at(tables0),
-                bs,
-            },
-            ids: base,
-            pick_dev: at(4 * n),
-            modes: at(4 * n + m),
-            ints: t,
+            rows: rows.at(self.staging_dev.ptr, bs),
+            head,
+            words,
         }
     }
 
-    /// A step of several rows: one pass over all of them; then, for the logit rows, either every
+    /// A step of several rows: every layer over all of them (replayed from the row bucket's graph
+    /// when `graph` gives the buckets), the LM head over the logit rows, then either every such
     /// row whole to the host, or `logits_rows`'s answer per row (and whole only the rows that
     /// want it).
     fn issue_rows(
@@ -189,120 +194,126 @@ impl CudaRunner {
         batch: &StepBatch<'_>,
         pass: &mut Pass,
         rows_want: Option<(&[RowWant], usize)>,
+        graph: Option<(usize, usize)>,
     ) -> Result<usize, String> {
         let wants = rows_want.map_or(&[][..], |w| w.0);
-        let st = self.stage(batch, wants);
+        let (n, m) = (batch.tokens.len(), batch.logit_rows());
+        let (r, mb) = graph.unwrap_or((n, m));
+        let st = self.stage(batch, wants, r, mb);
         StepTiming::mark(&self.timing, 0, pass.s)?;
+        let (stage_dev, head_dev) = (self.staging_dev.ptr, self.head_dev.ptr);
         unsafe {
-            copy_htod(
-                self.staging_dev.ptr,
-                self.staging_host.ptr,
-                st.ints * 4,
-                pass.s,
-            )?
-        };
-        let res = self.res.as_ref().ok_or("no runner resources")?;
-        pass.rows(&res.blas, st.ids, batch.tokens.len(), &st.rows)?;
+            copy_htod(stage_dev, self.staging_host.ptr, st.words * 4, pass.s)?;
+            copy_htod(head_dev, self.head_host.ptr, st.head.words() * 4, pass.s)?;
+        }
+        match graph {
+            Some(_) => self.replay_rows(pass, r)?,
+            None => {
+                let res = self.res.as_ref().ok_or("no runner resources")?;
+                pass.rows(&res.blas, stage_dev, n, &st.rows)?;
+            }
+        }
         StepTiming::mark(&self.timing, 1, pass.s)?;
-        let m = st.picks.len();
+        let answers = rows_want.filter(|(w, _)| w.iter().any(|w| *w != RowWant::Full));
         if m > 0 {
-            pass.head(&res.blas, &st.picks, st.pick_dev, self.logits_dev.ptr)?;
+            match (graph, answers) {
+                (Some(_), Some((_, n_text))) => self.replay_head(pass, mb, n_text)?,
+                _ => {
+                    let res = self.res.as_ref().ok_or("no runner resources")?;
+                    pass.head(&res.blas, &st.picks, head_dev, self.logits_dev.ptr)?;
+                    if let Some((_, n_text)) = answers {
+                        self.head_bufs().answers(pass, m, n_text)?;
+                    }
+                }
+            }
         }
         StepTiming::mark(&self.timing, 2, pass.s)?;
-        let vocab = self.model.hp.vocab;
-        let wants = match rows_want {
-            Some((wants, n_text)) if wants.iter().any(|w| *w != RowWant::Full) => {
-                let (lo, u) = (st.modes, st.modes + (2 * m * 4) as u64);
-                let (logits, out) = (self.logits_dev.ptr, self.rows_dev.ptr);
-                let k = &pass.dev.kernels;
-                k.logits_rows(
-                    pass.s,
-                    logits,
-                    m,
-                    vocab,
-                    n_text,
-                    lo,
-                    lo + (m * 4) as u64,
-                    u,
-                    out,
-                )?;
-                let bytes = m * HEAD_ROW_WORDS * 4;
-                unsafe { copy_dtoh(self.rows_host.ptr, self.rows_dev.ptr, bytes, pass.s)? };
-                wants
-            }
-            _ => &[],
-        };
-        self.copy_whole_rows(pass, wants, m)?;
+        if answers.is_some() && m > 0 {
+            let bytes = m * HEAD_ROW_WORDS * 4;
+            unsafe { copy_dtoh(self.rows_host.ptr, self.rows_dev.ptr, bytes, pass.s)? };
+        }
+        self.copy_whole_rows(pass, if answers.is_some() { wants } else { &[] }, m)?;
         StepTiming::mark(&self.timing, 3, pass.s)?;
         Ok(m)
     }
 
-    /// The bucket whose graph replays this step, when one may.
-    fn graph_bucket(&self, batch: &StepBatch<'_>) -> Option<usize> {
+    fn head_bufs(&self) -> HeadBufs {
+        HeadBufs {
+            head_dev: self.head_dev.ptr,
+            logits: self.logits_dev.ptr,
+            out: self.rows_dev.ptr,
+            vocab: self.model.hp.vocab,
+        }
+    }
+
+    /// The (row, head) buckets whose graphs replay this step, when they may: every unit
+    /// resident, and more than the lone decode row.
+    fn graph_buckets(&self, batch: &StepBatch<'_>) -> Option<(usize, usize)> {
         if !self.model.residency.all_resident() {
             return None;
         }
-        self.graphs.fits(batch, self.max_seqs)
+        let (n, m) = (batch.tokens.len(), batch.logit_rows());
+        self.graphs.buckets(n, m, self.row_cap, self.head_cap)
     }
 
-    /// A decode-only step replayed from its bucket's graph (captured on the bucket's first
-    /// step; a capture the driver refuses turns graphs off and the step runs as `issue_rows`).
-    fn issue_graph(
-        &mut self,
-        batch: &StepBatch<'_>,
-        pass: &mut Pass,
-        rows_want: Option<(&[RowWant], usize)>,
-        b: usize,
-    ) -> Result<usize, String> {
-        let fx = Fixed {
-            b,
-            max_blocks: self.max_blocks,
-        };
-        let (bs, trash) = (self.geo.block_size, self.geo.num_blocks as u32);
-        let wants = rows_want.map_or(&[][..], |w| w.0);
-        let n_text = rows_want.map_or(self.model.hp.vocab, |w| w.1);
-        let buf = bytemuck::cast_slice_mut::<u8, u32>(self.staging_host.as_mut_slice());
-        fx.stage(buf, batch, wants, bs, trash);
-        if !self.graphs.map.contains_key(&b) {
-            match self.capture_bucket(pass, &fx, n_text) {
+    /// Every layer over the `r` rows staged, from bucket `r`'s graph. The bucket's first step
+    /// runs unrecorded (so every kernel its capture needs is loaded), its second is captured; a
+    /// capture the driver refuses turns graphs off.
+    fn replay_rows(&mut self, pass: &mut Pass, r: usize) -> Result<(), String> {
+        let res = self.res.as_ref().ok_or("no runner resources")?;
+        let (base, bs) = (self.staging_dev.ptr, self.geo.block_size);
+        let at = RowsStage { r }.at(base, bs);
+        if !self.graphs.rows.contains_key(&r) {
+            if self.graphs.seen.insert((r, usize::MAX)) {
+                return pass.rows(&res.blas, base, r, &at);
+            }
+            match capture_on(pass.s, || pass.rows(&res.blas, base, r, &at)) {
                 Ok(g) => {
-                    self.graphs.map.insert(b, g);
+                    self.graphs.rows.insert(r, g);
                 }
                 Err(why) => {
-                    tracing::warn!("batched decode graph refused ({why}); steps run unrecorded");
+                    tracing::warn!("step graph refused ({why}); steps run unrecorded");
                     self.graphs.off = true;
-                    return self.issue_rows(batch, pass, rows_want);
+                    return pass.rows(&res.blas, base, r, &at);
                 }
             }
         }
-        if let Some(g) = self.graphs.map.get(&b) {
-            g.launch(pass.s)?;
+        match self.graphs.rows.get(&r) {
+            Some(g) => g.launch(pass.s),
+            None => Err("no graph for the row bucket".into()),
         }
-        let m = batch.seqs.len();
-        self.copy_whole_rows(pass, wants, m)?;
-        Ok(m)
     }
 
-    /// Capture bucket `fx`'s step: the inputs copy, every layer, the LM head, the per-row
-    /// answers and their copy to the host.
-    fn capture_bucket(&self, pass: &mut Pass, fx: &Fixed, n_text: usize) -> Result<Graph, String> {
+    /// The LM head and the per-row answers over the `m` logit rows staged, from the head
+    /// bucket's graph (first step unrecorded, second captured, as `replay_rows`).
+    fn replay_head(&mut self, pass: &mut Pass, m: usize, n_text: usize) -> Result<(), String> {
+        let bufs = self.head_bufs();
         let res = self.res.as_ref().ok_or("no runner resources")?;
-        let base = self.staging_dev.ptr;
-        let (b, vocab) = (fx.b, self.model.hp.vocab);
-        let picks: Vec<usize> = (0..b).collect();
-        let s = pass.s;
-        let (stage_host, logits_dev) = (self.staging_host.ptr, self.logits_dev.ptr);
-        let (rows_dev, rows_host) = (self.rows_dev.ptr, self.rows_host.ptr);
-        capture_on(s, || {
-            unsafe { copy_htod(base, stage_host, fx.ints() * 4, s)? };
-            pass.rows(&res.blas, base, b, &fx.rows(base, self.geo.block_size))?;
-            pass.head(&res.blas, &picks, fx.picks(base), logits_dev)?;
-            let mode = fx.modes(base);
-            let (inv_t, u) = (mode + (b * 4) as u64, mode + (2 * b * 4) as u64);
-            let k = &pass.dev.kernels;
-            k.logits_rows(s, logits_dev, b, vocab, n_text, mode, inv_t, u, rows_dev)?;
-            unsafe { copy_dtoh(rows_host, rows_dev, b * HEAD_ROW_WORDS * 4, s) }
-        })
+        let key = (m, n_text);
+        if !self.graphs.heads.contains_key(&key) {
+            let run = |pass: &mut Pass| -> Result<(), String> {
+                pass.head_picked(&res.blas, m, bufs.head_dev, bufs.logits)?;
+                bufs.answers(pass, m, n_text)
+            };
+            if self.graphs.seen.insert(key) {
+                return run(pass);
+            }
+            let captured = capture_on(pass.s, || run(pass));
+            match captured {
+                Ok(g) => {
+                    self.graphs.heads.insert(key, g);
+                }
+                Err(why) => {
+                    tracing::warn!("head graph refused ({why}); steps run unrecorded");
+                    self.graphs.off = true;
+                    return run(pass);
+                }
+            }
+        }
+        match self.graphs.heads.get(&key) {
+            Some(g) => g.launch(pass.s),
+            None => Err("no graph for the head bucket".into()),
+        }
     }
 
     /// After the step's kernels: the rows wanted whole (every row when `wants` is empty or all
@@ -443,13 +454,13 @@ impl CudaRunner {
                     .map_err(e)?;
                 Ran::Lone
             }
-            _ => match self.graph_bucket(batch) {
-                Some(b) => Ran::Rows(
-                    self.issue_graph(batch, &mut pass, rows_want, b)
+            _ => {
+                let graph = self.graph_buckets(batch);
+                Ran::Rows(
+                    self.issue_rows(batch, &mut pass, rows_want, graph)
                         .map_err(e)?,
-                ),
-                None => Ran::Rows(self.issue_rows(batch, &mut pass, rows_want).map_err(e)?),
-            },
+                )
+            }
         };
         let res = self.res.as_mut().ok_or(BackendError::Interrupted)?;
         let gated = std::mem::take(&mut pass.gated);
