@@ -170,6 +170,19 @@ pub trait StepRunner: Send {
         let _ = (wants, n_text);
         self.step(batch).map(StepOut::Logits)
     }
+    /// As [`StepRunner::step_rows`], calling `meanwhile` once (for host work that needs nothing
+    /// from this step) while the step runs: a device issues the step, calls it, then waits. The
+    /// default calls it first.
+    fn step_rows_with(
+        &mut self,
+        batch: &StepBatch<'_>,
+        wants: &[RowWant],
+        n_text: usize,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<StepOut<'_>, BackendError> {
+        meanwhile();
+        self.step_rows(batch, wants, n_text)
+    }
     /// Logit row `i` of the last `step_rows`, whole (for a row answered [`RowResult::Full`]).
     fn full_row(&mut self, i: usize) -> Result<&mut [f32], BackendError> {
         Err(BackendError::Device(format!(

@@ -1,11 +1,12 @@
 //! After a step: each planned sequence's new K/V is counted (and its full blocks offered to the
 //! prefix cache); each sequence whose logits came back samples its next token (rows in
-//! parallel), streams it, and is retired when it ends.
+//! parallel where there are many), queues it for its client, and is retired when it ends.
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::outbox::Outbox;
 use super::scheduler::{Planned, Scheduler};
 use super::sequence::Sequence;
 use super::{EngineError, EngineEvent, Finished};
@@ -24,6 +25,11 @@ pub enum Retired {
 
 type Step = Option<Result<Advance, GenerationError>>;
 
+/// Rows from which the device's answers are taken in parallel: below, handing them to the
+/// thread pool costs more (tens of microseconds to wake it) than they do (a microsecond or two
+/// each).
+const PARALLEL_ROWS: usize = 32;
+
 /// Count the step's work, sample, stream; returns what was retired (already removed from
 /// `running`, its blocks released). `logits`: one whole row per sequence that asked.
 pub fn apply(
@@ -33,6 +39,7 @@ pub fn apply(
     vocab: usize,
     tok: &Tokenizer,
     waited_ms: f64,
+    out: &mut Outbox,
 ) -> Vec<Retired> {
     let now = Instant::now();
     let row_idx = account(sched, plan, waited_ms);
@@ -48,7 +55,7 @@ pub fn apply(
         .zip(row_of.into_par_iter())
         .map(|(seq, row)| row.map(|r| seq.out.advance(tok, r)))
         .collect();
-    retire(sched, advances, now)
+    retire(sched, advances, now, out)
 }
 
 /// As [`apply`], from what the backend answered per row ([`RowResult`]); a row whose answer does
@@ -62,15 +69,28 @@ pub fn apply_rows(
     vocab: usize,
     tok: &Tokenizer,
     waited_ms: f64,
+    out: &mut Outbox,
 ) -> Vec<Retired> {
     let now = Instant::now();
     let row_idx = account(sched, plan, waited_ms);
-    let mut advances: Vec<Option<Step>> = sched
-        .running
-        .par_iter_mut()
-        .zip(row_idx.par_iter())
-        .map(|(seq, i)| i.map(|i| seq.out.advance_row(tok, &results[i], vocab)))
-        .collect();
+    let answer = |seq: &mut Sequence, i: &Option<usize>| {
+        i.map(|i| seq.out.advance_row(tok, &results[i], vocab))
+    };
+    let mut advances: Vec<Option<Step>> = if results.len() >= PARALLEL_ROWS {
+        sched
+            .running
+            .par_iter_mut()
+            .zip(row_idx.par_iter())
+            .map(|(seq, i)| answer(seq, i))
+            .collect()
+    } else {
+        sched
+            .running
+            .iter_mut()
+            .zip(&row_idx)
+            .map(|(seq, i)| answer(seq, i))
+            .collect()
+    };
     for ((adv, i), seq) in advances.iter_mut().zip(&row_idx).zip(&mut sched.running) {
         if let (Some(None), Some(i)) = (&adv, i) {
             let whole = runner.full_row(*i).map_err(GenerationError::from);
@@ -81,6 +101,7 @@ pub fn apply_rows(
         sched,
         advances.into_iter().map(Option::flatten).collect(),
         now,
+        out,
     )
 }
 
@@ -103,21 +124,26 @@ fn account(sched: &mut Scheduler, plan: &[Planned], waited_ms: f64) -> Vec<Optio
     row_idx
 }
 
-/// Stream each sampled token; retire the sequences that ended, failed or lost their client.
-fn retire(sched: &mut Scheduler, advances: Vec<Step>, now: Instant) -> Vec<Retired> {
+/// Queue each sampled token; retire the sequences that ended, failed or lost their client.
+fn retire(
+    sched: &mut Scheduler,
+    advances: Vec<Step>,
+    now: Instant,
+    out: &mut Outbox,
+) -> Vec<Retired> {
     let mut retired = Vec::new();
     for i in (0..advances.len()).rev() {
         let Some(adv) = &advances[i] else { continue };
         let seq = &mut sched.running[i];
         seq.first_token.get_or_insert(now);
         let outcome = match adv {
-            Ok(a) => stream(seq, a),
+            Ok(a) => stream(seq, a, out),
             Err(GenerationError::NonFinite) => {
-                fail(seq, EngineError::NonFinite);
+                fail(seq, EngineError::NonFinite, out);
                 Some(Retired::NonFinite)
             }
             Err(e) => {
-                fail(seq, EngineError::Internal(e.to_string()));
+                fail(seq, EngineError::Internal(e.to_string()), out);
                 Some(Retired::Failed)
             }
         };
@@ -125,7 +151,7 @@ fn retire(sched: &mut Scheduler, advances: Vec<Step>, now: Instant) -> Vec<Retir
             let mut seq = sched.running.remove(i);
             seq.release(&mut sched.pool);
             if let Retired::Finished(reason) = r {
-                finish(seq, reason);
+                finish(seq, reason, out);
             }
             retired.push(r);
         }
@@ -133,8 +159,8 @@ fn retire(sched: &mut Scheduler, advances: Vec<Step>, now: Instant) -> Vec<Retir
     retired
 }
 
-/// Send the token; Some when the sequence leaves (ended, or its client is gone).
-fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
+/// Queue the token; Some when the sequence leaves (ended, or its client is gone).
+fn stream(seq: &mut Sequence, a: &Advance, out: &mut Outbox) -> Option<Retired> {
     if let Some(ev) = &a.event {
         let now = Instant::now();
         match seq.last_token {
@@ -142,25 +168,27 @@ fn stream(seq: &mut Sequence, a: &Advance) -> Option<Retired> {
             Some(t) => crate::metrics::token_gap(now.duration_since(t)),
         }
         seq.last_token = Some(now);
-        if seq.job.events.send(EngineEvent::Token(ev.clone())).is_err() {
+        if seq.is_abandoned() {
             seq.cancelled();
             return Some(Retired::Cancelled);
         }
+        out.push(&seq.job.events, EngineEvent::Token(ev.clone()));
     }
     a.finish.map(Retired::Finished)
 }
 
-fn fail(seq: &Sequence, e: EngineError) {
+fn fail(seq: &Sequence, e: EngineError, out: &mut Outbox) {
     tracing::warn!(id = %seq.job.id, "request failed: {e}");
-    seq.fail(e);
+    crate::metrics::failed(e.kind());
+    out.push(&seq.job.events, EngineEvent::Error(e));
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
 }
 
-/// Send the finished generation.
-pub fn finish(seq: Sequence, reason: FinishReason) {
+/// Queue the finished generation.
+pub fn finish(seq: Sequence, reason: FinishReason, out: &mut Outbox) {
     let now = Instant::now();
     let start = seq.admitted.unwrap_or(seq.job.enqueued);
     let at = |t: Option<Instant>| ms(start, t.unwrap_or(now));
@@ -186,9 +214,10 @@ pub fn finish(seq: Sequence, reason: FinishReason) {
         ms = generation.timings.total_ms as u64,
         "request done"
     );
-    let _ = events.send(EngineEvent::Done(Box::new(Finished {
+    let done = EngineEvent::Done(Box::new(Finished {
         generation,
         queued_ms,
         waited_for_load_ms: waited,
-    })));
+    }));
+    out.push(&events, done);
 }

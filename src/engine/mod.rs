@@ -12,6 +12,7 @@
 mod batch;
 mod emit;
 pub mod kv_pool;
+mod outbox;
 mod scheduler;
 mod sequence;
 mod stats;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::kv_pool::KvPool;
+use super::outbox::Outbox;
 use super::scheduler::{Planned, SchedLimits, Schedule, Scheduler};
 use super::sequence::Sequence;
 use super::stats::EngineStats;
@@ -41,6 +42,8 @@ pub(super) struct Worker {
     pub request_timeout: Option<std::time::Duration>,
     tokens: Vec<u32>,
     timer: StepTimer,
+    /// Events for clients, sent while the next step runs (see outbox.rs).
+    outbox: Outbox,
 }
 
 impl Worker {
@@ -76,6 +79,7 @@ impl Worker {
             request_timeout: None,
             tokens: Vec::new(),
             timer: StepTimer::from_env(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -109,6 +113,7 @@ impl Worker {
     /// Take new jobs (blocking while idle); false once the engine is closed.
     fn receive(&mut self) -> bool {
         if self.sched.is_idle() {
+            self.outbox.flush();
             crossbeam_channel::select! {
                 recv(self.jobs) -> job => match job {
                     Ok(job) => self.enqueue(job),
@@ -137,6 +142,9 @@ impl Worker {
     /// all while draining, end running ones whose client left or whose drain deadline passed.
     fn retire_departed(&mut self) {
         let draining = self.drain.is_draining();
+        if draining || self.drain.past_deadline() {
+            self.outbox.flush();
+        }
         let stats = &self.stats;
         self.sched.waiting.retain_mut(|seq| {
             let keep = !seq.is_abandoned() && !draining;
@@ -192,7 +200,7 @@ impl Worker {
         }
         for seq in ended {
             tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request ended: past --request-timeout");
-            emit::finish(seq, FinishReason::TimeLimit);
+            emit::finish(seq, FinishReason::TimeLimit, &mut self.outbox);
             self.stats
                 .count_retired(&[emit::Retired::Finished(FinishReason::TimeLimit)]);
         }
@@ -202,6 +210,9 @@ impl Worker {
     fn step(&mut self) -> bool {
         let t = self.timer.start();
         let Schedule { plan, unfit } = self.sched.schedule();
+        if !unfit.is_empty() || plan.is_empty() {
+            self.outbox.flush();
+        }
         for mut seq in unfit {
             seq.leave_queue(&self.stats);
             let capacity = self.sched.pool.total() * self.sched.pool.block_size();
@@ -230,11 +241,13 @@ impl Worker {
         self.timer.add(Part::Schedule, t);
         let t = self.timer.start();
         self.model.take_waited();
-        let runner = &mut self.runner;
+        let (runner, outbox) = (&mut self.runner, &mut self.outbox);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let runner = runner;
-            runner.step_rows(&batch, &wants, n_text)
+            // The last step's events go out while this one runs on the device.
+            runner.step_rows_with(&batch, &wants, n_text, &mut || outbox.flush())
         }));
+        self.outbox.flush();
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
         self.timer.add(Part::Backend, t);
         let t = self.timer.start();
@@ -249,13 +262,24 @@ impl Worker {
         let tok = &self.tokenizer;
         match outcome {
             Ok(StepOut::Logits(logits)) => {
-                let retired = emit::apply(&mut self.sched, &plan, logits, vocab, tok, waited_ms);
+                let out = &mut self.outbox;
+                let retired =
+                    emit::apply(&mut self.sched, &plan, logits, vocab, tok, waited_ms, out);
                 self.stats.count_retired(&retired);
             }
             Ok(StepOut::Rows(rows)) => {
                 let runner = &mut *self.runner;
-                let retired =
-                    emit::apply_rows(&mut self.sched, &plan, &rows, runner, vocab, tok, waited_ms);
+                let out = &mut self.outbox;
+                let retired = emit::apply_rows(
+                    &mut self.sched,
+                    &plan,
+                    &rows,
+                    runner,
+                    vocab,
+                    tok,
+                    waited_ms,
+                    out,
+                );
                 self.stats.count_retired(&retired);
             }
             Err(e) => self.fail_planned(&plan, e),
@@ -284,6 +308,7 @@ impl Worker {
     /// A failed step ends every sequence in it (their blocks may hold partial K/V).
     fn fail_planned(&mut self, plan: &[Planned], e: EngineError) {
         tracing::error!("step failed: {e}");
+        self.outbox.flush();
         let mut idx: Vec<usize> = plan.iter().map(|p| p.seq).collect();
         idx.sort_unstable();
         for i in idx.into_iter().rev() {
@@ -296,6 +321,7 @@ impl Worker {
 
     /// End every sequence still here with `e`.
     fn end_all(&mut self, e: EngineError) {
+        self.outbox.flush();
         let pool = &mut self.sched.pool;
         for mut seq in self.sched.running.drain(..) {
             seq.fail(e.clone());

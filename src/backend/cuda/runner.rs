@@ -426,6 +426,7 @@ impl CudaRunner {
         &mut self,
         batch: &StepBatch<'_>,
         rows_want: Option<(&[RowWant], usize)>,
+        meanwhile: &mut dyn FnMut(),
     ) -> Result<Ran, BackendError> {
         self.check(batch)?;
         let model = self.model.clone();
@@ -465,6 +466,7 @@ impl CudaRunner {
         let res = self.res.as_mut().ok_or(BackendError::Interrupted)?;
         let gated = std::mem::take(&mut pass.gated);
         res.done.record(&stream).map_err(e)?;
+        meanwhile();
         wait_done(&model, &res.done, !gated.is_empty())?;
         drop(pass);
         model.add_waited(&gated, t_issue);
@@ -494,7 +496,7 @@ impl CudaRunner {
 
 impl StepRunner for CudaRunner {
     fn step(&mut self, batch: &StepBatch<'_>) -> Result<&mut [f32], BackendError> {
-        let ran = self.run(batch, None)?;
+        let ran = self.run(batch, None, &mut || {})?;
         self.logits(ran)
     }
 
@@ -504,7 +506,17 @@ impl StepRunner for CudaRunner {
         wants: &[RowWant],
         n_text: usize,
     ) -> Result<StepOut<'_>, BackendError> {
-        match self.run(batch, Some((wants, n_text)))? {
+        self.step_rows_with(batch, wants, n_text, &mut || {})
+    }
+
+    fn step_rows_with(
+        &mut self,
+        batch: &StepBatch<'_>,
+        wants: &[RowWant],
+        n_text: usize,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<StepOut<'_>, BackendError> {
+        match self.run(batch, Some((wants, n_text)), meanwhile)? {
             Ran::Rows(m) if self.whole.len() == m && self.whole.iter().any(|w| !w) => {
                 Ok(StepOut::Rows(self.row_results(wants)))
             }
