@@ -1,7 +1,9 @@
 //! `check-cuda`'s check of the per-row answers through the runner: the batched steps of
 //! `check_batch` replayed with every logit row asking for its argmax on the device, so the
 //! head's graphs are run unrecorded, captured and replayed (and the layers' for each bucket);
-//! each answer must be the CPU's greedy token, or within the logits tolerance of it.
+//! each answer must be the CPU's greedy token, or within the logits tolerance of it. Then the
+//! first sequence decodes alone for a few steps (the lone row's fused step, its logits left on the
+//! device and answered there).
 
 use std::sync::Arc;
 
@@ -11,17 +13,30 @@ use crate::backend::step::{BatchLimits, RowResult, RowWant, StepBatch, StepOut, 
 use crate::backend::Backend;
 use crate::sampler::argmax;
 
+/// Decode steps of the first sequence alone at the end.
+const LONE_STEPS: usize = 4;
+
 /// Relative gap under which the device may pick another token than the CPU (a near-tie).
 const TIE: f32 = 3e-2;
 
-/// One step's answers on the GPU and logits on the CPU; returns (rows, near-ties taken, wrong).
+/// What the answered steps found.
+#[derive(Default)]
+struct Found {
+    rows: usize,
+    ties: usize,
+    wrong: Vec<String>,
+}
+
+/// One step's answers on the GPU and logits on the CPU, tallied into `f`; returns the CPU's
+/// greedy token per row.
 fn answer_step(
     cr: &mut dyn StepRunner,
     gr: &mut dyn StepRunner,
     seqs: &[Seq],
     which: &[usize],
     vocab: usize,
-) -> Result<(usize, usize, Vec<String>), String> {
+    f: &mut Found,
+) -> Result<Vec<u32>, String> {
     let (tokens, steps) = batch_of(seqs, which);
     let batch = StepBatch {
         tokens: &tokens,
@@ -34,20 +49,24 @@ fn answer_step(
         Ok(StepOut::Logits(_)) => return Err("the GPU answered whole rows for argmax".into()),
         Err(e) => return Err(e.to_string()),
     };
-    let (mut ties, mut wrong) = (0, Vec::new());
+    let mut greedy = Vec::new();
     for (j, row) in rows.iter().enumerate() {
         let cpu = &c[j * vocab..(j + 1) * vocab];
         let best = argmax(cpu);
+        greedy.push(best);
         let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        f.rows += 1;
         match row {
             RowResult::Token(t) if *t == best => {}
             RowResult::Token(t) if cpu[best as usize] - cpu[*t as usize] <= TIE * scale => {
-                ties += 1
+                f.ties += 1
             }
-            other => wrong.push(format!("row {j}: GPU {other:?}, CPU argmax {best}")),
+            other => f.wrong.push(format!(
+                "{which:?} row {j}: GPU {other:?}, CPU argmax {best}"
+            )),
         }
     }
-    Ok((rows.len(), ties, wrong))
+    Ok(greedy)
 }
 
 /// Replay `schedule` over the final tokens of `last` on fresh runners of both backends.
@@ -72,11 +91,9 @@ pub(super) fn check_answers(
             blocks: q.blocks.clone(),
         })
         .collect();
-    let (mut rows, mut ties, mut wrong) = (0, 0, Vec::new());
+    let mut f = Found::default();
     for which in schedule {
-        let (n, t, w) = answer_step(&mut *cr, &mut *gr, &seqs, which, vocab)?;
-        (rows, ties) = (rows + n, ties + t);
-        wrong.extend(w);
+        answer_step(&mut *cr, &mut *gr, &seqs, which, vocab, &mut f)?;
         for &i in which {
             let s = &mut seqs[i];
             s.done = s.ids.len();
@@ -85,13 +102,22 @@ pub(super) fn check_answers(
             }
         }
     }
-    let text = match wrong.first() {
-        Some(w) => format!("{} of {rows} answers wrong; first: {w}", wrong.len()),
+    // The first sequence alone: its pending token, then its own greedy tokens.
+    for _ in 0..LONE_STEPS {
+        let greedy = answer_step(&mut *cr, &mut *gr, &seqs, &[0], vocab, &mut f)?;
+        let s = &mut seqs[0];
+        s.done = s.ids.len();
+        s.ids.extend(greedy);
+    }
+    let text = match f.wrong.first() {
+        Some(w) => format!("{} of {} answers wrong; first: {w}", f.wrong.len(), f.rows),
         None => format!(
-            "{} steps, {rows} rows answered on the device (graphs replayed once every bucket was seen twice): every argmax the CPU's ({ties} near-tie(s))",
-            schedule.len()
+            "{} steps, {} rows answered on the device (graphs replayed once every bucket was seen twice; {LONE_STEPS} steps of one sequence alone): every argmax the CPU's ({} near-tie(s))",
+            schedule.len() + LONE_STEPS,
+            f.rows,
+            f.ties
         ),
     };
-    r.line(&format!("{label} device answers"), text, wrong.is_empty());
+    r.line(&format!("{label} device answers"), text, f.wrong.is_empty());
     Ok(())
 }

@@ -88,7 +88,8 @@ impl<'a> Pass<'a> {
 
     /// One token. `params` (pinned host): i32 [position, K/V row, token id], then the sequence's
     /// block table (`table_ints` of them) when `pg` is paged; copied inside the pass so a captured
-    /// graph reads the current values. Logits to `logits` (pinned host).
+    /// graph reads the current values. Logits in the scratch `logits`, and to `logits` (pinned
+    /// host) unless it is null.
     pub fn decode(
         &mut self,
         params: *const u8,
@@ -353,10 +354,14 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Final norm and LM head of the one residual row at `x` (the GEMV path).
+    /// Final norm and LM head of the one residual row at `x` (the GEMV path), copied to `logits`
+    /// (pinned host) unless it is null.
     fn head_one(&mut self, x: u64, logits_dev: CUdeviceptr, logits: *mut u8) -> Result<(), String> {
         self.gate(self.m.hp.n_layer + 1)?;
         self.head_gemv(x, logits_dev)?;
+        if logits.is_null() {
+            return Ok(());
+        }
         unsafe { copy_dtoh(logits, logits_dev, self.m.hp.vocab * 4, self.s) }
     }
 

@@ -44,8 +44,10 @@ pub struct Res {
     pub params_host: Pinned,
     /// One row of logits.
     pub logits_host: Pinned,
-    /// The captured decode step, and the KV cache it was captured for (its layer-0 K address).
+    /// The captured decode step, and the KV cache it was captured for (its layer-0 K address);
+    /// `graph_bare` leaves the logits on the device (the batched runner answers from them there).
     pub graph: Option<(u64, Graph)>,
+    pub graph_bare: Option<(u64, Graph)>,
     /// Fused decode kernels, unless `LAYERSTREAM_CUDA_DECODE=separate` (for comparing the two).
     pub fused: bool,
     /// The captured decode step's kernels launched as programmatic dependents (each prefetches
@@ -92,6 +94,7 @@ impl Res {
             params_host: Pinned::alloc(16 + ctx.max(1) * 4, false).map_err(e)?,
             logits_host: Pinned::alloc(model.hp.vocab * 4, false).map_err(e)?,
             graph: None,
+            graph_bare: None,
             fused: std::env::var("LAYERSTREAM_CUDA_DECODE").map_or(true, |v| v != "separate"),
             dependent: std::env::var("LAYERSTREAM_CUDA_PDL").map_or(true, |v| v != "0"),
             timing,
@@ -121,36 +124,55 @@ impl Res {
     }
 
     /// Issue one decode step: the captured graph once every unit is resident (captured on first
-    /// use for this KV cache), else the kernels one by one.
+    /// use for this KV cache), else the kernels one by one. The logits end in `logits_host` when
+    /// `copy`, else only on the device (the scratch `logits`).
     pub fn issue_decode(
         &mut self,
         pass: &mut Pass,
         table_ints: usize,
         pg: Paged,
         all_resident: bool,
+        copy: bool,
     ) -> Result<(), String> {
         pass.fused = self.fused;
-        let (params, logits) = (self.params_host.ptr, self.logits_host.ptr);
+        let params = self.params_host.ptr;
+        let logits = if copy {
+            self.logits_host.ptr
+        } else {
+            std::ptr::null_mut()
+        };
         if !all_resident {
             return pass.decode(params, table_ints, pg, logits);
         }
         let key = pass.kv.layers.first().map_or(0, |l| l.0);
-        if self.graph.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.graph = None;
-            let mut graph = capture(pass, params, table_ints, pg, logits, self.dependent);
-            if let (Err(why), true) = (&graph, self.dependent) {
+        let dependent = self.dependent;
+        let slot = if copy {
+            &mut self.graph
+        } else {
+            &mut self.graph_bare
+        };
+        if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+            *slot = None;
+            let mut graph = capture(pass, params, table_ints, pg, logits, dependent);
+            if let (Err(why), true) = (&graph, dependent) {
                 tracing::warn!(
                     "decode graph with dependent launches refused ({why}); capturing without"
                 );
                 self.dependent = false;
                 graph = capture(pass, params, table_ints, pg, logits, false);
             }
-            self.graph = Some((key, graph?));
+            let slot = if copy {
+                &mut self.graph
+            } else {
+                &mut self.graph_bare
+            };
+            *slot = Some((key, graph?));
         }
         if let Some((t0, _, _, _)) = &self.timing {
             t0.record(&self.stream)?;
         }
-        if let Some((_, g)) = &self.graph {
+        let graph = if copy { &self.graph } else { &self.graph_bare };
+        if let Some((_, g)) = graph {
             g.launch(&self.stream)?;
         }
         if let Some((_, t1, _, _)) = &self.timing {

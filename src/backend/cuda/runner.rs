@@ -50,6 +50,8 @@ pub struct CudaRunner {
     rows_dev: DevBuf,
     rows_host: Pinned,
     whole: Vec<bool>,
+    /// Where the last step's logit rows are on the device (for `full_row`).
+    whole_src: u64,
     /// Batch-invariant mode (see `Pass::fixed_rows`).
     invariant: bool,
     /// Steps replayed from graphs per bucket (graph_steps.rs).
@@ -57,9 +59,11 @@ pub struct CudaRunner {
     timing: Option<StepTiming>,
 }
 
-/// How a step was issued: the lone decode row (its logits in the `Res`), or `n` logit rows.
+/// How a step was issued: the lone decode row (its logits whole in the `Res`, or answered on the
+/// device), or `n` logit rows.
 enum Ran {
     Lone,
+    LoneAnswered,
     Rows(usize),
 }
 
@@ -151,6 +155,7 @@ impl CudaRunner {
             rows_dev: DevBuf::alloc(head_cap * HEAD_ROW_WORDS * 4).map_err(e)?,
             rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
             whole: Vec::new(),
+            whole_src: 0,
             invariant: limits.batch_invariant,
             graphs: Graphs::from_env(),
             timing: StepTiming::from_env().map_err(e)?,
@@ -232,6 +237,7 @@ impl CudaRunner {
             let bytes = m * HEAD_ROW_WORDS * 4;
             unsafe { copy_dtoh(self.rows_host.ptr, self.rows_dev.ptr, bytes, pass.s)? };
         }
+        self.whole_src = self.logits_dev.ptr;
         self.copy_whole_rows(pass, if answers.is_some() { wants } else { &[] }, m)?;
         StepTiming::mark(&self.timing, 3, pass.s)?;
         Ok(m)
@@ -449,11 +455,18 @@ impl CudaRunner {
                     bs,
                 };
                 let (table_ints, all) = (self.max_blocks, model.residency.all_resident());
+                let answers = rows_want.filter(|(w, _)| w.iter().any(|w| *w != RowWant::Full));
                 let res = self.res()?;
                 res.set_decode_params(s.pos, slot, batch.tokens[s.rows.start], s.blocks);
-                res.issue_decode(&mut pass, table_ints, pg, all)
+                res.issue_decode(&mut pass, table_ints, pg, all, answers.is_none())
                     .map_err(e)?;
-                Ran::Lone
+                match answers {
+                    Some((wants, n_text)) => {
+                        self.lone_answers(batch, &pass, wants, n_text).map_err(e)?;
+                        Ran::LoneAnswered
+                    }
+                    None => Ran::Lone,
+                }
             }
             _ => {
                 let graph = self.graph_buckets(batch);
@@ -476,10 +489,40 @@ impl CudaRunner {
         Ok(ran)
     }
 
+    /// The lone decode row's answer from its logits on the device (left there by the decode
+    /// step), and its copy back; the row stays on the device for `full_row`.
+    fn lone_answers(
+        &mut self,
+        batch: &StepBatch<'_>,
+        pass: &Pass,
+        wants: &[RowWant],
+        n_text: usize,
+    ) -> Result<(), String> {
+        let head = HeadStage { m: 1 };
+        let hbuf = bytemuck::cast_slice_mut::<u8, u32>(self.head_host.as_mut_slice());
+        head.stage(hbuf, batch, wants);
+        let logits = pass.dev.ptr(pass.dev.layout.scratch.logits);
+        let bufs = HeadBufs {
+            logits,
+            ..self.head_bufs()
+        };
+        unsafe { copy_htod(bufs.head_dev, self.head_host.ptr, head.words() * 4, pass.s)? };
+        bufs.answers(pass, 1, n_text)?;
+        unsafe { copy_dtoh(self.rows_host.ptr, bufs.out, HEAD_ROW_WORDS * 4, pass.s)? };
+        self.whole = vec![false];
+        self.whole_src = logits;
+        Ok(())
+    }
+
     /// The logits of the last step, whole.
     fn logits(&mut self, ran: Ran) -> Result<&mut [f32], BackendError> {
         let vocab = self.model.hp.vocab;
         let (host, rows) = match ran {
+            Ran::LoneAnswered => {
+                return Err(BackendError::Device(
+                    "the row was answered on the device".into(),
+                ))
+            }
             Ran::Lone => (
                 &mut self
                     .res
@@ -517,6 +560,7 @@ impl StepRunner for CudaRunner {
         meanwhile: &mut dyn FnMut(),
     ) -> Result<StepOut<'_>, BackendError> {
         match self.run(batch, Some((wants, n_text)), meanwhile)? {
+            Ran::LoneAnswered => Ok(StepOut::Rows(self.row_results(wants))),
             Ran::Rows(m) if self.whole.len() == m && self.whole.iter().any(|w| !w) => {
                 Ok(StepOut::Rows(self.row_results(wants)))
             }
@@ -534,7 +578,7 @@ impl StepRunner for CudaRunner {
         if !self.whole[i] {
             let e = BackendError::Device;
             let res = self.res.as_ref().ok_or(BackendError::Interrupted)?;
-            let (dst, src) = (i * vocab * 4, self.logits_dev.ptr + (i * vocab * 4) as u64);
+            let (dst, src) = (i * vocab * 4, self.whole_src + (i * vocab * 4) as u64);
             unsafe {
                 copy_dtoh(self.logits_host.ptr.add(dst), src, vocab * 4, &res.stream).map_err(e)?
             };

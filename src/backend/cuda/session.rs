@@ -151,7 +151,7 @@ impl Session for CudaSession {
             let res = self.res.as_mut().expect("made above");
             res.set_decode_params(pos0, pos0, *id, &[]);
             let all = model.residency.all_resident();
-            res.issue_decode(&mut pass, 0, Paged::CONTIGUOUS, all)
+            res.issue_decode(&mut pass, 0, Paged::CONTIGUOUS, all, true)
                 .map_err(e)?;
         } else {
             self.issue_prompt(tokens, &mut pass)?;
