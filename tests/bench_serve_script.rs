@@ -1,6 +1,8 @@
 //! `scripts/bench-serve` end to end: the script starts the real binary on a tiny random model (CPU),
-//! runs 2 clients × 2 streamed requests through `/generate`, stops the server, and its `--json`
-//! report must say 4 requests ok, 0 failed, tokens > 0 and finite TTFT percentiles.
+//! runs 2 clients × 2 streamed requests through `/generate` from 2 load processes with
+//! `ignore_eos`, stops the server, and its `--json` report must say 4 requests ok, 0 failed,
+//! exactly 4 × 8 tokens and finite TTFT percentiles. `scripts/compare-concurrency` must find
+//! greedy requests identical alone and at once (the CPU's rows never depend on each other).
 
 mod common;
 #[path = "common/harness.rs"]
@@ -49,6 +51,9 @@ fn bench_serve_starts_the_server_and_reports_every_request() {
             "2",
             "--max-tokens",
             "8",
+            "--procs",
+            "2",
+            "--ignore-eos",
             "--ready-timeout",
             "60",
             "--timeout",
@@ -71,10 +76,46 @@ fn bench_serve_starts_the_server_and_reports_every_request() {
     assert_eq!(json_number(run, "requests_ok"), 4.0, "{json}");
     assert_eq!(json_number(run, "requests_failed"), 0.0, "{json}");
     assert_eq!(json_number(run, "warmup_failed"), 0.0, "{json}");
-    assert!(json_number(run, "completion_tokens") > 0.0, "{json}");
+    assert_eq!(json_number(run, "completion_tokens"), 32.0, "{json}");
     assert!(json_number(run, "tok_per_s") > 0.0, "{json}");
     let p50 = json_number(run, "ttft_ms_p50");
     let p99 = json_number(run, "ttft_ms_p99");
     assert!(p50.is_finite() && p50 > 0.0, "{json}");
     assert!(p99.is_finite() && p99 >= p50, "{json}");
+}
+
+#[test]
+fn compare_concurrency_finds_the_cpus_greedy_requests_identical() {
+    let tmp = TempDir::new("compare-concurrency");
+    let report = tmp.0.join("out.json");
+    let mut args: Vec<OsString> = vec![
+        "--layerstream-bin".into(),
+        harness::binary().into(),
+        "--model".into(),
+        harness::tiny_model().into(),
+        "--json".into(),
+        report.clone().into(),
+    ];
+    args.extend(
+        [
+            "--device",
+            "cpu",
+            "--requests",
+            "8",
+            "--max-tokens",
+            "8",
+            "--require-identical",
+        ]
+        .map(OsString::from),
+    );
+    let o = run_script("compare-concurrency", &args);
+    assert!(o.status.success(), "compare-concurrency failed: {}", describe(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("8 of 8 greedy requests identical"),
+        "{}",
+        describe(&o)
+    );
+    let json = std::fs::read_to_string(&report).expect("the --json report");
+    assert_eq!(json.matches("\"first_difference\": null").count(), 8, "{json}");
 }
