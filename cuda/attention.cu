@@ -13,6 +13,12 @@
 //                 sequence's keys 0..=pos, its block table at tables + row_tab[t] (or `tables`
 //                 itself when row_tab is null; no table when `tables` is null); output F16
 //                 [n, q_dim] for cuBLAS. Prefill of one sequence and a batch of many alike.
+//   attn_rows_split + attn_rows_merge: the same rows split over their keys (flash-decoding, for
+//                 long contexts): grid (n, n_head * splits), block 32; block (t, h + n_head * s)
+//                 takes keys [s * chunk, (s + 1) * chunk) of row t (nothing past its position) and
+//                 writes its unnormalised (acc, max, sum) to partial (t * n_head + h) * splits + s;
+//                 attn_rows_merge (grid (n, n_head), block 32) merges row t's ceil((pos + 1) /
+//                 chunk) splits (at most 64) into F16 [n, q_dim] as attn_rows writes it.
 //   attn_decode + attn_reduce: one query (position *pos_dev, its K/V already in the cache), split
 //                 over the sequence: grid (max_splits, n_head), block 32; split s takes keys
 //                 [s * chunk, (s + 1) * chunk) and writes its unnormalised (acc, max, sum);
@@ -154,14 +160,14 @@ __device__ __forceinline__ void decode_split(const float* __restrict__ q, const 
     }
 }
 
-// Merge the first `splits` partials of head h into out[h * D ..] (one warp). Lane s holds split s
-// and s + 32 (at most 64 splits), so the merge weights take one round of loads and shuffles; the
-// output loop then reads every split's partial sums independently. The loads bypass L1 (__ldcg):
-// in attn_decode_merge the partials were written by other blocks of the same launch.
-__device__ __forceinline__ void merge_splits(const float* part_acc, const float* part_ml, float* __restrict__ out,
-                                             int h, int D, int splits, int max_splits) {
+// Merge the first `splits` partials from `base` (one warp) into o[i] for d = lane + 32 i, already
+// normalised. Lane s holds split s and s + 32 (at most 64 splits), so the merge weights take one
+// round of loads and shuffles; the output loop then reads every split's partial sums
+// independently. The loads bypass L1 (__ldcg): in attn_decode_merge the partials were written by
+// other blocks of the same launch.
+__device__ __forceinline__ void merge_into(const float* part_acc, const float* part_ml, size_t base, int D,
+                                           int splits, float (&o)[PER_LANE]) {
     const int lane = threadIdx.x % WARP;
-    const size_t base = (size_t)h * max_splits;
     float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;
     if (lane < splits) { m0 = __ldcg(part_ml + (base + lane) * 2); l0 = __ldcg(part_ml + (base + lane) * 2 + 1); }
     if (lane + WARP < splits) {
@@ -172,7 +178,6 @@ __device__ __forceinline__ void merge_splits(const float* part_acc, const float*
     const float w0 = lane < splits ? expf(m0 - m) : 0.0f;
     const float w1 = lane + WARP < splits ? expf(m1 - m) : 0.0f;
     const float inv = 1.0f / warp_sum(l0 * w0 + l1 * w1);
-    float o[PER_LANE];
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) o[i] = 0.0f;
     for (int s = 0; s < splits; s++) {
@@ -184,9 +189,19 @@ __device__ __forceinline__ void merge_splits(const float* part_acc, const float*
         }
     }
 #pragma unroll
+    for (int i = 0; i < PER_LANE; i++) o[i] *= inv;
+}
+
+// Merge the first `splits` partials of head h into out[h * D ..] (F32).
+__device__ __forceinline__ void merge_splits(const float* part_acc, const float* part_ml, float* __restrict__ out,
+                                             int h, int D, int splits, int max_splits) {
+    const int lane = threadIdx.x % WARP;
+    float o[PER_LANE];
+    merge_into(part_acc, part_ml, (size_t)h * max_splits, D, splits, o);
+#pragma unroll
     for (int i = 0; i < PER_LANE; i++) {
         const int d = lane + WARP * i;
-        if (d < D) out[h * D + d] = o[i] * inv;
+        if (d < D) out[h * D + d] = o[i];
     }
 }
 
@@ -229,4 +244,51 @@ extern "C" __global__ void attn_decode_merge(const float* __restrict__ q, const 
     __threadfence();  // the other blocks' partials are read after their counts
     if (threadIdx.x == 0) count[h] = 0;
     merge_splits(part_acc, part_ml, out, h, D, active_splits(len, chunk, max_splits), max_splits);
+}
+
+extern "C" __global__ void attn_rows_split(const float* __restrict__ q, const __half* __restrict__ kc,
+                                           const __half* __restrict__ vc, float* __restrict__ part_acc,
+                                           float* __restrict__ part_ml, int n, const int* __restrict__ row_pos,
+                                           int pos0, const int* __restrict__ row_tab, const int* __restrict__ tables,
+                                           int bs, int n_head, int n_kv, int D, float scale, int chunk, int splits) {
+    __shared__ float qs[MAX_D];
+    extern __shared__ __align__(16) __half tiles[];
+    const int t = blockIdx.x, h = blockIdx.y % n_head, sp = blockIdx.y / n_head;
+    if (t >= n) return;
+    const int pos = row_pos ? row_pos[t] : pos0 + t;
+    const int k0 = sp * chunk, k1 = min(pos + 1, k0 + chunk);
+    if (k0 >= k1) return;  // past the row's position: the merge reads only the splits it has
+    const int lane = threadIdx.x, q_dim = n_head * D, kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
+    for (int d = lane; d < D; d += WARP) qs[d] = q[(size_t)t * q_dim + h * D + d];
+    __syncwarp();
+    Softmax st;
+    softmax_init(st);
+    const int* table = tables ? tables + (row_tab ? row_tab[t] : 0) : nullptr;
+    attend_range(qs, kc, vc, table, bs, kv_dim, kv_off, D, scale, k0, k1, st, tiles);
+    const size_t part = ((size_t)t * n_head + h) * splits + sp;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int d = lane + WARP * i;
+        if (d < D) part_acc[part * D + d] = st.acc[i];
+    }
+    if (lane == 0) {
+        part_ml[part * 2] = st.m;
+        part_ml[part * 2 + 1] = st.l;
+    }
+}
+
+extern "C" __global__ void attn_rows_merge(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                           __half* __restrict__ out, int n, const int* __restrict__ row_pos, int pos0,
+                                           int n_head, int D, int chunk, int splits) {
+    const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    if (t >= n) return;
+    const int pos = row_pos ? row_pos[t] : pos0 + t;
+    const int active = min(splits, (pos + chunk) / chunk);
+    float o[PER_LANE];
+    merge_into(part_acc, part_ml, ((size_t)t * n_head + h) * splits, D, active, o);
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int d = lane + WARP * i;
+        if (d < D) out[(size_t)t * n_head * D + h * D + d] = __float2half_rn(o[i]);
+    }
 }

@@ -109,7 +109,11 @@ fn compare_concurrency_finds_the_cpus_greedy_requests_identical() {
         .map(OsString::from),
     );
     let o = run_script("compare-concurrency", &args);
-    assert!(o.status.success(), "compare-concurrency failed: {}", describe(&o));
+    assert!(
+        o.status.success(),
+        "compare-concurrency failed: {}",
+        describe(&o)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("8 of 8 greedy requests identical"),
@@ -117,5 +121,9 @@ fn compare_concurrency_finds_the_cpus_greedy_requests_identical() {
         describe(&o)
     );
     let json = std::fs::read_to_string(&report).expect("the --json report");
-    assert_eq!(json.matches("\"first_difference\": null").count(), 8, "{json}");
+    assert_eq!(
+        json.matches("\"first_difference\": null").count(),
+        8,
+        "{json}"
+    );
 }

@@ -1,6 +1,7 @@
-//! `layerstream bench --batch N`: N sequences through the engine's batched step — each prompt
-//! computed in one step together, then every decode step carrying one token of each sequence —
-//! and the total prefill and decode rates, median of several repetitions.
+//! `layerstream bench --batch N`: N sequences through the engine's batched step — the prompts
+//! computed together (in chunks when they exceed the rows a step may hold), then every decode
+//! step carrying one token of each sequence — and the total prefill and decode rates, median of
+//! several repetitions.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -60,7 +61,13 @@ pub fn run(a: BenchArgs) -> ExitCode {
         .collect();
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for _ in 0..a.reps.max(1) + 1 {
-        match one_run(runner.as_mut(), &prompts, a.gen_tokens, per_seq) {
+        match one_run(
+            runner.as_mut(),
+            &prompts,
+            a.gen_tokens,
+            per_seq,
+            limits.max_batch_tokens,
+        ) {
             Ok((pp, tg)) => {
                 prefill.push(pp);
                 decode.push(tg);
@@ -90,38 +97,64 @@ pub fn run(a: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One repetition: every prompt in one step, then `gen` decode steps of all sequences; returns
-/// the total prefill and decode rates.
+/// Every prompt, a chunk of each per step (at most `max_rows` rows a step); the greedy tokens
+/// after the last chunk.
+fn prefill(
+    runner: &mut dyn StepRunner,
+    prompts: &[Vec<u32>],
+    tables: &[Vec<u32>],
+    max_rows: usize,
+) -> Result<Vec<u32>, BackendError> {
+    let (n, plen) = (prompts.len(), prompts[0].len());
+    let each = (max_rows / n).max(1);
+    let (mut done, mut next) = (0, Vec::new());
+    while done < plen {
+        let take = each.min(plen - done);
+        let last = done + take == plen;
+        let tokens: Vec<u32> = prompts
+            .iter()
+            .flat_map(|p| p[done..done + take].iter().copied())
+            .collect();
+        let seqs: Vec<SeqStep<'_>> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeqStep {
+                rows: i * take..(i + 1) * take,
+                pos: done,
+                blocks: t,
+                logits: last,
+            })
+            .collect();
+        let logits = runner.step(&StepBatch {
+            tokens: &tokens,
+            seqs: &seqs,
+        })?;
+        if last {
+            let vocab = logits.len() / n;
+            next = logits.chunks(vocab).map(argmax).collect();
+        }
+        done += take;
+    }
+    Ok(next)
+}
+
+/// One repetition: the prompts, then `gen` decode steps of all sequences; returns the total
+/// prefill and decode rates.
 fn one_run(
     runner: &mut dyn StepRunner,
     prompts: &[Vec<u32>],
     gen: usize,
     per_seq: usize,
+    max_rows: usize,
 ) -> Result<(f64, f64), BackendError> {
     let blocks_each = per_seq.div_ceil(BLOCK);
     let tables: Vec<Vec<u32>> = (0..prompts.len())
         .map(|i| ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect())
         .collect();
     let plen = prompts[0].len();
-    let tokens: Vec<u32> = prompts.concat();
-    let seqs: Vec<SeqStep<'_>> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| SeqStep {
-            rows: i * plen..(i + 1) * plen,
-            pos: 0,
-            blocks: t,
-            logits: true,
-        })
-        .collect();
     let t = Instant::now();
-    let logits = runner.step(&StepBatch {
-        tokens: &tokens,
-        seqs: &seqs,
-    })?;
-    let vocab = logits.len() / prompts.len();
-    let mut next: Vec<u32> = logits.chunks(vocab).map(argmax).collect();
-    let pp = tokens.len() as f64 / t.elapsed().as_secs_f64();
+    let mut next = prefill(runner, prompts, &tables, max_rows)?;
+    let pp = (plen * prompts.len()) as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for step in 0..gen {
         let seqs: Vec<SeqStep<'_>> = tables
@@ -138,6 +171,7 @@ fn one_run(
             tokens: &next,
             seqs: &seqs,
         })?;
+        let vocab = logits.len() / prompts.len();
         next = logits.chunks(vocab).map(argmax).collect();
     }
     Ok((pp, (gen * prompts.len()) as f64 / t.elapsed().as_secs_f64()))

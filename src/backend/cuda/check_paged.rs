@@ -9,7 +9,7 @@ use super::check::{
     attention_ref, download, f16s, hp_for, poisoned, randh, randn, upload, Report, TOL_F16, TOL_F32,
 };
 use super::driver::Stream;
-use super::kernels::{Kernels, Paged, RowsAt};
+use super::kernels::{Kernels, Paged, RowsAt, RowsSplit};
 use crate::backend::cpu::ops;
 use crate::rng::Rng;
 
@@ -101,11 +101,53 @@ pub(super) fn check_paged(
     };
     k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp)?;
     s.sync()?;
+    let plain = download::<f16>(&ob, n * qd)?;
     r.err(
         &format!("attn_rows paged {n_head}/{n_kv}x{d}"),
-        &f16s(&download::<f16>(&ob, n * qd)?),
+        &f16s(&plain),
         &want,
         TOL_F16,
+    );
+    // The same rows split over their keys, 32 at a time (a grid of 8 splits; the deepest row has
+    // 100 keys, so 4, the others 17 to 37 keys, so 1 or 2): against the reference, and rows of at
+    // most 32 keys bit-identical to the plain kernel (one split is the plain kernel's sum).
+    let (chunk, splits) = (32usize, 8usize);
+    let parts = n * n_head * splits;
+    let (sa, sm, so) = (
+        poisoned::<f32>(parts * d)?,
+        poisoned::<f32>(parts * 2)?,
+        poisoned::<f16>(n * qd)?,
+    );
+    let sp = RowsSplit {
+        acc: sa.ptr,
+        ml: sm.ptr,
+        chunk,
+        splits,
+    };
+    k.attn_rows_split(s, qb.ptr, kb.ptr, vb.ptr, so.ptr, n, &at, &sp, &hp)?;
+    s.sync()?;
+    let split_out = download::<f16>(&so, n * qd)?;
+    r.err(
+        &format!("attn_rows_split paged {n_head}/{n_kv}x{d}"),
+        &f16s(&split_out),
+        &want,
+        TOL_F16,
+    );
+    let short: Vec<usize> = (0..n).filter(|&t| row_pos[t] < chunk as i32).collect();
+    let same = short.iter().all(|&t| {
+        let row = t * qd..(t + 1) * qd;
+        plain[row.clone()]
+            .iter()
+            .zip(&split_out[row])
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    });
+    r.line(
+        &format!("attn_rows_split one split {n_head}/{n_kv}x{d}"),
+        format!(
+            "{} row(s) of at most {chunk} keys identical to attn_rows",
+            short.len()
+        ),
+        same && !short.is_empty(),
     );
     // The last sequence's decode row through its block table, split 32 keys at a time.
     let last = &seqs[2];

@@ -141,13 +141,15 @@ impl HeadStage {
     }
 }
 
-/// The captured graphs: the layers by row bucket, the head by head bucket (and the text vocabulary
-/// its answers kernel was given); `off` once a capture failed (or by the environment).
+/// The captured graphs: the layers by row bucket (and attention splits), the head by head bucket
+/// (and the text vocabulary its answers kernel was given); `off` once a capture failed (or by the
+/// environment).
 pub struct Graphs {
-    pub rows: HashMap<usize, Graph>,
+    pub rows: HashMap<(usize, usize), Graph>,
     pub heads: HashMap<(usize, usize), Graph>,
-    /// Buckets run once unrecorded (rows as `(r, usize::MAX)`): the next step captures them.
-    pub seen: HashSet<(usize, usize)>,
+    /// Keys run once unrecorded: the next step with the same key captures them.
+    pub seen_rows: HashSet<(usize, usize)>,
+    pub seen_heads: HashSet<(usize, usize)>,
     pub off: bool,
 }
 
@@ -156,7 +158,8 @@ impl Graphs {
         Graphs {
             rows: HashMap::new(),
             heads: HashMap::new(),
-            seen: HashSet::new(),
+            seen_rows: HashSet::new(),
+            seen_heads: HashSet::new(),
             off: std::env::var("LAYERSTREAM_CUDA_GRAPHS").is_ok_and(|v| v == "0"),
         }
     }
@@ -183,17 +186,50 @@ impl Graphs {
     }
 }
 
+/// How many ranges of `chunk` keys a step splits its rows' attention into, when its longest row
+/// reaches `max_len` positions: 1 (no split) up to `chunk`, else a power of two that covers it, at
+/// most `max_splits` (which, with `chunk`, covers the context). A row's own splits depend only on
+/// its length, so its result does not depend on the others' (see `attn_rows_merge`).
+pub fn attn_splits(max_len: usize, chunk: usize, max_splits: usize) -> usize {
+    let need = max_len.div_ceil(chunk.max(1));
+    if need <= 1 {
+        1
+    } else {
+        need.next_power_of_two().min(max_splits)
+    }
+}
+
+/// Keys a split takes for a context of `ctx` positions: `want`, or more so that
+/// `MAX_ROW_SPLITS` of them cover the context.
+pub fn split_chunk(want: usize, ctx: usize, max_splits: usize) -> usize {
+    want.max(1).max(ctx.div_ceil(max_splits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::step::SeqStep;
 
     #[test]
+    fn attention_splits_cover_the_longest_row() {
+        assert_eq!(attn_splits(100, 256, 16), 1);
+        assert_eq!(attn_splits(256, 256, 16), 1);
+        assert_eq!(attn_splits(257, 256, 16), 2);
+        assert_eq!(attn_splits(700, 256, 16), 4);
+        assert_eq!(attn_splits(4096, 256, 16), 16);
+        assert_eq!(attn_splits(4000, 256, 12), 12);
+        assert_eq!(split_chunk(256, 32768, 64), 512);
+        assert_eq!(split_chunk(256, 4096, 64), 256);
+        assert_eq!(split_chunk(16, 128, 64), 16);
+    }
+
+    #[test]
     fn buckets_hold_the_step_and_respect_the_caps() {
         let g = Graphs {
             rows: HashMap::new(),
             heads: HashMap::new(),
-            seen: HashSet::new(),
+            seen_rows: HashSet::new(),
+            seen_heads: HashSet::new(),
             off: false,
         };
         assert_eq!(g.buckets(3, 3, 512, 128), Some((4, 4)));

@@ -32,6 +32,8 @@ pub struct Kernels {
     gemv_threads: u32,
     rope_qkv: CUfunction,
     attn_rows: CUfunction,
+    attn_rows_split: CUfunction,
+    attn_rows_merge: CUfunction,
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
     attn_decode_merge: CUfunction,
@@ -86,6 +88,19 @@ impl RowsAt {
         }
     }
 }
+
+/// How `attn_rows_split` splits each row's keys: `splits` ranges (at most 64) of `chunk` keys,
+/// partials in `acc` (F32 `[rows, n_head, splits, head_dim]`) and `ml` (`[rows, n_head, splits, 2]`).
+#[derive(Clone, Copy, Debug)]
+pub struct RowsSplit {
+    pub acc: CUdeviceptr,
+    pub ml: CUdeviceptr,
+    pub chunk: usize,
+    pub splits: usize,
+}
+
+/// Most splits `attn_rows_merge` merges (two per lane).
+pub const MAX_ROW_SPLITS: usize = 64;
 
 /// A single sequence's block table on the device (`table` 0: contiguous rows), for the decode
 /// attention.
@@ -270,6 +285,8 @@ impl Kernels {
             gemv_threads: gemv_threads_from_env(),
             rope_qkv: m.function("rope_qkv")?,
             attn_rows: big("attn_rows")?,
+            attn_rows_split: big("attn_rows_split")?,
+            attn_rows_merge: m.function("attn_rows_merge")?,
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
             attn_decode_merge: big("attn_decode_merge")?,
@@ -491,6 +508,32 @@ impl Kernels {
         launch!(self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, out, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables, at.bs as i32,
             hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
+    }
+
+    /// As [`Kernels::attn_rows`], each row's keys split into `split.splits` ranges of
+    /// `split.chunk` (partials in `split`'s buffers), then merged into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_rows_split(
+        &self,
+        s: &Stream,
+        q: CUdeviceptr,
+        kc: CUdeviceptr,
+        vc: CUdeviceptr,
+        out: CUdeviceptr,
+        n: usize,
+        at: &RowsAt,
+        split: &RowsSplit,
+        hp: &crate::model::HParams,
+    ) -> Result<(), String> {
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let (chunk, splits) = (split.chunk as i32, split.splits as i32);
+        let grid = (n as u32, (hp.n_head * split.splits) as u32);
+        launch!(self.attn_rows_split, grid, 32, attn_tile_bytes(hp.head_dim), s;
+            q, kc, vc, split.acc, split.ml, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables,
+            at.bs as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, chunk, splits)?;
+        launch!(self.attn_rows_merge, (n as u32, hp.n_head as u32), 32, 0, s;
+            split.acc, split.ml, out, n as i32, at.row_pos, at.pos0 as i32, hp.n_head as i32,
+            hp.head_dim as i32, chunk, splits)
     }
 
     /// Split decode attention then the merge of the splits into `out` (F32 `[q_dim]`).

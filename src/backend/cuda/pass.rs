@@ -11,7 +11,7 @@ use cudarc::driver::sys::CUdeviceptr;
 
 use super::blas::Blas;
 use super::driver::{copy_dtoh, copy_htod, wait_event, wait_value, Stream};
-use super::kernels::{Paged, RowsAt};
+use super::kernels::{Paged, RowsAt, RowsSplit};
 use super::{CudaModel, Device};
 
 /// Where a pass reads and writes the KV cache: each layer's K and V rows (`[rows, kv_dim]` F16).
@@ -36,6 +36,8 @@ pub struct Pass<'a> {
     /// padded), so cuBLAS picks one kernel whatever the step holds and a row's sums never depend
     /// on the other rows; the LM head always takes the product path.
     pub fixed_rows: Option<usize>,
+    /// Split each row's attention over its keys (long contexts; `Pass::rows` only).
+    pub split: Option<RowsSplit>,
 }
 
 /// Rows of every product in batch-invariant mode (divides `MAX_BATCH`).
@@ -52,6 +54,7 @@ impl<'a> Pass<'a> {
             fused: true,
             no_loading: None,
             fixed_rows: None,
+            split: None,
         }
     }
 
@@ -254,7 +257,10 @@ impl<'a> Pass<'a> {
                 false,
             )?;
             k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, at, n, hp)?;
-            k.attn_rows(s, p(sc.q), kc, vc, p(sc.att16), n, at, hp)?;
+            match self.split.filter(|sp| sp.splits > 1) {
+                Some(sp) => k.attn_rows_split(s, p(sc.q), kc, vc, p(sc.att16), n, at, &sp, hp)?,
+                None => k.attn_rows(s, p(sc.q), kc, vc, p(sc.att16), n, at, hp)?,
+            }
             self.gemm(blas, p(sc.att16), p(ly.wo.off), p(sc.x), n, h, q, true)?;
             k.rmsnorm_f16(
                 s,

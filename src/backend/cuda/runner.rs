@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
-use super::graph_steps::{head_capacity, row_capacity, Graphs, HeadStage, RowsStage};
-use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS};
+use super::graph_steps::{
+    attn_splits, head_capacity, row_capacity, split_chunk, Graphs, HeadStage, RowsStage,
+};
+use super::kernels::{Paged, RowsAt, RowsSplit, HEAD_ROW_WORDS, MAX_ROW_SPLITS};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
 use super::res::capture_on;
@@ -54,6 +56,12 @@ pub struct CudaRunner {
     whole_src: u64,
     /// Batch-invariant mode (see `Pass::fixed_rows`).
     invariant: bool,
+    /// Partials of attention split over long rows' keys (`RowsSplit`'s `acc` and `ml`), the keys
+    /// a split takes, and the most splits.
+    split_acc: DevBuf,
+    split_ml: DevBuf,
+    split_chunk: usize,
+    max_splits: usize,
     /// Steps replayed from graphs per bucket (graph_steps.rs).
     graphs: Graphs,
     timing: Option<StepTiming>,
@@ -105,6 +113,16 @@ impl HeadBufs {
     }
 }
 
+/// Keys a split of a long row's attention takes: `LAYERSTREAM_CUDA_ATTN_SPLIT_KEYS` (for checking
+/// the split path on short contexts), else 256.
+fn split_keys_from_env() -> usize {
+    std::env::var("LAYERSTREAM_CUDA_ATTN_SPLIT_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k >= 1)
+        .unwrap_or(256)
+}
+
 /// KV pool bytes per position: every layer's K and V rows, F16.
 pub fn kv_bytes_per_token(hp: &crate::model::HParams) -> usize {
     hp.n_layer * 2 * hp.kv_dim() * 2
@@ -134,7 +152,14 @@ impl CudaRunner {
         let (row_cap, head_cap) = (row_capacity(max_rows), head_capacity(max_seqs));
         let ints = RowsStage::capacity(row_cap, max_seqs, max_blocks);
         let head_bytes = HeadStage { m: head_cap }.words() * 4;
+        let split_chunk = split_chunk(split_keys_from_env(), limits.ctx, MAX_ROW_SPLITS);
+        let max_splits = limits.ctx.div_ceil(split_chunk).clamp(1, MAX_ROW_SPLITS);
+        let parts = row_cap * hp.n_head * max_splits;
         Ok(CudaRunner {
+            split_acc: DevBuf::alloc(parts * hp.head_dim * 4).map_err(e)?,
+            split_ml: DevBuf::alloc(parts * 2 * 4).map_err(e)?,
+            split_chunk,
+            max_splits,
             res: None,
             _pool: pool,
             kv,
@@ -252,6 +277,22 @@ impl CudaRunner {
         }
     }
 
+    /// How this step splits its rows' attention (by its longest row).
+    fn split_for(&self, batch: &StepBatch<'_>) -> RowsSplit {
+        let max_len = batch
+            .seqs
+            .iter()
+            .map(|s| s.pos + s.rows.len())
+            .max()
+            .unwrap_or(0);
+        RowsSplit {
+            acc: self.split_acc.ptr,
+            ml: self.split_ml.ptr,
+            chunk: self.split_chunk,
+            splits: attn_splits(max_len, self.split_chunk, self.max_splits),
+        }
+    }
+
     /// The (row, head) buckets whose graphs replay this step, when they may: every unit
     /// resident, and more than the lone decode row.
     fn graph_buckets(&self, batch: &StepBatch<'_>) -> Option<(usize, usize)> {
@@ -269,13 +310,14 @@ impl CudaRunner {
         let res = self.res.as_ref().ok_or("no runner resources")?;
         let (base, bs) = (self.staging_dev.ptr, self.geo.block_size);
         let at = RowsStage { r }.at(base, bs);
-        if !self.graphs.rows.contains_key(&r) {
-            if self.graphs.seen.insert((r, usize::MAX)) {
+        let key = (r, pass.split.map_or(1, |sp| sp.splits));
+        if !self.graphs.rows.contains_key(&key) {
+            if self.graphs.seen_rows.insert(key) {
                 return pass.rows(&res.blas, base, r, &at);
             }
             match capture_on(pass.s, || pass.rows(&res.blas, base, r, &at)) {
                 Ok(g) => {
-                    self.graphs.rows.insert(r, g);
+                    self.graphs.rows.insert(key, g);
                 }
                 Err(why) => {
                     tracing::warn!("step graph refused ({why}); steps run unrecorded");
@@ -284,7 +326,7 @@ impl CudaRunner {
                 }
             }
         }
-        match self.graphs.rows.get(&r) {
+        match self.graphs.rows.get(&key) {
             Some(g) => g.launch(pass.s),
             None => Err("no graph for the row bucket".into()),
         }
@@ -301,7 +343,7 @@ impl CudaRunner {
                 pass.head_picked(&res.blas, m, bufs.head_dev, bufs.logits)?;
                 bufs.answers(pass, m, n_text)
             };
-            if self.graphs.seen.insert(key) {
+            if self.graphs.seen_heads.insert(key) {
                 return run(pass);
             }
             let captured = capture_on(pass.s, || run(pass));
@@ -446,6 +488,7 @@ impl CudaRunner {
         let t_issue = Instant::now();
         let mut pass = Pass::new(&model, &dev, &stream, &kv);
         pass.fixed_rows = self.invariant.then_some(INVARIANT_ROWS);
+        pass.split = Some(self.split_for(batch));
         let ran = match batch.seqs {
             [s] if s.rows.len() == 1 && s.logits && !self.invariant => {
                 let bs = self.geo.block_size;
