@@ -24,6 +24,24 @@ pub fn has_avx2() -> bool {
     })
 }
 
+/// Whether the 512-bit product kernels may run (AVX-512F, beside the AVX2 set): their sums run
+/// 16 lanes wide, so every product path switches together (see `gemm.rs`).
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("LAYERSTREAM_CPU_NO_AVX512").is_none()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// A weight element type the kernels read.
 pub trait WeightElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
