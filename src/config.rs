@@ -77,8 +77,17 @@ pub struct ServeArgs {
     #[arg(long, env = "LAYERSTREAM_GPU_MEMORY_FRACTION", default_value_t = 0.9, value_parser = memory_fraction)]
     pub gpu_memory_fraction: f32,
     /// Make each sequence's results independent of what else shares its steps on a GPU (every
-    /// product at one fixed shape; the CPU always is). Costs throughput: see docs/benchmarks.md.
-    #[arg(long, env = "LAYERSTREAM_BATCH_INVARIANT")]
+    /// product at one fixed shape; the CPU always is). On by default (it costs about 8 % of
+    /// throughput at 64 sequences); `--batch-invariant false` trades it for speed, most for one
+    /// client at a time (about 40 % faster): see docs/benchmarks.md.
+    #[arg(
+        long,
+        env = "LAYERSTREAM_BATCH_INVARIANT",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub batch_invariant: bool,
     /// Turn off prefix caching (full KV blocks shared between requests with the same prefix).
     #[arg(long, env = "LAYERSTREAM_NO_PREFIX_CACHE")]

@@ -255,4 +255,23 @@ mod tests {
         }
         assert!(checked > 40, "only {checked} flags seen");
     }
+
+    /// `--batch-invariant` is on by default, on when given alone, and off only when told so.
+    #[test]
+    fn batch_invariance_is_on_unless_turned_off() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["layerstream", "serve", "--model", "m.gguf"];
+            argv.extend_from_slice(extra);
+            match super::Cli::try_parse_from(argv).expect("parses").command {
+                super::Command::Serve(a) => a.batch_invariant,
+                _ => unreachable!(),
+            }
+        };
+        assert!(parse(&[]));
+        assert!(parse(&["--batch-invariant"]));
+        assert!(parse(&["--batch-invariant", "--port", "1"]));
+        assert!(!parse(&["--batch-invariant", "false"]));
+        assert!(!parse(&["--batch-invariant=false"]));
+    }
 }
