@@ -213,12 +213,7 @@ impl Worker {
         if !unfit.is_empty() || plan.is_empty() {
             self.outbox.flush();
         }
-        for mut seq in unfit {
-            seq.leave_queue(&self.stats);
-            let capacity = self.sched.pool.total() * self.sched.pool.block_size();
-            let needed = seq.out.all_tokens().len();
-            seq.fail(EngineError::TooLarge { needed, capacity });
-        }
+        self.refuse_unfit(unfit);
         self.mark_started();
         if plan.is_empty() {
             return false;
@@ -287,6 +282,16 @@ impl Worker {
         self.timer.add(Part::Emit, t);
         self.timer.step_done(rows, n_seqs);
         true
+    }
+
+    /// Fail the sequences that can never fit the pool.
+    fn refuse_unfit(&mut self, unfit: Vec<Sequence>) {
+        let capacity = self.sched.pool.total() * self.sched.pool.block_size();
+        for mut seq in unfit {
+            seq.leave_queue(&self.stats);
+            let needed = seq.out.all_tokens().len();
+            seq.fail(EngineError::TooLarge { needed, capacity });
+        }
     }
 
     /// Send `Started` to every sequence admitted for the first time.

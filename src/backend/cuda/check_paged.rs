@@ -108,9 +108,85 @@ pub(super) fn check_paged(
         &want,
         TOL_F16,
     );
-    // The same rows split over their keys, 32 at a time (a grid of 8 splits; the deepest row has
-    // 100 keys, so 4, the others 17 to 37 keys, so 1 or 2): against the reference, and rows of at
-    // most 32 keys bit-identical to the plain kernel (one split is the plain kernel's sum).
+    let ops = (qb.ptr, kb.ptr, vb.ptr);
+    check_split(k, s, r, &hp, ops, &at, &row_pos, &plain, &want)?;
+    let qrow = &q[(n - 1) * qd..];
+    check_decode_table(
+        k,
+        s,
+        r,
+        &hp,
+        (kb.ptr, vb.ptr),
+        &seqs[2],
+        qrow,
+        &want[(n - 1) * qd..],
+    )
+}
+
+/// The last sequence's decode row (`qrow`) through its block table, split 32 keys at a time.
+#[allow(clippy::too_many_arguments)]
+fn check_decode_table(
+    k: &Kernels,
+    s: &Stream,
+    r: &mut Report,
+    hp: &crate::model::HParams,
+    (kc, vc): (u64, u64),
+    last: &Seq,
+    qrow: &[f32],
+    want: &[f64],
+) -> Result<(), String> {
+    let (qd, d, n_head, n_kv) = (hp.q_dim(), hp.head_dim, hp.n_head, hp.n_kv_head);
+    let (split, max_splits) = (32usize, 8usize);
+    let (qb, posb, tblb) = (
+        upload(qrow)?,
+        upload(&[last.pos as i32])?,
+        upload(&last.blocks)?,
+    );
+    let count = upload(&vec![0i32; n_head])?;
+    let (pa, pm, out) = (
+        poisoned::<f32>(n_head * max_splits * d)?,
+        poisoned::<f32>(n_head * max_splits * 2)?,
+        poisoned::<f32>(qd)?,
+    );
+    let pg = Paged {
+        table: tblb.ptr,
+        bs: BS,
+    };
+    k.attn_decode_merged(
+        s, qb.ptr, kc, vc, pg, pa.ptr, pm.ptr, out.ptr, count.ptr, posb.ptr, split, max_splits, hp,
+    )?;
+    s.sync()?;
+    r.err(
+        &format!("attn_decode_merge paged {n_head}/{n_kv}x{d}"),
+        &download::<f32>(&out, qd)?,
+        want,
+        TOL_F32,
+    );
+    Ok(())
+}
+
+/// The rows of `check_paged` split over their keys, 32 at a time (a grid of 8 splits; the deepest
+/// row has 100 keys, so 4, the others 17 to 37 keys, so 1 or 2): against the reference, and rows
+/// of at most 32 keys bit-identical to the plain kernel's `plain` (one split is its sum).
+#[allow(clippy::too_many_arguments)]
+fn check_split(
+    k: &Kernels,
+    s: &Stream,
+    r: &mut Report,
+    hp: &crate::model::HParams,
+    (q, kc, vc): (u64, u64, u64),
+    at: &RowsAt,
+    row_pos: &[i32],
+    plain: &[f16],
+    want: &[f64],
+) -> Result<(), String> {
+    let (n, qd, d, n_head, n_kv) = (
+        row_pos.len(),
+        hp.q_dim(),
+        hp.head_dim,
+        hp.n_head,
+        hp.n_kv_head,
+    );
     let (chunk, splits) = (32usize, 8usize);
     let parts = n * n_head * splits;
     let (sa, sm, so) = (
@@ -124,13 +200,13 @@ pub(super) fn check_paged(
         chunk,
         splits,
     };
-    k.attn_rows_split(s, qb.ptr, kb.ptr, vb.ptr, so.ptr, n, &at, &sp, &hp)?;
+    k.attn_rows_split(s, q, kc, vc, so.ptr, n, at, &sp, hp)?;
     s.sync()?;
     let split_out = download::<f16>(&so, n * qd)?;
     r.err(
         &format!("attn_rows_split paged {n_head}/{n_kv}x{d}"),
         &f16s(&split_out),
-        &want,
+        want,
         TOL_F16,
     );
     let short: Vec<usize> = (0..n).filter(|&t| row_pos[t] < chunk as i32).collect();
@@ -148,36 +224,6 @@ pub(super) fn check_paged(
             short.len()
         ),
         same && !short.is_empty(),
-    );
-    // The last sequence's decode row through its block table, split 32 keys at a time.
-    let last = &seqs[2];
-    let (split, max_splits) = (32usize, 8usize);
-    let qrow = &q[(n - 1) * qd..];
-    let (qb, posb, tblb) = (
-        upload(qrow)?,
-        upload(&[last.pos as i32])?,
-        upload(&last.blocks)?,
-    );
-    let count = upload(&vec![0i32; n_head])?;
-    let (pa, pm, out) = (
-        poisoned::<f32>(n_head * max_splits * d)?,
-        poisoned::<f32>(n_head * max_splits * 2)?,
-        poisoned::<f32>(qd)?,
-    );
-    let pg = Paged {
-        table: tblb.ptr,
-        bs: BS,
-    };
-    k.attn_decode_merged(
-        s, qb.ptr, kb.ptr, vb.ptr, pg, pa.ptr, pm.ptr, out.ptr, count.ptr, posb.ptr, split,
-        max_splits, &hp,
-    )?;
-    s.sync()?;
-    r.err(
-        &format!("attn_decode_merge paged {n_head}/{n_kv}x{d}"),
-        &download::<f32>(&out, qd)?,
-        &want[(n - 1) * qd..],
-        TOL_F32,
     );
     Ok(())
 }
