@@ -2,28 +2,28 @@
 //! buffer, every layer's K and V rows by block), and each step issued as one pass over all rows
 //! (`Pass::rows`: cuBLAS over every row, attention of each row over its own sequence's blocks),
 //! or — a lone decode row — as the fused one-token step, replayed from a captured graph once
-//! every unit is resident. Each layer stays gated on its unit, as for a lone sequence.
+//! every unit is resident. Each layer stays gated on its unit, as for a lone sequence. The graph
+//! replays are in `runner/replay.rs`, the answers to the engine in `runner/answers.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
-use super::graph_steps::{
-    attn_splits, head_capacity, row_capacity, split_chunk, Graphs, HeadStage, RowsStage,
-};
-use super::kernels::{Paged, RowsAt, RowsSplit, HEAD_ROW_WORDS, MAX_ROW_SPLITS};
+use super::graph_steps::{head_capacity, row_capacity, split_chunk, Graphs, HeadStage, RowsStage};
+use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS, MAX_ROW_SPLITS};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
-use super::res::capture_on;
 use super::res::{wait_done, Res};
 use super::step_timing::StepTiming;
 use super::CudaModel;
 use crate::backend::step::{
-    pool_row, BatchLimits, KvGeometry, LogitHead, RowResult, RowWant, StepBatch, StepOut,
-    StepRunner,
+    pool_row, BatchLimits, KvGeometry, RowWant, StepBatch, StepOut, StepRunner,
 };
 use crate::backend::BackendError;
+
+mod answers;
+mod replay;
 
 pub struct CudaRunner {
     model: Arc<CudaModel>,
@@ -113,16 +113,6 @@ impl HeadBufs {
     }
 }
 
-/// Keys a split of a long row's attention takes: `LAYERSTREAM_CUDA_ATTN_SPLIT_KEYS` (for checking
-/// the split path on short contexts), else 256.
-fn split_keys_from_env() -> usize {
-    std::env::var("LAYERSTREAM_CUDA_ATTN_SPLIT_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&k| k >= 1)
-        .unwrap_or(256)
-}
-
 /// KV pool bytes per position: every layer's K and V rows, F16.
 pub fn kv_bytes_per_token(hp: &crate::model::HParams) -> usize {
     hp.n_layer * 2 * hp.kv_dim() * 2
@@ -152,7 +142,7 @@ impl CudaRunner {
         let (row_cap, head_cap) = (row_capacity(max_rows), head_capacity(max_seqs));
         let ints = RowsStage::capacity(row_cap, max_seqs, max_blocks);
         let head_bytes = HeadStage { m: head_cap }.words() * 4;
-        let split_chunk = split_chunk(split_keys_from_env(), limits.ctx, MAX_ROW_SPLITS);
+        let split_chunk = split_chunk(replay::split_keys_from_env(), limits.ctx, MAX_ROW_SPLITS);
         let max_splits = limits.ctx.div_ceil(split_chunk).clamp(1, MAX_ROW_SPLITS);
         let parts = row_cap * hp.n_head * max_splits;
         Ok(CudaRunner {
@@ -268,156 +258,6 @@ impl CudaRunner {
         Ok(m)
     }
 
-    fn head_bufs(&self) -> HeadBufs {
-        HeadBufs {
-            head_dev: self.head_dev.ptr,
-            logits: self.logits_dev.ptr,
-            out: self.rows_dev.ptr,
-            vocab: self.model.hp.vocab,
-        }
-    }
-
-    /// How this step splits its rows' attention (by its longest row).
-    fn split_for(&self, batch: &StepBatch<'_>) -> RowsSplit {
-        let max_len = batch
-            .seqs
-            .iter()
-            .map(|s| s.pos + s.rows.len())
-            .max()
-            .unwrap_or(0);
-        RowsSplit {
-            acc: self.split_acc.ptr,
-            ml: self.split_ml.ptr,
-            chunk: self.split_chunk,
-            splits: attn_splits(max_len, self.split_chunk, self.max_splits),
-        }
-    }
-
-    /// The (row, head) buckets whose graphs replay this step, when they may: every unit
-    /// resident, and more than the lone decode row.
-    fn graph_buckets(&self, batch: &StepBatch<'_>) -> Option<(usize, usize)> {
-        if !self.model.residency.all_resident() {
-            return None;
-        }
-        let (n, m) = (batch.tokens.len(), batch.logit_rows());
-        self.graphs.buckets(n, m, self.row_cap, self.head_cap)
-    }
-
-    /// Every layer over the `r` rows staged, from bucket `r`'s graph. The bucket's first step
-    /// runs unrecorded (so every kernel its capture needs is loaded), its second is captured; a
-    /// capture the driver refuses turns graphs off.
-    fn replay_rows(&mut self, pass: &mut Pass, r: usize) -> Result<(), String> {
-        let res = self.res.as_ref().ok_or("no runner resources")?;
-        let (base, bs) = (self.staging_dev.ptr, self.geo.block_size);
-        let at = RowsStage { r }.at(base, bs);
-        let key = (r, pass.split.map_or(1, |sp| sp.splits));
-        if !self.graphs.rows.contains_key(&key) {
-            if self.graphs.seen_rows.insert(key) {
-                return pass.rows(&res.blas, base, r, &at);
-            }
-            match capture_on(pass.s, || pass.rows(&res.blas, base, r, &at)) {
-                Ok(g) => {
-                    self.graphs.rows.insert(key, g);
-                }
-                Err(why) => {
-                    tracing::warn!("step graph refused ({why}); steps run unrecorded");
-                    self.graphs.off = true;
-                    return pass.rows(&res.blas, base, r, &at);
-                }
-            }
-        }
-        match self.graphs.rows.get(&key) {
-            Some(g) => g.launch(pass.s),
-            None => Err("no graph for the row bucket".into()),
-        }
-    }
-
-    /// The LM head and the per-row answers over the `m` logit rows staged, from the head
-    /// bucket's graph (first step unrecorded, second captured, as `replay_rows`).
-    fn replay_head(&mut self, pass: &mut Pass, m: usize, n_text: usize) -> Result<(), String> {
-        let bufs = self.head_bufs();
-        let res = self.res.as_ref().ok_or("no runner resources")?;
-        let key = (m, n_text);
-        if !self.graphs.heads.contains_key(&key) {
-            let run = |pass: &mut Pass| -> Result<(), String> {
-                pass.head_picked(&res.blas, m, bufs.head_dev, bufs.logits)?;
-                bufs.answers(pass, m, n_text)
-            };
-            if self.graphs.seen_heads.insert(key) {
-                return run(pass);
-            }
-            let captured = capture_on(pass.s, || run(pass));
-            match captured {
-                Ok(g) => {
-                    self.graphs.heads.insert(key, g);
-                }
-                Err(why) => {
-                    tracing::warn!("head graph refused ({why}); steps run unrecorded");
-                    self.graphs.off = true;
-                    return run(pass);
-                }
-            }
-        }
-        match self.graphs.heads.get(&key) {
-            Some(g) => g.launch(pass.s),
-            None => Err("no graph for the head bucket".into()),
-        }
-    }
-
-    /// After the step's kernels: the rows wanted whole (every row when `wants` is empty or all
-    /// whole) to the host.
-    fn copy_whole_rows(&mut self, pass: &Pass, wants: &[RowWant], m: usize) -> Result<(), String> {
-        let row_bytes = self.model.hp.vocab * 4;
-        self.whole.clear();
-        if wants.is_empty() || wants.iter().all(|w| *w == RowWant::Full) {
-            unsafe {
-                copy_dtoh(
-                    self.logits_host.ptr,
-                    self.logits_dev.ptr,
-                    m * row_bytes,
-                    pass.s,
-                )?
-            };
-            self.whole.resize(m, true);
-            return Ok(());
-        }
-        for (i, w) in wants.iter().enumerate().take(m) {
-            let full = *w == RowWant::Full;
-            if full {
-                let (dst, src) = (i * row_bytes, self.logits_dev.ptr + (i * row_bytes) as u64);
-                unsafe { copy_dtoh(self.logits_host.ptr.add(dst), src, row_bytes, pass.s)? };
-            }
-            self.whole.push(full);
-        }
-        Ok(())
-    }
-
-    /// The answers of the last step's logit rows, from `logits_rows`'s output.
-    fn row_results(&self, wants: &[RowWant]) -> Vec<RowResult> {
-        let words = bytemuck::cast_slice::<u8, u32>(self.rows_host.as_slice());
-        wants
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let o = &words[i * HEAD_ROW_WORDS..(i + 1) * HEAD_ROW_WORDS];
-                match (w, o[0]) {
-                    (RowWant::Full, _) => RowResult::Full,
-                    (_, 1) => RowResult::NonFinite,
-                    (_, 2) => RowResult::Full,
-                    (RowWant::Argmax, _) => RowResult::Token(o[1]),
-                    (RowWant::Draw { .. }, _) => RowResult::Token(o[2]),
-                    (RowWant::Head { .. }, _) => RowResult::Head(LogitHead {
-                        max: f32::from_bits(o[4]),
-                        total: f32::from_bits(o[5]) as f64,
-                        cand: (0..o[3] as usize)
-                            .map(|j| (f32::from_bits(o[8 + 2 * j]), o[9 + 2 * j]))
-                            .collect(),
-                    }),
-                }
-            })
-            .collect()
-    }
-
     /// In batch-invariant mode, cuBLAS's kernel for the LM head's fixed shape, loaded now: a
     /// step gated on the loader must not load one (see `Pass::gate`). Reads whatever the head's
     /// memory holds yet, into the step's own logits buffer.
@@ -530,31 +370,6 @@ impl CudaRunner {
             t.collect(batch.tokens.len()).map_err(e)?;
         }
         Ok(ran)
-    }
-
-    /// The lone decode row's answer from its logits on the device (left there by the decode
-    /// step), and its copy back; the row stays on the device for `full_row`.
-    fn lone_answers(
-        &mut self,
-        batch: &StepBatch<'_>,
-        pass: &Pass,
-        wants: &[RowWant],
-        n_text: usize,
-    ) -> Result<(), String> {
-        let head = HeadStage { m: 1 };
-        let hbuf = bytemuck::cast_slice_mut::<u8, u32>(self.head_host.as_mut_slice());
-        head.stage(hbuf, batch, wants);
-        let logits = pass.dev.ptr(pass.dev.layout.scratch.logits);
-        let bufs = HeadBufs {
-            logits,
-            ..self.head_bufs()
-        };
-        unsafe { copy_htod(bufs.head_dev, self.head_host.ptr, head.words() * 4, pass.s)? };
-        bufs.answers(pass, 1, n_text)?;
-        unsafe { copy_dtoh(self.rows_host.ptr, bufs.out, HEAD_ROW_WORDS * 4, pass.s)? };
-        self.whole = vec![false];
-        self.whole_src = logits;
-        Ok(())
     }
 
     /// The logits of the last step, whole.
