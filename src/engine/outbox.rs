@@ -31,3 +31,46 @@ impl Drop for Outbox {
         self.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::super::{EngineError, EngineEvent};
+    use super::Outbox;
+
+    fn started(ms: f64) -> EngineEvent {
+        EngineEvent::Started { queued_ms: ms }
+    }
+
+    #[test]
+    fn events_wait_for_the_flush_and_keep_their_order() {
+        let (a_tx, mut a_rx) = unbounded_channel();
+        let (b_tx, mut b_rx) = unbounded_channel();
+        let mut out = Outbox::default();
+        out.push(&a_tx, started(1.0));
+        out.push(&b_tx, started(2.0));
+        out.push(&a_tx, EngineEvent::Error(EngineError::ShuttingDown));
+        assert!(a_rx.try_recv().is_err(), "nothing is sent before the flush");
+        out.flush();
+        assert!(
+            matches!(a_rx.try_recv(), Ok(EngineEvent::Started { queued_ms }) if queued_ms == 1.0)
+        );
+        assert!(matches!(
+            a_rx.try_recv(),
+            Ok(EngineEvent::Error(EngineError::ShuttingDown))
+        ));
+        assert!(
+            matches!(b_rx.try_recv(), Ok(EngineEvent::Started { queued_ms }) if queued_ms == 2.0)
+        );
+        // A client that left just misses its events; the others still get theirs, and what is
+        // left is sent when the outbox goes.
+        drop(b_rx);
+        out.push(&b_tx, started(3.0));
+        out.push(&a_tx, started(4.0));
+        drop(out);
+        assert!(
+            matches!(a_rx.try_recv(), Ok(EngineEvent::Started { queued_ms }) if queued_ms == 4.0)
+        );
+    }
+}
