@@ -157,8 +157,12 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
+    // Each kernel is written once over a vector width: `[lanes, zero, fma, load activations,
+    // horizontal sum]` (the AVX2 set here, the AVX-512 one in `wide`).
+
     macro_rules! tile_fn {
-        ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
+        ($name:ident, $ty:ty, $feat:literal, $load:expr,
+         [$lanes:literal, $zero:ident, $fma:ident, $loadx:ident, $hsum:ident]) => {
             /// The 3 × 3 tile with every accumulator a named local: nine accumulators, three
             /// activation vectors and one weight vector fit the sixteen registers without spills.
             /// Fewer than 3 tokens reuse token 0's row and drop the extra sums.
@@ -175,33 +179,106 @@ mod x86 {
                 let x1 = if mt > 1 { x.add(ldx) } else { x };
                 let x2 = if mt > 2 { x.add(2 * ldx) } else { x };
                 let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
-                let z = _mm256_setzero_ps();
+                let z = $zero();
                 let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (z, z, z, z, z, z);
                 let (mut a20, mut a21, mut a22) = (z, z, z);
                 let mut k = 0;
                 while k < kc {
-                    let v0 = _mm256_loadu_ps(x0.add(k));
-                    let v1 = _mm256_loadu_ps(x1.add(k));
-                    let v2 = _mm256_loadu_ps(x2.add(k));
+                    let v0 = $loadx(x0.add(k));
+                    let v1 = $loadx(x1.add(k));
+                    let v2 = $loadx(x2.add(k));
                     let wv = $load(w0.add(k));
-                    a00 = _mm256_fmadd_ps(wv, v0, a00);
-                    a01 = _mm256_fmadd_ps(wv, v1, a01);
-                    a02 = _mm256_fmadd_ps(wv, v2, a02);
+                    a00 = $fma(wv, v0, a00);
+                    a01 = $fma(wv, v1, a01);
+                    a02 = $fma(wv, v2, a02);
                     let wv = $load(w1.add(k));
-                    a10 = _mm256_fmadd_ps(wv, v0, a10);
-                    a11 = _mm256_fmadd_ps(wv, v1, a11);
-                    a12 = _mm256_fmadd_ps(wv, v2, a12);
+                    a10 = $fma(wv, v0, a10);
+                    a11 = $fma(wv, v1, a11);
+                    a12 = $fma(wv, v2, a12);
                     let wv = $load(w2.add(k));
-                    a20 = _mm256_fmadd_ps(wv, v0, a20);
-                    a21 = _mm256_fmadd_ps(wv, v1, a21);
-                    a22 = _mm256_fmadd_ps(wv, v2, a22);
-                    k += 8;
+                    a20 = $fma(wv, v0, a20);
+                    a21 = $fma(wv, v1, a21);
+                    a22 = $fma(wv, v2, a22);
+                    k += $lanes;
                 }
                 [
-                    [hsum(a00), hsum(a01), hsum(a02)],
-                    [hsum(a10), hsum(a11), hsum(a12)],
-                    [hsum(a20), hsum(a21), hsum(a22)],
+                    [$hsum(a00), $hsum(a01), $hsum(a02)],
+                    [$hsum(a10), $hsum(a11), $hsum(a12)],
+                    [$hsum(a20), $hsum(a21), $hsum(a22)],
                 ]
+            }
+        };
+    }
+
+    macro_rules! tile1_fn {
+        ($name:ident, $ty:ty, $feat:literal, $load:expr,
+         [$lanes:literal, $zero:ident, $fma:ident, $loadx:ident, $hsum:ident]) => {
+            /// Token 0's column of the 3 × 3 tile: the same accumulator chain per row, in the
+            /// same order, without the two unused token columns.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(w: *const $ty, ldw: usize, x: *const f32, kc: usize) -> [f32; NR] {
+                let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
+                let z = $zero();
+                let (mut a0, mut a1, mut a2) = (z, z, z);
+                let mut k = 0;
+                while k < kc {
+                    let v0 = $loadx(x.add(k));
+                    a0 = $fma($load(w0.add(k)), v0, a0);
+                    a1 = $fma($load(w1.add(k)), v0, a1);
+                    a2 = $fma($load(w2.add(k)), v0, a2);
+                    k += $lanes;
+                }
+                [$hsum(a0), $hsum(a1), $hsum(a2)]
+            }
+        };
+    }
+
+    macro_rules! rows_fn {
+        ($name:ident, $inner:ident, $ty:ty, $feat:literal, $load:expr,
+         [$lanes:literal, $zero:ident, $fma:ident, $loadx:ident, $hsum:ident]) => {
+            /// One weight row × `N` tokens: one accumulator chain per token, in k order.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn $inner<const N: usize>(
+                w: *const $ty,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+            ) -> [f32; crate::backend::cpu::gemm::ROW_TOKENS] {
+                let mut acc = [$zero(); N];
+                let mut k = 0;
+                while k < kc {
+                    let wv = $load(w.add(k));
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        *a = $fma(wv, $loadx(x.add(t * ldx + k)), *a);
+                    }
+                    k += $lanes;
+                }
+                let mut out = [0f32; crate::backend::cpu::gemm::ROW_TOKENS];
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = $hsum(a);
+                }
+                out
+            }
+
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(
+                w: *const $ty,
+                x: *const f32,
+                ldx: usize,
+                kc: usize,
+                n: usize,
+            ) -> [f32; crate::backend::cpu::gemm::ROW_TOKENS] {
+                match n {
+                    1 => $inner::<1>(w, x, ldx, kc),
+                    2 => $inner::<2>(w, x, ldx, kc),
+                    3 => $inner::<3>(w, x, ldx, kc),
+                    4 => $inner::<4>(w, x, ldx, kc),
+                    5 => $inner::<5>(w, x, ldx, kc),
+                    6 => $inner::<6>(w, x, ldx, kc),
+                    7 => $inner::<7>(w, x, ldx, kc),
+                    _ => $inner::<8>(w, x, ldx, kc),
+                }
             }
         };
     }
@@ -218,85 +295,24 @@ mod x86 {
         _mm256_loadu_ps(p)
     }
 
-    tile_fn!(tile_f16, f16, "avx2,fma,f16c", load_f16);
-    tile_fn!(tile_f32, f32, "avx2,fma", load_f32);
-
-    macro_rules! tile1_fn {
-        ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
-            /// Token 0's column of the 3 × 3 tile: the same accumulator chain per row, in the
-            /// same order, without the two unused token columns.
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $name(w: *const $ty, ldw: usize, x: *const f32, kc: usize) -> [f32; NR] {
-                let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
-                let z = _mm256_setzero_ps();
-                let (mut a0, mut a1, mut a2) = (z, z, z);
-                let mut k = 0;
-                while k < kc {
-                    let v0 = _mm256_loadu_ps(x.add(k));
-                    a0 = _mm256_fmadd_ps($load(w0.add(k)), v0, a0);
-                    a1 = _mm256_fmadd_ps($load(w1.add(k)), v0, a1);
-                    a2 = _mm256_fmadd_ps($load(w2.add(k)), v0, a2);
-                    k += 8;
-                }
-                [hsum(a0), hsum(a1), hsum(a2)]
-            }
+    /// Every kernel of one vector width: `$feat` its CPU features (with `f16c` for F16 weights),
+    /// `$width` as the macros above take it.
+    macro_rules! kernels {
+        ($feat:literal, $feat16:literal, $width:tt) => {
+            tile_fn!(tile_f16, f16, $feat16, load_f16, $width);
+            tile_fn!(tile_f32, f32, $feat, load_f32, $width);
+            tile1_fn!(tile1_f16, f16, $feat16, load_f16, $width);
+            tile1_fn!(tile1_f32, f32, $feat, load_f32, $width);
+            rows_fn!(rows_f16, rows_n_f16, f16, $feat16, load_f16, $width);
+            rows_fn!(rows_f32, rows_n_f32, f32, $feat, load_f32, $width);
         };
     }
 
-    tile1_fn!(tile1_f16, f16, "avx2,fma,f16c", load_f16);
-    tile1_fn!(tile1_f32, f32, "avx2,fma", load_f32);
-
-    macro_rules! rows_fn {
-        ($name:ident, $inner:ident, $ty:ty, $feat:literal, $load:expr) => {
-            /// One weight row × `N` tokens: one accumulator chain per token, in k order.
-            #[inline]
-            #[target_feature(enable = $feat)]
-            unsafe fn $inner<const N: usize>(
-                w: *const $ty,
-                x: *const f32,
-                ldx: usize,
-                kc: usize,
-            ) -> [f32; super::ROW_TOKENS] {
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut k = 0;
-                while k < kc {
-                    let wv = $load(w.add(k));
-                    for (t, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.add(t * ldx + k)), *a);
-                    }
-                    k += 8;
-                }
-                let mut out = [0f32; super::ROW_TOKENS];
-                for (o, a) in out.iter_mut().zip(acc) {
-                    *o = hsum(a);
-                }
-                out
-            }
-
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $name(
-                w: *const $ty,
-                x: *const f32,
-                ldx: usize,
-                kc: usize,
-                n: usize,
-            ) -> [f32; super::ROW_TOKENS] {
-                match n {
-                    1 => $inner::<1>(w, x, ldx, kc),
-                    2 => $inner::<2>(w, x, ldx, kc),
-                    3 => $inner::<3>(w, x, ldx, kc),
-                    4 => $inner::<4>(w, x, ldx, kc),
-                    5 => $inner::<5>(w, x, ldx, kc),
-                    6 => $inner::<6>(w, x, ldx, kc),
-                    7 => $inner::<7>(w, x, ldx, kc),
-                    _ => $inner::<8>(w, x, ldx, kc),
-                }
-            }
-        };
-    }
-
-    rows_fn!(rows_f16, rows_n_f16, f16, "avx2,fma,f16c", load_f16);
-    rows_fn!(rows_f32, rows_n_f32, f32, "avx2,fma", load_f32);
+    kernels!(
+        "avx2,fma",
+        "avx2,fma,f16c",
+        [8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, hsum]
+    );
 
     /// The same three kernels 16 lanes wide (AVX-512F): each accumulator chain runs over k in
     /// steps of 16, and its lanes are summed as the two 8-lane halves added, then `hsum`.
@@ -326,132 +342,16 @@ mod x86 {
             _mm512_loadu_ps(p)
         }
 
-        macro_rules! wide_tile_fn {
-            ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
-                /// The 3 × 3 tile (fewer than 3 tokens reuse token 0's row).
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $name(
-                    w: *const $ty,
-                    ldw: usize,
-                    x: *const f32,
-                    ldx: usize,
-                    kc: usize,
-                    mt: usize,
-                ) -> [[f32; MT]; NR] {
-                    let x0 = x;
-                    let x1 = if mt > 1 { x.add(ldx) } else { x };
-                    let x2 = if mt > 2 { x.add(2 * ldx) } else { x };
-                    let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
-                    let z = _mm512_setzero_ps();
-                    let mut a = [[z; MT]; NR];
-                    let mut k = 0;
-                    while k < kc {
-                        let v = [
-                            _mm512_loadu_ps(x0.add(k)),
-                            _mm512_loadu_ps(x1.add(k)),
-                            _mm512_loadu_ps(x2.add(k)),
-                        ];
-                        for (j, wr) in [w0, w1, w2].into_iter().enumerate() {
-                            let wv = $load(wr.add(k));
-                            for t in 0..MT {
-                                a[j][t] = _mm512_fmadd_ps(wv, v[t], a[j][t]);
-                            }
-                        }
-                        k += 16;
-                    }
-                    let mut out = [[0f32; MT]; NR];
-                    for j in 0..NR {
-                        for t in 0..MT {
-                            out[j][t] = hsum16(a[j][t]);
-                        }
-                    }
-                    out
-                }
-            };
-        }
-
-        wide_tile_fn!(tile_f16, f16, "avx512f,avx2,fma,f16c", load_f16);
-        wide_tile_fn!(tile_f32, f32, "avx512f,avx2,fma", load_f32);
-
-        macro_rules! wide_tile1_fn {
-            ($name:ident, $ty:ty, $feat:literal, $load:expr) => {
-                /// Token 0's column of the tile: the same chains, in the same order.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $name(
-                    w: *const $ty,
-                    ldw: usize,
-                    x: *const f32,
-                    kc: usize,
-                ) -> [f32; NR] {
-                    let (w0, w1, w2) = (w, w.add(ldw), w.add(2 * ldw));
-                    let z = _mm512_setzero_ps();
-                    let (mut a0, mut a1, mut a2) = (z, z, z);
-                    let mut k = 0;
-                    while k < kc {
-                        let v0 = _mm512_loadu_ps(x.add(k));
-                        a0 = _mm512_fmadd_ps($load(w0.add(k)), v0, a0);
-                        a1 = _mm512_fmadd_ps($load(w1.add(k)), v0, a1);
-                        a2 = _mm512_fmadd_ps($load(w2.add(k)), v0, a2);
-                        k += 16;
-                    }
-                    [hsum16(a0), hsum16(a1), hsum16(a2)]
-                }
-            };
-        }
-
-        wide_tile1_fn!(tile1_f16, f16, "avx512f,avx2,fma,f16c", load_f16);
-        wide_tile1_fn!(tile1_f32, f32, "avx512f,avx2,fma", load_f32);
-
-        macro_rules! wide_rows_fn {
-            ($name:ident, $inner:ident, $ty:ty, $feat:literal, $load:expr) => {
-                /// One weight row × `N` tokens: one accumulator chain per token, in k order.
-                #[inline]
-                #[target_feature(enable = $feat)]
-                unsafe fn $inner<const N: usize>(
-                    w: *const $ty,
-                    x: *const f32,
-                    ldx: usize,
-                    kc: usize,
-                ) -> [f32; super::super::ROW_TOKENS] {
-                    let mut acc = [_mm512_setzero_ps(); N];
-                    let mut k = 0;
-                    while k < kc {
-                        let wv = $load(w.add(k));
-                        for (t, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x.add(t * ldx + k)), *a);
-                        }
-                        k += 16;
-                    }
-                    let mut out = [0f32; super::super::ROW_TOKENS];
-                    for (o, a) in out.iter_mut().zip(acc) {
-                        *o = hsum16(a);
-                    }
-                    out
-                }
-
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $name(
-                    w: *const $ty,
-                    x: *const f32,
-                    ldx: usize,
-                    kc: usize,
-                    n: usize,
-                ) -> [f32; super::super::ROW_TOKENS] {
-                    match n {
-                        1 => $inner::<1>(w, x, ldx, kc),
-                        2 => $inner::<2>(w, x, ldx, kc),
-                        3 => $inner::<3>(w, x, ldx, kc),
-                        4 => $inner::<4>(w, x, ldx, kc),
-                        5 => $inner::<5>(w, x, ldx, kc),
-                        6 => $inner::<6>(w, x, ldx, kc),
-                        7 => $inner::<7>(w, x, ldx, kc),
-                        _ => $inner::<8>(w, x, ldx, kc),
-                    }
-                }
-            };
-        }
-
-        wide_rows_fn!(rows_f16, rows_n_f16, f16, "avx512f,avx2,fma,f16c", load_f16);
-        wide_rows_fn!(rows_f32, rows_n_f32, f32, "avx512f,avx2,fma", load_f32);
+        kernels!(
+            "avx512f,avx2,fma",
+            "avx512f,avx2,fma,f16c",
+            [
+                16,
+                _mm512_setzero_ps,
+                _mm512_fmadd_ps,
+                _mm512_loadu_ps,
+                hsum16
+            ]
+        );
     }
 }
