@@ -159,29 +159,19 @@ pub trait StepRunner: Send {
     /// `logit_rows × vocab` logits, one row per sequence with `logits` set, in batch order.
     fn step(&mut self, batch: &StepBatch<'_>) -> Result<&mut [f32], BackendError>;
     /// Evaluate the batch and answer each logit row as `wants` says (one per sequence with
-    /// `logits`, in order; ids at or past `n_text` are never chosen). The default: every row
-    /// whole.
+    /// `logits`, in order; ids at or past `n_text` are never chosen), calling `meanwhile` once
+    /// while the step runs (host work that needs nothing from it: a device issues the step,
+    /// calls it, then waits). The default calls it first and answers every row whole.
     fn step_rows(
-        &mut self,
-        batch: &StepBatch<'_>,
-        wants: &[RowWant],
-        n_text: usize,
-    ) -> Result<StepOut<'_>, BackendError> {
-        let _ = (wants, n_text);
-        self.step(batch).map(StepOut::Logits)
-    }
-    /// As [`StepRunner::step_rows`], calling `meanwhile` once (for host work that needs nothing
-    /// from this step) while the step runs: a device issues the step, calls it, then waits. The
-    /// default calls it first.
-    fn step_rows_with(
         &mut self,
         batch: &StepBatch<'_>,
         wants: &[RowWant],
         n_text: usize,
         meanwhile: &mut dyn FnMut(),
     ) -> Result<StepOut<'_>, BackendError> {
+        let _ = (wants, n_text);
         meanwhile();
-        self.step_rows(batch, wants, n_text)
+        self.step(batch).map(StepOut::Logits)
     }
     /// Logit row `i` of the last `step_rows`, whole (for a row answered [`RowResult::Full`]).
     fn full_row(&mut self, i: usize) -> Result<&mut [f32], BackendError> {

@@ -240,7 +240,7 @@ impl Worker {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let runner = runner;
             // The last step's events go out while this one runs on the device.
-            runner.step_rows_with(&batch, &wants, n_text, &mut || outbox.flush())
+            runner.step_rows(&batch, &wants, n_text, &mut || outbox.flush())
         }));
         self.outbox.flush();
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;

@@ -44,7 +44,7 @@ fn answer_step(
     };
     let c = cr.step(&batch).map_err(|e| e.to_string())?.to_vec();
     let wants = vec![RowWant::Argmax; which.len()];
-    let rows = match gr.step_rows(&batch, &wants, vocab) {
+    let rows = match gr.step_rows(&batch, &wants, vocab, &mut || {}) {
         Ok(StepOut::Rows(rows)) => rows,
         Ok(StepOut::Logits(_)) => return Err("the GPU answered whole rows for argmax".into()),
         Err(e) => return Err(e.to_string()),

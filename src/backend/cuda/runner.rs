@@ -406,15 +406,6 @@ impl StepRunner for CudaRunner {
         batch: &StepBatch<'_>,
         wants: &[RowWant],
         n_text: usize,
-    ) -> Result<StepOut<'_>, BackendError> {
-        self.step_rows_with(batch, wants, n_text, &mut || {})
-    }
-
-    fn step_rows_with(
-        &mut self,
-        batch: &StepBatch<'_>,
-        wants: &[RowWant],
-        n_text: usize,
         meanwhile: &mut dyn FnMut(),
     ) -> Result<StepOut<'_>, BackendError> {
         match self.run(batch, Some((wants, n_text)), meanwhile)? {
