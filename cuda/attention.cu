@@ -15,8 +15,9 @@
 //                 [n, q_dim] for cuBLAS. Prefill of one sequence and a batch of many alike.
 //   attn_rows_split + attn_rows_merge: the same rows split over their keys (flash-decoding, for
 //                 long contexts): grid (n, n_head * splits), block 32; block (t, h + n_head * s)
-//                 takes keys [s * chunk, (s + 1) * chunk) of row t (nothing past its position) and
-//                 writes its unnormalised (acc, max, sum) to partial (t * n_head + h) * splits + s;
+//                 takes keys [s * chunk, (s + 1) * chunk) of row t (as attn_decode's split s of one
+//                 query) and writes its unnormalised (acc, max, sum) to partial
+//                 (t * n_head + h) * splits + s (zeros and -inf past the row's position);
 //                 attn_rows_merge (grid (n, n_head), block 32) merges row t's ceil((pos + 1) /
 //                 chunk) splits (at most 64) into F16 [n, q_dim] as attn_rows writes it.
 //   attn_decode + attn_reduce: one query (position *pos_dev, its K/V already in the cache), split
@@ -251,30 +252,14 @@ extern "C" __global__ void attn_rows_split(const float* __restrict__ q, const __
                                            float* __restrict__ part_ml, int n, const int* __restrict__ row_pos,
                                            int pos0, const int* __restrict__ row_tab, const int* __restrict__ tables,
                                            int bs, int n_head, int n_kv, int D, float scale, int chunk, int splits) {
-    __shared__ float qs[MAX_D];
-    extern __shared__ __align__(16) __half tiles[];
     const int t = blockIdx.x, h = blockIdx.y % n_head, sp = blockIdx.y / n_head;
     if (t >= n) return;
     const int pos = row_pos ? row_pos[t] : pos0 + t;
-    const int k0 = sp * chunk, k1 = min(pos + 1, k0 + chunk);
-    if (k0 >= k1) return;  // past the row's position: the merge reads only the splits it has
-    const int lane = threadIdx.x, q_dim = n_head * D, kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
-    for (int d = lane; d < D; d += WARP) qs[d] = q[(size_t)t * q_dim + h * D + d];
-    __syncwarp();
-    Softmax st;
-    softmax_init(st);
     const int* table = tables ? tables + (row_tab ? row_tab[t] : 0) : nullptr;
-    attend_range(qs, kc, vc, table, bs, kv_dim, kv_off, D, scale, k0, k1, st, tiles);
-    const size_t part = ((size_t)t * n_head + h) * splits + sp;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; i++) {
-        const int d = lane + WARP * i;
-        if (d < D) part_acc[part * D + d] = st.acc[i];
-    }
-    if (lane == 0) {
-        part_ml[part * 2] = st.m;
-        part_ml[part * 2 + 1] = st.l;
-    }
+    // Row t's partials are its own `n_head * splits` of them, as one decode query's.
+    const size_t row_parts = (size_t)t * n_head * splits;
+    decode_split(q + (size_t)t * n_head * D, kc, vc, table, bs, part_acc + row_parts * D, part_ml + row_parts * 2,
+                 pos + 1, sp, h, splits, n_head, n_kv, D, scale, chunk);
 }
 
 extern "C" __global__ void attn_rows_merge(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
