@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 use std::ffi::OsString;
+use std::path::Path;
 
 use common::{describe, run_script, TempDir};
 
@@ -29,20 +30,27 @@ fn json_number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
 }
 
-#[test]
-fn bench_serve_starts_the_server_and_reports_every_request() {
-    let tmp = TempDir::new("bench-serve");
-    let report = tmp.0.join("out.json");
+/// A script's arguments: the real binary, the tiny model, a JSON report at `report`, then `extra`.
+fn script_args(report: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--layerstream-bin".into(),
         harness::binary().into(),
         "--model".into(),
         harness::tiny_model().into(),
         "--json".into(),
-        report.clone().into(),
+        report.into(),
     ];
-    args.extend(
-        [
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
+#[test]
+fn bench_serve_starts_the_server_and_reports_every_request() {
+    let tmp = TempDir::new("bench-serve");
+    let report = tmp.0.join("out.json");
+    let args = script_args(
+        &report,
+        &[
             "--device",
             "cpu",
             "--clients",
@@ -58,8 +66,7 @@ fn bench_serve_starts_the_server_and_reports_every_request() {
             "60",
             "--timeout",
             "120",
-        ]
-        .map(OsString::from),
+        ],
     );
     let o = run_script("bench-serve", &args);
     assert!(o.status.success(), "bench-serve failed: {}", describe(&o));
@@ -88,16 +95,9 @@ fn bench_serve_starts_the_server_and_reports_every_request() {
 fn compare_concurrency_finds_the_cpus_greedy_requests_identical() {
     let tmp = TempDir::new("compare-concurrency");
     let report = tmp.0.join("out.json");
-    let mut args: Vec<OsString> = vec![
-        "--layerstream-bin".into(),
-        harness::binary().into(),
-        "--model".into(),
-        harness::tiny_model().into(),
-        "--json".into(),
-        report.clone().into(),
-    ];
-    args.extend(
-        [
+    let args = script_args(
+        &report,
+        &[
             "--device",
             "cpu",
             "--requests",
@@ -105,8 +105,7 @@ fn compare_concurrency_finds_the_cpus_greedy_requests_identical() {
             "--max-tokens",
             "8",
             "--require-identical",
-        ]
-        .map(OsString::from),
+        ],
     );
     let o = run_script("compare-concurrency", &args);
     assert!(
