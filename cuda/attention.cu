@@ -112,6 +112,7 @@ extern "C" __global__ void attn_rows(const float* __restrict__ q, const __half* 
     extern __shared__ __align__(16) __half tiles[];
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int t = blockIdx.x * 4 + warp, h = blockIdx.y;
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     if (t >= n) return;
     const int q_dim = n_head * D, kv_dim = n_kv * D, kv_off = (h / (n_head / n_kv)) * D;
     for (int d = lane; d < D; d += WARP) qs[warp][d] = q[(size_t)t * q_dim + h * D + d];
@@ -253,6 +254,7 @@ extern "C" __global__ void attn_rows_split(const float* __restrict__ q, const __
                                            int pos0, const int* __restrict__ row_tab, const int* __restrict__ tables,
                                            int bs, int n_head, int n_kv, int D, float scale, int chunk, int splits) {
     const int t = blockIdx.x, h = blockIdx.y % n_head, sp = blockIdx.y / n_head;
+    grid_dep_sync();
     if (t >= n) return;
     const int pos = row_pos ? row_pos[t] : pos0 + t;
     const int* table = tables ? tables + (row_tab ? row_tab[t] : 0) : nullptr;
@@ -266,6 +268,7 @@ extern "C" __global__ void attn_rows_merge(const float* __restrict__ part_acc, c
                                            __half* __restrict__ out, int n, const int* __restrict__ row_pos, int pos0,
                                            int n_head, int D, int chunk, int splits) {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    grid_dep_sync();
     if (t >= n) return;
     const int pos = row_pos ? row_pos[t] : pos0 + t;
     const int active = min(splits, (pos + chunk) / chunk);

@@ -3,6 +3,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void silu_mul(const float* __restrict__ gu, __half* __restrict__ act, int n_tokens, int ffn) {
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     const size_t n = (size_t)n_tokens * ffn;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t t = i / ffn, c = i % ffn;

@@ -4,6 +4,7 @@
 
 extern "C" __global__ void embed_gather(const __half* __restrict__ table, const unsigned* __restrict__ ids,
                                         float* __restrict__ x, int hidden) {
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     const int t = blockIdx.x;
     const __half* row = table + (size_t)ids[t] * hidden;
     float* out = x + (size_t)t * hidden;

@@ -6,6 +6,7 @@
 
 extern "C" __global__ void rmsnorm_f16(const float* __restrict__ x, const float* __restrict__ w,
                                        __half* __restrict__ y, const int* __restrict__ rows, int cols, float eps) {
+    grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
     const float* xr = x + (size_t)(rows ? rows[blockIdx.x] : blockIdx.x) * cols;
     __half* yr = y + (size_t)blockIdx.x * cols;
     float ss = 0.0f;

@@ -1,7 +1,8 @@
 //! `layerstream bench --batch N`: N sequences through the engine's batched step — the prompts
 //! computed together (in chunks when they exceed the rows a step may hold), then every decode
 //! step carrying one token of each sequence — and the total prefill and decode rates, median of
-//! several repetitions.
+//! several repetitions. `--batch-invariant` chooses the products (and sends even one sequence
+//! through the batched step).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -35,7 +36,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
         block_size: BLOCK,
         ctx: per_seq,
         prefix_cache: false,
-        batch_invariant: false,
+        batch_invariant: a.batch_invariant.unwrap_or(false),
         gpu_memory_fraction: None,
     };
     let limits = model.backend.batch_limits(&want);
@@ -78,7 +79,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     let (pp, tg) = (median(&prefill[1..]), median(&decode[1..]));
     if a.json {
         let j = serde_json::json!({"commit": env!("LAYERSTREAM_COMMIT"), "model": a.model, "device": model.backend.name(),
-            "batch": n, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
+            "batch": n, "batch_invariant": want.batch_invariant, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
             "prefill_tok_per_s": pp, "decode_tok_per_s": tg});
         println!("{j}");
     } else {

@@ -179,6 +179,11 @@ pub struct BenchArgs {
     /// decode rate reported is the total over all of them.
     #[arg(long, env = "LAYERSTREAM_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch: u32,
+    /// Run the batched step with (true) or without (false) batch-invariant products, as
+    /// `serve --batch-invariant` does; given, even `--batch 1` runs through the batched step.
+    /// Without it, `--batch` above 1 runs without them.
+    #[arg(long, env = "LAYERSTREAM_BATCH_INVARIANT", action = clap::ArgAction::Set)]
+    pub batch_invariant: Option<bool>,
     #[command(flatten)]
     pub at: DeviceArgs,
 }
@@ -202,7 +207,7 @@ pub fn main() -> ExitCode {
         Command::Inspect { model } => tools::inspect(&model),
         Command::Convert(a) => tools::convert(a),
         Command::GenModel(a) => tools::gen_model(a),
-        Command::Bench(a) if a.batch > 1 => bench_batch::run(a),
+        Command::Bench(a) if a.batch > 1 || a.batch_invariant.is_some() => bench_batch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Devices { gpu_device } => {
             let j = match crate::backend::cuda::probe(gpu_device) {

@@ -114,6 +114,7 @@ pub fn run(args: &CheckCudaArgs) -> Result<String, String> {
     check_dequant_random(&k, &s, &mut rng, &mut r)?;
     let mut text = format!("seed {seed}\n");
     text.push_str(&time_gemv(&k, &s, &mut rng)?);
+    text.push_str(&super::check_gemm_fixed::time_fixed(&k, &s, &mut rng)?);
     for m in &args.model {
         let name = m.display().to_string();
         if let Err(e) = check_file_dequant(&k, &s, m, &mut r)
@@ -212,6 +213,7 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
     }
     super::check_paged::check_rope_slots(k, s, rng, r)?;
     super::check_sample::check_logits_rows(k, s, rng, r)?;
+    super::check_gemm_fixed::check_gemm_fixed(k, s, rng, r)?;
     check_gemm(s, rng, r)
 }
 
@@ -702,6 +704,28 @@ fn check_file_dequant(k: &Kernels, s: &Stream, path: &Path, r: &mut Report) -> R
     Ok(())
 }
 
+/// Median over `reps` runs of `f` on `s` (after 20 unmeasured), in microseconds between events.
+pub(super) fn median_us(
+    s: &Stream,
+    (e0, e1): (&Event, &Event),
+    reps: usize,
+    f: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<f64, String> {
+    for _ in 0..20 {
+        f()?;
+    }
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        e0.record(s)?;
+        f()?;
+        e1.record(s)?;
+        e1.sync()?;
+        v.push(e0.elapsed_ms(e1)? as f64 * 1e3);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
 /// Decode products at the real model's shapes: our GEMV vs cuBLAS (n = 1), median of 200.
 fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
     let blas = Blas::new(s)?;
@@ -720,21 +744,7 @@ fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
         let x = randn(rng, kk, 1.0);
         let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
         let (wb, xb, xhb, yb) = (upload(&w)?, upload(&x)?, upload(&xh)?, poisoned::<f32>(n)?);
-        let time = |f: &mut dyn FnMut() -> Result<(), String>| -> Result<f64, String> {
-            for _ in 0..20 {
-                f()?;
-            }
-            let mut v = Vec::new();
-            for _ in 0..200 {
-                e0.record(s)?;
-                f()?;
-                e1.record(s)?;
-                e1.sync()?;
-                v.push(e0.elapsed_ms(&e1)? as f64 * 1e3);
-            }
-            v.sort_by(f64::total_cmp);
-            Ok(v[v.len() / 2])
-        };
+        let time = |f: &mut dyn FnMut() -> Result<(), String>| median_us(s, (&e0, &e1), 200, f);
         let ours = time(&mut || k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false))?;
         k.set_fetch(false);
         let streamed = time(&mut || k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false));

@@ -151,6 +151,9 @@ pub struct Graphs {
     pub seen_rows: HashSet<(usize, usize)>,
     pub seen_heads: HashSet<(usize, usize)>,
     pub off: bool,
+    /// Capture the kernels that allow it as programmatic dependents (each starts, and fetches
+    /// its weights, while the previous one finishes), unless `LAYERSTREAM_CUDA_PDL=0`.
+    pub dependent: bool,
 }
 
 impl Graphs {
@@ -161,6 +164,7 @@ impl Graphs {
             seen_rows: HashSet::new(),
             seen_heads: HashSet::new(),
             off: std::env::var("LAYERSTREAM_CUDA_GRAPHS").is_ok_and(|v| v == "0"),
+            dependent: std::env::var("LAYERSTREAM_CUDA_PDL").map_or(true, |v| v != "0"),
         }
     }
 
@@ -231,6 +235,7 @@ mod tests {
             seen_rows: HashSet::new(),
             seen_heads: HashSet::new(),
             off: false,
+            dependent: true,
         };
         assert_eq!(g.buckets(3, 3, 512, 128), Some((4, 4)));
         assert_eq!(g.buckets(65, 64, 512, 128), Some((80, 64)));

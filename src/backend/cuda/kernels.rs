@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
 
 use super::driver::{ck, Module, Stream};
+use super::gemm_fixed::FixedGemm;
 use crate::gguf::GgmlType;
 
 /// sm_90 SASS + compute_80 PTX of every kernel file.
@@ -41,6 +42,8 @@ pub struct Kernels {
     dequant: Vec<(GgmlType, CUfunction)>,
     nonfinite_f16: CUfunction,
     nonfinite_f32: CUfunction,
+    /// The batch-invariant product's instantiations (`cuda/gemm_fixed.cu`).
+    gemm_fixed: FixedGemm,
 }
 
 unsafe impl Send for Kernels {}
@@ -294,6 +297,7 @@ impl Kernels {
             dequant,
             nonfinite_f16: m.function("nonfinite_f16")?,
             nonfinite_f32: m.function("nonfinite_f32")?,
+            gemm_fixed: FixedGemm::load(&m)?,
             _module: m,
         })
     }
@@ -351,7 +355,7 @@ impl Kernels {
         n: usize,
         hidden: usize,
     ) -> Result<(), String> {
-        launch!(self.embed_gather, (n as u32, 1), 256, 0, s; table, ids, x, hidden as i32)
+        launch!(dep self.embed_gather, (n as u32, 1), 256, 0, s; table, ids, x, hidden as i32)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -366,7 +370,29 @@ impl Kernels {
         cols: usize,
         eps: f32,
     ) -> Result<(), String> {
-        launch!(self.rmsnorm_f16, (rows as u32, 1), 256, 0, s; x, w, y, pick, cols as i32, eps)
+        launch!(dep self.rmsnorm_f16, (rows as u32, 1), 256, 0, s; x, w, y, pick, cols as i32, eps)
+    }
+
+    /// Y[m, n] (+ Y when `acc`) = X[m, k] · W[n, k]ᵀ with sums in an order fixed by `k` alone
+    /// (`cuda/gemm_fixed.cu`); the caller checks [`FixedGemm::fits`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_fixed(
+        &self,
+        s: &Stream,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<(), String> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        debug_assert!(FixedGemm::fits(x, w, k));
+        let l = self.gemm_fixed.plan(m, n, k)?;
+        launch!(dep l.f, l.grid, l.block, 0, s; x, w, y, m as i32, n as i32, k as i32, acc as i32)
     }
 
     pub fn silu_mul(
@@ -378,7 +404,7 @@ impl Kernels {
         ffn: usize,
     ) -> Result<(), String> {
         let grid = blocks(n * ffn, 256).min(65_535);
-        launch!(self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
+        launch!(dep self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
     }
 
     /// Fetch decode weights into registers first (where K allows), or stream them (the earlier
@@ -505,7 +531,7 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
-        launch!(self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
+        launch!(dep self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, out, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables, at.bs as i32,
             hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
     }
@@ -528,10 +554,10 @@ impl Kernels {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         let (chunk, splits) = (split.chunk as i32, split.splits as i32);
         let grid = (n as u32, (hp.n_head * split.splits) as u32);
-        launch!(self.attn_rows_split, grid, 32, attn_tile_bytes(hp.head_dim), s;
+        launch!(dep self.attn_rows_split, grid, 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, split.acc, split.ml, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables,
             at.bs as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, chunk, splits)?;
-        launch!(self.attn_rows_merge, (n as u32, hp.n_head as u32), 32, 0, s;
+        launch!(dep self.attn_rows_merge, (n as u32, hp.n_head as u32), 32, 0, s;
             split.acc, split.ml, out, n as i32, at.row_pos, at.pos0 as i32, hp.n_head as i32,
             hp.head_dim as i32, chunk, splits)
     }

@@ -11,6 +11,7 @@ use cudarc::driver::sys::CUdeviceptr;
 
 use super::blas::Blas;
 use super::driver::{copy_dtoh, copy_htod, wait_event, wait_value, Stream};
+use super::gemm_fixed::FixedGemm;
 use super::kernels::{Paged, RowsAt, RowsSplit};
 use super::{CudaModel, Device};
 
@@ -32,9 +33,11 @@ pub struct Pass<'a> {
     pub fused: bool,
     /// The model's kernel-loading lock, taken at the first gate that waits (see `gate`).
     pub no_loading: Option<parking_lot::MutexGuard<'a, ()>>,
-    /// Batch-invariant mode: every product runs over exactly this many rows (in chunks, the last
-    /// padded), so cuBLAS picks one kernel whatever the step holds and a row's sums never depend
-    /// on the other rows; the LM head always takes the product path.
+    /// Batch-invariant mode: every product sums each output in an order fixed by K alone (the
+    /// tensor-core kernel of `cuda/gemm_fixed.cu`) or, for operands it does not take, runs over
+    /// exactly this many rows (in chunks, the last padded) so cuBLAS picks one kernel whatever the
+    /// step holds; either way a row's sums never depend on the other rows. The LM head always
+    /// takes the product path.
     pub fixed_rows: Option<usize>,
     /// Split each row's attention over its keys (long contexts; `Pass::rows` only).
     pub split: Option<RowsSplit>,
@@ -346,6 +349,9 @@ impl<'a> Pass<'a> {
         let Some(f) = self.fixed_rows else {
             return blas.gemm(x, w, y, n, out, k, acc);
         };
+        if FixedGemm::fits(x, w, k) {
+            return self.dev.kernels.gemm_fixed(self.s, x, w, y, n, out, k, acc);
+        }
         for c in (0..n).step_by(f) {
             blas.gemm(
                 x + (c * k * 2) as u64,

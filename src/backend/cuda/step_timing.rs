@@ -31,24 +31,30 @@ impl StepTiming {
         Ok(())
     }
 
+    /// One line per row count that at least a tenth of the steps had (decode steps and prompt
+    /// chunks apart), with that count's medians.
     pub fn log(&mut self) {
-        if self.steps.is_empty() {
-            return;
+        let mut by_rows: std::collections::BTreeMap<usize, Vec<[f64; 3]>> = Default::default();
+        for &(rows, a, b, c) in &self.steps {
+            by_rows.entry(rows).or_default().push([a, b, c]);
         }
-        let med = |f: fn(&(usize, f64, f64, f64)) -> f64, v: &[(usize, f64, f64, f64)]| {
-            let mut x: Vec<f64> = v.iter().map(f).collect();
-            x.sort_by(f64::total_cmp);
-            x[x.len() / 2]
-        };
-        let v = &self.steps;
-        tracing::info!(
-            steps = v.len(),
-            "batched step (medians): {:.0} rows; layers {:.0} us, LM head {:.0} us, results copy {:.0} us",
-            med(|s| s.0 as f64, v),
-            med(|s| s.1, v),
-            med(|s| s.2, v),
-            med(|s| s.3, v)
-        );
+        for (rows, v) in by_rows {
+            if v.len() * 10 < self.steps.len() {
+                continue;
+            }
+            let med = |i: usize| {
+                let mut x: Vec<f64> = v.iter().map(|s| s[i]).collect();
+                x.sort_by(f64::total_cmp);
+                x[x.len() / 2]
+            };
+            tracing::info!(
+                steps = v.len(),
+                "batched step (medians): {rows} rows; layers {:.0} us, LM head {:.0} us, results copy {:.0} us",
+                med(0),
+                med(1),
+                med(2)
+            );
+        }
     }
 }
 
