@@ -77,13 +77,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LAYERSTREAM_GPU_MEMORY_FRACTION", default_value_t = 0.9, value_parser = memory_fraction)]
     pub gpu_memory_fraction: f32,
     /// Make each sequence's results independent of what else shares its steps on a GPU (every
-    /// product at one fixed shape; the CPU always is). On by default (it costs about 8 % of
-    /// throughput at 64 sequences); `--batch-invariant false` trades it for speed, most for one
-    /// client at a time (about 40 % faster): see docs/benchmarks.md.
+    /// product summed in an order fixed by its shape; the CPU always is). Off by default: it
+    /// costs 13-17 % of throughput at 64 sequences and about 10 % for one client (measured, see
+    /// docs/benchmarks.md), above the 10 % at 64 sequences it may cost to be on by default.
     #[arg(
         long,
         env = "LAYERSTREAM_BATCH_INVARIANT",
-        default_value_t = true,
+        default_value_t = false,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true"

@@ -261,9 +261,9 @@ mod tests {
         assert!(checked > 40, "only {checked} flags seen");
     }
 
-    /// `--batch-invariant` is on by default, on when given alone, and off only when told so.
+    /// `--batch-invariant` is off by default, on when given alone or told so.
     #[test]
-    fn batch_invariance_is_on_unless_turned_off() {
+    fn batch_invariance_is_off_unless_turned_on() {
         use clap::Parser;
         let parse = |extra: &[&str]| {
             let mut argv = vec!["layerstream", "serve", "--model", "m.gguf"];
@@ -273,9 +273,10 @@ mod tests {
                 _ => unreachable!(),
             }
         };
-        assert!(parse(&[]));
+        assert!(!parse(&[]));
         assert!(parse(&["--batch-invariant"]));
         assert!(parse(&["--batch-invariant", "--port", "1"]));
+        assert!(parse(&["--batch-invariant", "true"]));
         assert!(!parse(&["--batch-invariant", "false"]));
         assert!(!parse(&["--batch-invariant=false"]));
     }

@@ -704,6 +704,15 @@ fn check_file_dequant(k: &Kernels, s: &Stream, path: &Path, r: &mut Report) -> R
     Ok(())
 }
 
+/// The real 0.5B model's products (N, K): QKV, attention output, gate and up, down, LM head.
+pub(super) const MODEL_PRODUCTS: [(usize, usize); 5] = [
+    (1152, 896),
+    (896, 896),
+    (9728, 896),
+    (896, 4864),
+    (151936, 896),
+];
+
 /// Median over `reps` runs of `f` on `s` (after 20 unmeasured), in microseconds between events.
 pub(super) fn median_us(
     s: &Stream,
@@ -733,13 +742,7 @@ fn time_gemv(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
     let mut out = String::from(
         "decode product (N x K)   fetched us   GB/s  streamed us   GB/s   cuBLAS us   GB/s\n",
     );
-    for (n, kk) in [
-        (1152usize, 896usize),
-        (896, 896),
-        (9728, 896),
-        (896, 4864),
-        (151936, 896),
-    ] {
+    for (n, kk) in MODEL_PRODUCTS {
         let w = randh(rng, n * kk, 0.05);
         let x = randn(rng, kk, 1.0);
         let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();

@@ -7,17 +7,19 @@ use std::fmt::Write as _;
 use half::f16;
 
 use super::blas::Blas;
-use super::check::{download, median_us, randh, randn, upload, Report, TOL_F32};
+use super::check::{download, median_us, randh, randn, upload, Report, MODEL_PRODUCTS, TOL_F32};
 use super::driver::{Event, Stream};
 use super::kernels::Kernels;
 use crate::rng::Rng;
 
-/// (rows, columns, K): narrow and wide products, one row, and more rows than one block takes.
-const SHAPES: [(usize, usize, usize); 4] = [
+/// (rows, columns, K): narrow products, K split in 8, one row, more rows than one block takes,
+/// and a wide product with a ragged last column group.
+const SHAPES: [(usize, usize, usize); 5] = [
     (37, 1003, 896),
     (130, 520, 4864),
     (1, 9728, 896),
     (64, 1152, 96),
+    (70, 33_003, 64),
 ];
 
 pub(super) fn check_gemm_fixed(
@@ -111,13 +113,7 @@ pub(super) fn time_fixed(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<Strin
     let mut out = String::from(
         "product (M x N x K)        fixed us   cuBLAS us   cuBLAS-64 us   fixed GB/s\n",
     );
-    for (n, kk) in [
-        (1152usize, 896usize),
-        (896, 896),
-        (9728, 896),
-        (896, 4864),
-        (151936, 896),
-    ] {
+    for (n, kk) in MODEL_PRODUCTS {
         let w = randh(rng, n * kk, 0.05);
         let x = randh(rng, 512 * kk, 1.0);
         let (wb, xb, yb) = (upload(&w)?, upload(&x)?, upload(&vec![0f32; 512 * n])?);
