@@ -1,6 +1,6 @@
 //! The command line through the real binary: `generate` (one request format, JSON or streamed text,
-//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`, `convert`, flags from
-//! the environment, progress bars on a terminal only.
+//! exit code 2 on an invalid request), `tokenize`, `inspect`, `gen-model`, `convert`, `bench`'s
+//! batched mode, flags from the environment, progress bars on a terminal only.
 
 mod common;
 
@@ -21,7 +21,10 @@ fn text(b: &[u8]) -> String {
 fn tiny_model() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/cli");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("tiny-{}.gguf", std::process::id()));
+    // One file a call: the tests that make one run at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = dir.join(format!("tiny-{}-{n}.gguf", std::process::id()));
     let vocab = common::vocab_gguf();
     let o = run(&[
         "gen-model",
@@ -187,6 +190,46 @@ fn a_tool_flag_is_read_from_the_environment_and_the_command_line_wins() {
     };
     assert_eq!(tokenize(&[]), [9707, 1879]);
     assert_eq!(tokenize(&["--text", "Hello"]), [9707]);
+}
+
+/// `bench --batch-invariant` sends even one sequence through the batched step and says so in its
+/// JSON; `--batch 2` alone runs without it; both measure a decode rate.
+#[test]
+fn bench_runs_the_batched_step_with_the_invariance_asked_for() {
+    let model = tiny_model();
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--reps",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "bench {extra:?}: {}", text(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let one = bench(&["--batch-invariant", "true"]);
+    assert_eq!(one["batch"], 1);
+    assert_eq!(one["batch_invariant"], true);
+    assert!(one["decode_tok_per_s"].as_f64().unwrap() > 0.0, "{one}");
+    let two = bench(&["--batch", "2"]);
+    assert_eq!(
+        (two["batch"].clone(), two["batch_invariant"].clone()),
+        (2.into(), false.into())
+    );
+    assert!(two["decode_tok_per_s"].as_f64().unwrap() > 0.0, "{two}");
+    // Without the flag one sequence takes the one-sequence path, whose JSON has no batch field.
+    let alone = bench(&[]);
+    assert!(alone.get("batch").is_none(), "{alone}");
 }
 
 #[test]
