@@ -230,9 +230,19 @@ fn capture(
     dependent: bool,
 ) -> Result<Graph, String> {
     let s = pass.s;
+    capture_dependent(s, dependent, || pass.decode(params, table_ints, pg, logits))
+}
+
+/// Capture what `issue` puts on `s` into an instantiated graph, its kernels that allow it
+/// launched as programmatic dependents when `dependent`.
+pub fn capture_dependent(
+    s: &Stream,
+    dependent: bool,
+    issue: impl FnOnce() -> Result<(), String>,
+) -> Result<Graph, String> {
     capture_on(s, || {
         let _dependent = kernels::dependent_launches(dependent);
-        pass.decode(params, table_ints, pg, logits)
+        issue()
     })
 }
 

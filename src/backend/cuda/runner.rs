@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
+use super::gemm_fixed::FixedGemm;
 use super::graph_steps::{head_capacity, row_capacity, split_chunk, Graphs, HeadStage, RowsStage};
 use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS, MAX_ROW_SPLITS};
 use super::layout::MAX_BATCH;
@@ -258,9 +259,10 @@ impl CudaRunner {
         Ok(m)
     }
 
-    /// In batch-invariant mode, cuBLAS's kernel for the LM head's fixed shape, loaded now: a
-    /// step gated on the loader must not load one (see `Pass::gate`). Reads whatever the head's
-    /// memory holds yet, into the step's own logits buffer.
+    /// In batch-invariant mode, when the LM head falls back to cuBLAS at its fixed row count
+    /// (operands `gemm_fixed` does not take), cuBLAS's kernel for that shape, loaded now: a step
+    /// gated on the loader must not load one (see `Pass::gate`). Reads whatever the head's memory
+    /// holds yet, into the step's own logits buffer.
     fn load_head_kernels(&mut self) -> Result<(), BackendError> {
         if !self.invariant {
             return Ok(());
@@ -269,6 +271,9 @@ impl CudaRunner {
         let res = self.res.as_ref().ok_or(BackendError::Interrupted)?;
         let (d, hp) = (&res.dev, &self.model.hp);
         let (xn, w) = (d.ptr(d.layout.scratch.xn), d.ptr(d.layout.out.off));
+        if FixedGemm::fits(xn, w, hp.hidden) {
+            return Ok(());
+        }
         res.blas
             .gemm(
                 xn,

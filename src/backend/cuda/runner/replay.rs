@@ -4,9 +4,9 @@
 
 use super::{CudaRunner, HeadBufs};
 use crate::backend::cuda::graph_steps::{attn_splits, RowsStage};
-use crate::backend::cuda::kernels::{self, RowsSplit};
+use crate::backend::cuda::kernels::RowsSplit;
 use crate::backend::cuda::pass::Pass;
-use crate::backend::cuda::res::capture_on;
+use crate::backend::cuda::res::capture_dependent;
 use crate::backend::step::StepBatch;
 
 /// Keys a split of a row's attention takes: `LAYERSTREAM_CUDA_ATTN_SPLIT_KEYS` (for comparing
@@ -68,9 +68,7 @@ impl CudaRunner {
             if self.graphs.seen_rows.insert(key) {
                 return pass.rows(&res.blas, base, r, &at);
             }
-            let dependent = self.graphs.dependent;
-            let captured = capture_on(pass.s, || {
-                let _dependent = kernels::dependent_launches(dependent);
+            let captured = capture_dependent(pass.s, self.graphs.dependent, || {
                 pass.rows(&res.blas, base, r, &at)
             });
             match captured {
@@ -109,11 +107,7 @@ impl CudaRunner {
             if self.graphs.seen_heads.insert(key) {
                 return run(pass);
             }
-            let dependent = self.graphs.dependent;
-            let captured = capture_on(pass.s, || {
-                let _dependent = kernels::dependent_launches(dependent);
-                run(pass)
-            });
+            let captured = capture_dependent(pass.s, self.graphs.dependent, || run(pass));
             match captured {
                 Ok(g) => {
                     self.graphs.heads.insert(key, g);
