@@ -244,6 +244,14 @@ impl Worker {
         }));
         self.outbox.flush();
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
+        if let Some(t) = t {
+            tracing::trace!(
+                rows,
+                seqs = n_seqs,
+                us = t.elapsed().as_micros() as u64,
+                "step"
+            );
+        }
         self.timer.add(Part::Backend, t);
         let t = self.timer.start();
         let outcome = match result {

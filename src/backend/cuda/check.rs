@@ -68,6 +68,12 @@ pub(super) fn upload<T: bytemuck::Pod>(v: &[T]) -> Result<DevBuf, String> {
     ck("cuMemcpyHtoD", unsafe {
         cudarc::driver::sys::cuMemcpyHtoD_v2(b.ptr, bytes.as_ptr().cast(), bytes.len())
     })?;
+    // From pageable memory the copy returns once the bytes are staged, not when they have
+    // landed, and the checks' streams do not wait for the legacy stream: a kernel launched next
+    // could read the buffer's old contents (seen on a 9 MB `+=` operand).
+    ck("cuCtxSynchronize", unsafe {
+        cudarc::driver::sys::cuCtxSynchronize()
+    })?;
     Ok(b)
 }
 
@@ -115,6 +121,7 @@ pub fn run(args: &CheckCudaArgs) -> Result<String, String> {
     let mut text = format!("seed {seed}\n");
     text.push_str(&time_gemv(&k, &s, &mut rng)?);
     text.push_str(&super::check_gemm_fixed::time_fixed(&k, &s, &mut rng)?);
+    text.push_str(&super::check_sample::time_logits_rows(&k, &s, &mut rng)?);
     for m in &args.model {
         let name = m.display().to_string();
         if let Err(e) = check_file_dequant(&k, &s, m, &mut r)

@@ -4,8 +4,10 @@
 //! cut (ids past `n_text` never chosen), a NaN row flagged, and a row of ties too wide for the
 //! head sent back whole.
 
-use super::check::{download, poisoned, randn, upload, Report};
-use super::driver::Stream;
+use std::fmt::Write as _;
+
+use super::check::{download, median_us, poisoned, randn, upload, Report};
+use super::driver::{Event, Stream};
 use super::kernels::{Kernels, HEAD_K, HEAD_ROW_WORDS};
 use crate::rng::Rng;
 use crate::sampler::argmax;
@@ -111,4 +113,24 @@ fn check_draw(o: &[u32], l: &[f32], u: f32, r: &mut Report) {
         ),
         ok,
     );
+}
+
+/// `logits_rows`'s time for 1 and 64 rows in each mode (argmax, draw, head), over logits spread
+/// as N(0, 3²), median of 50.
+pub(super) fn time_logits_rows(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<String, String> {
+    let (e0, e1) = (Event::new(true)?, Event::new(true)?);
+    let l = randn(rng, 64 * VOCAB, 3.0);
+    let (lb, ob) = (upload(&l)?, poisoned::<u32>(64 * HEAD_ROW_WORDS)?);
+    let (tb, ub) = (upload(&[1.25f32; 64])?, upload(&[0.3f32; 64])?);
+    let mut out = String::from("logits_rows (rows, mode)        us\n");
+    for m in [1usize, 64] {
+        for (mode, name) in [(0i32, "argmax"), (1, "draw"), (2, "head")] {
+            let mb = upload(&vec![mode; m])?;
+            let us = median_us(s, (&e0, &e1), 50, &mut || {
+                k.logits_rows(s, lb.ptr, m, VOCAB, N_TEXT, mb.ptr, tb.ptr, ub.ptr, ob.ptr)
+            })?;
+            let _ = writeln!(out, "{:<30} {us:>6.1}", format!("{m}, {name}"));
+        }
+    }
+    Ok(out)
 }

@@ -66,13 +66,25 @@ impl CudaRunner {
         let key = (r, pass.split.map_or(1, |sp| sp.splits));
         if !self.graphs.rows.contains_key(&key) {
             if self.graphs.seen_rows.insert(key) {
+                tracing::debug!(
+                    rows = r,
+                    splits = key.1,
+                    "rows bucket: first step unrecorded"
+                );
                 return pass.rows(&res.blas, base, r, &at);
             }
+            let t0 = std::time::Instant::now();
             let captured = capture_dependent(pass.s, self.graphs.dependent, || {
                 pass.rows(&res.blas, base, r, &at)
             });
             match captured {
                 Ok(g) => {
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    tracing::debug!(
+                        rows = r,
+                        splits = key.1,
+                        "rows bucket captured in {ms:.1} ms"
+                    );
                     self.graphs.rows.insert(key, g);
                 }
                 Err(why) => {
@@ -105,11 +117,15 @@ impl CudaRunner {
                 bufs.answers(pass, m, n_text)
             };
             if self.graphs.seen_heads.insert(key) {
+                tracing::debug!(logit_rows = m, "head bucket: first step unrecorded");
                 return run(pass);
             }
+            let t0 = std::time::Instant::now();
             let captured = capture_dependent(pass.s, self.graphs.dependent, || run(pass));
             match captured {
                 Ok(g) => {
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    tracing::debug!(logit_rows = m, "head bucket captured in {ms:.1} ms");
                     self.graphs.heads.insert(key, g);
                 }
                 Err(why) => {
