@@ -179,6 +179,13 @@ pub trait StepRunner: Send {
             "logit row {i} was not kept by this backend"
         )))
     }
+    /// Work to do while no sequence is running (one short piece a call: a device captures one
+    /// step graph, its answers over ids below `n_text`); true while there is more, now or once
+    /// the load is done. Touches no sequence.
+    fn idle_work(&mut self, n_text: usize) -> Result<bool, BackendError> {
+        let _ = n_text;
+        Ok(false)
+    }
     /// Make the device-side objects a first step would otherwise create; runs no layer.
     fn prepare(&mut self) -> Result<(), BackendError> {
         Ok(())

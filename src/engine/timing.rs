@@ -42,6 +42,15 @@ impl StepTimer {
         }
     }
 
+    /// The backend's part of a step of `rows` rows over `seqs` sequences (each traced).
+    pub fn add_backend(&mut self, since: Option<Instant>, rows: usize, seqs: usize) {
+        if let Some(t) = since {
+            let us = t.elapsed().as_micros() as u64;
+            tracing::trace!(rows, seqs, us, "step");
+        }
+        self.add(Part::Backend, since);
+    }
+
     /// One step of `rows` rows over `seqs` sequences is done.
     pub fn step_done(&mut self, rows: usize, seqs: usize) {
         if !self.on {

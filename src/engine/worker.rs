@@ -24,6 +24,9 @@ use crate::tokenizer::Tokenizer;
 /// disconnects, a full queue) do not depend on how fast the device is.
 pub const STEP_DELAY_ENV: &str = "LAYERSTREAM_TEST_STEP_DELAY_MS";
 
+/// How often an idle engine asks the runner for idle work while it has some.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn step_delay() -> Option<std::time::Duration> {
     let ms: u64 = std::env::var(STEP_DELAY_ENV).ok()?.parse().ok()?;
     (ms > 0).then(|| std::time::Duration::from_millis(ms))
@@ -44,6 +47,8 @@ pub(super) struct Worker {
     timer: StepTimer,
     /// Events for clients, sent while the next step runs (see outbox.rs).
     outbox: Outbox,
+    /// Whether the runner may have idle work (`StepRunner::idle_work`).
+    idle_work: bool,
 }
 
 impl Worker {
@@ -80,6 +85,7 @@ impl Worker {
             tokens: Vec::new(),
             timer: StepTimer::from_env(),
             outbox: Outbox::default(),
+            idle_work: true,
         }
     }
 
@@ -114,12 +120,8 @@ impl Worker {
     fn receive(&mut self) -> bool {
         if self.sched.is_idle() {
             self.outbox.flush();
-            crossbeam_channel::select! {
-                recv(self.jobs) -> job => match job {
-                    Ok(job) => self.enqueue(job),
-                    Err(_) => return false,
-                },
-                recv(self.close) -> _ => return false,
+            if !self.wait_for_work() {
+                return false;
             }
         }
         if !matches!(self.close.try_recv(), Err(TryRecvError::Empty)) {
@@ -131,6 +133,39 @@ impl Worker {
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return !self.sched.is_idle(),
             }
+        }
+    }
+
+    /// Block until a job comes (false once closed), doing the runner's idle work meanwhile
+    /// while it has some: a piece at a time, so a job waits for one piece at most.
+    fn wait_for_work(&mut self) -> bool {
+        loop {
+            let job = if self.idle_work {
+                crossbeam_channel::select! {
+                    recv(self.jobs) -> job => job,
+                    recv(self.close) -> _ => return false,
+                    default(IDLE_POLL) => {
+                        let n_text = self.tokenizer.vocab_size().min(self.model.hp().vocab);
+                        self.idle_work = self.runner.idle_work(n_text).unwrap_or_else(|e| {
+                            tracing::warn!("idle work stopped: {e}");
+                            false
+                        });
+                        continue;
+                    }
+                }
+            } else {
+                crossbeam_channel::select! {
+                    recv(self.jobs) -> job => job,
+                    recv(self.close) -> _ => return false,
+                }
+            };
+            return match job {
+                Ok(job) => {
+                    self.enqueue(job);
+                    true
+                }
+                Err(_) => false,
+            };
         }
     }
 
@@ -244,15 +279,7 @@ impl Worker {
         }));
         self.outbox.flush();
         let waited_ms = self.model.take_waited().as_secs_f64() * 1e3;
-        if let Some(t) = t {
-            tracing::trace!(
-                rows,
-                seqs = n_seqs,
-                us = t.elapsed().as_micros() as u64,
-                "step"
-            );
-        }
-        self.timer.add(Part::Backend, t);
+        self.timer.add_backend(t, rows, n_seqs);
         let t = self.timer.start();
         let outcome = match result {
             Ok(Ok(logits)) => Ok(logits),

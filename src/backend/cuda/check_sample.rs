@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 
 use super::check::{download, median_us, poisoned, randn, upload, Report};
-use super::driver::{Event, Stream};
-use super::kernels::{Kernels, HEAD_K, HEAD_ROW_WORDS};
+use super::driver::{DevBuf, Event, Stream};
+use super::kernels::{Kernels, HEAD_K, HEAD_ROW_WORDS, LOGITS_SCRATCH_WORDS};
 use crate::rng::Rng;
 use crate::sampler::argmax;
 
@@ -43,9 +43,25 @@ pub(super) fn check_logits_rows(
         upload(&u)?,
         poisoned::<u32>(6 * HEAD_ROW_WORDS)?,
     );
-    k.logits_rows(s, lb.ptr, 6, VOCAB, N_TEXT, mb.ptr, tb.ptr, ub.ptr, ob.ptr)?;
+    let sc = DevBuf::zeroed(6 * LOGITS_SCRATCH_WORDS * 4)?;
+    let modes_at = (mb.ptr, tb.ptr, ub.ptr);
+    k.logits_rows(s, lb.ptr, 6, VOCAB, N_TEXT, modes_at, sc.ptr, ob.ptr)?;
     s.sync()?;
     let o = download::<u32>(&ob, 6 * HEAD_ROW_WORDS)?;
+    // The same rows again over the scratch as the first launch left it: the same answers.
+    let ob2 = poisoned::<u32>(6 * HEAD_ROW_WORDS)?;
+    k.logits_rows(s, lb.ptr, 6, VOCAB, N_TEXT, modes_at, sc.ptr, ob2.ptr)?;
+    s.sync()?;
+    let again = download::<u32>(&ob2, 6 * HEAD_ROW_WORDS)?;
+    r.line(
+        "logits_rows twice",
+        format!(
+            "{} of {} words differ the second time (0 required)",
+            o.iter().zip(&again).filter(|(a, b)| a != b).count(),
+            o.len()
+        ),
+        o == again,
+    );
     let row = |i: usize| &o[i * HEAD_ROW_WORDS..(i + 1) * HEAD_ROW_WORDS];
     let text = |i: usize| &l[i * VOCAB..i * VOCAB + N_TEXT];
     let want = argmax(text(0));
@@ -121,13 +137,15 @@ pub(super) fn time_logits_rows(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result
     let (e0, e1) = (Event::new(true)?, Event::new(true)?);
     let l = randn(rng, 64 * VOCAB, 3.0);
     let (lb, ob) = (upload(&l)?, poisoned::<u32>(64 * HEAD_ROW_WORDS)?);
+    let sc = DevBuf::zeroed(64 * LOGITS_SCRATCH_WORDS * 4)?;
     let (tb, ub) = (upload(&[1.25f32; 64])?, upload(&[0.3f32; 64])?);
     let mut out = String::from("logits_rows (rows, mode)        us\n");
     for m in [1usize, 64] {
         for (mode, name) in [(0i32, "argmax"), (1, "draw"), (2, "head")] {
             let mb = upload(&vec![mode; m])?;
             let us = median_us(s, (&e0, &e1), 50, &mut || {
-                k.logits_rows(s, lb.ptr, m, VOCAB, N_TEXT, mb.ptr, tb.ptr, ub.ptr, ob.ptr)
+                let modes_at = (mb.ptr, tb.ptr, ub.ptr);
+                k.logits_rows(s, lb.ptr, m, VOCAB, N_TEXT, modes_at, sc.ptr, ob.ptr)
             })?;
             let _ = writeln!(out, "{:<30} {us:>6.1}", format!("{m}, {name}"));
         }

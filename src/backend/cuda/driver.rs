@@ -130,6 +130,17 @@ impl DevBuf {
         })?;
         Ok(DevBuf { ptr, bytes })
     }
+
+    /// `alloc`, every byte 0 once this returns (a memset is asynchronous to the host, and the
+    /// non-blocking streams do not wait for it: the context is synchronised).
+    pub fn zeroed(bytes: usize) -> Result<DevBuf, String> {
+        let b = DevBuf::alloc(bytes)?;
+        ck("cuMemsetD8", unsafe {
+            sys::cuMemsetD8_v2(b.ptr, 0, bytes.max(1))
+        })?;
+        ck("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })?;
+        Ok(b)
+    }
 }
 
 impl Drop for DevBuf {

@@ -1,6 +1,9 @@
 //! The batch-invariant tensor-core product (`cuda/gemm_fixed.cu`): Y[m, n] (+)= X[m, k] · W[n, k]ᵀ
 //! with F16 inputs and F32 sums in an order fixed by `k` alone, so a row's values never depend on
-//! how many rows the product holds. The tile shape is chosen here from `m` and `n` for speed only.
+//! how many rows the product holds. The kernel (operands straight into registers, or tiled through
+//! shared memory) and its tile shape are chosen here from `m` and `n` for speed only.
+
+use std::cell::Cell;
 
 use cudarc::driver::sys::{CUdeviceptr, CUfunction};
 
@@ -15,10 +18,46 @@ const ENOUGH_BLOCKS: usize = 264;
 /// Most n8 tiles a warp when K is split in 8 (the kernel file instantiates no more).
 const SPLIT8_MAX_NT: usize = 2;
 
+/// Rows and columns of Y a block of the tiled kernels takes (`TILE_M`, `TILE_N`), and its threads.
+const TILE: usize = 64;
+const TILE_THREADS: u32 = 128;
+
+/// Fewest rows, and fewest blocks (one per SM of an H200), for which the tiled kernels beat the
+/// direct ones.
+const TILED_MIN_ROWS: usize = 32;
+const TILED_MIN_BLOCKS: usize = 132;
+
+/// The two kernel families of `cuda/gemm_fixed.cu`: the same sums, bit for bit, either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `gemm_fixed_k*_m*_n*`: each warp loads its rows of X and W straight into registers and
+    /// sums one range of K (fastest for few rows).
+    Direct,
+    /// `gemm_fixed_tiled_k*`: 64 × 64 tiles of Y, X and W staged through shared memory (fastest
+    /// for many rows and wide products).
+    Tiled,
+}
+
+thread_local! {
+    /// The kind every product planned on this thread uses, where set (see [`FixedGemm::force`]).
+    static FORCED: Cell<Option<Kind>> = const { Cell::new(None) };
+}
+
+/// Restores the previous choice when dropped (see [`FixedGemm::force`]).
+pub struct ForceGuard(Option<Kind>);
+
+impl Drop for ForceGuard {
+    fn drop(&mut self) {
+        FORCED.with(|f| f.set(self.0));
+    }
+}
+
 pub struct FixedGemm {
     /// `fns[s][a][b]`: K split in 4 (s = 0) or 8 (s = 1), MT = SIZES[a], NT = SIZES[b]; None
     /// where the file has no such kernel.
     fns: [[[Option<CUfunction>; 3]; 3]; 2],
+    /// `tiled[s]`: the tiled kernel for K split in 4 (s = 0) or 8 (s = 1).
+    tiled: [CUfunction; 2],
 }
 
 unsafe impl Send for FixedGemm {}
@@ -37,7 +76,28 @@ impl FixedGemm {
                 }
             }
         }
-        Ok(FixedGemm { fns })
+        let tiled = [
+            m.function("gemm_fixed_tiled_k4")?,
+            m.function("gemm_fixed_tiled_k8")?,
+        ];
+        Ok(FixedGemm { fns, tiled })
+    }
+
+    /// While the returned guard lives, every product planned on this thread uses `kind` whatever
+    /// its shape (the checks compare the two kernels; the outputs are the same either way).
+    #[must_use = "the kind is forced only while the guard lives"]
+    pub fn force(kind: Kind) -> ForceGuard {
+        ForceGuard(FORCED.with(|f| f.replace(Some(kind))))
+    }
+
+    /// The faster kernel for an m × n product: the tiled one once there are rows enough to share
+    /// X's loads and blocks enough to fill the card.
+    pub fn kind(m: usize, n: usize) -> Kind {
+        if m >= TILED_MIN_ROWS && m.div_ceil(TILE) * n.div_ceil(TILE) >= TILED_MIN_BLOCKS {
+            Kind::Tiled
+        } else {
+            Kind::Direct
+        }
     }
 
     /// How many ranges K is split into (each summed by one warp, then added in order): a
@@ -69,14 +129,31 @@ impl FixedGemm {
         (a, b)
     }
 
-    /// The kernel, grid and block for an m × n product over `k` columns (m, n > 0); the caller
-    /// checks [`FixedGemm::fits`].
+    /// The kernel, grid and block for an m × n product over `k` columns (m, n > 0): the kind
+    /// forced on this thread ([`FixedGemm::force`]), else the faster one; the caller checks
+    /// [`FixedGemm::fits`].
     pub fn plan(&self, m: usize, n: usize, k: usize) -> Result<Launch, String> {
+        let kind = FORCED.with(Cell::get).unwrap_or_else(|| Self::kind(m, n));
+        self.plan_with(m, n, k, kind)
+    }
+
+    /// [`FixedGemm::plan`] with the kernel family given.
+    pub fn plan_with(&self, m: usize, n: usize, k: usize, kind: Kind) -> Result<Launch, String> {
         let ks = Self::k_split(k);
-        let (si, max_nt) = if ks == 4 { (0, 4) } else { (1, SPLIT8_MAX_NT) };
-        let (a, b) = Self::tiles(m, n, max_nt);
-        let f = self.fns[si][a][b].ok_or("gemm_fixed: no kernel for this tile")?;
-        let (m_blocks, n_blocks) = (m.div_ceil(16 * SIZES[a]), n.div_ceil(8 * SIZES[b]));
+        let si = usize::from(ks == 8);
+        let (f, (m_blocks, n_blocks), block) = match kind {
+            Kind::Direct => {
+                let max_nt = if ks == 4 { 4 } else { SPLIT8_MAX_NT };
+                let (a, b) = Self::tiles(m, n, max_nt);
+                let f = self.fns[si][a][b].ok_or("gemm_fixed: no kernel for this tile")?;
+                let blocks = (m.div_ceil(16 * SIZES[a]), n.div_ceil(8 * SIZES[b]));
+                (f, blocks, 32 * ks as u32)
+            }
+            Kind::Tiled => {
+                let blocks = (m.div_ceil(TILE), n.div_ceil(TILE));
+                (self.tiled[si], blocks, TILE_THREADS)
+            }
+        };
         if n_blocks > 65_535 {
             return Err(format!(
                 "gemm_fixed: {n} columns need more than 65,535 blocks"
@@ -86,7 +163,7 @@ impl FixedGemm {
             f,
             // The m blocks of one n block first (adjacent in launch order, sharing W's tile).
             grid: (m_blocks as u32, n_blocks as u32),
-            block: 32 * ks as u32,
+            block,
         })
     }
 }
@@ -115,5 +192,26 @@ mod tests {
         assert!(FixedGemm::fits(0, 16, 896));
         assert!(!FixedGemm::fits(0, 16, 900));
         assert!(!FixedGemm::fits(8, 16, 896));
+    }
+
+    #[test]
+    fn tiled_kernel_takes_many_rows_over_many_blocks() {
+        // Few rows stay on the direct kernels, however wide the product.
+        assert_eq!(FixedGemm::kind(1, 151_936), Kind::Direct);
+        assert_eq!(FixedGemm::kind(16, 151_936), Kind::Direct);
+        assert_eq!(FixedGemm::kind(31, 151_936), Kind::Direct);
+        // Rows enough and blocks enough: 1 × 152, 2 × 152, 1 × 2374.
+        assert_eq!(FixedGemm::kind(32, 9728), Kind::Tiled);
+        assert_eq!(FixedGemm::kind(64, 9728), Kind::Tiled);
+        assert_eq!(FixedGemm::kind(128, 9728), Kind::Tiled);
+        assert_eq!(FixedGemm::kind(64, 151_936), Kind::Tiled);
+        // Too few blocks to fill the card: 2 × 14, 8 × 14 and 2 × 18.
+        assert_eq!(FixedGemm::kind(128, 896), Kind::Direct);
+        assert_eq!(FixedGemm::kind(512, 896), Kind::Direct);
+        assert_eq!(FixedGemm::kind(128, 1152), Kind::Direct);
+        // The threshold itself: 132 blocks exactly, and one short.
+        assert_eq!(FixedGemm::kind(64 * 12, 64 * 11), Kind::Tiled);
+        assert_eq!(FixedGemm::kind(64 * 12, 64 * 11 - 64), Kind::Direct);
+        assert_eq!(FixedGemm::kind(64 * 11 + 1, 64 * 11), Kind::Tiled);
     }
 }

@@ -21,7 +21,7 @@ pub const ROW_BUCKETS: [usize; 23] = [
     512,
 ];
 /// Logit-row counts with a head graph of their own.
-const HEAD_BUCKETS: [usize; 16] = [
+pub const HEAD_BUCKETS: [usize; 16] = [
     1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 192, 256, 512,
 ];
 

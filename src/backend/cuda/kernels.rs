@@ -38,7 +38,8 @@ pub struct Kernels {
     attn_decode: CUfunction,
     attn_reduce: CUfunction,
     attn_decode_merge: CUfunction,
-    logits_rows: CUfunction,
+    /// `sample.cu`'s three launches over a step's logit rows.
+    logits_seg: [CUfunction; 3],
     dequant: Vec<(GgmlType, CUfunction)>,
     nonfinite_f16: CUfunction,
     nonfinite_f32: CUfunction,
@@ -293,7 +294,7 @@ impl Kernels {
             attn_decode: big("attn_decode")?,
             attn_reduce: m.function("attn_reduce")?,
             attn_decode_merge: big("attn_decode_merge")?,
-            logits_rows: m.function("logits_rows")?,
+            logits_seg: logits_seg(&m)?,
             dequant,
             nonfinite_f16: m.function("nonfinite_f16")?,
             nonfinite_f32: m.function("nonfinite_f32")?,
@@ -657,7 +658,8 @@ impl Kernels {
     }
 
     /// Per-row results of `rows` logit rows (`sample.cu`): `mode`, `inv_t`, `u` one per row (i32,
-    /// f32, f32); `out`: [`HEAD_ROW_WORDS`] u32 per row.
+    /// f32, f32); `out`: [`HEAD_ROW_WORDS`] u32 per row; `scratch`: [`LOGITS_SCRATCH_WORDS`] u32
+    /// per row, zero before its first use (the kernels leave it so).
     #[allow(clippy::too_many_arguments)]
     pub fn logits_rows(
         &self,
@@ -666,13 +668,16 @@ impl Kernels {
         rows: usize,
         vocab: usize,
         n_text: usize,
-        mode: CUdeviceptr,
-        inv_t: CUdeviceptr,
-        u: CUdeviceptr,
+        (mode, inv_t, u): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+        scratch: CUdeviceptr,
         out: CUdeviceptr,
     ) -> Result<(), String> {
-        launch!(self.logits_rows, (rows as u32, 1), 1024, 0, s;
-            logits, vocab as i32, n_text as i32, mode, inv_t, u, out)
+        let grid = (rows as u32, LOGITS_SEGS);
+        let [stats, mass, head] = self.logits_seg;
+        let (v, n) = (vocab as i32, n_text as i32);
+        launch!(dep stats, grid, 256, 0, s; logits, v, n, mode, scratch, out)?;
+        launch!(dep mass, grid, 256, 0, s; logits, v, n, mode, inv_t, u, scratch, out)?;
+        launch!(dep head, grid, 256, 0, s; logits, v, n, mode, scratch, out)
     }
 }
 
@@ -689,6 +694,19 @@ pub fn row_mode(w: crate::sampler::RowWant) -> (u32, f32, f32) {
 
 /// Candidates `logits_rows` returns per row in head mode (`HEAD_K` in sample.cu).
 pub const HEAD_K: usize = 256;
+/// `sample.cu`'s three kernels, in launch order.
+fn logits_seg(m: &Module) -> Result<[CUfunction; 3], String> {
+    Ok([
+        m.function("logits_seg_stats")?,
+        m.function("logits_seg_mass")?,
+        m.function("logits_seg_head")?,
+    ])
+}
+
+/// Segments (blocks) `logits_rows` cuts a row into (`SEGS` in sample.cu).
+const LOGITS_SEGS: u32 = 64;
+/// u32 words of `logits_rows`'s scratch per row (`SCR_WORDS` in sample.cu).
+pub const LOGITS_SCRATCH_WORDS: usize = LOGITS_SEGS as usize * 8 + 8 + 2048 + 2 * 512;
 /// u32 words per row of `logits_rows`'s output.
 pub const HEAD_ROW_WORDS: usize = 8 + 2 * HEAD_K;
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::driver::{copy_dtoh, copy_htod, DevBuf, Pinned};
 use super::gemm_fixed::FixedGemm;
 use super::graph_steps::{head_capacity, row_capacity, split_chunk, Graphs, HeadStage, RowsStage};
-use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS, MAX_ROW_SPLITS};
+use super::kernels::{Paged, RowsAt, HEAD_ROW_WORDS, LOGITS_SCRATCH_WORDS, MAX_ROW_SPLITS};
 use super::layout::MAX_BATCH;
 use super::pass::{KvPlace, Pass, INVARIANT_ROWS};
 use super::res::{wait_done, Res};
@@ -25,6 +25,7 @@ use crate::backend::BackendError;
 
 mod answers;
 mod replay;
+mod warm;
 
 pub struct CudaRunner {
     model: Arc<CudaModel>,
@@ -52,6 +53,8 @@ pub struct CudaRunner {
     /// were copied whole into `logits_host`.
     rows_dev: DevBuf,
     rows_host: Pinned,
+    /// `logits_rows`'s scratch for the head's rows.
+    rows_scratch: DevBuf,
     whole: Vec<bool>,
     /// Where the last step's logit rows are on the device (for `full_row`).
     whole_src: u64,
@@ -65,6 +68,9 @@ pub struct CudaRunner {
     max_splits: usize,
     /// Steps replayed from graphs per bucket (graph_steps.rs).
     graphs: Graphs,
+    /// The graphs to capture while idle (runner/warm.rs), and the next to look at.
+    warm: Vec<warm::WarmKey>,
+    warm_at: usize,
     timing: Option<StepTiming>,
 }
 
@@ -92,6 +98,7 @@ struct HeadBufs {
     head_dev: u64,
     logits: u64,
     out: u64,
+    scratch: u64,
     vocab: usize,
 }
 
@@ -106,9 +113,8 @@ impl HeadBufs {
             m,
             self.vocab,
             n_text,
-            mode,
-            inv_t,
-            u,
+            (mode, inv_t, u),
+            self.scratch,
             self.out,
         )
     }
@@ -169,11 +175,14 @@ impl CudaRunner {
                 .map_err(e)?,
             logits_host: Pinned::alloc(max_seqs * hp.vocab * 4, false).map_err(e)?,
             rows_dev: DevBuf::alloc(head_cap * HEAD_ROW_WORDS * 4).map_err(e)?,
+            rows_scratch: DevBuf::zeroed(head_cap * LOGITS_SCRATCH_WORDS * 4).map_err(e)?,
             rows_host: Pinned::alloc(max_seqs * HEAD_ROW_WORDS * 4, false).map_err(e)?,
             whole: Vec::new(),
             whole_src: 0,
             invariant: limits.batch_invariant,
             graphs: Graphs::from_env(),
+            warm: warm::warm_order(row_cap, head_cap, max_splits),
+            warm_at: 0,
             timing: StepTiming::from_env().map_err(e)?,
             model,
         })
@@ -441,6 +450,10 @@ impl StepRunner for CudaRunner {
         }
         let all = bytemuck::cast_slice_mut::<u8, f32>(self.logits_host.as_mut_slice());
         Ok(&mut all[i * vocab..(i + 1) * vocab])
+    }
+
+    fn idle_work(&mut self, n_text: usize) -> Result<bool, BackendError> {
+        self.warm_next(n_text)
     }
 
     fn prepare(&mut self) -> Result<(), BackendError> {

@@ -26,6 +26,7 @@ impl CudaRunner {
             head_dev: self.head_dev.ptr,
             logits: self.logits_dev.ptr,
             out: self.rows_dev.ptr,
+            scratch: self.rows_scratch.ptr,
             vocab: self.model.hp.vocab,
         }
     }
