@@ -140,6 +140,12 @@ impl Progress {
                     .all(|u| u.resident_ms.is_some());
             if ready && g.ready_ms.is_none() {
                 g.ready_ms = Some(now);
+                // Everything landed before the service could be ready (a small model on a fast
+                // device, the tokenizer still building): resident counts from READY, so the
+                // two are never out of order.
+                if let Some(r) = g.resident_ms.as_mut() {
+                    *r = r.max(now);
+                }
                 true
             } else {
                 false
@@ -245,5 +251,44 @@ impl Progress {
                 .collect(),
             error: g.error.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::plan::{Unit, UnitKind};
+
+    #[test]
+    fn resident_is_never_before_ready() {
+        let unit = |kind, name: &str| Unit {
+            kind,
+            name: name.into(),
+            tensors: Vec::new(),
+            bytes: 10,
+        };
+        let plan = LoadPlan {
+            units: vec![
+                unit(UnitKind::Embed, "embed"),
+                unit(UnitKind::Layer(0), "layer 0"),
+                unit(UnitKind::Head, "head"),
+            ],
+        };
+        let p = Progress::new(&plan, Instant::now());
+        p.listener_bound();
+        for slot in 0..3 {
+            assert!(!p.unit_resident(slot), "not ready before the tokenizer");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(
+            p.tokenizer_built(),
+            "the tokenizer was the last thing READY waited for"
+        );
+        let s = p.snapshot();
+        let (ready, resident) = (s.ready_ms.unwrap(), s.resident_ms.unwrap());
+        assert!(
+            resident >= ready,
+            "resident {resident} before ready {ready}"
+        );
     }
 }
