@@ -135,10 +135,10 @@ __device__ __forceinline__ int fast_bin(float v, float mx) {
     return d < (float)FAST_BINS ? (int)d : -1;
 }
 
-// The segment [lo, hi) of its row this block takes.
-__device__ __forceinline__ void segment(int n_text, int& lo, int& hi) {
+// The ids [lo, hi) of segment `seg` of a row.
+__device__ __forceinline__ void segment(int n_text, int seg, int& lo, int& hi) {
     const int per = (n_text + SEGS - 1) / SEGS;
-    lo = min(n_text, (int)blockIdx.y * per);
+    lo = min(n_text, seg * per);
     hi = min(n_text, lo + per);
 }
 
@@ -155,8 +155,6 @@ __device__ __forceinline__ bool last_of_row(unsigned* ticket) {
     if (last) __threadfence();
     return last;
 }
-
-__device__ __forceinline__ unsigned ld_cg(const unsigned* p) { return __ldcg(p); }
 
 // The bin where the count from the top of `h` (FAST_BINS bins) first reaches `want`, and that
 // count; -1 when it never does.
@@ -187,7 +185,7 @@ logits_seg_stats(const float* __restrict__ logits, int vocab, int n_text, const 
     const float* l = logits + (size_t)row * vocab;
     unsigned* sc = scratch + (size_t)row * SCR_WORDS;
     int lo, hi;
-    segment(n_text, lo, hi);
+    segment(n_text, blockIdx.y, lo, hi);
     bool bad = false, fin = false;
     float mx = -CUDART_INF_F;
     int arg = 0x7fffffff;
@@ -214,9 +212,9 @@ logits_seg_stats(const float* __restrict__ logits, int vocab, int n_text, const 
     unsigned flags = 0;
     if (threadIdx.x < SEGS) {
         const unsigned* p = sc + SCR_PART + threadIdx.x * 8;
-        mx = __uint_as_float(ld_cg(p));
-        arg = ld_cg(p + 1);
-        flags = ld_cg(p + 2);
+        mx = __uint_as_float(__ldcg(p));
+        arg = __ldcg(p + 1);
+        flags = __ldcg(p + 2);
     }
     bad = __syncthreads_or(flags & 1u);
     fin = __syncthreads_or(flags & 2u);
@@ -244,8 +242,8 @@ logits_seg_stats(const float* __restrict__ logits, int vocab, int n_text, const 
 // the segment's sum as added here (rounding).
 __device__ int draw_in_segment(const float* l, int n_text, int seg, float mx, float it, float before,
                                float target) {
-    const int per = (n_text + SEGS - 1) / SEGS;
-    const int lo = min(n_text, seg * per), hi = min(n_text, lo + per);
+    int lo, hi;
+    segment(n_text, seg, lo, hi);
     const int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
     const int a = min(hi, lo + (int)threadIdx.x * chunk), b = min(hi, a + chunk);
     float s = 0.0f;
@@ -303,7 +301,7 @@ logits_seg_mass(const float* __restrict__ logits, int vocab, int n_text, const i
     const float* l = logits + (size_t)row * vocab;
     const float mx = __uint_as_float(sc[SCR_STAT]), it = inv_t[row];
     int lo, hi;
-    segment(n_text, lo, hi);
+    segment(n_text, blockIdx.y, lo, hi);
     float s = 0.0f;
     int last_id = -1;
     #pragma unroll 4
@@ -326,18 +324,18 @@ logits_seg_mass(const float* __restrict__ logits, int vocab, int n_text, const i
     __shared__ int s_seg, s_seg_last;
     if (threadIdx.x == 0) {
         float total = 0.0f;
-        for (int k = 0; k < SEGS; k++) total += __uint_as_float(ld_cg(sc + SCR_PART + k * 8 + 3));
+        for (int k = 0; k < SEGS; k++) total += __uint_as_float(__ldcg(sc + SCR_PART + k * 8 + 3));
         const float target = u[row] * total;
         float before = 0.0f;
         int at = -1, last = -1;
         for (int k = 0; k < SEGS; k++) {
-            const float sk = __uint_as_float(ld_cg(sc + SCR_PART + k * 8 + 3));
-            last = max(last, (int)ld_cg(sc + SCR_PART + k * 8 + 4));
+            const float sk = __uint_as_float(__ldcg(sc + SCR_PART + k * 8 + 3));
+            last = max(last, (int)__ldcg(sc + SCR_PART + k * 8 + 4));
             if (at < 0 && sk > 0.0f && target >= before && target < before + sk) at = k;
             if (at < 0) before += sk;
         }
         s_before = before; s_total = total; s_seg = at;
-        s_seg_last = at >= 0 ? (int)ld_cg(sc + SCR_PART + at * 8 + 4) : last;
+        s_seg_last = at >= 0 ? (int)__ldcg(sc + SCR_PART + at * 8 + 4) : last;
         sc[SCR_CTL + 1] = 0;
     }
     __syncthreads();
@@ -416,7 +414,7 @@ logits_seg_head(const float* __restrict__ logits, int vocab, int n_text, const i
     const bool fast = cut >= 0 && taken <= CAND_CAP;
     if (fast) {
         int lo, hi;
-        segment(n_text, lo, hi);
+        segment(n_text, blockIdx.y, lo, hi);
         #pragma unroll 4
         for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
             const int b = fast_bin(l[i], mx);
@@ -433,8 +431,8 @@ logits_seg_head(const float* __restrict__ logits, int vocab, int n_text, const i
     const unsigned want = min(HEAD_K, n_text);
     for (int i = threadIdx.x; i < CAND_CAP; i += blockDim.x) {
         const bool have = fast && i < (int)taken;
-        cv[i] = have ? __uint_as_float(ld_cg(sc + SCR_CAND + 2 * i)) : -CUDART_INF_F;
-        ci[i] = have ? ld_cg(sc + SCR_CAND + 2 * i + 1) : 0xffffffffu;
+        cv[i] = have ? __uint_as_float(__ldcg(sc + SCR_CAND + 2 * i)) : -CUDART_INF_F;
+        ci[i] = have ? __ldcg(sc + SCR_CAND + 2 * i + 1) : 0xffffffffu;
     }
     __syncthreads();
     const bool ok = fast || head_radix(l, n_text, want, cv, ci);

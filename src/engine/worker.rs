@@ -140,33 +140,34 @@ impl Worker {
     /// while it has some: a piece at a time, so a job waits for one piece at most.
     fn wait_for_work(&mut self) -> bool {
         loop {
-            let job = if self.idle_work {
-                crossbeam_channel::select! {
-                    recv(self.jobs) -> job => job,
-                    recv(self.close) -> _ => return false,
-                    default(IDLE_POLL) => {
-                        let n_text = self.tokenizer.vocab_size().min(self.model.hp().vocab);
-                        self.idle_work = self.runner.idle_work(n_text).unwrap_or_else(|e| {
-                            tracing::warn!("idle work stopped: {e}");
-                            false
-                        });
-                        continue;
-                    }
-                }
+            // Without idle work the wait has no end (a timeout past `Instant`'s range blocks).
+            let poll = if self.idle_work {
+                IDLE_POLL
             } else {
-                crossbeam_channel::select! {
-                    recv(self.jobs) -> job => job,
-                    recv(self.close) -> _ => return false,
-                }
+                std::time::Duration::MAX
             };
-            return match job {
-                Ok(job) => {
-                    self.enqueue(job);
-                    true
+            crossbeam_channel::select! {
+                recv(self.jobs) -> job => return match job {
+                    Ok(job) => {
+                        self.enqueue(job);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                recv(self.close) -> _ => return false,
+                default(poll) => {
+                    self.idle_work = self.runner.idle_work(self.n_text()).unwrap_or_else(|e| {
+                        tracing::warn!("idle work stopped: {e}");
+                        false
+                    });
                 }
-                Err(_) => false,
-            };
+            }
         }
+    }
+
+    /// Ids a step may choose: the tokenizer's text vocabulary, within the model's.
+    fn n_text(&self) -> usize {
+        self.tokenizer.vocab_size().min(self.model.hp().vocab)
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -261,7 +262,7 @@ impl Worker {
                 (p.n == seq.pending()).then(|| seq.out.want(vocab))
             })
             .collect();
-        let n_text = self.tokenizer.vocab_size().min(vocab);
+        let n_text = self.n_text();
         let seqs = batch::build(&self.sched.running, &plan, &mut self.tokens);
         let (rows, n_seqs) = (self.tokens.len(), seqs.len());
         let batch = StepBatch {

@@ -75,8 +75,7 @@ fn full(
     kind: Kind,
 ) -> Result<Vec<f32>, String> {
     let yb = upload(y0)?;
-    let _kind = FixedGemm::force(kind);
-    k.gemm_fixed(s, xb.ptr, wb.ptr, yb.ptr, m, n, kk, true)?;
+    k.gemm_fixed_as(kind, s, xb.ptr, wb.ptr, yb.ptr, (m, n, kk), true)?;
     s.sync()?;
     download::<f32>(&yb, m * n)
 }
@@ -115,7 +114,6 @@ fn invariance(
         .into_iter()
         .filter(|&t| t < m)
         .collect();
-    let _direct = FixedGemm::force(Kind::Direct);
     let (mut compared, mut differ) = (0usize, 0usize);
     for &t in &rows {
         for before in [0usize, 16] {
@@ -124,7 +122,7 @@ fn invariance(
             let count = t - first + 1;
             let yb = upload(&y0[first * n..(t + 1) * n])?;
             let x = xb.ptr + (first * kk * 2) as u64;
-            k.gemm_fixed(s, x, wb.ptr, yb.ptr, count, n, kk, true)?;
+            k.gemm_fixed_as(Kind::Direct, s, x, wb.ptr, yb.ptr, (count, n, kk), true)?;
             s.sync()?;
             let got = download::<f32>(&yb, count * n)?;
             compared += n;
@@ -156,13 +154,11 @@ pub(super) fn time_fixed(k: &Kernels, s: &Stream, rng: &mut Rng) -> Result<Strin
         let (wb, xb, yb) = (upload(&w)?, upload(&x)?, upload(&vec![0f32; 512 * n])?);
         for m in [1usize, 8, 64, 128, 512] {
             let time = |f: &mut dyn FnMut() -> Result<(), String>| median_us(s, (&e0, &e1), 50, f);
-            let mut fixed = || k.gemm_fixed(s, xb.ptr, wb.ptr, yb.ptr, m, n, kk, false);
-            let ours = time(&mut fixed)?;
-            let mut forced = |kind| {
-                let _kind = FixedGemm::force(kind);
-                time(&mut fixed)
+            let as_kind = |kind| {
+                time(&mut || k.gemm_fixed_as(kind, s, xb.ptr, wb.ptr, yb.ptr, (m, n, kk), false))
             };
-            let (direct, tiled) = (forced(Kind::Direct)?, forced(Kind::Tiled)?);
+            let ours = as_kind(FixedGemm::kind(m, n))?;
+            let (direct, tiled) = (as_kind(Kind::Direct)?, as_kind(Kind::Tiled)?);
             let theirs = time(&mut || blas.gemm(xb.ptr, wb.ptr, yb.ptr, m, n, kk, false))?;
             let chunked = time(&mut || {
                 (0..m.div_ceil(64)).try_for_each(|c| {

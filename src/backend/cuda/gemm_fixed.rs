@@ -3,8 +3,6 @@
 //! how many rows the product holds. The kernel (operands straight into registers, or tiled through
 //! shared memory) and its tile shape are chosen here from `m` and `n` for speed only.
 
-use std::cell::Cell;
-
 use cudarc::driver::sys::{CUdeviceptr, CUfunction};
 
 use super::driver::Module;
@@ -38,20 +36,6 @@ pub enum Kind {
     Tiled,
 }
 
-thread_local! {
-    /// The kind every product planned on this thread uses, where set (see [`FixedGemm::force`]).
-    static FORCED: Cell<Option<Kind>> = const { Cell::new(None) };
-}
-
-/// Restores the previous choice when dropped (see [`FixedGemm::force`]).
-pub struct ForceGuard(Option<Kind>);
-
-impl Drop for ForceGuard {
-    fn drop(&mut self) {
-        FORCED.with(|f| f.set(self.0));
-    }
-}
-
 pub struct FixedGemm {
     /// `fns[s][a][b]`: K split in 4 (s = 0) or 8 (s = 1), MT = SIZES[a], NT = SIZES[b]; None
     /// where the file has no such kernel.
@@ -81,13 +65,6 @@ impl FixedGemm {
             m.function("gemm_fixed_tiled_k8")?,
         ];
         Ok(FixedGemm { fns, tiled })
-    }
-
-    /// While the returned guard lives, every product planned on this thread uses `kind` whatever
-    /// its shape (the checks compare the two kernels; the outputs are the same either way).
-    #[must_use = "the kind is forced only while the guard lives"]
-    pub fn force(kind: Kind) -> ForceGuard {
-        ForceGuard(FORCED.with(|f| f.replace(Some(kind))))
     }
 
     /// The faster kernel for an m × n product: the tiled one once there are rows enough to share
@@ -129,16 +106,9 @@ impl FixedGemm {
         (a, b)
     }
 
-    /// The kernel, grid and block for an m × n product over `k` columns (m, n > 0): the kind
-    /// forced on this thread ([`FixedGemm::force`]), else the faster one; the caller checks
-    /// [`FixedGemm::fits`].
-    pub fn plan(&self, m: usize, n: usize, k: usize) -> Result<Launch, String> {
-        let kind = FORCED.with(Cell::get).unwrap_or_else(|| Self::kind(m, n));
-        self.plan_with(m, n, k, kind)
-    }
-
-    /// [`FixedGemm::plan`] with the kernel family given.
-    pub fn plan_with(&self, m: usize, n: usize, k: usize, kind: Kind) -> Result<Launch, String> {
+    /// The kernel of family `kind` ([`FixedGemm::kind`] picks the faster), its grid and block,
+    /// for an m × n product over `k` columns (m, n > 0); the caller checks [`FixedGemm::fits`].
+    pub fn plan(&self, m: usize, n: usize, k: usize, kind: Kind) -> Result<Launch, String> {
         let ks = Self::k_split(k);
         let si = usize::from(ks == 8);
         let (f, (m_blocks, n_blocks), block) = match kind {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use cudarc::driver::sys::{self, CUdeviceptr, CUfunction};
 
 use super::driver::{ck, Module, Stream};
-use super::gemm_fixed::FixedGemm;
+use super::gemm_fixed::{FixedGemm, Kind};
 use crate::gguf::GgmlType;
 
 /// sm_90 SASS + compute_80 PTX of every kernel file.
@@ -388,11 +388,27 @@ impl Kernels {
         k: usize,
         acc: bool,
     ) -> Result<(), String> {
+        self.gemm_fixed_as(FixedGemm::kind(m, n), s, x, w, y, (m, n, k), acc)
+    }
+
+    /// `gemm_fixed` by the kernel family `kind`, whatever its shape would pick (the checks
+    /// compare the two; the sums are the same either way).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_fixed_as(
+        &self,
+        kind: Kind,
+        s: &Stream,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+        (m, n, k): (usize, usize, usize),
+        acc: bool,
+    ) -> Result<(), String> {
         if m == 0 || n == 0 {
             return Ok(());
         }
         debug_assert!(FixedGemm::fits(x, w, k));
-        let l = self.gemm_fixed.plan(m, n, k)?;
+        let l = self.gemm_fixed.plan(m, n, k, kind)?;
         launch!(dep l.f, l.grid, l.block, 0, s; x, w, y, m as i32, n as i32, k as i32, acc as i32)
     }
 

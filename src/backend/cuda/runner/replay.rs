@@ -39,11 +39,16 @@ impl CudaRunner {
             .map(|s| s.pos + s.rows.len())
             .max()
             .unwrap_or(0);
+        self.split(attn_splits(max_len, self.split_chunk, self.max_splits))
+    }
+
+    /// The rows' attention split `splits` ways over the runner's partials.
+    pub(super) fn split(&self, splits: usize) -> RowsSplit {
         RowsSplit {
             acc: self.split_acc.ptr,
             ml: self.split_ml.ptr,
             chunk: self.split_chunk,
-            splits: attn_splits(max_len, self.split_chunk, self.max_splits),
+            splits,
         }
     }
 

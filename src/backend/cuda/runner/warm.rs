@@ -8,7 +8,6 @@
 use super::CudaRunner;
 use crate::backend::cuda::driver::copy_htod;
 use crate::backend::cuda::graph_steps::{HeadStage, RowsStage, ROW_BUCKETS};
-use crate::backend::cuda::kernels::RowsSplit;
 use crate::backend::cuda::pass::{Pass, INVARIANT_ROWS};
 use crate::backend::step::StepBatch;
 use crate::backend::BackendError;
@@ -87,12 +86,7 @@ impl CudaRunner {
         };
         match key {
             WarmKey::Rows { r, splits } => {
-                pass.split = Some(RowsSplit {
-                    acc: self.split_acc.ptr,
-                    ml: self.split_ml.ptr,
-                    chunk: self.split_chunk,
-                    splits,
-                });
+                pass.split = Some(self.split(splits));
                 let (bs, spare) = (self.geo.block_size, self.geo.num_blocks as u32);
                 let buf = bytemuck::cast_slice_mut::<u8, u32>(self.staging_host.as_mut_slice());
                 let words = RowsStage { r }.stage(buf, &empty, bs, spare);
