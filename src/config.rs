@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// POST the load events here, in order: `ready`, then `resident` or `failed` (JSON with
     /// `event`, `worker_id`, `uri`, `vram_bytes`, `ready_ms`); http only, anything else is refused
     /// at startup.
-    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = http_url)]
+    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = CallbackUrlParser)]
     pub callback_url: Option<String>,
     /// Context size (positions per sequence, at least 1); capped at the model's trained context.
     #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096, value_parser = positive_count)]
@@ -99,10 +99,23 @@ pub struct ServeArgs {
     /// Open connections at most; more are answered 503 (`overloaded`) and closed.
     #[arg(long, env = "LAYERSTREAM_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// Seconds a request's body may take to arrive (408 `body_timeout` after it); the request
-    /// head has as long.
+    /// Open connections one client address may hold at most (default: half of
+    /// --max-connections), so one host cannot take every connection; more are answered 503
+    /// (`overloaded`) and closed.
+    #[arg(long, env = "LAYERSTREAM_MAX_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: Option<u32>,
+    /// Seconds a request's body may take to arrive (408 `body_timeout` after it).
     #[arg(long, env = "LAYERSTREAM_BODY_TIMEOUT", default_value_t = 30.0, value_parser = positive_seconds)]
     pub body_timeout: f64,
+    /// Seconds a connection may take to send a whole request head (from its opening, or from
+    /// the end of its previous exchange); then it is closed.
+    #[arg(long, env = "LAYERSTREAM_HEAD_TIMEOUT", default_value_t = 10.0, value_parser = positive_seconds)]
+    pub head_timeout: f64,
+    /// Largest whole (not streamed) OpenAI answer, counted before generation at the most each
+    /// token can take (`n` x `max_tokens` x the log-probability alternatives); a request that
+    /// could exceed it gets a 400 naming those parameters. Streamed answers are not bounded.
+    #[arg(long, env = "LAYERSTREAM_MAX_ANSWER_BYTES", default_value_t = crate::server::answer_size::DEFAULT_MAX_ANSWER_BYTES, value_parser = positive_count)]
+    pub max_answer_bytes: usize,
     /// After a load failure, drain and exit with status 1 (so a supervisor restarts the worker);
     /// `false` keeps serving the failed state.
     #[arg(long, env = "LAYERSTREAM_EXIT_ON_LOAD_FAILURE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -121,7 +134,7 @@ pub struct ServeArgs {
     /// health routes and `/metrics` stay open. A command line is visible to every user of the
     /// machine: prefer the variable or --api-key-file.
     #[arg(long, env = "LAYERSTREAM_API_KEY", hide_env_values = true, value_name = "KEY",
-          value_parser = ApiKey::parse, conflicts_with = "api_key_file")]
+          value_parser = SecretKeyParser, conflicts_with = "api_key_file")]
     pub api_key: Option<ApiKey>,
     /// Read the API key from this file (without its trailing newline).
     #[arg(long, env = "LAYERSTREAM_API_KEY_FILE", value_name = "PATH", value_parser = api_key_file)]
@@ -151,15 +164,67 @@ pub fn default_model() -> PathBuf {
     cache.join("models/qwen2.5-coder-0.5b-instruct-f16.gguf")
 }
 
-/// An `http://host[:port]/path` URL (the callback has no TLS support).
+/// An `http://host[:port]/path` URL (the callback has no TLS support); errors show it with its
+/// credentials masked.
 fn http_url(s: &str) -> Result<String, String> {
-    let uri: hyper::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+    let shown = crate::redact::url(s);
+    let uri: hyper::Uri = s
+        .parse()
+        .map_err(|e| format!("'{shown}' is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(_)) => Ok(s.to_string()),
         (Some("https"), _) => Err(format!(
-            "'{s}': https is not supported (no TLS in this build); use an http:// URL"
+            "'{shown}': https is not supported (no TLS in this build); use an http:// URL"
         )),
-        _ => Err(format!("'{s}' is not an http://host/... URL")),
+        _ => Err(format!("'{shown}' is not an http://host/... URL")),
+    }
+}
+
+/// A clap error for `arg` that does not quote the value (clap's own errors do).
+fn quiet_error(cmd: &clap::Command, arg: Option<&clap::Arg>, why: &str) -> clap::Error {
+    let flag = arg.map_or_else(String::new, |a| format!(" for '{a}'"));
+    let msg = format!("invalid value{flag}: {why}\n");
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg).with_cmd(cmd)
+}
+
+/// `--callback-url`: its errors show the URL with credentials masked.
+#[derive(Clone, Copy, Debug)]
+struct CallbackUrlParser;
+
+impl clap::builder::TypedValueParser for CallbackUrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let text = value
+            .to_str()
+            .ok_or_else(|| quiet_error(cmd, arg, "the URL is not valid UTF-8"))?;
+        http_url(text).map_err(|why| quiet_error(cmd, arg, &why))
+    }
+}
+
+/// `--api-key`: parsed without ever echoing the value (clap's own errors quote it).
+#[derive(Clone, Copy, Debug)]
+struct SecretKeyParser;
+
+impl clap::builder::TypedValueParser for SecretKeyParser {
+    type Value = ApiKey;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ApiKey, clap::Error> {
+        let refuse = |why: String| quiet_error(cmd, arg, &format!("(the key is not shown) {why}"));
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("the API key is not valid UTF-8".into()))?;
+        ApiKey::parse(text).map_err(refuse)
     }
 }
 
@@ -207,6 +272,12 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 }
 
 impl ServeArgs {
+    /// `--max-connections-per-peer`, or half of `--max-connections` (at least one).
+    pub fn connections_per_peer(&self) -> usize {
+        let half = (self.max_connections as usize / 2).max(1);
+        self.max_connections_per_peer.map_or(half, |n| n as usize)
+    }
+
     /// The API key of --api-key or --api-key-file.
     pub fn api_key(&self) -> Option<ApiKey> {
         self.api_key.clone().or_else(|| self.api_key_file.clone())

@@ -230,7 +230,7 @@ impl Decoding {
         self.row.extend_from_slice(logits);
         let id = self.sampler.pick(logits);
         let logit = self.row.get(id as usize).copied();
-        let report = measured.report(tok, id, logit.unwrap_or(f32::NEG_INFINITY));
+        let report = measured.report(id, logit.unwrap_or(f32::NEG_INFINITY));
         self.accept(tok, id, Some(report))
     }
 

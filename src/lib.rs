@@ -13,7 +13,8 @@
 //! - `load`: the load plan, residency gate, progress, and the loader thread.
 //! - `engine`: the thread that runs requests; `server`: HTTP; `serve`: startup that ties them.
 //! - `metrics`: Prometheus counters, histograms and gauges (`GET /metrics`).
-//! - `loaded`: a model opened for use; `cli`, `config`: the command line.
+//! - `loaded`: a model opened for use; `cli`, `config`: the command line; `redact`: URLs with
+//!   their credentials masked, for logs.
 pub mod backend;
 pub mod chat_template;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod model;
 pub mod openai;
 pub mod panic_message;
 pub mod quant;
+pub mod redact;
 pub mod request;
 pub mod rng;
 pub mod sampler;

@@ -2,20 +2,16 @@
 //! log-softmax of the logits after penalties and logit bias, before temperature, top-k, top-p and
 //! min-p — the model's distribution as the request shaped it, not the truncated one a draw used.
 //! So a token drawn at temperature 1.5 reports what the model gave it, and greedy decoding's
-//! token is always the first alternative.
-
-use crate::tokenizer::Tokenizer;
+//! token is always the first alternative. Records are compact (an id and a log-probability each):
+//! a token's text and bytes are looked up in the vocabulary only when a response is written.
 
 /// Most alternatives reported per token (`top_logprobs`).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
-/// One token with its log-probability; `token` is its text (lossy where the token is part of a
-/// UTF-8 character), `bytes` what it decodes to.
-#[derive(Clone, Debug, PartialEq)]
+/// One token with its log-probability (8 bytes: a whole answer's records stay small).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Alternative {
     pub id: u32,
-    pub token: String,
-    pub bytes: Vec<u8>,
     pub logprob: f32,
 }
 
@@ -53,11 +49,9 @@ impl RowLogprobs {
     }
 
     /// The report for token `id`, whose logit was `logit`.
-    pub fn report(&self, tok: &Tokenizer, id: u32, logit: f32) -> TokenLogprob {
+    pub fn report(&self, id: u32, logit: f32) -> TokenLogprob {
         let alt = |id: u32, logit: f32| Alternative {
             id,
-            token: tok.token_text(id).unwrap_or_default(),
-            bytes: tok.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default(),
             logprob: self.logprob(logit),
         };
         TokenLogprob {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::engine::StatsSnapshot;
+use crate::engine::{OutcomeCounts, StatsSnapshot};
 use crate::load::progress::ProgressSnapshot;
 
 pub const TTFT: &str = "layerstream:time_to_first_token_seconds";
@@ -65,24 +65,30 @@ pub fn admitted(prompt_tokens: usize, cached_tokens: usize, queued: Duration) {
     histogram!(QUEUE).record(queued.as_secs_f64());
 }
 
-/// A request that ended with a result.
-pub fn finished(reason: &'static str, generated: usize, e2e: Duration) {
-    counter!(SUCCESS, "finished_reason" => reason).increment(1);
+/// A request that ended with a result (counted by reason in `engine::Outcomes`).
+pub fn finished(generated: usize, e2e: Duration) {
     counter!(GENERATION_TOKENS).increment(generated as u64);
     histogram!(E2E).record(e2e.as_secs_f64());
 }
 
-/// A request that ended without one (`kind`: the error's stable type, or `cancelled`).
-pub fn failed(kind: &'static str) {
-    counter!(FAILURE, "type" => kind).increment(1);
+/// The success and failure counters, set from the one count `/health` reads too.
+fn outcomes(o: &OutcomeCounts) {
+    for (&reason, &n) in &o.finished {
+        counter!(SUCCESS, "finished_reason" => reason).absolute(n);
+    }
+    for (kind, n) in o.failures() {
+        counter!(FAILURE, "type" => kind).absolute(n);
+    }
 }
 
-/// Set the state gauges, then render the page.
+/// Set the state gauges and the outcome counters, then render the page.
 pub fn render(
     handle: &PrometheusHandle,
     engine: Option<&StatsSnapshot>,
+    counts: &OutcomeCounts,
     load: &ProgressSnapshot,
 ) -> String {
+    outcomes(counts);
     if let Some(e) = engine {
         gauge!("layerstream:num_requests_running").set(e.running as f64);
         gauge!("layerstream:num_requests_waiting").set(e.waiting as f64);

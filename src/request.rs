@@ -418,10 +418,13 @@ fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, RequestError> {
     }
     let mut out = Vec::with_capacity(map.len());
     for (k, b) in map {
-        let id: u32 = k.parse().map_err(|_| {
+        let id = canonical_id(k).ok_or_else(|| {
             err(
                 "logit_bias",
-                format!("logit_bias keys must be token ids (integers); got '{k}'"),
+                format!(
+                    "logit_bias keys must be token ids written in decimal without a sign or \
+                     leading zeros (\"5\", \"0\"); got '{k}'"
+                ),
             )
         })?;
         let bias = b.as_f64().filter(|b| (-100.0..=100.0).contains(b));
@@ -442,6 +445,12 @@ fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, RequestError> {
         ));
     }
     Ok(out)
+}
+
+/// A token id written the one way it prints (`"5"`, not `"+5"`, `"05"` or `" 5"`).
+fn canonical_id(k: &str) -> Option<u32> {
+    let id: u32 = k.parse().ok()?;
+    (id.to_string() == k).then_some(id)
 }
 
 fn stop(v: Option<&Value>) -> Result<Vec<String>, RequestError> {
@@ -578,6 +587,9 @@ mod tests {
                 "frequency_penalty",
             ),
             (r#"{"prompt":"a","logit_bias":{"x":1}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":{"+5":1}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":{"05":1}}"#, "logit_bias"),
+            (r#"{"prompt":"a","logit_bias":{" 5":1}}"#, "logit_bias"),
             (r#"{"prompt":"a","logit_bias":{"5":101}}"#, "logit_bias"),
             (r#"{"prompt":"a","logit_bias":{"5":"1"}}"#, "logit_bias"),
             (r#"{"prompt":"a","logit_bias":[1]}"#, "logit_bias"),

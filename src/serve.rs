@@ -24,6 +24,7 @@ use crate::load::progress::{LoadState, Progress};
 use crate::model::ModelSpec;
 use crate::request::Limits;
 use crate::server::access::AccessPolicy;
+use crate::server::answer_size::{AnswerBounds, AnswerCap};
 use crate::server::callback::{self, Callbacks, Event, Notice, Worker};
 use crate::server::cors::Origins;
 use crate::server::hosts::AllowedHosts;
@@ -123,6 +124,7 @@ fn start(args: ServeArgs, started: Instant, callbacks: Option<Callbacks>) -> Res
         batch: args.batch_request(ctx, model.name() == "cuda"),
         max_queue: args.max_queue,
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
+        max_answer_bytes: args.max_answer_bytes,
     };
     if args.kv_cache_tokens.is_some_and(|t| (t as usize) < ctx) {
         tracing::warn!("--kv-cache-tokens is below the context size; the pool holds {ctx} tokens, one whole sequence");
@@ -183,7 +185,6 @@ async fn serve(l: Loading) -> Result<(), String> {
     println!("listening on http://{local}");
     tracing::info!("listening on http://{local}");
     progress.listener_bound();
-    let body_timeout = Duration::from_secs_f64(args.body_timeout);
     let state = app_state(&args, &path, ctx, &progress, stop_rx.clone(), local);
     // HTTP is served at once; the runtime (tokenizer, engine) arrives before READY.
     let startup_error = Arc::new(parking_lot::Mutex::new(None));
@@ -221,7 +222,8 @@ async fn serve(l: Loading) -> Result<(), String> {
         DRAIN + Duration::from_secs(1),
         server::Limits {
             max_connections: args.max_connections as usize,
-            head_timeout: body_timeout,
+            max_per_peer: args.connections_per_peer(),
+            head_timeout: Duration::from_secs_f64(args.head_timeout),
         },
     )
     .await;
@@ -386,6 +388,8 @@ struct EngineOptions {
     batch: BatchRequest,
     max_queue: usize,
     request_timeout: Option<Duration>,
+    /// `--max-answer-bytes`.
+    max_answer_bytes: usize,
 }
 
 /// Wait for the tokenizer (built on its own thread since startup), then start the engine.
@@ -418,11 +422,17 @@ async fn build_runtime(
         max_queue: opts.max_queue,
         batch: opts.batch,
         request_timeout: opts.request_timeout,
+        outcomes: state.outcomes.clone(),
     };
     let engine = tokio::task::spawn_blocking(move || engine::spawn(cfg))
         .await
         .map_err(|e| format!("engine start failed: {e}"))??;
+    let answer_cap = AnswerCap {
+        bounds: AnswerBounds::of(&tokenizer),
+        max_bytes: opts.max_answer_bytes,
+    };
     let runtime = Runtime {
+        answer_cap,
         tokenizer,
         template: Arc::new(tmpl),
         engine: engine.clone(),

@@ -114,11 +114,27 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 #[test]
 fn unusable_keys_are_refused_at_startup_naming_the_flag() {
     let empty = key_file("empty-key", "\n");
+    let two_lines = key_file("two-line-key", "sk-first-line\nsk-second-line\n");
+    let blank = key_file("blank-key", "   \n");
     let model = tiny_model();
     let model = model.to_str().unwrap();
-    let cases: [Case; 4] = [
+    let cases: [Case; 10] = [
         (&["--api-key", ""], &[], "--api-key"),
         (&[], &[("LAYERSTREAM_API_KEY", "")], "--api-key"),
+        (&["--api-key", "   "], &[], "--api-key"),
+        (&[], &[("LAYERSTREAM_API_KEY", " \t ")], "--api-key"),
+        (&["--api-key", "sk-secret part"], &[], "--api-key"),
+        (&["--api-key", "sk-secret\npart"], &[], "--api-key"),
+        (
+            &["--api-key-file", two_lines.to_str().unwrap()],
+            &[],
+            "--api-key-file",
+        ),
+        (
+            &["--api-key-file", blank.to_str().unwrap()],
+            &[],
+            "--api-key-file",
+        ),
         (
             &["--api-key-file", "/nonexistent/key"],
             &[],
@@ -136,6 +152,10 @@ fn unusable_keys_are_refused_at_startup_naming_the_flag() {
         let exit = run_to_exit(&all, envs, Duration::from_secs(30));
         assert_eq!(exit.status.code(), Some(2), "{args:?}: {}", exit.stderr);
         assert!(exit.stderr.contains(flag), "{args:?}: {}", exit.stderr);
+        // The refusal never shows the key.
+        for secret in ["secret", "first-line", "second-line"] {
+            assert!(!exit.stderr.contains(secret), "{args:?}: {}", exit.stderr);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The load callbacks: the service POSTs `ready` (at READY), then `resident` (every unit resident)
 //! or `failed` (the load failed) to `--callback-url`, in that order, each with the ready notice's
 //! fields `{worker_id, uri, vram_bytes, ready_ms}`; a failed attempt is retried (a `failed` one
-//! before the process exits), and a callback nobody answers never stops it from serving.
+//! before the process exits), and a callback nobody answers never stops it from serving. The
+//! URL's credentials (userinfo, query values) never reach a log line or an error.
 
 #[path = "common/harness.rs"]
 mod harness;
@@ -376,6 +377,49 @@ fn a_callback_nobody_listens_on_does_not_stop_the_server() {
     assert_eq!(harness::token_ids(&r.json()).len(), 3);
     assert_eq!(s.get("/health").status, 200);
     assert!(s.try_exit().is_none(), "the process exited");
+}
+
+#[test]
+fn callback_credentials_never_reach_the_log() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url =
+        format!("http://hookuser:hunter2pw@127.0.0.1:{port}/ready?token=tok3n&sig=s1gn#frag9");
+    let s = spawn_with_callback(&url);
+    s.wait_ready(Duration::from_secs(30));
+    let line = s.wait_for_log("failed (attempt 2/", Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("***@127.0.0.1:{port}/ready?token=***&sig=***")),
+        "{line}"
+    );
+    let log = s.log();
+    for secret in ["hookuser", "hunter2pw", "tok3n", "s1gn", "frag9"] {
+        assert!(!log.contains(secret), "'{secret}' is in the log:\n{log}");
+    }
+    // Refused at startup: the error shows the URL masked too.
+    let model = tiny_model();
+    let bad = "https://hookuser:hunter2pw@example.com/ready?token=tok3n";
+    let exit = harness::run_to_exit(
+        &[
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--callback-url",
+            bad,
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
+    assert!(exit.stderr.contains("--callback-url"), "{}", exit.stderr);
+    for secret in ["hookuser", "hunter2pw", "tok3n"] {
+        assert!(!exit.stderr.contains(secret), "{}", exit.stderr);
+    }
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! `GET /metrics` on the real binary: Prometheus text whose counters, histograms and gauges agree
 //! with the requests the test made (tokens, successes, failures by type, time to first token,
-//! prefix-cache hits), the batch and KV-pool state, and the load timeline.
+//! prefix-cache hits), the batch and KV-pool state, and the load timeline; and `/health`'s
+//! counts of how requests ended agree with them under a mixed load (one count behind both).
 
 #[path = "common/harness.rs"]
 mod harness;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::{tiny_model, token_ids, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Every sample line `name{labels} value`, keyed by `name{labels}`; checks the text format.
 fn scrape(s: &Server) -> HashMap<String, f64> {
@@ -102,4 +103,117 @@ fn metrics_count_what_the_requests_did() {
         m.keys().any(|k| k.starts_with("layerstream:build_info{")),
         "{m:?}"
     );
+}
+
+/// Poll `/health` until `ok` holds for its `engine` object.
+fn wait_engine(s: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = s.get("/health").json()["engine"].clone();
+        if ok(&e) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{what}: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The success and failure counters of `/metrics` as (finish reason or type) -> count.
+fn outcome_counters(m: &HashMap<String, f64>, name: &str, label: &str) -> Value {
+    let prefix = format!("layerstream:{name}{{{label}=\"");
+    let mut out = serde_json::Map::new();
+    for (k, v) in m {
+        if let Some(rest) = k.strip_prefix(&prefix) {
+            let key = rest.trim_end_matches("\"}");
+            out.insert(key.to_string(), json!(*v as u64));
+        }
+    }
+    Value::Object(out)
+}
+
+#[test]
+fn health_and_metrics_count_every_outcome_alike_under_a_mixed_load() {
+    let model = tiny_model();
+    let s = Server::spawn(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--max-num-seqs",
+            "2",
+            "--max-queue",
+            "4",
+            "--max-batch-tokens",
+            "16",
+        ],
+        &[("LAYERSTREAM_TEST_STEP_DELAY_MS", "5")],
+    );
+    s.wait_ready(Duration::from_secs(30));
+    let stream = |mut body: Value| {
+        body["stream"] = json!(true);
+        s.sse_post("/generate", &body, Duration::from_secs(60))
+    };
+    // Three that finish, one refused as invalid.
+    for seed in 0..3 {
+        let r = s.post_json(
+            "/generate",
+            &json!({"prompt": "hi", "max_tokens": 3, "seed": seed}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        s.post_json("/generate", &json!({"prompt": "x", "max_tokens": 0}))
+            .status,
+        400
+    );
+    // A client that leaves while its prompt (chunks of 16 tokens, 5 ms a step) is computed.
+    let mut prompt = stream(json!({"prompt": "word ".repeat(300), "max_tokens": 4}));
+    assert_eq!(prompt.next_event().unwrap().event, "started");
+    drop(prompt);
+    wait_engine(&s, "the prompt was not cancelled", |e| {
+        e["cancelled"] == 1 && e["running"] == 0
+    });
+    // Two that decode for a while, one queued behind them that leaves, and an n = 8 request
+    // refused because the queue has no room for all of its choices.
+    let long = |seed: u64| stream(json!({"prompt": "go", "max_tokens": 200, "seed": seed}));
+    let (mut a, b) = (long(1), long(2));
+    wait_engine(&s, "the two never ran", |e| e["running"] == 2);
+    let queued = stream(json!({"prompt": "wait", "max_tokens": 4}));
+    wait_engine(&s, "never queued", |e| e["queued"] == 1);
+    let many = s.post_json(
+        "/v1/completions",
+        &json!({"prompt": "many", "n": 8, "max_tokens": 2}),
+    );
+    assert_eq!(many.status, 429, "{}", many.text());
+    drop(queued);
+    wait_engine(&s, "the queued client was not dropped", |e| {
+        e["queued"] == 0
+    });
+    // Both leave while decoding (200 tokens take a second): four clients left in all, one
+    // during its prompt, one queued, two decoding.
+    assert_eq!(a.next_event().unwrap().event, "started");
+    a.next_event().unwrap();
+    drop(a);
+    drop(b);
+    let e = wait_engine(&s, "never went idle", |e| {
+        e["running"] == 0 && e["queued"] == 0 && e["cancelled"] == 4
+    });
+    let m = scrape(&s);
+    let finished = outcome_counters(&m, "request_success_total", "finished_reason");
+    let failed = outcome_counters(&m, "request_failure_total", "type");
+    // The metric's failures are the engine's failures and the refusals before it, by type.
+    let mut both = e["outcomes"]["failed"].as_object().unwrap().clone();
+    for (k, v) in e["outcomes"]["refused"].as_object().unwrap() {
+        let n = both.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap();
+        both.insert(k.clone(), json!(n));
+    }
+    assert_eq!(e["outcomes"]["finished"], finished, "{e}");
+    assert_eq!(Value::Object(both), failed, "{e}");
+    assert_eq!(failed["queue_full"], 1, "{failed}");
+    assert_eq!(failed["invalid_request"], 1, "{failed}");
+    assert_eq!(failed["cancelled"], e["cancelled"], "{failed}");
+    assert_eq!(e["refused"], 2, "{e}");
+    assert_eq!(e["failed"], 0, "{e}");
+    assert_eq!(e["finished"], 3, "{e}");
 }

@@ -179,7 +179,7 @@ fn stream(seq: &mut Sequence, a: &Advance, out: &mut Outbox) -> Option<Retired> 
 
 fn fail(seq: &Sequence, e: EngineError, out: &mut Outbox) {
     tracing::warn!(id = %seq.job.id, "request failed: {e}");
-    crate::metrics::failed(e.kind());
+    seq.outcomes.failed(e.kind());
     out.push(&seq.job.events, EngineEvent::Error(e));
 }
 
@@ -205,7 +205,8 @@ pub fn finish(seq: Sequence, reason: FinishReason, out: &mut Outbox) {
     );
     let mut generation = seq.out.finish(reason, timings);
     generation.usage.prompt_tokens_details.cached_tokens = cached;
-    crate::metrics::finished(reason.as_str(), n, now.duration_since(seq_enqueued));
+    seq.outcomes.finished(reason.as_str());
+    crate::metrics::finished(n, now.duration_since(seq_enqueued));
     tracing::info!(
         id = %id,
         prompt_tokens = generation.usage.prompt_tokens,

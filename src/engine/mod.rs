@@ -13,6 +13,7 @@ mod batch;
 mod emit;
 pub mod kv_pool;
 mod outbox;
+pub mod outcomes;
 mod scheduler;
 mod sequence;
 mod stats;
@@ -33,6 +34,7 @@ use crate::generation::{Generation, TokenEvent};
 use crate::request::ValidRequest;
 use crate::tokenizer::Tokenizer;
 
+pub use outcomes::{OutcomeCounts, Outcomes};
 pub use stats::{EngineStats, StatsSnapshot};
 pub use worker::STEP_DELAY_ENV;
 
@@ -42,6 +44,8 @@ pub const BLOCK_SIZE: usize = 16;
 /// One request handed to the engine.
 pub struct Job {
     pub id: String,
+    /// The request it belongs to (its `n` choices share it); set by `submit_all`.
+    pub group: u64,
     pub request: ValidRequest,
     pub prompt: Vec<u32>,
     pub enqueued: Instant,
@@ -131,6 +135,8 @@ pub struct EngineConfig {
     pub batch: BatchRequest,
     /// A request still running this long after it arrived ends with `time_limit`.
     pub request_timeout: Option<Duration>,
+    /// Where how requests end is counted (shared with the HTTP side).
+    pub outcomes: Arc<Outcomes>,
 }
 
 /// The handlers' side of the engine.
@@ -142,6 +148,8 @@ pub struct EngineHandle {
     pub limits: BatchLimits,
     max_queue: usize,
     exit: Arc<EngineExit>,
+    /// The next request's group id.
+    next_group: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How the engine thread is told to end and waited for at shutdown.
@@ -170,7 +178,7 @@ pub fn spawn(cfg: EngineConfig) -> Result<EngineHandle, String> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let (close_tx, close_rx) = crossbeam_channel::bounded(1);
     let drain = Arc::new(Drain::default());
-    let stats = Arc::new(EngineStats::default());
+    let stats = Arc::new(EngineStats::new(cfg.outcomes.clone()));
     let mut w = worker::Worker::new(
         cfg.model,
         cfg.tokenizer,
@@ -194,6 +202,7 @@ pub fn spawn(cfg: EngineConfig) -> Result<EngineHandle, String> {
             close: close_tx,
             thread: Mutex::new(Some(thread)),
         }),
+        next_group: Arc::default(),
     })
 }
 
@@ -224,15 +233,28 @@ impl EngineHandle {
     }
 
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.submit_all(vec![job])
+    }
+
+    /// Submit the jobs of one request together: all of them, or none when the queue has no room
+    /// for all (so a refused request leaves nothing behind to cancel or count).
+    pub fn submit_all(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
         if self.drain.is_draining() {
             return Err(SubmitError::ShuttingDown);
         }
-        if !self.stats.try_enqueue(self.max_queue) {
+        if !self.stats.try_enqueue(self.max_queue, jobs.len()) {
             return Err(SubmitError::QueueFull);
         }
-        self.tx.send(job).map_err(|_| {
-            self.stats.dequeued();
-            SubmitError::ShuttingDown
-        })
+        let group = self.next_group.fetch_add(1, Ordering::Relaxed);
+        let mut left = jobs.len();
+        for mut job in jobs {
+            job.group = group;
+            if self.tx.send(job).is_err() {
+                (0..left).for_each(|_| self.stats.dequeued());
+                return Err(SubmitError::ShuttingDown);
+            }
+            left -= 1;
+        }
+        Ok(())
     }
 }

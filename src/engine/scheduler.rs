@@ -3,6 +3,9 @@
 //! served) while the token budget, the sequence limit and the KV pool allow. A long prompt is cut
 //! into chunks, so it never holds the others' decoding for more than one step.
 //!
+//! One request's choices (`n` > 1) take at most half the sequence slots at once; its other
+//! choices wait while requests behind them are admitted.
+//!
 //! A request is admitted only when blocks for its whole prompt are free (beyond one block per
 //! running sequence, kept for their decoding); a decoding sequence that finds the pool empty
 //! preempts the youngest running sequence, which gives its blocks back and goes to the front of
@@ -124,13 +127,22 @@ impl Scheduler {
         }
     }
 
-    /// Admit waiting requests in order while they fit; returns those that never can.
+    /// Admit waiting requests in order while they fit; returns those that never can. A request's
+    /// choices (`n` > 1) run at most `share` at a time, the rest waiting behind other requests, so
+    /// one request cannot hold every sequence slot while another client waits.
     fn admit(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) -> Vec<Sequence> {
         let mut unfit = Vec::new();
+        let share = request_share(self.limits.max_seqs);
+        let mut j = 0;
         while *budget > 0 && self.running.len() < self.limits.max_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
+            let Some(seq) = self.waiting.get_mut(j) else {
                 break;
             };
+            let group = seq.job.group;
+            if self.running.iter().filter(|r| r.job.group == group).count() >= share {
+                j += 1; // its request has its share running: let the ones behind it in
+                continue;
+            }
             let cached = seq.take_prefix(&mut self.pool);
             if prefix_in_progress(&self.running, &self.pool, seq, cached) {
                 // Its prompt's next blocks are being computed by a running sequence (the other
@@ -138,7 +150,8 @@ impl Scheduler {
                 // together): wait for them to reach the cache instead of computing the same
                 // positions again.
                 seq.release(&mut self.pool);
-                break;
+                j += 1;
+                continue;
             }
             let total = seq.out.all_tokens().len();
             let missing = seq.blocks_missing(&self.pool, total);
@@ -147,10 +160,10 @@ impl Scheduler {
                 seq.release(&mut self.pool);
                 if self.running.is_empty() {
                     // Nothing will ever free more: this request cannot fit the pool.
-                    unfit.extend(self.waiting.pop_front());
+                    unfit.extend(self.waiting.remove(j));
                     continue;
                 }
-                break;
+                break; // memory is taken in arrival order
             }
             let blocks: Vec<_> = (0..missing).map_while(|_| self.pool.allocate()).collect();
             let short = blocks.len() < missing;
@@ -159,7 +172,7 @@ impl Scheduler {
                 seq.release(&mut self.pool); // not expected: availability was checked
                 break;
             }
-            let Some(mut seq) = self.waiting.pop_front() else {
+            let Some(mut seq) = self.waiting.remove(j) else {
                 break;
             };
             seq.cached_tokens.get_or_insert(cached);
@@ -175,6 +188,12 @@ impl Scheduler {
         }
         unfit
     }
+}
+
+/// Sequences one request may have running at once: half the slots (at least one), so a request
+/// with many choices leaves room for others.
+pub fn request_share(max_seqs: usize) -> usize {
+    (max_seqs / 2).max(1)
 }
 
 /// Whether a running sequence is still computing at least one more full block of `seq`'s

@@ -1,9 +1,11 @@
 //! One request inside the engine: its tokens, how many of them have KV in its blocks, its block
 //! table and prefix keys, its output side (sampling, text, stop strings) and its timeline.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::kv_pool::{block_key, BlockId, KvPool};
+use super::outcomes::{Outcomes, CANCELLED};
 use super::stats::EngineStats;
 use super::{EngineError, EngineEvent, Job};
 use crate::generation::Decoding;
@@ -30,13 +32,16 @@ pub struct Sequence {
     pub admit_order: u64,
     /// When its last token was streamed (for the inter-token latency).
     pub last_token: Option<Instant>,
+    /// Where its end is counted.
+    pub outcomes: Arc<Outcomes>,
 }
 
 impl Sequence {
-    pub fn new(job: Job) -> Sequence {
+    pub fn new(job: Job, outcomes: Arc<Outcomes>) -> Sequence {
         let out = Decoding::new(&job.request, &job.prompt);
         Sequence {
             job,
+            outcomes,
             out,
             blocks: Vec::new(),
             keys: Vec::new(),
@@ -67,13 +72,13 @@ impl Sequence {
 
     /// End the request with `e` (counted by its type).
     pub fn fail(&self, e: EngineError) {
-        crate::metrics::failed(e.kind());
+        self.outcomes.failed(e.kind());
         let _ = self.job.events.send(EngineEvent::Error(e));
     }
 
     /// The client left: counted, nothing to send.
     pub fn cancelled(&self) {
-        crate::metrics::failed("cancelled");
+        self.outcomes.failed(CANCELLED);
         tracing::info!(id = %self.job.id, tokens = self.out.generated().len(), "request cancelled: client disconnected");
     }
 

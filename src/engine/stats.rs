@@ -1,11 +1,13 @@
 //! What the engine reports about itself, read by the HTTP side without a lock: the queue (also
-//! the 429 limit), the batch, the KV pool and the prefix cache, and retirement counts.
+//! the 429 limit), the batch, the KV pool and the prefix cache; and how requests ended, from
+//! the one count `/metrics` reads too (`outcomes`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::emit::Retired;
+use super::outcomes::{OutcomeCounts, Outcomes, CANCELLED, NON_FINITE};
 use super::scheduler::Scheduler;
 
 #[derive(Debug, Default)]
@@ -19,10 +21,8 @@ pub struct EngineStats {
     kv_blocks_cached: AtomicUsize,
     block_size: AtomicUsize,
     preemptions: AtomicU64,
-    finished: AtomicU64,
-    cancelled: AtomicU64,
-    failed: AtomicU64,
-    non_finite: AtomicU64,
+    /// How requests ended (shared with the HTTP side, which counts its refusals there).
+    pub outcomes: Arc<Outcomes>,
 }
 
 /// A snapshot for `/health`.
@@ -36,19 +36,34 @@ pub struct StatsSnapshot {
     pub kv_blocks_cached: usize,
     pub kv_block_size: usize,
     pub preemptions: u64,
+    /// Sequences that ended with a result.
     pub finished: u64,
+    /// Requests whose client left (queued, during the prompt or while decoding).
     pub cancelled: u64,
+    /// Requests that failed in the engine (a client leaving is `cancelled`).
     pub failed: u64,
+    /// Requests refused before they reached the engine (invalid, queue full, unauthorized…).
+    pub refused: u64,
     /// Requests ended because the model's logits were not finite (also counted in `failed`).
     pub non_finite: u64,
+    /// The counts by finish reason and error type, as `/metrics` shows them.
+    pub outcomes: OutcomeCounts,
 }
 
 impl EngineStats {
-    /// Count a submission unless the queue already holds `limit`; false when full.
-    pub fn try_enqueue(&self, limit: usize) -> bool {
+    pub fn new(outcomes: Arc<Outcomes>) -> EngineStats {
+        EngineStats {
+            outcomes,
+            ..EngineStats::default()
+        }
+    }
+
+    /// Count `n` submissions unless the queue would then hold more than `limit` (a request
+    /// larger than the whole limit is let in alone, when the queue is empty); false when full.
+    pub fn try_enqueue(&self, limit: usize, n: usize) -> bool {
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < limit).then_some(q + 1)
+                (q + n <= limit || q == 0).then_some(q + n)
             })
             .is_ok()
     }
@@ -76,23 +91,9 @@ impl EngineStats {
         self.preemptions.store(s.preemptions, Ordering::Relaxed);
     }
 
-    pub fn count_retired(&self, retired: &[Retired]) {
-        for r in retired {
-            let c = match r {
-                Retired::Finished(_) => &self.finished,
-                Retired::Cancelled => &self.cancelled,
-                Retired::Failed => &self.failed,
-                Retired::NonFinite => {
-                    self.failed.fetch_add(1, Ordering::Relaxed);
-                    &self.non_finite
-                }
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     pub fn snapshot(&self) -> StatsSnapshot {
         let r = Ordering::Relaxed;
+        let outcomes = self.outcomes.snapshot();
         StatsSnapshot {
             queued: self.queued.load(r),
             running: self.running.load(r),
@@ -102,10 +103,12 @@ impl EngineStats {
             kv_blocks_cached: self.kv_blocks_cached.load(r),
             kv_block_size: self.block_size.load(r),
             preemptions: self.preemptions.load(r),
-            finished: self.finished.load(r),
-            cancelled: self.cancelled.load(r),
-            failed: self.failed.load(r),
-            non_finite: self.non_finite.load(r),
+            finished: outcomes.total_finished(),
+            cancelled: outcomes.failed_as(CANCELLED),
+            failed: outcomes.total_failed(),
+            refused: outcomes.total_refused(),
+            non_finite: outcomes.failed_as(NON_FINITE),
+            outcomes,
         }
     }
 }

@@ -171,7 +171,8 @@ impl Worker {
     }
 
     fn enqueue(&mut self, job: Job) {
-        self.sched.waiting.push_back(Sequence::new(job));
+        let outcomes = self.stats.outcomes.clone();
+        self.sched.waiting.push_back(Sequence::new(job, outcomes));
     }
 
     /// Drop waiting requests whose client left (freeing their queue slot at once), refuse them
@@ -188,7 +189,7 @@ impl Worker {
                 if draining {
                     seq.fail(EngineError::ShuttingDown);
                 } else {
-                    crate::metrics::failed("cancelled");
+                    seq.outcomes.failed(super::outcomes::CANCELLED);
                     tracing::info!(id = %seq.job.id, "queued request dropped: client disconnected");
                 }
                 seq.leave_queue(stats);
@@ -237,8 +238,6 @@ impl Worker {
         for seq in ended {
             tracing::info!(id = %seq.job.id, tokens = seq.out.generated().len(), "request ended: past --request-timeout");
             emit::finish(seq, FinishReason::TimeLimit, &mut self.outbox);
-            self.stats
-                .count_retired(&[emit::Retired::Finished(FinishReason::TimeLimit)]);
         }
     }
 
@@ -294,14 +293,12 @@ impl Worker {
         match outcome {
             Ok(StepOut::Logits(logits)) => {
                 let out = &mut self.outbox;
-                let retired =
-                    emit::apply(&mut self.sched, &plan, logits, vocab, tok, waited_ms, out);
-                self.stats.count_retired(&retired);
+                emit::apply(&mut self.sched, &plan, logits, vocab, tok, waited_ms, out);
             }
             Ok(StepOut::Rows(rows)) => {
                 let runner = &mut *self.runner;
                 let out = &mut self.outbox;
-                let retired = emit::apply_rows(
+                emit::apply_rows(
                     &mut self.sched,
                     &plan,
                     &rows,
@@ -311,7 +308,6 @@ impl Worker {
                     waited_ms,
                     out,
                 );
-                self.stats.count_retired(&retired);
             }
             Err(e) => self.fail_planned(&plan, e),
         }

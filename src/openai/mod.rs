@@ -35,6 +35,9 @@ pub struct OpenAiRequest {
 
 /// Most choices one request may ask for (`n`).
 pub const MAX_N: u64 = 16;
+/// Longest `model` and `user` strings accepted (characters). The served model's id is what
+/// responses carry, never the client's text.
+pub const MAX_NAME_CHARS: usize = 256;
 
 /// Accepted and honoured (or accepted and without effect: `user`).
 const COMMON: [&str; 19] = [
@@ -94,6 +97,8 @@ pub fn parse(
     let obj = crate::request::parse_object(body)?;
     check_keys(&obj, route)?;
     check_values(&obj)?;
+    let model = short_string(&obj, "model")?;
+    short_string(&obj, "user")?;
     let mut ours = Map::new();
     let (mut extras, mut tools) = (Extras::new(), None);
     match route {
@@ -114,6 +119,31 @@ pub fn parse(
             ours.insert("prompt".into(), completion_prompt(prompt)?);
         }
     }
+    sampling_fields(&obj, &mut ours);
+    let mut request = ValidRequest::from_object(&ours, limits, default_seed)?;
+    if let Input::Messages(messages) = &mut request.input {
+        for (m, (calls, id)) in messages.iter_mut().zip(extras) {
+            m.tool_calls = calls;
+            m.tool_call_id = id;
+        }
+    }
+    request.tools = tools;
+    request.logprobs = logprobs(&obj, route)?;
+    Ok(OpenAiRequest {
+        request,
+        model,
+        include_usage: obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        n: obj.get("n").and_then(Value::as_u64).unwrap_or(1) as usize,
+    })
+}
+
+/// `max_tokens` (or `max_completion_tokens`), OpenAI's sampling defaults and the fields passed as
+/// they are, into the request format's object.
+fn sampling_fields(obj: &Map<String, Value>, ours: &mut Map<String, Value>) {
     let max = obj
         .get("max_completion_tokens")
         .filter(|v| !v.is_null())
@@ -147,25 +177,22 @@ pub fn parse(
             ours.insert(k.into(), v.clone());
         }
     }
-    let mut request = ValidRequest::from_object(&ours, limits, default_seed)?;
-    if let Input::Messages(messages) = &mut request.input {
-        for (m, (calls, id)) in messages.iter_mut().zip(extras) {
-            m.tool_calls = calls;
-            m.tool_call_id = id;
-        }
+}
+
+/// An optional string field of at most `MAX_NAME_CHARS` characters.
+fn short_string(obj: &Map<String, Value>, k: &str) -> Result<Option<String>, RequestError> {
+    match obj.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= MAX_NAME_CHARS => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Err(err(
+            k,
+            format!(
+                "{k} is {} characters long; the limit is {MAX_NAME_CHARS}",
+                s.chars().count()
+            ),
+        )),
+        Some(_) => Err(err(k, format!("{k} must be a string"))),
     }
-    request.tools = tools;
-    request.logprobs = logprobs(&obj, route)?;
-    Ok(OpenAiRequest {
-        request,
-        model: obj.get("model").and_then(Value::as_str).map(str::to_string),
-        include_usage: obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        n: obj.get("n").and_then(Value::as_u64).unwrap_or(1) as usize,
-    })
 }
 
 /// How many alternatives to report per token, when log-probabilities are asked for: chat's
@@ -451,6 +478,27 @@ mod tests {
             ),
         ] {
             assert_eq!(chat(body).unwrap_err().field, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn echoed_names_are_bounded() {
+        let long = "m".repeat(MAX_NAME_CHARS + 1);
+        let ok = "é".repeat(MAX_NAME_CHARS);
+        for k in ["model", "user"] {
+            let body =
+                format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"{k}":"{long}"}}"#);
+            let e = chat(&body).unwrap_err();
+            assert_eq!(e.field, k);
+            assert!(
+                e.message.contains("257") && e.message.contains("256"),
+                "{}",
+                e.message
+            );
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"{k}":"{ok}"}}"#);
+            assert!(chat(&body).is_ok(), "{k}");
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"{k}":5}}"#);
+            assert_eq!(chat(&body).unwrap_err().field, k);
         }
     }
 

@@ -2,8 +2,8 @@
 //! rebinding), CORS preflights, and on the inference routes the `Origin` (cross-site pages), the
 //! API key and a JSON content type (a cross-site form cannot send one without a preflight).
 
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST, ORIGIN};
-use hyper::Method;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::{Method, Request, Version};
 
 use super::auth::ApiKey;
 use super::cors::{self, Origins};
@@ -59,17 +59,9 @@ pub enum Verdict {
 }
 
 /// The checks, in order: Host, preflight, then (inference routes) Origin, key, content type.
-pub fn check(
-    policy: &AccessPolicy,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<Verdict, ApiError> {
-    // Every Host header must pass (a request without one is no browser's, so no rebinding page's).
-    let mut hosts = headers.get_all(HOST).iter();
-    if let Some(bad) = hosts.find(|h| !policy.hosts.allows(h.as_bytes())) {
-        return Err(ApiError::HostNotAllowed(shown(Some(bad))));
-    }
+pub fn check<B>(policy: &AccessPolicy, req: &Request<B>) -> Result<Verdict, ApiError> {
+    let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
+    check_host(policy, req)?;
     let origin = headers.get(ORIGIN);
     let origin_ok = origin.is_none_or(|o| policy.origins.allows(o));
     if cors::is_preflight(method, headers) {
@@ -95,6 +87,28 @@ pub fn check(
     Ok(Verdict::Pass)
 }
 
+/// Every `Host` header, and the authority of an absolute-form target (`GET http://h/ HTTP/1.1`,
+/// which a server must prefer to the header), must be an allowed host; HTTP/1.1 requires a
+/// `Host` header (HTTP/1.0 clients may leave it out).
+fn check_host<B>(policy: &AccessPolicy, req: &Request<B>) -> Result<(), ApiError> {
+    let headers = req.headers();
+    if !headers.contains_key(HOST) && req.version() == Version::HTTP_11 {
+        return Err(ApiError::MissingHost);
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    if let Some(bad) = hosts.find(|h| !policy.hosts.allows(h.as_bytes())) {
+        return Err(ApiError::HostNotAllowed(shown(Some(bad))));
+    }
+    if let Some(authority) = req.uri().authority() {
+        // Userinfo (`user@host`) is not a host: only what follows the last '@' is checked.
+        let host = authority.as_str().rsplit('@').next().unwrap_or("");
+        if !policy.hosts.allows(host.as_bytes()) {
+            return Err(ApiError::HostNotAllowed(shown_str(authority.as_str())));
+        }
+    }
+    Ok(())
+}
+
 /// `application/json`, with or without parameters (`; charset=utf-8`).
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
     let Some(Ok(v)) = content_type.map(HeaderValue::to_str) else {
@@ -109,10 +123,14 @@ fn shown(v: Option<&HeaderValue>) -> String {
     let Some(v) = v else {
         return "(none)".into();
     };
-    let text = String::from_utf8_lossy(v.as_bytes());
+    shown_str(&String::from_utf8_lossy(v.as_bytes()))
+}
+
+/// At most 100 characters of `text`.
+fn shown_str(text: &str) -> String {
     match text.char_indices().nth(100) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.into_owned(),
+        None => text.to_string(),
     }
 }
 

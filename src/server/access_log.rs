@@ -25,6 +25,8 @@ pub struct Exchange {
     /// Also the engine job's id and the `X-Request-Id` header.
     pub id: String,
     pub tokens: Arc<TokenCount>,
+    /// Set once its jobs are with the engine, which counts how they end from then on.
+    submitted: AtomicBool,
     method: Method,
     path: String,
     started: Instant,
@@ -42,10 +44,22 @@ impl Exchange {
         Exchange {
             id,
             tokens: Arc::default(),
+            submitted: AtomicBool::new(false),
             method: method.clone(),
             path: path[..cut].to_string(),
             started: Instant::now(),
         }
+    }
+
+    /// Its jobs were handed to the engine.
+    pub fn submitted(&self) {
+        self.submitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an error answered now was refused before the engine had the request (and so
+    /// is counted by the HTTP side, not by the engine).
+    pub fn refused_before_engine(&self) -> bool {
+        !self.submitted.load(Ordering::Relaxed)
     }
 
     /// The response's status is known: the line is written when the returned value drops.

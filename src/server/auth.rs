@@ -30,15 +30,15 @@ pub enum AuthFailure {
 }
 
 impl ApiKey {
-    /// `--api-key`: any non-empty string.
+    /// `--api-key`: a key a client can send, so one that `Authorization: Bearer <key>` carries
+    /// unchanged: not empty, no whitespace (a header's value is trimmed, and a space or a line
+    /// break cannot be part of a bearer token) and no control characters.
     pub fn parse(s: &str) -> Result<ApiKey, String> {
-        if s.is_empty() {
-            return Err("the API key is empty".into());
-        }
+        usable(s)?;
         Ok(ApiKey::new(s.as_bytes()))
     }
 
-    /// `--api-key-file`: the file's contents without the trailing newline.
+    /// `--api-key-file`: the file's one line, without its line ending.
     pub fn from_file(path: &Path) -> Result<ApiKey, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -47,6 +47,13 @@ impl ApiKey {
         if key.is_empty() {
             return Err(format!("{} holds no key (it is empty)", path.display()));
         }
+        if key.contains('\n') {
+            return Err(format!(
+                "{} holds more than one line; it must hold the key alone",
+                path.display()
+            ));
+        }
+        usable(key).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(ApiKey::new(key.as_bytes()))
     }
 
@@ -68,6 +75,23 @@ impl ApiKey {
             false => Err(AuthFailure::Wrong),
         }
     }
+}
+
+/// Why `key` could never be presented, if so.
+fn usable(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the API key is empty".into());
+    }
+    if key.trim().is_empty() {
+        return Err("the API key is only whitespace".into());
+    }
+    if let Some(c) = key.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the API key holds {c:?}: a key is sent as `Authorization: Bearer <key>` and cannot \
+             contain whitespace or control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// The token of a `Bearer <token>` credential (the scheme is case-insensitive, RFC 9110 §11.1).

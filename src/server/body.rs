@@ -18,7 +18,16 @@ pub type ResBody = BoxBody<Bytes, Infallible>;
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+/// A JSON response of bytes already written (a large one returns its memory once sent).
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<ResBody> {
+    let body = match body.len() >= super::trim::TRIM_AFTER {
+        true => super::trim::TrimmingBody::new(body).boxed(),
+        false => Full::new(body).boxed(),
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -36,6 +36,12 @@ pub enum ApiError {
     Overloaded {
         limit: usize,
     },
+    /// Too many open connections from the client's address.
+    PeerOverloaded {
+        limit: usize,
+    },
+    /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
+    MissingHost,
     /// The model's output was not finite (broken weights): a fault of the model, not the server.
     NonFinite(String),
     NotFound(String),
@@ -66,7 +72,10 @@ impl ApiError {
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::MalformedHead => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::PeerOverloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::MissingHost => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::HostNotAllowed(_) | ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -89,7 +98,8 @@ impl ApiError {
             ApiError::UriTooLong => "uri_too_long",
             ApiError::MalformedHead => "invalid_request",
             ApiError::BodyTimeout { .. } => "body_timeout",
-            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Overloaded { .. } | ApiError::PeerOverloaded { .. } => "overloaded",
+            ApiError::MissingHost => "invalid_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized(_) => "invalid_api_key",
             ApiError::HostNotAllowed(_) => "host_not_allowed",
@@ -126,6 +136,11 @@ impl ApiError {
             ApiError::Overloaded { limit } => {
                 format!("the server holds its limit of {limit} connections; retry later")
             }
+            ApiError::PeerOverloaded { limit } => format!(
+                "this client address holds its limit of {limit} open connections \
+                 (--max-connections-per-peer); close some or retry later"
+            ),
+            ApiError::MissingHost => "an HTTP/1.1 request must carry a Host header".into(),
             ApiError::NotFound(path) => format!("no route for {path}"),
             ApiError::Unauthorized(AuthFailure::Missing) => {
                 "an API key is required: send the header `Authorization: Bearer <key>`".into()
@@ -159,7 +174,7 @@ impl ApiError {
             ApiError::Invalid(r) => e["param"] = json!(r.field),
             ApiError::MalformedHead | ApiError::HeadTooLarge => e["param"] = json!("headers"),
             ApiError::TooLarge { .. } | ApiError::BodyTimeout { .. } => e["param"] = json!("body"),
-            ApiError::HostNotAllowed(_) => e["param"] = json!("Host"),
+            ApiError::HostNotAllowed(_) | ApiError::MissingHost => e["param"] = json!("Host"),
             ApiError::OriginNotAllowed(_) => e["param"] = json!("Origin"),
             ApiError::NotJson(_) => e["param"] = json!("Content-Type"),
             _ => {}
@@ -201,7 +216,10 @@ impl ApiError {
         let mut r = json(self.status(), &self.body());
         let h = r.headers_mut();
         match self {
-            ApiError::QueueFull | ApiError::Loading | ApiError::Overloaded { .. } => {
+            ApiError::QueueFull
+            | ApiError::Loading
+            | ApiError::Overloaded { .. }
+            | ApiError::PeerOverloaded { .. } => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::LoadFailed(_) | ApiError::ShuttingDown => {

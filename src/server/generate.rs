@@ -92,12 +92,13 @@ pub(super) async fn submit_n(
         GenerationError::Request(r) => ApiError::Invalid(r),
         other => ApiError::Internal(other.to_string()),
     })?;
-    let mut rxs = Vec::with_capacity(n);
+    let (mut rxs, mut jobs) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let mut request = valid.clone();
         request.sampling.seed = valid.sampling.seed.wrapping_add(i as u64);
         let (events_tx, events) = mpsc::unbounded_channel();
         let job = Job {
+            group: 0,
             id: if i == 0 {
                 ex.id.clone()
             } else {
@@ -108,13 +109,14 @@ pub(super) async fn submit_n(
             enqueued: arrived,
             events: events_tx,
         };
-        // On a refusal the jobs already submitted are dropped with their receivers (cancelled).
-        rt.engine.submit(job).map_err(|e| match e {
-            SubmitError::QueueFull => ApiError::QueueFull,
-            SubmitError::ShuttingDown => ApiError::ShuttingDown,
-        })?;
+        jobs.push(job);
         rxs.push(Some(events));
     }
+    rt.engine.submit_all(jobs).map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::QueueFull,
+        SubmitError::ShuttingDown => ApiError::ShuttingDown,
+    })?;
+    ex.submitted();
     Ok(Events {
         rxs,
         tokens: ex.tokens.clone(),

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod access_log;
+pub mod answer_size;
 pub mod auth;
 pub mod body;
 pub mod callback;
@@ -14,8 +15,10 @@ mod json_errors_io;
 mod openai_api;
 mod openai_logprobs;
 mod openai_tools;
+pub mod peers;
 pub mod routes;
 pub mod state;
+mod trim;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,7 +40,10 @@ pub use state::{AppState, ModelInfo, Runtime};
 pub struct Limits {
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
-    /// The whole request head must arrive within this.
+    /// Open connections one client address may hold; more are answered 503 and closed.
+    pub max_per_peer: usize,
+    /// A whole request head must arrive within this (from the connection's start or the end of
+    /// its previous exchange); then the connection is closed.
     pub head_timeout: Duration,
 }
 
@@ -57,23 +63,31 @@ pub async fn run(
         .max_headers(error::MAX_HEADERS)
         .writev(false);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = peers::Peers::new(limits.max_per_peer);
     let mut accept_errors = RateLimited::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
                     Err(e) => {
                         accept_errors.warn(&e);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tokio::spawn(refuse(stream, limits.max_connections));
+                let Some(peer_slot) = peers.admit(peer.ip()) else {
+                    let limit = peers.limit();
+                    tokio::spawn(refuse(stream, error::ApiError::PeerOverloaded { limit }));
                     continue;
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let limit = limits.max_connections;
+                    tokio::spawn(refuse(stream, error::ApiError::Overloaded { limit }));
+                    continue;
+                };
+                let slot = (slot, peer_slot);
                 let inflight = Arc::new(AtomicUsize::new(0));
                 let svc = {
                     let (state, inflight) = (state.clone(), inflight.clone());
@@ -127,7 +141,7 @@ async fn serve_connection<C, E>(
     conn: C,
     inflight: Arc<AtomicUsize>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: (tokio::sync::OwnedSemaphorePermit, peers::PeerSlot),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -208,10 +222,10 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Answer a connection over the limit with a 503 in the API's error shape, and close it.
-async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
+/// Answer a connection over a limit with a 503 in the API's error shape, and close it.
+async fn refuse(mut stream: tokio::net::TcpStream, why: error::ApiError) {
     use tokio::io::AsyncWriteExt;
-    let answer = json_errors_io::raw_response(&error::ApiError::Overloaded { limit });
+    let answer = json_errors_io::raw_response(&why);
     let write = async {
         stream.write_all(&answer).await?;
         stream.shutdown().await

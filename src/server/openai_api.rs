@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::access_log::Exchange;
-use super::body::{json, sse, ResBody};
+use super::body::{json, json_bytes, sse, ResBody};
 use super::error::ApiError;
 use super::generate::{accept, next_or_ping, submit_n, Events, Next};
 use super::openai_logprobs::{self, Pending};
@@ -22,6 +22,7 @@ use super::state::AppState;
 use crate::engine::{EngineEvent, Finished};
 use crate::generation::FinishReason;
 use crate::openai::{self, Route};
+use crate::tokenizer::Tokenizer;
 
 /// `GET /v1/models`.
 pub fn models(state: &AppState) -> Response<ResBody> {
@@ -39,6 +40,7 @@ pub fn models(state: &AppState) -> Response<ResBody> {
 struct Meta {
     id: String,
     route: Route,
+    /// The served model's id (never the client's `model` text).
     model: String,
     created: u64,
     include_usage: bool,
@@ -46,6 +48,8 @@ struct Meta {
     tools: Option<Vec<String>>,
     /// Whether the request asked for log-probabilities.
     logprobs: bool,
+    /// Resolves log-probability records' token texts and bytes.
+    tok: Arc<Tokenizer>,
 }
 
 impl Meta {
@@ -81,7 +85,7 @@ impl Meta {
         let mut v = json!({
             "id": self.id, "object": self.object(chunk), "created": self.created,
             "model": self.model, "choices": choices,
-            "system_fingerprint": concat!("layerstream-", env!("LAYERSTREAM_COMMIT")),
+            "system_fingerprint": FINGERPRINT,
         });
         if chunk && self.include_usage {
             v["usage"] = Value::Null;
@@ -89,6 +93,8 @@ impl Meta {
         v
     }
 }
+
+const FINGERPRINT: &str = concat!("layerstream-", env!("LAYERSTREAM_COMMIT"));
 
 /// OpenAI's finish reasons: a time limit reads as `length` (generation was cut short).
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -135,8 +141,15 @@ pub async fn completions(
     let parsed = openai::parse(&body, route, rt.limits, crate::request::clock_seed())
         .map_err(ApiError::Invalid)?;
     let stream = parsed.request.stream;
+    if !stream {
+        let r = &parsed.request;
+        rt.answer_cap
+            .check(route, parsed.n, r.max_tokens, r.logprobs)
+            .map_err(ApiError::Invalid)?;
+    }
     let tools = parsed.request.tools.as_deref().map(openai::tools::names);
     let logprobs = parsed.request.logprobs.is_some();
+    let tok = rt.tokenizer.clone();
     let events = submit_n(rt, parsed.request, parsed.n, arrived, ex).await?;
     let prefix = match route {
         Route::Chat => "chatcmpl-",
@@ -145,11 +158,12 @@ pub async fn completions(
     let meta = Meta {
         id: format!("{prefix}{}", ex.id),
         route,
-        model: parsed.model.unwrap_or_else(|| state.model.id.clone()),
+        model: state.model.id.clone(),
         created: state.model.created,
         include_usage: parsed.include_usage,
         tools,
         logprobs,
+        tok,
     };
     if stream {
         Ok(stream_response(meta, events))
@@ -169,11 +183,7 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
                 }
                 if done.iter().all(Option::is_some) {
                     let finished: Vec<Finished> = done.into_iter().flatten().collect();
-                    let choices = finished.iter().enumerate();
-                    let choices = choices.map(|(i, f)| whole_choice(&meta, i, f)).collect();
-                    let mut v = meta.envelope(choices, false);
-                    v["usage"] = usage(&finished);
-                    return Ok(json(StatusCode::OK, &v));
+                    return whole_body(&meta, &finished).map(|b| json_bytes(StatusCode::OK, b));
                 }
             }
             EngineEvent::Error(e) => return Err(e.into()),
@@ -182,21 +192,66 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
     Err(ApiError::Internal("the engine dropped the request".into()))
 }
 
-/// Choice `index` of a whole response.
-fn whole_choice(meta: &Meta, index: usize, f: &Finished) -> Value {
+/// A whole response's bytes, written in one pass: the choices' texts and log-probability
+/// records go straight from the generations into the buffer.
+fn whole_body(meta: &Meta, finished: &[Finished]) -> Result<Bytes, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: Vec<WholeChoice<'a>>,
+        system_fingerprint: &'static str,
+        usage: Value,
+    }
+    let body = Body {
+        id: &meta.id,
+        object: meta.object(false),
+        created: meta.created,
+        model: &meta.model,
+        choices: finished
+            .iter()
+            .enumerate()
+            .map(|(i, f)| whole_choice(meta, i, f))
+            .collect(),
+        system_fingerprint: FINGERPRINT,
+        usage: usage(finished),
+    };
+    let mut out = Vec::new();
+    serde_json::to_writer(&mut out, &body)
+        .map_err(|e| ApiError::Internal(format!("cannot write the response: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+/// Choice `index` of a whole response: its small fields as a `Value`, its log-probabilities
+/// as a view written by the serializer.
+#[derive(serde::Serialize)]
+struct WholeChoice<'a> {
+    #[serde(flatten)]
+    fields: Value,
+    logprobs: Option<openai_logprobs::Logprobs<'a>>,
+}
+
+fn whole_choice<'a>(meta: &'a Meta, index: usize, f: &'a Finished) -> WholeChoice<'a> {
     let g = &f.generation;
     let finish = finish_reason(g.finish_reason);
-    let mut choice = meta.choice(index, Some(&g.text), Some(finish), false);
+    let mut fields = meta.choice(index, Some(&g.text), Some(finish), false);
     if let Some(names) = &meta.tools {
         let (message, called) = openai_tools::message(&g.text, names);
-        choice["message"] = message;
-        choice["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
+        fields["message"] = message;
+        fields["finish_reason"] = json!(finish_with_calls(g.finish_reason, called));
     }
-    if meta.logprobs {
-        let lps = g.logprobs.as_deref().unwrap_or_default();
-        choice["logprobs"] = openai_logprobs::whole(lps, meta.route);
+    if let Some(o) = fields.as_object_mut() {
+        o.remove("logprobs");
     }
-    choice
+    let lps = g.logprobs.as_deref().unwrap_or_default();
+    WholeChoice {
+        fields,
+        logprobs: meta
+            .logprobs
+            .then(|| openai_logprobs::whole(&meta.tok, lps, meta.route)),
+    }
 }
 
 fn data(v: &Value) -> Bytes {
@@ -270,7 +325,7 @@ fn last_frames(meta: &Meta, i: usize, st: &mut ChoiceState, f: &Finished) -> Vec
     let reason = finish_with_calls(g.finish_reason, called);
     let mut last = meta.choice(i, None, Some(reason), true);
     if let Some(p) = &mut st.logprobs {
-        last["logprobs"] = p.take(meta.route);
+        last["logprobs"] = p.take(&meta.tok, meta.route);
     }
     out.push(data(&meta.envelope(vec![last], true)));
     out
@@ -291,7 +346,7 @@ fn text_frames(meta: &Meta, i: usize, st: &mut ChoiceState, text: &str) -> Vec<B
         None => {
             let mut c = meta.choice(i, Some(text), None, true);
             if let Some(p) = &mut st.logprobs {
-                c["logprobs"] = p.take(meta.route);
+                c["logprobs"] = p.take(&meta.tok, meta.route);
             }
             vec![data(&meta.envelope(vec![c], true))]
         }

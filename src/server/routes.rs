@@ -27,13 +27,16 @@ pub async fn route(
 ) -> Response<ResBody> {
     let path = req.uri().path().to_string();
     let origin = req.headers().get(ORIGIN).cloned();
-    let result = match access::check(&state.access, req.method(), &path, req.headers()) {
+    let result = match access::check(&state.access, &req) {
         Ok(Verdict::Preflight) => Ok(cors::preflight()),
         Ok(Verdict::Pass) => dispatch(state.clone(), req, &path, ex).await,
         Err(e) => Err(e),
     };
     if let (Err(e), true) = (&result, access::is_generation(&path)) {
-        crate::metrics::failed(e.kind());
+        // After submission the engine counts how the request ended.
+        if ex.refused_before_engine() {
+            state.outcomes.refused(e.kind());
+        }
     }
     let mut r = result.unwrap_or_else(|e| match path.starts_with("/v1/") {
         true => e.openai_response(),
@@ -96,7 +99,8 @@ fn metrics(state: &AppState) -> Result<Response<ResBody>, ApiError> {
         .get()
         .ok_or_else(|| ApiError::NotFound("/metrics (no recorder installed)".into()))?;
     let engine = state.runtime.get().map(|rt| rt.engine.stats.snapshot());
-    let text = crate::metrics::render(handle, engine.as_ref(), &state.progress.snapshot());
+    let counts = state.outcomes.snapshot();
+    let text = crate::metrics::render(handle, engine.as_ref(), &counts, &state.progress.snapshot());
     let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).boxed());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

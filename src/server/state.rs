@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 use super::access::AccessPolicy;
+use super::answer_size::AnswerCap;
 use crate::chat_template::ChatTemplate;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, Outcomes};
 use crate::load::progress::Progress;
 use crate::request::Limits;
 use crate::tokenizer::Tokenizer;
@@ -19,6 +20,8 @@ pub struct Runtime {
     pub template: Arc<ChatTemplate>,
     pub engine: EngineHandle,
     pub limits: Limits,
+    /// The limit on a whole answer's size, and the vocabulary's per-token bounds.
+    pub answer_cap: AnswerCap,
 }
 
 /// What `/v1/models` says about the model served.
@@ -44,6 +47,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// API key, allowed hosts and origins.
     pub access: AccessPolicy,
+    /// How requests ended: refusals counted here, the rest by the engine (which shares it).
+    pub outcomes: Arc<Outcomes>,
     next_id: AtomicU64,
 }
 
@@ -63,6 +68,7 @@ impl AppState {
             metrics: OnceLock::new(),
             body_timeout,
             access,
+            outcomes: Arc::default(),
             next_id: AtomicU64::new(1),
         }
     }

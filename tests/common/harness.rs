@@ -21,9 +21,12 @@ pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// machine, short enough that a hang fails the test instead of stalling it.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The binary under test (cargo builds it for integration tests).
+/// The binary under test: the one cargo builds for integration tests, or `LAYERSTREAM_TEST_BIN`
+/// (to run the tests against another build, e.g. to see a new test fail on the previous one).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_layerstream"))
+    std::env::var_os("LAYERSTREAM_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_layerstream")))
 }
 
 /// `target/test-artifacts` (respects `CARGO_TARGET_DIR`).

@@ -41,9 +41,11 @@ async fn post(client: &HttpClient, uri: &Uri, body: &Bytes) -> Result<(), Failur
     }
 }
 
-/// Post `notice` to `uri` until it is delivered, refused, or the attempts run out (all logged).
+/// Post `notice` to `uri` until it is delivered, refused, or the attempts run out (all logged,
+/// with the URL's credentials masked).
 pub async fn deliver(client: &HttpClient, uri: &Uri, notice: &Notice) {
     let event = notice.event.name();
+    let shown = crate::redact::url(&uri.to_string());
     let body = match serde_json::to_vec(notice) {
         Ok(b) => Bytes::from(b),
         Err(e) => {
@@ -55,18 +57,18 @@ pub async fn deliver(client: &HttpClient, uri: &Uri, notice: &Notice) {
     for attempt in 1..=ATTEMPTS {
         match post(client, uri, &body).await {
             Ok(()) => {
-                tracing::info!("callback '{event}' to {uri} delivered");
+                tracing::info!("callback '{event}' to {shown} delivered");
                 return;
             }
             // The receiver refused the notice itself: sending it again will not help.
             Err(Failure::Refused(status)) => {
                 tracing::error!(
-                    "callback '{event}' to {uri} refused with status {status}; not retried"
+                    "callback '{event}' to {shown} refused with status {status}; not retried"
                 );
                 return;
             }
             Err(Failure::Retry(e)) => tracing::warn!(
-                "callback '{event}' to {uri} failed (attempt {attempt}/{ATTEMPTS}): {e}"
+                "callback '{event}' to {shown} failed (attempt {attempt}/{ATTEMPTS}): {e}"
             ),
         }
         if attempt < ATTEMPTS {
@@ -74,5 +76,5 @@ pub async fn deliver(client: &HttpClient, uri: &Uri, notice: &Notice) {
             delay *= 2;
         }
     }
-    tracing::error!("callback '{event}' to {uri} gave up after {ATTEMPTS} attempts");
+    tracing::error!("callback '{event}' to {shown} gave up after {ATTEMPTS} attempts");
 }

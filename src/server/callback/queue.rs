@@ -44,7 +44,7 @@ impl Callbacks {
     /// Start the queue's thread posting to `url` (plain http).
     pub fn start(url: &str) -> Result<Callbacks, CallbackError> {
         let bad = |message: String| CallbackError::Url {
-            url: url.to_string(),
+            url: crate::redact::url(url),
             message,
         };
         let uri: Uri = url.parse().map_err(|e| bad(format!("not a URL: {e}")))?;
