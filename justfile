@@ -30,6 +30,7 @@ golden:
     .venv-golden/bin/python scripts/golden/tokenizer.py
     .venv-golden/bin/python scripts/golden/model.py tiny
     .venv-golden/bin/python scripts/golden/model.py real
+    .venv-golden/bin/python scripts/golden/family_real.py
     .venv-golden/bin/python scripts/golden/dequant.py
 
 # Fuzz the GGUF reader (cargo-fuzz, libFuzzer) for SECS seconds from the committed seeds; see docs/reliability.md.

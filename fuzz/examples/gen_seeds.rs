@@ -403,6 +403,7 @@ fn valid(s: &mut Seeds) -> Result<()> {
     ];
     for (i, (name, dtype, tied, with_tokenizer, layers)) in models.into_iter().enumerate() {
         let spec = RandomModelSpec {
+            family: layerstream::model::arch::Family::Qwen2,
             layers,
             hidden: 8,
             heads: 2,

@@ -126,7 +126,8 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
-    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2"], default_value = "qwen2")]
+    /// The family (`general.architecture`) to write.
+    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2", "llama"], default_value = "qwen2")]
     pub arch: String,
     #[arg(long, env = "LAYERSTREAM_LAYERS")]
     pub layers: usize,

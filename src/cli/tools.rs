@@ -67,7 +67,12 @@ pub fn gen_model(a: GenModelArgs) -> ExitCode {
         (None, Some(n)) => VocabSource::Size(n),
         (None, None) => return fail("give --vocab-from FILE or --vocab-size N"),
     };
+    let family = match crate::model::arch::Family::from_name(&a.arch) {
+        Ok(f) => f,
+        Err(e) => return fail(e.to_string()),
+    };
     let spec = RandomModelSpec {
+        family,
         layers: a.layers,
         hidden: a.hidden,
         heads: a.heads,

@@ -128,7 +128,7 @@ fn run(job: &LoadJob) -> Result<(), ModelError> {
             t0,
             bytes: budget_bytes,
         };
-        weights::fill_unit(&job.file, kind, &mut w, &mut hook)?;
+        weights::fill_unit(&job.file, &job.spec, kind, &mut w, &mut hook)?;
         total += hook.bytes - budget_bytes;
         budget_bytes = hook.bytes;
         job.model.install(kind, w);

@@ -1,7 +1,9 @@
-//! Qwen2 hyper-parameters, parsed once from GGUF metadata and checked for sane ranges.
+//! Hyper-parameters, parsed once from GGUF metadata (`<arch>.*` keys, the family from
+//! `general.architecture`) and checked for sane ranges.
 
 use crate::gguf::Metadata;
 
+use super::arch::Family;
 use super::ModelError;
 
 /// Upper bounds that keep a hostile file from sizing huge allocations.
@@ -14,6 +16,7 @@ const MAX_HEAD_DIM: usize = 512;
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HParams {
+    pub family: Family,
     pub n_layer: usize,
     pub hidden: usize,
     pub ffn: usize,
@@ -27,77 +30,62 @@ pub struct HParams {
 }
 
 impl HParams {
-    /// Parse `qwen2.*` keys. `vocab` is taken from the embedding tensor's dims by the caller.
+    /// Parse the `<arch>.*` keys. `vocab` is taken from the embedding tensor's dims by the caller.
     pub fn from_metadata(meta: &Metadata, vocab: usize) -> Result<HParams, ModelError> {
-        let arch = meta.str("general.architecture")?;
-        if arch != "qwen2" {
-            return Err(ModelError::Architecture(arch.to_string()));
-        }
-        let key = |k: &str| format!("qwen2.{k}");
-        let n_layer = range(
-            &key("block_count"),
-            meta.u64(&key("block_count"))?,
-            1,
-            MAX_LAYERS,
-        )?;
-        let hidden = range(
-            &key("embedding_length"),
-            meta.u64(&key("embedding_length"))?,
-            1,
-            MAX_HIDDEN,
-        )?;
-        let ffn = range(
-            &key("feed_forward_length"),
-            meta.u64(&key("feed_forward_length"))?,
-            1,
-            MAX_FFN,
-        )?;
-        let n_head = range(
-            &key("attention.head_count"),
-            meta.u64(&key("attention.head_count"))?,
-            1,
-            hidden,
-        )?;
-        let n_kv_head = match meta.opt_u64(&key("attention.head_count_kv"))? {
-            Some(v) => range(&key("attention.head_count_kv"), v, 1, n_head)?,
-            None => n_head,
+        let family = Family::from_name(meta.str("general.architecture")?)?;
+        let key = |k: &str| family.key(k);
+        let count = |k: &str, hi: usize| range(&key(k), meta.u64(&key(k))?, 1, hi);
+        let n_layer = count("block_count", MAX_LAYERS)?;
+        let hidden = count("embedding_length", MAX_HIDDEN)?;
+        let ffn = count("feed_forward_length", MAX_FFN)?;
+        let n_head = count("attention.head_count", hidden)?;
+        let opt = |k: &str, lo: usize, hi: usize| match meta.opt_u64(&key(k))? {
+            Some(v) => range(&key(k), v, lo, hi).map(Some),
+            None => Ok(None),
         };
-        let context = match meta.opt_u64(&key("context_length"))? {
-            Some(v) => range(&key("context_length"), v, 1, 1 << 24)?,
-            None => 4096,
-        };
+        let n_kv_head = opt("attention.head_count_kv", 1, n_head)?.unwrap_or(n_head);
+        let context = opt("context_length", 1, 1 << 24)?.unwrap_or(4096);
         let rope_base = meta.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
         let rms_eps = meta
             .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-6);
-        if hidden % n_head != 0 {
-            return Err(ModelError::Shape(format!(
-                "qwen2.attention.head_count {n_head} does not divide qwen2.embedding_length {hidden}"
-            )));
+        refuse_rope_scaling(meta, family)?;
+        let head_dim = head_dim(
+            family,
+            hidden,
+            n_head,
+            opt("attention.key_length", 1, MAX_HEAD_DIM)?,
+        )?;
+        if let Some(v) = opt("attention.value_length", 1, MAX_HEAD_DIM)? {
+            if v != head_dim {
+                return Err(ModelError::Shape(format!(
+                    "{} {v} differs from the key length {head_dim}; both must be equal",
+                    key("attention.value_length")
+                )));
+            }
         }
         if n_head % n_kv_head != 0 {
             return Err(ModelError::Shape(format!(
-                "qwen2.attention.head_count_kv {n_kv_head} does not divide head_count {n_head}"
-            )));
-        }
-        let head_dim = hidden / n_head;
-        if head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
-            return Err(ModelError::Shape(format!(
-                "head dimension {head_dim} must be even and at most {MAX_HEAD_DIM}"
+                "{} {n_kv_head} does not divide {} {n_head}",
+                key("attention.head_count_kv"),
+                key("attention.head_count")
             )));
         }
         if !(rope_base.is_finite() && rope_base > 0.0) {
             return Err(ModelError::Shape(format!(
-                "qwen2.rope.freq_base {rope_base} must be > 0"
+                "{} {rope_base} must be > 0",
+                key("rope.freq_base")
             )));
         }
         if !(rms_eps.is_finite() && rms_eps > 0.0 && rms_eps < 1.0) {
             return Err(ModelError::Shape(format!(
-                "qwen2.attention.layer_norm_rms_epsilon {rms_eps} must be in (0, 1)"
+                "{} {rms_eps} must be in (0, 1)",
+                key("attention.layer_norm_rms_epsilon")
             )));
         }
         let vocab = range("vocabulary size", vocab as u64, 1, MAX_VOCAB)?;
         Ok(HParams {
+            family,
             n_layer,
             hidden,
             ffn,
@@ -119,6 +107,46 @@ impl HParams {
     /// Width of the Q projection and the attention output.
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
+    }
+}
+
+/// The head dimension: `attention.key_length` where the file gives it, else hidden / heads; even
+/// (RoPE rotates pairs) and at most `MAX_HEAD_DIM`.
+fn head_dim(
+    family: Family,
+    hidden: usize,
+    n_head: usize,
+    key_length: Option<usize>,
+) -> Result<usize, ModelError> {
+    let d = match key_length {
+        Some(d) => d,
+        None if hidden.is_multiple_of(n_head) => hidden / n_head,
+        None => {
+            return Err(ModelError::Shape(format!(
+                "{} {n_head} does not divide {} {hidden} (and {} is not given)",
+                family.key("attention.head_count"),
+                family.key("embedding_length"),
+                family.key("attention.key_length")
+            )))
+        }
+    };
+    if d % 2 != 0 || d > MAX_HEAD_DIM {
+        return Err(ModelError::Shape(format!(
+            "head dimension {d} must be even and at most {MAX_HEAD_DIM}"
+        )));
+    }
+    Ok(d)
+}
+
+/// RoPE scaling (Llama 3.1's frequency factors, linear, YaRN) is not computed yet: a file that
+/// asks for it is refused naming the key, rather than served with wrong positions.
+fn refuse_rope_scaling(meta: &Metadata, family: Family) -> Result<(), ModelError> {
+    let k = family.key("rope.scaling.type");
+    match meta.opt_str(&k)? {
+        None | Some("none") => Ok(()),
+        Some(t) => Err(ModelError::Shape(format!(
+            "{k} is '{t}'; RoPE scaling is not supported yet (expected 'none')"
+        ))),
     }
 }
 

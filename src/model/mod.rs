@@ -1,22 +1,29 @@
-//! The Qwen2 model description: hyper-parameters, the tensor-name table, and the check that a
-//! GGUF file holds every tensor at the shape and type the hyper-parameters call for.
+//! The model description: the architecture table, hyper-parameters, the tensor-name table, and
+//! the check that a GGUF file holds every tensor at the shape and type its family and
+//! hyper-parameters call for.
 
+pub mod arch;
 pub mod hparams;
 pub mod names;
 pub mod random;
 
+use arch::Presence;
 pub use hparams::HParams;
-use names::{LayerTensor, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use names::{LayerTensor, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 
-/// Why a file cannot be used as a Qwen2 model.
+/// Why a file cannot be used as a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("general.architecture is '{0}'; expected 'qwen2'")]
-    Architecture(String),
+    #[error("general.architecture is '{arch}': {why}; supported: {supported}")]
+    Architecture {
+        arch: String,
+        why: &'static str,
+        supported: String,
+    },
     #[error("{key} = {value} is out of range; expected {lo}..={hi}")]
     Range {
         key: String,
@@ -48,11 +55,13 @@ pub enum ModelError {
     },
 }
 
-/// A validated model: its hyper-parameters and whether the LM head is tied to the embeddings.
+/// A validated model: its hyper-parameters, whether the LM head is tied to the embeddings, and
+/// whether its layers carry Q/K/V biases.
 #[derive(Clone, Debug)]
 pub struct ModelSpec {
     pub hp: HParams,
     pub tied: bool,
+    pub qkv_bias: bool,
 }
 
 impl ModelSpec {
@@ -67,12 +76,31 @@ impl ModelSpec {
         if !tied {
             check(file, OUTPUT, names::global_dims(OUTPUT, &hp))?;
         }
+        if file.tensor(ROPE_FREQS).is_some() {
+            return Err(ModelError::Shape(format!(
+                "tensor '{ROPE_FREQS}' (Llama 3.1 RoPE frequency scaling) is not supported yet"
+            )));
+        }
+        let qkv_bias = match hp.family.info().qkv_bias {
+            Presence::Required => true,
+            Presence::Absent => false,
+            Presence::Optional => file.tensor(&LayerTensor::AttnQBias.name(0)).is_some(),
+        };
         for layer in 0..hp.n_layer {
             for t in LayerTensor::ALL {
+                if t.is_qkv_bias() && !qkv_bias {
+                    if file.tensor(&t.name(layer)).is_some() {
+                        return Err(ModelError::Shape(format!(
+                            "tensor '{}' is present but layer 0 has no Q/K/V biases",
+                            t.name(layer)
+                        )));
+                    }
+                    continue;
+                }
                 check(file, &t.name(layer), Some(t.dims_in(&hp)))?;
             }
         }
-        Ok(ModelSpec { hp, tied })
+        Ok(ModelSpec { hp, tied, qkv_bias })
     }
 }
 

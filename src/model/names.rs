@@ -1,4 +1,5 @@
-//! The one table of GGUF tensor names for Qwen2 models, and the shape each tensor must have.
+//! The one table of GGUF tensor names, and the shape each tensor must have (which of them a
+//! family's files carry is its row of the architecture table).
 //!
 //! Every other module asks this table for names; nothing else formats `blk.{i}.…` strings.
 
@@ -10,6 +11,8 @@ pub const TOKEN_EMBD: &str = "token_embd.weight";
 pub const OUTPUT_NORM: &str = "output_norm.weight";
 /// LM head: `[hidden, vocab]`; absent when tied to `token_embd`.
 pub const OUTPUT: &str = "output.weight";
+/// Llama 3.1's RoPE frequency factors (`[head_dim / 2]`).
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// The tensors of one decoder layer (`blk.{i}.<suffix>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,6 +67,14 @@ impl LayerTensor {
     /// The full GGUF name in layer `layer`.
     pub fn name(self, layer: usize) -> String {
         format!("blk.{layer}.{}", self.suffix())
+    }
+
+    /// The Q, K and V biases (present or not by family).
+    pub fn is_qkv_bias(self) -> bool {
+        matches!(
+            self,
+            LayerTensor::AttnQBias | LayerTensor::AttnKBias | LayerTensor::AttnVBias
+        )
     }
 
     /// True for norms and biases, which stay F32 in every file we write and every backend.

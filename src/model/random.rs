@@ -1,10 +1,11 @@
-//! Random-weight Qwen2 models of any shape, written with our GGUF writer: tiny ones for tests,
-//! real-size ones for speed and loading measurements (values don't change either).
+//! Random-weight models of any supported family and shape, written with our GGUF writer: tiny
+//! ones for tests, real-size ones for speed and loading measurements (values don't change either).
 
 use std::path::Path;
 
 use half::{bf16, f16};
 
+use super::arch::{Family, Presence};
 use super::names::{self, LayerTensor};
 use super::HParams;
 use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
@@ -30,6 +31,7 @@ pub enum VocabSource {
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct RandomModelSpec {
+    pub family: Family,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -98,11 +100,12 @@ fn check_shape(spec: &RandomModelSpec) -> Result<(), RandomModelError> {
 
 /// The metadata (and the tokenizer, when copied); returns the hyper-parameters it describes.
 fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, RandomModelError> {
-    w.add_kv("general.architecture", Value::String("qwen2".into()))?;
+    let arch = spec.family.name();
+    w.add_kv("general.architecture", Value::String(arch.into()))?;
     w.add_kv(
         "general.name",
         Value::String(format!(
-            "random-qwen2-{}l-{}h-seed{}",
+            "random-{arch}-{}l-{}h-seed{}",
             spec.layers, spec.hidden, spec.seed
         )),
     )?;
@@ -112,7 +115,7 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         WeightDtype::Bf16 => 32,
     };
     w.add_kv("general.file_type", Value::U32(file_type))?;
-    let k = |s: &str| format!("qwen2.{s}");
+    let k = |s: &str| spec.family.key(s);
     w.add_kv(k("block_count"), Value::U32(spec.layers as u32))?;
     w.add_kv(k("context_length"), Value::U32(spec.context as u32))?;
     w.add_kv(k("embedding_length"), Value::U32(spec.hidden as u32))?;
@@ -129,6 +132,7 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
     };
     Ok(HParams {
+        family: spec.family,
         n_layer: spec.layers,
         hidden: spec.hidden,
         ffn: spec.ffn,
@@ -154,8 +158,13 @@ fn add_tensors(
     let embd = dims(names::TOKEN_EMBD);
     add_matrix(w, &mut rng, names::TOKEN_EMBD, &embd, spec.dtype, 1.0)?;
     on_unit();
+    // Biases only where the family always has them (Llama-family files have none).
+    let biases = spec.family.info().qkv_bias == Presence::Required;
     for layer in 0..spec.layers {
         for t in LayerTensor::ALL {
+            if t.is_qkv_bias() && !biases {
+                continue;
+            }
             let d = t.dims_in(hp);
             let name = t.name(layer);
             match t {

@@ -1,9 +1,10 @@
-//! The Qwen2 byte-level BPE tokenizer, built from GGUF metadata (`tokenizer.ggml.*`) with the
+//! Byte-level BPE tokenizers (each family's pre-tokenizer from `pre`), built from GGUF metadata (`tokenizer.ggml.*`) with the
 //! `tokenizers` crate, and the three ways text becomes ids: a raw prompt (special-token strings are
 //! parsed), plain text (they are not), and a chat rendered by its template (only the template's own
 //! scaffolding yields control tokens). Decoding maps each id to its bytes; `incremental` streams them.
 
 mod incremental;
+pub mod pre;
 mod split;
 
 pub use incremental::IncrementalDecoder;
@@ -32,12 +33,10 @@ pub const EOS_KEY: &str = "tokenizer.ggml.eos_token_id";
 pub const EOT_KEY: &str = "tokenizer.ggml.eot_token_id";
 pub const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
 
-/// `tokenizer.ggml.pre` values whose pre-tokenizer is Qwen2's (llama.cpp maps them all to QWEN2).
-pub const QWEN2_PRE_NAMES: &[&str] = &["qwen2", "deepseek-r1-qwen", "megrez"];
-/// Qwen2's split regex (from its `tokenizer.json`).
-pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Token strings that end a turn in Qwen2 chat models, whatever the file names as eos.
-const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>"];
+pub use pre::QWEN2_SPLIT_REGEX;
+/// Token strings that end a turn in the supported families' chat models (ChatML's, Llama 3's),
+/// whatever the file names as eos.
+const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>"];
 
 /// GGUF `token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -53,7 +52,7 @@ pub enum TokenizerError {
     },
     #[error("metadata key '{MODEL_KEY}' is '{0}'; only 'gpt2' (byte-level BPE) is supported")]
     UnsupportedModel(String),
-    #[error("metadata key '{PRE_KEY}' is '{0}'; expected a Qwen2 pre-tokenizer ({names})", names = QWEN2_PRE_NAMES.join(", "))]
+    #[error("metadata key '{PRE_KEY}' is '{0}'; supported pre-tokenizers: {names}", names = pre::supported())]
     UnsupportedPreTokenizer(String),
     #[error("metadata key '{key}' has {found} entries; expected {expected} (one per token)")]
     LengthMismatch {
@@ -153,11 +152,11 @@ impl Tokenizer {
         if parts.model != "gpt2" {
             return Err(TokenizerError::UnsupportedModel(parts.model.to_owned()));
         }
-        if !QWEN2_PRE_NAMES.contains(&parts.pre) {
+        let Some(pre) = pre::lookup(parts.pre) else {
             return Err(TokenizerError::UnsupportedPreTokenizer(
                 parts.pre.to_owned(),
             ));
-        }
+        };
         let n = parts.tokens.len();
         if parts.token_types.len() != n {
             return Err(TokenizerError::LengthMismatch {
@@ -191,7 +190,7 @@ impl Tokenizer {
                 );
                 (added, token_bytes(parts.tokens))
             });
-            let plain = build_bpe(parts);
+            let plain = build_bpe(parts, pre);
             let side = side
                 .join()
                 .map_err(|_| TokenizerError::Build("a tokenizer build thread panicked".into()));
@@ -424,8 +423,11 @@ fn end_of_sequence_ids(parts: &VocabParts<'_>) -> Result<Vec<u32>, TokenizerErro
     Ok(ids)
 }
 
-/// The `tokenizers` pipeline that reproduces Qwen2's `tokenizer.json` from the GGUF arrays.
-fn build_bpe(parts: &VocabParts<'_>) -> Result<tokenizers::Tokenizer, TokenizerError> {
+/// The `tokenizers` pipeline that reproduces the family's `tokenizer.json` from the GGUF arrays.
+fn build_bpe(
+    parts: &VocabParts<'_>,
+    pre: &pre::PreTokenizer,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
     // The vocabulary map and the split merges are independent: made side by side.
     let (vocab, merges) = std::thread::scope(|scope| {
@@ -449,17 +451,20 @@ fn build_bpe(parts: &VocabParts<'_>) -> Result<tokenizers::Tokenizer, TokenizerE
         .build()
         .map_err(build)?;
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    let split = Split::new(
-        SplitPattern::Regex(QWEN2_SPLIT_REGEX.to_owned()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(build)?;
-    tok.with_normalizer(Some(NFC)).map_err(build)?;
-    tok.with_pre_tokenizer(Some(Sequence::new(vec![
-        split.into(),
-        ByteLevel::new(false, false, false).into(),
-    ])));
+    let mut steps = Vec::new();
+    for regex in pre.splits {
+        let pattern = SplitPattern::Regex((*regex).to_owned());
+        steps.push(
+            Split::new(pattern, SplitDelimiterBehavior::Isolated, false)
+                .map_err(build)?
+                .into(),
+        );
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    if pre.nfc {
+        tok.with_normalizer(Some(NFC)).map_err(build)?;
+    }
+    tok.with_pre_tokenizer(Some(Sequence::new(steps)));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     let mut specials = Vec::new();
     let mut user_defined = Vec::new();

@@ -16,7 +16,7 @@ fn cached(name: &str) -> PathBuf {
     let path = model_cache_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run scripts/fetch-test-model first (the test command does)",
+        "{} is missing: run scripts/fetch-test-model --families first (the test command does)",
         path.display()
     );
     path
@@ -30,6 +30,16 @@ pub fn real_model_q4() -> PathBuf {
 /// Its F16 conversion made by `layerstream convert`.
 pub fn real_model_f16() -> PathBuf {
     cached("qwen2.5-coder-0.5b-instruct-f16.gguf")
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 file (`llama` family; see docs/model-families.md).
+pub fn real_smollm2() -> PathBuf {
+    cached("smollm2-135m-instruct-q4_1.gguf")
+}
+
+/// The real Gemma 3 270M Q4_K_M file (`gemma3` family; see docs/model-families.md).
+pub fn real_gemma3() -> PathBuf {
+    cached("gemma-3-270m-q4_k_m.gguf")
 }
 
 /// The tokenizer-only vocabulary file committed with the tests.

@@ -160,7 +160,9 @@ fn attention_block(
         &mut s.xn[..n * h],
     );
     lw.wqkv.matmul(&s.xn[..n * h], n, &mut s.qkv[..n * qkv_w]);
-    ops::add_bias(&mut s.qkv[..n * qkv_w], &lw.bqkv);
+    if !lw.bqkv.is_empty() {
+        ops::add_bias(&mut s.qkv[..n * qkv_w], &lw.bqkv);
+    }
     for (r, at) in rows.iter().enumerate() {
         let row = &s.qkv[r * qkv_w..(r + 1) * qkv_w];
         let (q, k, v) = (

@@ -5,14 +5,17 @@
 //! the file were truncated under us), and every chunk passes through a `ReadHook` that throttles,
 //! reports progress, or injects faults. Matrices become F16 (F16 and quantized sources) or F32
 //! (F32/BF16 sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer
-//! needs fewer parallel products per token. Norms and biases are F32.
+//! needs fewer parallel products per token. Norms and biases are F32. A family whose files pair
+//! RoPE dimensions interleaved has each head's Q and K rows permuted into NeoX order here, so the
+//! layer math has one RoPE.
 
 use super::buffer::WeightBuf;
 use super::matrix::{MatData, Matrix};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::load::plan::UnitKind;
+use crate::model::arch::RopeStyle;
 use crate::model::names::{LayerTensor, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
-use crate::model::{ModelError, ModelSpec};
+use crate::model::{HParams, ModelError, ModelSpec};
 
 /// Largest single read; keeps throttling smooth and progress fine-grained.
 const READ_CHUNK: usize = 4 << 20;
@@ -22,7 +25,7 @@ const READ_CHUNK: usize = 4 << 20;
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>, // (hidden)
     pub wqkv: Matrix,        // (q_dim + 2 kv_dim, hidden)
-    pub bqkv: Vec<f32>,      // (q_dim + 2 kv_dim)
+    pub bqkv: Vec<f32>,      // (q_dim + 2 kv_dim), empty when the family has no biases
     pub wo: Matrix,          // (hidden, q_dim)
     pub ffn_norm: Vec<f32>,  // (hidden)
     pub w_gate_up: Matrix,   // (2 ffn, hidden): gate rows, then up rows
@@ -258,7 +261,8 @@ fn fill_vector(
 struct LayerNames {
     attn_norm: [String; 1],
     qkv: [String; 3],
-    bqkv: [String; 3],
+    /// Empty when the model has no Q/K/V biases.
+    bqkv: Vec<String>,
     wo: [String; 1],
     ffn_norm: [String; 1],
     gate_up: [String; 2],
@@ -266,16 +270,16 @@ struct LayerNames {
 }
 
 impl LayerNames {
-    fn new(i: usize) -> LayerNames {
+    fn new(spec: &ModelSpec, i: usize) -> LayerNames {
         use LayerTensor as T;
+        let biases = [T::AttnQBias, T::AttnKBias, T::AttnVBias];
         LayerNames {
             attn_norm: [T::AttnNorm.name(i)],
             qkv: [T::AttnQ.name(i), T::AttnK.name(i), T::AttnV.name(i)],
-            bqkv: [
-                T::AttnQBias.name(i),
-                T::AttnKBias.name(i),
-                T::AttnVBias.name(i),
-            ],
+            bqkv: match spec.qkv_bias {
+                true => biases.iter().map(|t| t.name(i)).collect(),
+                false => Vec::new(),
+            },
             wo: [T::AttnOut.name(i)],
             ffn_norm: [T::FfnNorm.name(i)],
             gate_up: [T::FfnGate.name(i), T::FfnUp.name(i)],
@@ -288,6 +292,53 @@ fn refs<const N: usize>(a: &[String; N]) -> [&str; N] {
     a.each_ref().map(|s| s.as_str())
 }
 
+fn names_of(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// Put each head's rows `[0, 2, 4, …, 1, 3, 5, …]` first-half-then-second: the interleaved RoPE
+/// pairs (2i, 2i+1) of the file become NeoX pairs (i, i + head_dim/2). `x` holds `heads` heads of
+/// `head_dim` rows of `width` elements each.
+fn interleaved_to_neox<T: Copy>(x: &mut [T], heads: usize, head_dim: usize, width: usize) {
+    let half = head_dim / 2;
+    let mut head_copy = Vec::with_capacity(head_dim * width);
+    for h in x.chunks_mut(head_dim * width).take(heads) {
+        head_copy.clear();
+        head_copy.extend_from_slice(h);
+        for j in 0..half {
+            for (dst, src) in [(j, 2 * j), (half + j, 2 * j + 1)] {
+                h[dst * width..(dst + 1) * width]
+                    .copy_from_slice(&head_copy[src * width..(src + 1) * width]);
+            }
+        }
+    }
+}
+
+/// The Q and K parts of a layer in NeoX order, for a family whose files interleave them.
+fn permute_rope(hp: &HParams, l: &mut LayerWeights) {
+    if hp.family.info().rope != RopeStyle::Interleaved {
+        return;
+    }
+    let (d, cols) = (hp.head_dim, l.wqkv.cols);
+    let (q, k) = (hp.q_dim(), hp.kv_dim());
+    let both = |x: &mut dyn FnMut(usize, usize, usize)| {
+        x(0, hp.n_head, q);
+        x(q, hp.n_kv_head, k);
+    };
+    match &mut l.wqkv.data {
+        MatData::F16(w) => both(&mut |at, heads, n| {
+            interleaved_to_neox(&mut w[at * cols..(at + n) * cols], heads, d, cols)
+        }),
+        MatData::F32(w) => both(&mut |at, heads, n| {
+            interleaved_to_neox(&mut w[at * cols..(at + n) * cols], heads, d, cols)
+        }),
+    }
+    if !l.bqkv.is_empty() {
+        let b = &mut l.bqkv;
+        both(&mut |at, heads, n| interleaved_to_neox(&mut b[at..at + n], heads, d, 1));
+    }
+}
+
 /// Reserve the memory of one unit (zeroed, not yet read).
 pub fn alloc_unit(
     file: &GgufFile,
@@ -297,11 +348,11 @@ pub fn alloc_unit(
     Ok(match kind {
         UnitKind::Embed => UnitWeights::Embed(alloc_stacked(file, &[TOKEN_EMBD])?),
         UnitKind::Layer(i) => {
-            let n = LayerNames::new(i);
+            let n = LayerNames::new(spec, i);
             UnitWeights::Layer(Box::new(LayerWeights {
                 attn_norm: alloc_vector(file, &refs(&n.attn_norm))?,
                 wqkv: alloc_stacked(file, &refs(&n.qkv))?,
-                bqkv: alloc_vector(file, &refs(&n.bqkv))?,
+                bqkv: alloc_vector(file, &names_of(&n.bqkv))?,
                 wo: alloc_stacked(file, &refs(&n.wo))?,
                 ffn_norm: alloc_vector(file, &refs(&n.ffn_norm))?,
                 w_gate_up: alloc_stacked(file, &refs(&n.gate_up))?,
@@ -322,6 +373,7 @@ pub fn alloc_unit(
 /// Read one unit's bytes into its reserved memory.
 pub fn fill_unit(
     file: &GgufFile,
+    spec: &ModelSpec,
     kind: UnitKind,
     w: &mut UnitWeights,
     hook: &mut dyn ReadHook,
@@ -329,10 +381,11 @@ pub fn fill_unit(
     match (kind, w) {
         (UnitKind::Embed, UnitWeights::Embed(m)) => fill_stacked(file, &[TOKEN_EMBD], m, hook),
         (UnitKind::Layer(i), UnitWeights::Layer(l)) => {
-            let n = LayerNames::new(i);
+            let n = LayerNames::new(spec, i);
             fill_vector(file, &refs(&n.attn_norm), &mut l.attn_norm, hook)?;
             fill_stacked(file, &refs(&n.qkv), &mut l.wqkv, hook)?;
-            fill_vector(file, &refs(&n.bqkv), &mut l.bqkv, hook)?;
+            fill_vector(file, &names_of(&n.bqkv), &mut l.bqkv, hook)?;
+            permute_rope(&spec.hp, l);
             fill_stacked(file, &refs(&n.wo), &mut l.wo, hook)?;
             fill_vector(file, &refs(&n.ffn_norm), &mut l.ffn_norm, hook)?;
             fill_stacked(file, &refs(&n.gate_up), &mut l.w_gate_up, hook)?;
@@ -359,6 +412,23 @@ pub fn load_unit(
     hook: &mut dyn ReadHook,
 ) -> Result<UnitWeights, ModelError> {
     let mut w = alloc_unit(file, spec, kind)?;
-    fill_unit(file, kind, &mut w, hook)?;
+    fill_unit(file, spec, kind, &mut w, hook)?;
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleaved_to_neox;
+
+    #[test]
+    fn interleaved_pairs_become_neox_pairs_head_by_head() {
+        // Two heads of four rows, rows two wide: head 0 rows 0..4, head 1 rows 4..8.
+        let mut x: Vec<u32> = (0..16).collect();
+        interleaved_to_neox(&mut x, 2, 4, 2);
+        // Row order per head: 0, 2, 1, 3.
+        assert_eq!(
+            x,
+            vec![0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
+        );
+    }
 }

@@ -303,6 +303,7 @@ fn check_gemv(
 
 pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
     HParams {
+        family: crate::model::arch::Family::Qwen2,
         n_layer: 1,
         hidden: n_head * d,
         ffn: 8,

@@ -223,6 +223,7 @@ mod tests {
     fn packed(chunk: usize) -> (CopyPlan, LoadPlan, GgufFile) {
         let path = std::env::temp_dir().join(format!("chunks-{}-{chunk}.gguf", std::process::id()));
         let spec = RandomModelSpec {
+            family: crate::model::arch::Family::Qwen2,
             layers: 2,
             hidden: 64,
             heads: 4,

@@ -1,0 +1,592 @@
+#!/usr/bin/env python3
+"""Golden data for the real files of the other model families: SmolLM2-135M-Instruct Q4_1 (`llama`)
+and Gemma 3 270M Q4_K_M (`gemma3`), from Hugging Face transformers (float32 weights dequantized from
+the GGUF, CPU). See docs/model-families.md for what the files hold.
+
+Run from the repository root, with the venv from scripts/golden/setup-venv and the files from
+`scripts/fetch-test-model --families` (about six minutes for both on two cores):
+
+    .venv-golden/bin/python scripts/golden/family_real.py [smollm2] [gemma3]   (default: both)
+
+For each family it writes tests/golden/family-<name>.json with
+- the versions, the model file's name, size and sha256, its hyper-parameters (read with gguf-py) and
+  the transformers config fields that shape the forward pass;
+- `prompts`: prompt ids, the top-5 (id, logit) at the last prompt position and 16 greedy new tokens
+  (stopping after one of `stop_ids`) with the top-5 at every step. SmolLM2's chat prompts are rendered
+  by the file's own chat template (`apply_chat_template(..., add_generation_prompt=True)`); Gemma 3's
+  file has no chat template, so its chat prompts are Gemma 3's instruct format written out here
+  (`gemma3_turns`, stated in the JSON), and its raw prompts get the BOS transformers adds by default.
+  Gemma's `raw-squares-long` prompt is longer than the 512-token sliding window; its record holds how
+  far the last logits move when the window is lifted (`sliding_window_effect`), proving it tests it.
+- `encode`: ids of ~35 strings from the file's transformers tokenizer: `prompt_ids` (no special
+  tokens added, special-token text parsed), `ids_with_special_tokens` (transformers' default: Gemma
+  adds BOS), `plain_ids` (special-token text left as text) and `decoded`.
+
+The model is transformers' GGUF loader's, checked here against an independent gguf-py reading of the
+file (every config field the forward pass uses, both RoPE tables, and every tensor after undoing the
+two transforms the loader applies: llama.cpp's Q/K row permutation for `llama`, and the `+1` folded
+into Gemma's norm weights); any disagreement stops the script. Cached decoding is checked against
+one uncached pass over the whole sequence.
+
+Tokenizer fix: transformers builds SmolLM2's tokenizer from GGUF as plain GPT-2 byte-level BPE and
+ignores `tokenizer.ggml.pre = "smollm"`, with which llama.cpp first splits every digit off (in
+tokenizers terms, `Digits(individual_digits=True)` before ByteLevel). The vocabulary has no digit merges, so only the
+whitespace before a digit tokenizes differently ("a  1": [a, Ġ, Ġ, 1] vs [a, ĠĠ, 1]); the model's
+pre-tokenizer is set here and the default's differing ids are kept as `ids_transformers_gguf_default`.
+The JSON files are outputs of this script only: regenerate, never edit.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import tokenizers
+import torch
+from tokenizers import pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_util import f32_list, sha256, versions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+OUT_DIR = REPO / "tests" / "golden"
+MAX_NEW = 16
+TOP_K = 5
+# Cached decoding must equal an uncached pass over the same tokens to this relative error.
+CACHE_TOLERANCE = 1e-4
+
+HAIKU = "Write a haiku about GPU computing."
+KV_CACHE = "Explain in two sentences what a KV cache is in a transformer."
+MULTITURN = [
+    {"role": "system", "content": "You are a terse assistant who answers in Python."},
+    {"role": "user", "content": "Reverse a string s."},
+    {"role": "assistant", "content": "s[::-1]"},
+    {"role": "user", "content": "Now a function that returns the n-th prime, with a docstring."},
+]
+# 60 lines of about 12 tokens: past Gemma 3's 512-token sliding window.
+SQUARES = "".join(f"{i}. The square of {i} is {i * i}.\n" for i in range(1, 61)) + "61. The square of 61 is"
+
+# Strings every family's tokenizer encodes; each family adds its own special-token strings.
+COMMON_STRINGS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    " leading space",
+    "trailing space ",
+    "  two leading spaces and   three inside",
+    "tabs\tand\t\ttabs",
+    "line one\nline two\n\nline four\n",
+    "\n\n\n",
+    "   \n  \t \n",
+    "windows\r\nline endings\r\n",
+    "1234567",
+    "3.14159265358979",
+    "The year 2024 had 366 days; 1,000,000 people.",
+    "x = [\n    1, 2, 3,\n]  42\ta  7",
+    "I'm sure you'll see they've done it, he'd say; it's WE'LL.",
+    "naïve café résumé déjà vu",
+    "e\u0301 (decomposed e-acute) and \u00e9 (precomposed)",
+    "你好，世界！这是一个测试。",
+    "日本語のテキストとカタカナ、ひらがな。",
+    "한국어 문장입니다.",
+    "Здравствуйте, как дела?",
+    "مرحبا بالعالم",
+    "emoji: 😀🎉👍🏽 👨‍👩‍👧‍👦 🇯🇵",
+    "rare: 𓀀 \U0001f9ec \u2fff",
+    "math: ∑_{i=1}^{n} x_i² ≤ √π ≈ 1.77 ∞",
+    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    'fn main() {\n\tprintln!("{}", 1 + 2);\n}\n',
+    "<html><body class=\"x\">&amp; <td>cell</td></body></html>",
+    "https://example.com/path?query=1&other=two#frag",
+    "\u00a0non-breaking\u00a0spaces\u2003em space",
+    "zero\u200bwidth\u200djoiner",
+    "Ünïcödé Çhàràctérs ß ẞ",
+    "a\u0000b\u0007c\u001b[31mred",
+    "a",
+    " ",
+]
+
+
+def gemma3_turns(messages: list) -> str:
+    """Gemma 3's instruct format (its official chat template's output), written out: BOS, a turn per
+    message with `assistant` called `model`, a system message folded into the first user turn, then
+    the open model turn. The GGUF file carries no template, so this is what the tests hold it to."""
+    messages = list(messages)
+    prefix = ""
+    if messages and messages[0]["role"] == "system":
+        prefix = messages.pop(0)["content"] + "\n\n"
+    text = "<bos>"
+    for i, m in enumerate(messages):
+        role = "model" if m["role"] == "assistant" else m["role"]
+        text += f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n"
+    return text + "<start_of_turn>model\n"
+
+
+GEMMA3_TEMPLATE_NOTE = (
+    "The file has no tokenizer.chat_template. Chat prompts are Gemma 3's instruct format written out by "
+    "scripts/golden/family_real.py (gemma3_turns): '<bos>' then per message "
+    "'<start_of_turn>{user|model}\\n{content}<end_of_turn>\\n' (a system message is prepended to the first "
+    "user turn followed by a blank line; message contents are stripped), then '<start_of_turn>model\\n'; "
+    "the rendered text is encoded without adding special tokens."
+)
+
+
+@dataclass
+class Family:
+    name: str
+    file: str
+    arch: str
+    stop_ids: tuple  # end-of-turn ids: greedy decoding stops after emitting one
+    special_tokens: list  # recorded with their ids in the tokenizer's metadata
+    prompts: list
+    special_strings: list
+    template_note: str
+
+
+FAMILIES = [
+    Family(
+        name="smollm2",
+        file="smollm2-135m-instruct-q4_1.gguf",
+        arch="llama",
+        stop_ids=(2, 0),  # <|im_end|>, <|endoftext|>
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        prompts=[
+            {"name": "chat-haiku", "messages": [{"role": "user", "content": HAIKU}]},
+            {"name": "chat-kv-cache", "messages": [{"role": "user", "content": KV_CACHE}]},
+            {"name": "chat-system-multiturn", "messages": MULTITURN},
+            {"name": "chat-capital", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+            {"name": "chat-unicode", "messages": [
+                {"role": "user", "content": "Translate to English: « Le cafe\u0301 est très chaud. » 🙂"}]},
+            {"name": "raw-fibonacci", "text": "def fibonacci(n):"},
+            # Indentation before digits: the case the `smollm` pre-tokenizer changes.
+            {"name": "raw-list-digits", "text": "primes = [\n    2, 3, 5, 7,\n    11,"},
+        ],
+        special_strings=[
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+            "text before <|endoftext|> text after",
+            "<|im_start|><|im_end|><|endoftext|><repo_name><file_sep>",
+            "almost special: <|im_start| and <im_start|> and <|IM_START|>",
+        ],
+        template_note="The file's tokenizer.chat_template, rendered by transformers' apply_chat_template "
+                      "(add_generation_prompt=True) and encoded without adding special tokens.",
+    ),
+    Family(
+        name="gemma3",
+        file="gemma-3-270m-q4_k_m.gguf",
+        arch="gemma3",
+        stop_ids=(106, 1),  # <end_of_turn>, <eos>
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+        prompts=[
+            {"name": "chat-haiku", "messages": [{"role": "user", "content": HAIKU}]},
+            {"name": "chat-kv-cache", "messages": [{"role": "user", "content": KV_CACHE}]},
+            {"name": "chat-system-multiturn", "messages": MULTITURN},
+            {"name": "chat-capital", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+            {"name": "raw-fibonacci", "text": "def fibonacci(n):"},
+            {"name": "raw-story", "text": "Once upon a time, in a small village by the sea,"},
+            {"name": "raw-unicode", "text": "日本の首都は"},
+            {"name": "raw-squares-long", "text": SQUARES},
+        ],
+        special_strings=[
+            "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+            "<bos>text<eos> and <pad><unk><mask>",
+            "<start_of_image><end_of_image>[multimodal]<unused0>",
+            "almost special: <start_of_turn and <START_OF_TURN>",
+        ],
+        template_note=GEMMA3_TEMPLATE_NOTE,
+    ),
+]
+
+
+def model_path(fam: Family) -> Path:
+    cache = os.environ.get("LAYERSTREAM_CACHE")
+    base = Path(cache) if cache else Path.home() / ".cache" / "layerstream"
+    return base / "models" / fam.file
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+
+def smollm_pre_tokenizer():
+    """llama.cpp's `smollm` pre-tokenizer (digits split one by one, then GPT-2's regex) in tokenizers
+    terms."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+
+
+def load_tokenizers(fam: Family, path: Path) -> tuple:
+    """(the tokenizer the model was trained with, transformers' GGUF tokenizer as built)."""
+    default = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if fam.arch == "llama":
+        tok.backend_tokenizer.pre_tokenizer = smollm_pre_tokenizer()
+    return tok, default
+
+
+def tokenizer_meta(fam: Family, tok, reader: gguf.GGUFReader) -> dict:
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    model = backend["model"]
+    bare = tok.encode("a", add_special_tokens=False)
+    return {
+        "class": type(tok).__name__,
+        "vocab_size": len(tok),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "special_ids": {t: tok.convert_tokens_to_ids(t) for t in fam.special_tokens},
+        "gguf_add_bos_token": bool(field_value(reader, "tokenizer.ggml.add_bos_token", False)),
+        # What `tok(text)` (add_special_tokens=True, transformers' default) puts around the text's ids.
+        "default_added_ids": [i for i in tok.encode("a") if i not in bare],
+        "normalizer": backend.get("normalizer"),
+        "pre_tokenizer": backend.get("pre_tokenizer"),
+        "decoder": backend.get("decoder"),
+        "model_type": model.get("type"),
+        "byte_fallback": model.get("byte_fallback"),
+        "added_tokens": len(backend.get("added_tokens", [])),
+    }
+
+
+def plain_ids(tok, text: str) -> list:
+    """Ids with special-token strings left as text (tokenizers' encode_special_tokens)."""
+    backend = tok.backend_tokenizer
+    backend.encode_special_tokens = True
+    try:
+        return backend.encode(text, add_special_tokens=False).ids
+    finally:
+        backend.encode_special_tokens = False
+
+
+def encode_cases(fam: Family, tok, default) -> list:
+    cases = []
+    for text in COMMON_STRINGS + fam.special_strings:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == tok.backend_tokenizer.encode(text, add_special_tokens=False).ids, text
+        decoded = tok.decode(ids, skip_special_tokens=False)
+        case = {
+            "text": text,
+            "prompt_ids": ids,
+            "ids_with_special_tokens": tok.encode(text),
+            "plain_ids": plain_ids(tok, text),
+            "decoded": decoded,
+        }
+        default_ids = default.encode(text, add_special_tokens=False)
+        if default_ids != ids:
+            case["ids_transformers_gguf_default"] = default_ids
+        cases.append(case)
+    return cases
+
+
+def render(fam: Family, tok, prompt: dict) -> tuple:
+    """(rendered text, prompt ids, whether the tokenizer added special tokens)."""
+    if "messages" in prompt:
+        if tok.chat_template is not None:
+            text = tok.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=False)
+        else:
+            text = gemma3_turns(prompt["messages"])
+        return text, tok.encode(text, add_special_tokens=False), False
+    text = prompt["text"]
+    return text, tok.encode(text), True
+
+
+# ---- the model, checked against gguf-py --------------------------------------------------------
+
+
+def field_value(reader: gguf.GGUFReader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        if default is None:
+            raise KeyError(f"GGUF key '{key}' is missing")
+        return default
+    return f.contents()
+
+
+def file_hparams(reader: gguf.GGUFReader, arch: str) -> dict:
+    k = lambda s: f"{arch}.{s}"  # noqa: E731
+    hp = {
+        "architecture": field_value(reader, "general.architecture"),
+        "layers": int(field_value(reader, k("block_count"))),
+        "hidden": int(field_value(reader, k("embedding_length"))),
+        "ffn": int(field_value(reader, k("feed_forward_length"))),
+        "heads": int(field_value(reader, k("attention.head_count"))),
+        "kv_heads": int(field_value(reader, k("attention.head_count_kv"))),
+        "context": int(field_value(reader, k("context_length"))),
+        "rope_base": float(np.float32(field_value(reader, k("rope.freq_base")))),
+        "rms_eps": float(np.float32(field_value(reader, k("attention.layer_norm_rms_epsilon")))),
+        "vocab": len(field_value(reader, "tokenizer.ggml.tokens")),
+        "tied": all(t.name != "output.weight" for t in reader.tensors),
+    }
+    if hp["architecture"] != arch:
+        raise ValueError(f"general.architecture is '{hp['architecture']}', expected '{arch}'")
+    if arch == "llama":
+        hp["head_dim"] = int(field_value(reader, k("rope.dimension_count"), hp["hidden"] // hp["heads"]))
+    else:
+        hp["head_dim"] = int(field_value(reader, k("attention.key_length")))
+        hp["value_dim"] = int(field_value(reader, k("attention.value_length")))
+        hp["sliding_window"] = int(field_value(reader, k("attention.sliding_window")))
+        # Not in the file: llama.cpp's gemma3 loader fixes these (every sixth layer global, local base 1e4).
+        hp["sliding_window_pattern"] = 6
+        hp["rope_base_local"] = 10000.0
+    return hp
+
+
+LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+LLAMA_LAYER_NAMES = {**LAYER_NAMES, "ffn_norm.weight": "post_attention_layernorm.weight"}
+GEMMA3_LAYER_NAMES = {
+    **LAYER_NAMES,
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}
+
+
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's convert_hf_to_gguf permutation of llama Q/K rows (made so that ggml's
+    adjacent-pair RoPE on the file's rows equals HF's rotate-half RoPE on the original rows)."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def file_tensors(reader: gguf.GGUFReader, hp: dict) -> dict:
+    """Every tensor, dequantized to float32 by gguf-py, under the HF name and in HF's convention."""
+    layer_names = LLAMA_LAYER_NAMES if hp["architecture"] == "llama" else GEMMA3_LAYER_NAMES
+    out = {}
+    for t in reader.tensors:
+        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        values = values.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
+        if t.name in GLOBAL_NAMES:
+            name, short = GLOBAL_NAMES[t.name], t.name
+        else:
+            blk, layer, short = t.name.split(".", 2)
+            if blk != "blk" or short not in layer_names:
+                raise ValueError(f"unexpected tensor '{t.name}' in a {hp['architecture']} file")
+            name = f"model.layers.{int(layer)}.{layer_names[short]}"
+        if hp["architecture"] == "llama" and short == "attn_q.weight":
+            values = unpermute(values, hp["heads"])
+        elif hp["architecture"] == "llama" and short == "attn_k.weight":
+            values = unpermute(values, hp["kv_heads"])
+        out[name] = torch.from_numpy(np.ascontiguousarray(values))
+    return out
+
+
+def inv_freq(base: float, dim: int) -> np.ndarray:
+    return 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+
+
+def config_mismatches(model, hp: dict) -> list:
+    c, bad = model.config, []
+    want = {
+        "vocab_size": hp["vocab"],
+        "hidden_size": hp["hidden"],
+        "intermediate_size": hp["ffn"],
+        "num_hidden_layers": hp["layers"],
+        "num_attention_heads": hp["heads"],
+        "num_key_value_heads": hp["kv_heads"],
+        "head_dim": hp["head_dim"],
+        "tie_word_embeddings": hp["tied"],
+        "max_position_embeddings": hp["context"],
+    }
+    if hp["architecture"] == "llama":
+        want.update({"hidden_act": "silu", "attention_bias": False, "mlp_bias": False})
+        tables = {"": (model.model.rotary_emb.inv_freq, hp["rope_base"])}
+    else:
+        pattern = hp["sliding_window_pattern"]
+        want.update({
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": hp["sliding_window"],
+            "query_pre_attn_scalar": hp["head_dim"],
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+            "use_bidirectional_attention": False,
+            "layer_types": ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                            for i in range(hp["layers"])],
+        })
+        rotary = model.model.rotary_emb
+        tables = {"full_attention": (rotary.full_attention_inv_freq, hp["rope_base"]),
+                  "sliding_attention": (rotary.sliding_attention_inv_freq, hp["rope_base_local"])}
+        scale = float(model.model.embed_tokens.embed_scale)
+        if np.float32(scale) != np.float32(hp["hidden"] ** 0.5):
+            bad.append(f"embedding scale {scale}, expected sqrt({hp['hidden']})")
+    for key, value in want.items():
+        if getattr(c, key, None) != value:
+            bad.append(f"config.{key} = {getattr(c, key, None)!r}, expected {value!r}")
+    if np.float32(c.rms_norm_eps) != np.float32(hp["rms_eps"]):
+        bad.append(f"rms_norm_eps {c.rms_norm_eps!r}, file says {hp['rms_eps']!r}")
+    for name, (got, base) in tables.items():
+        expect = inv_freq(base, hp["head_dim"])
+        got = got.double().numpy()
+        if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-6, atol=0):
+            bad.append(f"rotary inv_freq {name} {got[:3]}... != 1/{base}^(2i/{hp['head_dim']}) {expect[:3]}...")
+    return bad
+
+
+def weight_mismatches(model, hp: dict, tensors: dict) -> list:
+    bad = []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    gemma = hp["architecture"] == "gemma3"
+    for name, want in tensors.items():
+        got = params.get(name)
+        if got is None:
+            bad.append(f"parameter {name} missing")
+            continue
+        got = got.detach()
+        if gemma and name.endswith("norm.weight"):
+            # Gemma's RMSNorm scales by (1 + w); the file stores 1 + w and the loader subtracts 1.
+            same = got.shape == want.shape and torch.allclose(got + 1, want, rtol=1e-6, atol=1e-6)
+        else:
+            same = got.shape == want.shape and torch.equal(got, want)
+        if not same:
+            bad.append(f"parameter {name} differs from the file ({tuple(got.shape)} vs {tuple(want.shape)})")
+    if hp["tied"] and not torch.equal(params["lm_head.weight"], params["model.embed_tokens.weight"]):
+        bad.append("file has no output.weight but lm_head is not the embedding")
+    extra = set(params) - set(tensors) - ({"lm_head.weight"} if hp["tied"] else set())
+    if extra:
+        bad.append(f"parameters not in the file: {sorted(extra)}")
+    return bad
+
+
+def load_checked(path: Path, arch: str) -> tuple:
+    reader = gguf.GGUFReader(str(path))
+    hp = file_hparams(reader, arch)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    bad = config_mismatches(model, hp) + weight_mismatches(model, hp, file_tensors(reader, hp))
+    if bad:
+        raise SystemExit(f"{path.name}: transformers' GGUF loader disagrees with gguf-py:\n  " + "\n  ".join(bad))
+    return model, hp, reader
+
+
+def config_summary(model) -> dict:
+    """The transformers config fields that shape the forward pass (what the golden numbers assume)."""
+    keys = ["model_type", "hidden_act", "hidden_activation", "head_dim", "rope_parameters", "rms_norm_eps",
+            "tie_word_embeddings", "sliding_window", "layer_types", "query_pre_attn_scalar",
+            "final_logit_softcapping", "attn_logit_softcapping", "attention_bias", "mlp_bias"]
+    c = model.config
+    return {k: getattr(c, k) for k in keys if hasattr(c, k)}
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+
+def top_k(logits: torch.Tensor) -> list:
+    values, ids = torch.topk(logits, TOP_K)
+    return [[int(i), v] for i, v in zip(ids.tolist(), f32_list(values))]
+
+
+@torch.inference_mode()
+def greedy(model, ids: list, stop_ids: tuple) -> dict:
+    """Greedy continuation through the KV cache, stopping after a stop id; checked against one
+    uncached pass over the prompt and the generated tokens."""
+    out = model(input_ids=torch.tensor([ids]), use_cache=True)
+    logits, past = out.logits[0, -1], out.cache
+    seen, tokens, step_tops, stopped = [logits], [], [], False
+    while len(tokens) < MAX_NEW:
+        token = int(torch.argmax(logits))
+        tokens.append(token)
+        if token in stop_ids:
+            stopped = True
+            break
+        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
+        logits, past = out.logits[0, -1], out.cache
+        seen.append(logits)
+        step_tops.append(top_k(logits))
+    full = model(input_ids=torch.tensor([ids + tokens]), use_cache=False).logits[0, len(ids) - 1:]
+    for i, step in enumerate(seen):
+        err = float((full[i] - step).abs().max() / step.abs().max())
+        if err > CACHE_TOLERANCE:
+            raise AssertionError(f"cached vs uncached logits differ at step {i}: {err:.2e}")
+    return {"top5": top_k(seen[0]), "greedy": tokens, "stopped_at_stop_id": stopped, "step_top5": step_tops}
+
+
+@torch.inference_mode()
+def sliding_window_effect(model, ids: list) -> dict:
+    """How far the last prompt position's logits move when Gemma's sliding window is lifted."""
+    windowed = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+    saved = model.config.sliding_window
+    model.config.sliding_window = 1 << 30
+    for layer in model.model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = 1 << 30
+    try:
+        full = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+    finally:
+        model.config.sliding_window = saved
+        for layer in model.model.layers:
+            if layer.self_attn.sliding_window is not None:
+                layer.self_attn.sliding_window = saved
+    return {"max_abs_logit_change": float(f"{float((windowed - full).abs().max()):.6g}"),
+            "top5_without_window": top_k(full)}
+
+
+def run(fam: Family) -> None:
+    path = model_path(fam)
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run scripts/fetch-test-model --families")
+    tok, default_tok = load_tokenizers(fam, path)
+    model, hp, reader = load_checked(path, fam.arch)
+    print(f"{path.name}: transformers' GGUF loader agrees with gguf-py ({len(reader.tensors)} tensors)")
+    records = []
+    for prompt in fam.prompts:
+        text, ids, added = render(fam, tok, prompt)
+        result = greedy(model, ids, fam.stop_ids)
+        record = {"name": prompt["name"]}
+        record.update({k: prompt[k] for k in ("messages", "text") if k in prompt})
+        record.update({"rendered": text, "special_tokens_added": added, "prompt_ids": ids,
+                       "max_new_tokens": MAX_NEW})
+        record.update(result)
+        record["greedy_text"] = tok.decode(result["greedy"], skip_special_tokens=False)
+        if fam.arch == "gemma3" and len(ids) > hp["sliding_window"]:
+            record["sliding_window_effect"] = sliding_window_effect(model, ids)
+        records.append(record)
+        print(f"  {prompt['name']}: {len(ids)} prompt ids -> {record['greedy_text']!r}")
+    doc = {
+        "generated_by": "scripts/golden/family_real.py",
+        "versions": {**versions(), "tokenizers": tokenizers.__version__},
+        "family": fam.name,
+        "model_file": path.name,
+        "model_bytes": path.stat().st_size,
+        "model_sha256": sha256(path),
+        "loader": "transformers GGUF loader, checked against gguf-py (config, RoPE tables, every tensor)",
+        "hparams": hp,
+        "transformers_config": config_summary(model),
+        "stop_ids": list(fam.stop_ids),
+        "chat_template": fam.template_note,
+        "tokenizer": tokenizer_meta(fam, tok, reader),
+        "prompts": records,
+        "encode": encode_cases(fam, tok, default_tok),
+    }
+    out = OUT_DIR / f"family-{fam.name}.json"
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+def main(argv: list) -> None:
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    names = argv[1:] or [f.name for f in FAMILIES]
+    by_name = {f.name: f for f in FAMILIES}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown family {unknown}; known: {sorted(by_name)}\n\n{__doc__}")
+    for name in names:
+        run(by_name[name])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

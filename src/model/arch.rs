@@ -1,0 +1,125 @@
+//! The architecture table: for each supported `general.architecture`, what its files hold and how
+//! its layers compute. Everything family-specific is a row here; the loader, the validation and
+//! the decoders read the row instead of testing the family's name.
+
+use super::ModelError;
+
+/// Whether a family's layers carry a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Required,
+    Optional,
+    Absent,
+}
+
+/// How a family's GGUF files pair the dimensions RoPE rotates within a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Element `i` with `i + head_dim/2` (GPT-NeoX; Qwen2's files, and what the backends compute).
+    Neox,
+    /// Element `2i` with `2i + 1` (llama.cpp's "normal" RoPE: the converter permuted Llama's Q
+    /// and K rows into this order). The loader permutes each head's Q and K rows back to NeoX
+    /// order; attention scores are unchanged (q·k is the same under one permutation of both).
+    Interleaved,
+}
+
+/// The gated activation of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (SwiGLU).
+    SiluGated,
+}
+
+/// One row of the table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ArchInfo {
+    /// `general.architecture`, also the prefix of its metadata keys.
+    pub name: &'static str,
+    /// Biases of the Q, K and V projections.
+    pub qkv_bias: Presence,
+    pub rope: RopeStyle,
+    pub activation: Activation,
+    /// Whether the CUDA backend computes this family yet (else `--device auto` uses the CPU and
+    /// `--device cuda` refuses the model, saying why).
+    pub cuda: bool,
+}
+
+/// A supported family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Qwen2 and Qwen2.5.
+    Qwen2,
+    /// Llama 2/3 and the files that share its layout (Mistral 7B, SmolLM2, TinyLlama).
+    Llama,
+}
+
+const QWEN2: ArchInfo = ArchInfo {
+    name: "qwen2",
+    qkv_bias: Presence::Required,
+    rope: RopeStyle::Neox,
+    activation: Activation::SiluGated,
+    cuda: true,
+};
+
+const LLAMA: ArchInfo = ArchInfo {
+    name: "llama",
+    qkv_bias: Presence::Optional,
+    rope: RopeStyle::Interleaved,
+    activation: Activation::SiluGated,
+    cuda: false,
+};
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Qwen2, Family::Llama];
+
+    pub fn info(self) -> &'static ArchInfo {
+        match self {
+            Family::Qwen2 => &QWEN2,
+            Family::Llama => &LLAMA,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// The family of `general.architecture`; an unknown one is refused listing the supported.
+    pub fn from_name(arch: &str) -> Result<Family, ModelError> {
+        if let Some(f) = Family::ALL.into_iter().find(|f| f.name() == arch) {
+            return Ok(f);
+        }
+        let known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+        let why = match arch {
+            "qwen2moe" | "qwen3moe" | "mixtral" | "deepseek2" | "llama4" | "gpt-oss" => {
+                "mixture-of-experts models are not supported"
+            }
+            _ => "this architecture is not supported",
+        };
+        Err(ModelError::Architecture {
+            arch: arch.to_string(),
+            why,
+            supported: known.join(", "),
+        })
+    }
+
+    /// The metadata key `<arch>.<key>`.
+    pub fn key(self, key: &str) -> String {
+        format!("{}.{key}", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_found_by_name_and_others_refused_listing_them() {
+        assert_eq!(Family::from_name("qwen2").unwrap(), Family::Qwen2);
+        assert_eq!(Family::from_name("llama").unwrap(), Family::Llama);
+        assert_eq!(Family::Llama.key("block_count"), "llama.block_count");
+        let e = Family::from_name("mamba").unwrap_err().to_string();
+        assert!(e.contains("'mamba'") && e.contains("qwen2, llama"), "{e}");
+        let e = Family::from_name("mixtral").unwrap_err().to_string();
+        assert!(e.contains("mixture-of-experts"), "{e}");
+    }
+}

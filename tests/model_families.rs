@@ -1,0 +1,163 @@
+//! The architecture table on files from our own writer: each supported family validates, an
+//! unknown family is refused listing the supported ones, and a file of a supported family with a
+//! missing tensor, a head count that does not divide, biases in some layers only, or RoPE scaling
+//! not computed yet is refused naming the key or tensor — before any weight is read.
+
+use std::path::{Path, PathBuf};
+
+use layerstream::gguf::{GgufFile, GgufWriter, Value};
+use layerstream::model::arch::Family;
+use layerstream::model::random::{write_random_model, RandomModelSpec, VocabSource, WeightDtype};
+use layerstream::model::ModelSpec;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("model-families-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn random(family: Family, name: &str) -> PathBuf {
+    let path = scratch(name);
+    let spec = RandomModelSpec {
+        family,
+        layers: 2,
+        hidden: 32,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 48,
+        vocab: VocabSource::Size(64),
+        tied: true,
+        dtype: WeightDtype::F16,
+        seed: 3,
+        context: 128,
+        rope_base: 10_000.0,
+    };
+    write_random_model(&spec, &path).unwrap();
+    path
+}
+
+/// A copy of `src` without the tensors `drop` names, with metadata `set` (added or replaced)
+/// and extra tensors `add` (F32, `[n]`).
+fn rewrite(
+    src: &Path,
+    name: &str,
+    drop: &[&str],
+    set: &[(&str, Value)],
+    add: &[(&str, usize)],
+) -> PathBuf {
+    let file = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata().iter() {
+        if !set.iter().any(|(key, _)| *key == k) {
+            w.add_kv(k, v.clone()).unwrap();
+        }
+    }
+    for (k, v) in set {
+        w.add_kv(*k, v.clone()).unwrap();
+    }
+    for t in file.tensors() {
+        if !drop.contains(&t.name.as_str()) {
+            let bytes = file.tensor_bytes(t).to_vec();
+            w.add_tensor(&t.name, t.ty, &t.dims, bytes).unwrap();
+        }
+    }
+    for (n, len) in add {
+        let bytes = vec![0u8; len * 4];
+        w.add_tensor(*n, layerstream::gguf::GgmlType::F32, &[*len as u64], bytes)
+            .unwrap();
+    }
+    let out = scratch(name);
+    w.write_file(&out).unwrap();
+    out
+}
+
+fn refusal(path: &Path) -> String {
+    let file = GgufFile::open(path).unwrap();
+    match ModelSpec::from_file(&file) {
+        Ok(_) => panic!("{} was accepted", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn each_family_validates_with_its_own_tensors() {
+    let q = GgufFile::open(&random(Family::Qwen2, "qwen2.gguf")).unwrap();
+    let spec = ModelSpec::from_file(&q).unwrap();
+    assert_eq!(spec.hp.family, Family::Qwen2);
+    assert!(spec.qkv_bias);
+    let l = GgufFile::open(&random(Family::Llama, "llama.gguf")).unwrap();
+    let spec = ModelSpec::from_file(&l).unwrap();
+    assert_eq!(spec.hp.family, Family::Llama);
+    assert!(!spec.qkv_bias, "Llama files carry no Q/K/V biases");
+    assert_eq!(spec.hp.head_dim, 8);
+}
+
+#[test]
+fn an_unknown_architecture_is_refused_listing_the_supported_ones() {
+    let src = random(Family::Llama, "llama-src.gguf");
+    let set = [("general.architecture", Value::String("mamba".into()))];
+    let e = refusal(&rewrite(&src, "mamba.gguf", &[], &set, &[]));
+    assert!(e.contains("'mamba'") && e.contains("qwen2, llama"), "{e}");
+    let set = [("general.architecture", Value::String("mixtral".into()))];
+    let e = refusal(&rewrite(&src, "mixtral.gguf", &[], &set, &[]));
+    assert!(e.contains("mixture-of-experts"), "{e}");
+}
+
+#[test]
+fn a_missing_tensor_or_bias_is_named() {
+    let llama = random(Family::Llama, "llama-missing-src.gguf");
+    let e = refusal(&rewrite(
+        &llama,
+        "no-up.gguf",
+        &["blk.1.ffn_up.weight"],
+        &[],
+        &[],
+    ));
+    assert!(e.contains("'blk.1.ffn_up.weight' is missing"), "{e}");
+    let qwen = random(Family::Qwen2, "qwen-missing-src.gguf");
+    let e = refusal(&rewrite(
+        &qwen,
+        "no-bias.gguf",
+        &["blk.0.attn_k.bias"],
+        &[],
+        &[],
+    ));
+    assert!(e.contains("'blk.0.attn_k.bias' is missing"), "{e}");
+    // A Llama file with biases in layer 1 but not layer 0.
+    let e = refusal(&rewrite(
+        &llama,
+        "half-bias.gguf",
+        &[],
+        &[],
+        &[("blk.1.attn_q.bias", 32)],
+    ));
+    assert!(e.contains("blk.1.attn_q.bias"), "{e}");
+}
+
+#[test]
+fn shapes_and_rope_settings_that_cannot_be_computed_are_named() {
+    let src = random(Family::Llama, "llama-shape-src.gguf");
+    let set = [("llama.attention.head_count", Value::U32(5))];
+    let e = refusal(&rewrite(&src, "heads5.gguf", &[], &set, &[]));
+    assert!(
+        e.contains("llama.attention.head_count") && e.contains("does not divide"),
+        "{e}"
+    );
+    let set = [("llama.rope.scaling.type", Value::String("yarn".into()))];
+    let e = refusal(&rewrite(&src, "yarn.gguf", &[], &set, &[]));
+    assert!(
+        e.contains("llama.rope.scaling.type") && e.contains("yarn"),
+        "{e}"
+    );
+    let e = refusal(&rewrite(
+        &src,
+        "freqs.gguf",
+        &[],
+        &[],
+        &[("rope_freqs.weight", 4)],
+    ));
+    assert!(e.contains("rope_freqs.weight"), "{e}");
+    let set = [("llama.attention.key_length", Value::U32(7))];
+    let e = refusal(&rewrite(&src, "odd-head.gguf", &[], &set, &[]));
+    assert!(e.contains("head dimension 7"), "{e}");
+}
