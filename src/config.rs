@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// POST the load events here, in order: `ready`, then `resident` or `failed` (JSON with
     /// `event`, `worker_id`, `uri`, `vram_bytes`, `ready_ms`); http only, anything else is refused
     /// at startup.
-    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = CallbackUrlParser)]
+    #[arg(long, env = "LAYERSTREAM_CALLBACK_URL", value_parser = Quiet(http_url))]
     pub callback_url: Option<String>,
     /// Context size (positions per sequence, at least 1); capped at the model's trained context.
     #[arg(long, env = "LAYERSTREAM_CTX_SIZE", default_value_t = 4096, value_parser = positive_count)]
@@ -134,7 +134,7 @@ pub struct ServeArgs {
     /// health routes and `/metrics` stay open. A command line is visible to every user of the
     /// machine: prefer the variable or --api-key-file.
     #[arg(long, env = "LAYERSTREAM_API_KEY", hide_env_values = true, value_name = "KEY",
-          value_parser = SecretKeyParser, conflicts_with = "api_key_file")]
+          value_parser = Quiet(api_key), conflicts_with = "api_key_file")]
     pub api_key: Option<ApiKey>,
     /// Read the API key from this file (without its trailing newline).
     #[arg(long, env = "LAYERSTREAM_API_KEY_FILE", value_name = "PATH", value_parser = api_key_file)]
@@ -180,52 +180,33 @@ fn http_url(s: &str) -> Result<String, String> {
     }
 }
 
-/// A clap error for `arg` that does not quote the value (clap's own errors do).
-fn quiet_error(cmd: &clap::Command, arg: Option<&clap::Arg>, why: &str) -> clap::Error {
-    let flag = arg.map_or_else(String::new, |a| format!(" for '{a}'"));
-    let msg = format!("invalid value{flag}: {why}\n");
-    clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg).with_cmd(cmd)
-}
+/// A value parser whose errors never quote the value (clap's own do): `parse` checks the text
+/// and says what is wrong without repeating it (a key), or with its secrets masked (a URL).
+#[derive(Clone, Copy)]
+struct Quiet<T>(fn(&str) -> Result<T, String>);
 
-/// `--callback-url`: its errors show the URL with credentials masked.
-#[derive(Clone, Copy, Debug)]
-struct CallbackUrlParser;
-
-impl clap::builder::TypedValueParser for CallbackUrlParser {
-    type Value = String;
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<String, clap::Error> {
-        let text = value
-            .to_str()
-            .ok_or_else(|| quiet_error(cmd, arg, "the URL is not valid UTF-8"))?;
-        http_url(text).map_err(|why| quiet_error(cmd, arg, &why))
+    ) -> Result<T, clap::Error> {
+        let refuse = |why: &str| {
+            let flag = arg.map_or_else(String::new, |a| format!(" for '{a}'"));
+            let msg = format!("invalid value{flag}: {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
+        (self.0)(text).map_err(|why| refuse(&why))
     }
 }
 
-/// `--api-key`: parsed without ever echoing the value (clap's own errors quote it).
-#[derive(Clone, Copy, Debug)]
-struct SecretKeyParser;
-
-impl clap::builder::TypedValueParser for SecretKeyParser {
-    type Value = ApiKey;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<ApiKey, clap::Error> {
-        let refuse = |why: String| quiet_error(cmd, arg, &format!("(the key is not shown) {why}"));
-        let text = value
-            .to_str()
-            .ok_or_else(|| refuse("the API key is not valid UTF-8".into()))?;
-        ApiKey::parse(text).map_err(refuse)
-    }
+/// `--api-key`, refused without showing it.
+fn api_key(s: &str) -> Result<ApiKey, String> {
+    ApiKey::parse(s).map_err(|why| format!("(the key is not shown) {why}"))
 }
 
 /// `--api-key-file`: the key it holds.

@@ -7,7 +7,7 @@
 mod harness;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::{tiny_model, token_ids, Server};
 use serde_json::{json, Value};
@@ -105,18 +105,8 @@ fn metrics_count_what_the_requests_did() {
     );
 }
 
-/// Poll `/health` until `ok` holds for its `engine` object.
-fn wait_engine(s: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let e = s.get("/health").json()["engine"].clone();
-        if ok(&e) {
-            return e;
-        }
-        assert!(Instant::now() < deadline, "{what}: {e}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// How long the mixed-load test waits for the engine to reach a state.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// The success and failure counters of `/metrics` as (finish reason or type) -> count.
 fn outcome_counters(m: &HashMap<String, f64>, name: &str, label: &str) -> Value {
@@ -171,34 +161,40 @@ fn health_and_metrics_count_every_outcome_alike_under_a_mixed_load() {
     let mut prompt = stream(json!({"prompt": "word ".repeat(300), "max_tokens": 4}));
     assert_eq!(prompt.next_event().unwrap().event, "started");
     drop(prompt);
-    wait_engine(&s, "the prompt was not cancelled", |e| {
-        e["cancelled"] == 1 && e["running"] == 0
-    });
+    s.wait_engine(
+        "the prompt was not cancelled",
+        |e| e["cancelled"] == 1 && e["running"] == 0,
+        WAIT,
+    );
     // Two that decode for a while, one queued behind them that leaves, and an n = 8 request
     // refused because the queue has no room for all of its choices.
     let long = |seed: u64| stream(json!({"prompt": "go", "max_tokens": 200, "seed": seed}));
     let (mut a, b) = (long(1), long(2));
-    wait_engine(&s, "the two never ran", |e| e["running"] == 2);
+    s.wait_engine("the two never ran", |e| e["running"] == 2, WAIT);
     let queued = stream(json!({"prompt": "wait", "max_tokens": 4}));
-    wait_engine(&s, "never queued", |e| e["queued"] == 1);
+    s.wait_engine("never queued", |e| e["queued"] == 1, WAIT);
     let many = s.post_json(
         "/v1/completions",
         &json!({"prompt": "many", "n": 8, "max_tokens": 2}),
     );
     assert_eq!(many.status, 429, "{}", many.text());
     drop(queued);
-    wait_engine(&s, "the queued client was not dropped", |e| {
-        e["queued"] == 0
-    });
+    s.wait_engine(
+        "the queued client was not dropped",
+        |e| e["queued"] == 0,
+        WAIT,
+    );
     // Both leave while decoding (200 tokens take a second): four clients left in all, one
     // during its prompt, one queued, two decoding.
     assert_eq!(a.next_event().unwrap().event, "started");
     a.next_event().unwrap();
     drop(a);
     drop(b);
-    let e = wait_engine(&s, "never went idle", |e| {
-        e["running"] == 0 && e["queued"] == 0 && e["cancelled"] == 4
-    });
+    let e = s.wait_engine(
+        "never went idle",
+        |e| e["running"] == 0 && e["queued"] == 0 && e["cancelled"] == 4,
+        WAIT,
+    );
     let m = scrape(&s);
     let finished = outcome_counters(&m, "request_success_total", "finished_reason");
     let failed = outcome_counters(&m, "request_failure_total", "type");

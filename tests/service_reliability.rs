@@ -26,18 +26,6 @@ fn engine(s: &Server) -> Value {
     s.get("/health").json()["engine"].clone()
 }
 
-fn wait_engine(s: &Server, what: &str, ok: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let e = engine(s);
-        if ok(&e) {
-            return e;
-        }
-        assert!(Instant::now() < deadline, "{what}: {e}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_client_that_leaves_during_a_long_prompt_frees_the_engine_at_the_next_step() {
     // One sequence at a time: a follow-up would wait for the whole prompt if it were not
@@ -78,30 +66,19 @@ fn a_queued_client_that_leaves_frees_its_slot_at_once() {
         Duration::from_secs(60),
     );
     assert_eq!(running.status, 200);
-    wait_engine(
-        &s,
-        "never ran",
-        |e| e["running"] == 1,
-        Duration::from_secs(5),
-    );
+    s.wait_engine("never ran", |e| e["running"] == 1, Duration::from_secs(5));
     let queued = s.sse_post(
         "/generate",
         &json!({"prompt": "wait", "max_tokens": 4, "stream": true}),
         Duration::from_secs(60),
     );
     assert_eq!(queued.status, 200);
-    wait_engine(
-        &s,
-        "never queued",
-        |e| e["queued"] == 1,
-        Duration::from_secs(5),
-    );
+    s.wait_engine("never queued", |e| e["queued"] == 1, Duration::from_secs(5));
     let full = s.post_json("/generate", &json!({"prompt": "x", "max_tokens": 1}));
     assert_error(&full, 429, "queue_full");
     drop(queued);
     let freed = Instant::now();
-    wait_engine(
-        &s,
+    s.wait_engine(
         "slot not freed",
         |e| e["queued"] == 0,
         Duration::from_secs(1),
@@ -244,11 +221,6 @@ fn a_request_past_the_request_timeout_ends_with_time_limit_and_frees_its_blocks(
     let n = v["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(n > 0 && n < 2000, "{v}");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-    let e = wait_engine(
-        &s,
-        "not idle",
-        |e| e["running"] == 0,
-        Duration::from_secs(2),
-    );
+    let e = s.wait_engine("not idle", |e| e["running"] == 0, Duration::from_secs(2));
     assert_eq!(e["kv_blocks_used"], 0, "{e}");
 }

@@ -284,6 +284,20 @@ impl Server {
         }
     }
 
+    /// Poll `/health` until its `engine` object satisfies `ok`; returns it. Fails naming `what`
+    /// (with the last object seen) after `timeout`.
+    pub fn wait_engine(&self, what: &str, ok: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let e = self.get("/health").json()["engine"].clone();
+            if ok(&e) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "{what}: {e}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The exit status, if the process has exited.
     pub fn try_exit(&self) -> Option<ExitStatus> {
         self.child.lock().unwrap().try_wait().unwrap()
