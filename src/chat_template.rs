@@ -89,6 +89,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Whether the template reads `tools` (else tools given to it would silently vanish).
+    renders_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -142,11 +144,22 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| TemplateError::Compile(describe(&e)))?;
+        let renders_tools = env
+            .get_template(TEMPLATE_NAME)
+            .map(|t| t.undeclared_variables(false).contains("tools"))
+            .unwrap_or(false);
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            renders_tools,
         })
+    }
+
+    /// Whether the template writes function tools into the prompt (a model whose template does
+    /// not was not trained to call them: requests with tools are refused for it).
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's reply begins.
@@ -519,6 +532,13 @@ mod tests {
         for (x, want) in cases {
             assert_eq!(py_float_repr(x), want, "{x}");
         }
+    }
+
+    #[test]
+    fn templates_that_read_tools_are_told_apart() {
+        assert!(!ChatTemplate::chatml().renders_tools());
+        let with = "{% if tools %}{{ tools | length }}{% endif %}{{ messages[0].content }}";
+        assert!(ChatTemplate::new(with, "", "").unwrap().renders_tools());
     }
 
     #[test]

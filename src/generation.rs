@@ -119,6 +119,15 @@ pub fn prepare(
 ) -> Result<Vec<u32>, GenerationError> {
     // The input is the client's: a template that raises, or content the tokenizer refuses, is a
     // bad request, not a server fault.
+    if req.tools.is_some() && !tmpl.renders_tools() {
+        return Err(RequestError {
+            field: "tools".into(),
+            message: "this model's chat template does not render tools, so it cannot call them; \
+                      send the request without tools"
+                .into(),
+        }
+        .into());
+    }
     let (ids, field) = match &req.input {
         Input::Prompt(p) => (tok.encode_prompt(p), "prompt"),
         Input::Messages(m) => (

@@ -17,6 +17,8 @@ use layerstream::model::ModelSpec;
 use layerstream::tokenizer::Tokenizer;
 use serde::Deserialize;
 
+use common::golden::{check_top5, sha256_hex, top_k};
+
 /// Largest |ours - transformers| allowed on a top-5 logit. Measured on this data: at most 2.4e-5
 /// over all 455 top-5 logits (|logit| <= 28.1), both computing F16 weights in F32. 5e-3 leaves
 /// room for another summation order and stays 5x below the smallest top-1/top-2 gap (0.025).
@@ -53,69 +55,6 @@ fn read_golden() -> Golden {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; {REGENERATE}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The top `k` (id, logit) of `logits`, best first (ties: lower id first, as torch.topk here).
-fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    ids.sort_by(|&a, &b| {
-        logits[b as usize]
-            .total_cmp(&logits[a as usize])
-            .then(a.cmp(&b))
-    });
-    ids.into_iter()
-        .take(k)
-        .map(|id| (id, logits[id as usize]))
-        .collect()
-}
-
-/// Same ids as a set; same order wherever transformers' neighbouring logits are more than
-/// `2 * LOGIT_TOL` apart; every logit within `LOGIT_TOL`.
-fn check_top5(what: &str, logits: &[f32], golden: &[(u32, f32)]) {
-    let ours = top_k(logits, golden.len());
-    let mut ours_ids: Vec<u32> = ours.iter().map(|p| p.0).collect();
-    let mut want_ids: Vec<u32> = golden.iter().map(|p| p.0).collect();
-    ours_ids.sort_unstable();
-    want_ids.sort_unstable();
-    assert_eq!(
-        ours_ids, want_ids,
-        "{what}: top-5 ids differ; ours {ours:?}, transformers {golden:?}"
-    );
-    for &(id, want) in golden {
-        let got = logits[id as usize];
-        assert!(
-            (got - want).abs() <= LOGIT_TOL,
-            "{what}: logit of token {id} is {got}, transformers {want}"
-        );
-    }
-    let rank = |id: u32| ours.iter().position(|p| p.0 == id);
-    for pair in golden.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        if a.1 - b.1 > 2.0 * LOGIT_TOL {
-            assert!(
-                rank(a.0) < rank(b.0),
-                "{what}: token {} must rank above {}; ours {ours:?}",
-                a.0,
-                b.0
-            );
-        }
-    }
-}
-
-fn sha256_hex(path: &std::path::Path) -> String {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).expect("open model");
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = f.read(&mut buf).expect("read model");
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn prompt_ids(tok: &Tokenizer, tmpl: &ChatTemplate, p: &Prompt) -> Vec<u32> {
@@ -178,7 +117,12 @@ fn real_model_matches_transformers_on_chat_and_raw_prompts() {
             .eval(&spec.hp, &model, &ids)
             .expect("prefill")
             .to_vec();
-        check_top5(&format!("{name} after the prompt"), &logits, &p.top5);
+        check_top5(
+            &format!("{name} after the prompt"),
+            &logits,
+            &p.top5,
+            LOGIT_TOL,
+        );
         // Our greedy choice must be transformers' at every step; feeding its token keeps each
         // step's top-5 comparable even after a failure.
         assert!(
@@ -202,6 +146,7 @@ fn real_model_matches_transformers_on_chat_and_raw_prompts() {
                 &format!("{name} after greedy token {i}"),
                 &logits,
                 &p.step_top5[i],
+                LOGIT_TOL,
             );
         }
         let last = p.greedy[p.greedy.len() - 1];

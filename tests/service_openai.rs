@@ -3,7 +3,8 @@
 //! real binary on 127.0.0.1 behind an API key: models, chat completions whole and streamed with
 //! usage, completions, log-probabilities (both shapes, streamed too), `n` choices reproducible by
 //! seed, refusals that name the parameter, and a wrong key seen as the client's
-//! `AuthenticationError`; and tool calls on the real model (`tests/openai/tools_check.py`).
+//! `AuthenticationError` — on the tiny model and the real SmolLM2 file (`llama` family); and tool
+//! calls on the real model (`tests/openai/tools_check.py`).
 
 mod common;
 #[path = "common/harness.rs"]
@@ -59,6 +60,18 @@ fn the_official_openai_client_works_against_the_server() {
         &[("LAYERSTREAM_API_KEY", key)],
     );
     s.wait_ready(Duration::from_secs(30));
+    run_check(&s, "client_check.py", key);
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_real_smollm2_file() {
+    let key = "sk-client-check";
+    let model = common::real_smollm2();
+    let s = Server::spawn(
+        &["--model", model.to_str().unwrap(), "--device", "cpu"],
+        &[("LAYERSTREAM_API_KEY", key)],
+    );
+    s.wait_ready(Duration::from_secs(60));
     run_check(&s, "client_check.py", key);
 }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: where the real test model lives and how to build fixtures.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::path::PathBuf;
 
 /// The cache folder that `scripts/fetch-test-model` fills.

@@ -1,0 +1,155 @@
+//! The real SmolLM2-135M-Instruct Q4_1 file (`llama` family) on the CPU backend against Hugging
+//! Face transformers: the tokenizer on strings of every kind, the chat template, and the logits
+//! and greedy tokens of chat and raw prompts.
+//!
+//! `tests/golden/family-smollm2.json` is written by `scripts/golden/family_real.py` (transformers
+//! reads the GGUF and dequantizes it to float32; we dequantize Q4_1/Q8_0 to F16 and compute in F32).
+
+mod common;
+
+use std::path::PathBuf;
+
+use layerstream::backend::cpu::{CpuModel, CpuSession};
+use layerstream::chat_template::{ChatMessage, ChatTemplate};
+use layerstream::gguf::GgufFile;
+use layerstream::model::ModelSpec;
+use layerstream::tokenizer::Tokenizer;
+use serde::Deserialize;
+
+use common::golden::{check_listed, sha256_hex, top_k};
+
+/// Largest |ours - transformers| allowed on a listed logit. Measured on this data (2026-12-08):
+/// at most 0.0133 over every top-5 logit of every prompt and step (|logit| up to ~30); the
+/// difference is the F16 rounding of the dequantized weights (transformers keeps them in F32).
+/// 0.05 leaves 3.8x room; greedy tokens are compared wherever transformers' top two are more
+/// than 0.1 apart (its near-ties, down to 0.006, are not ours to break the same way).
+const LOGIT_TOL: f32 = 0.05;
+const REGENERATE: &str = "regenerate with `.venv-golden/bin/python scripts/golden/family_real.py`";
+
+#[derive(Deserialize)]
+struct Golden {
+    model_bytes: u64,
+    model_sha256: String,
+    stop_ids: Vec<u32>,
+    prompts: Vec<Prompt>,
+    encode: Vec<Encoded>,
+}
+
+#[derive(Deserialize)]
+struct Prompt {
+    name: String,
+    messages: Option<Vec<ChatMessage>>,
+    rendered: Option<String>,
+    text: Option<String>,
+    prompt_ids: Vec<u32>,
+    top5: Vec<(u32, f32)>,
+    greedy: Vec<u32>,
+    step_top5: Vec<Vec<(u32, f32)>>,
+}
+
+#[derive(Deserialize)]
+struct Encoded {
+    text: String,
+    /// Special-token strings parsed (a raw prompt).
+    prompt_ids: Vec<u32>,
+    /// Special-token strings as text.
+    plain_ids: Vec<u32>,
+    decoded: String,
+}
+
+fn golden(name: &str) -> Golden {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; {REGENERATE}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn open_checked(path: &std::path::Path, g: &Golden) -> GgufFile {
+    let bytes = std::fs::metadata(path).expect("model metadata").len();
+    assert_eq!(
+        bytes,
+        g.model_bytes,
+        "{} is not the golden file",
+        path.display()
+    );
+    assert_eq!(
+        sha256_hex(path),
+        g.model_sha256,
+        "{} differs",
+        path.display()
+    );
+    GgufFile::open(path).expect("open model")
+}
+
+#[test]
+fn smollm2_tokenizer_and_template_match_transformers() {
+    let g = golden("family-smollm2.json");
+    let file = open_checked(&common::real_smollm2(), &g);
+    let tok = Tokenizer::from_metadata(file.metadata()).expect("tokenizer");
+    let tmpl = ChatTemplate::from_metadata(file.metadata()).expect("chat template");
+    assert!(g.encode.len() >= 30, "a string set of every kind");
+    for e in &g.encode {
+        let t = &e.text;
+        assert_eq!(tok.encode_prompt(t).unwrap(), e.prompt_ids, "prompt {t:?}");
+        assert_eq!(tok.encode_plain(t).unwrap(), e.plain_ids, "plain {t:?}");
+        assert_eq!(
+            tok.decode(&e.prompt_ids).unwrap(),
+            e.decoded,
+            "decode {t:?}"
+        );
+    }
+    for p in g.prompts.iter().filter(|p| p.messages.is_some()) {
+        let messages = p.messages.as_ref().unwrap();
+        let (text, ids) = tok.encode_chat_with_text(&tmpl, messages).unwrap();
+        assert_eq!(Some(&text), p.rendered.as_ref(), "{}: rendered", p.name);
+        assert_eq!(ids, p.prompt_ids, "{}: ids", p.name);
+    }
+    // The family's turn end stops generation.
+    for id in &g.stop_ids {
+        assert!(tok.eos_ids().contains(id), "{id} does not stop generation");
+    }
+}
+
+#[test]
+fn smollm2_logits_and_greedy_tokens_match_transformers() {
+    let g = golden("family-smollm2.json");
+    let file = open_checked(&common::real_smollm2(), &g);
+    let spec = ModelSpec::from_file(&file).expect("model spec");
+    let model = CpuModel::load(&file, &spec).expect("load model");
+    let (mut worst, mut steps) = (0f32, 0);
+    for p in &g.prompts {
+        let name = &p.name;
+        assert!(p.messages.is_some() || p.text.is_some(), "{name}");
+        let mut session = CpuSession::new(&spec.hp, p.prompt_ids.len() + p.greedy.len() + 1, 256);
+        let mut logits = session
+            .eval(&spec.hp, &model, &p.prompt_ids)
+            .expect("prefill")
+            .to_vec();
+        worst = worst.max(check_listed(
+            &format!("{name} after the prompt"),
+            &logits,
+            &p.top5,
+            LOGIT_TOL,
+        ));
+        // Teacher-forced on transformers' tokens; ours must pick the same token wherever its
+        // top two are more than twice the tolerance apart.
+        for (i, &want) in p.greedy.iter().enumerate() {
+            let top = if i == 0 { &p.top5 } else { &p.step_top5[i - 1] };
+            if top[0].1 - top[1].1 > 2.0 * LOGIT_TOL {
+                assert_eq!(top_k(&logits, 1)[0].0, want, "{name}: greedy token {i}");
+                steps += 1;
+            }
+            if i + 1 == p.greedy.len() || i >= p.step_top5.len() {
+                break;
+            }
+            logits = session
+                .eval(&spec.hp, &model, &[want])
+                .expect("decode")
+                .to_vec();
+            let what = format!("{name} after greedy token {i}");
+            worst = worst.max(check_listed(&what, &logits, &p.step_top5[i], LOGIT_TOL));
+        }
+    }
+    println!("SmolLM2: largest top-5 logit difference {worst}; {steps} greedy steps compared");
+    assert!(steps >= 50, "too few greedy steps compared: {steps}");
+}

@@ -1,0 +1,122 @@
+//! The families beside Qwen2 served over HTTP on 127.0.0.1 by the real binary, on the CPU: the
+//! real SmolLM2 file (`llama`) becomes ready, answers greedy chat requests with transformers'
+//! tokens, batches identically, works with the official `openai` client, and refuses tools its
+//! template cannot render; a random `llama` model's layers are gated while it loads.
+
+mod common;
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{gen_model, Server};
+use serde_json::{json, Value};
+
+fn spawn(model: &std::path::Path, args: &[&str]) -> Server {
+    let mut all = vec!["--model", model.to_str().unwrap(), "--device", "cpu"];
+    all.extend_from_slice(args);
+    let s = Server::spawn(&all, &[]);
+    s.wait_ready(Duration::from_secs(60));
+    s
+}
+
+/// transformers' greedy tokens for SmolLM2's `chat-capital` prompt, read from the golden file.
+fn golden_prompt(name: &str) -> Value {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/family-smollm2.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    g["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no prompt {name} in the golden file"))
+        .clone()
+}
+
+#[test]
+fn smollm2_serves_transformers_greedy_tokens_and_batches_identically() {
+    let s = spawn(&common::real_smollm2(), &[]);
+    let models = s.get("/v1/models").json();
+    assert_eq!(
+        models["data"][0]["id"], "smollm2-135m-instruct-q4_1",
+        "{models}"
+    );
+    // Five tokens of a prompt whose first steps are no near-ties in transformers' logits.
+    let p = golden_prompt("chat-haiku");
+    let want: Vec<u64> = p["greedy"].as_array().unwrap()[..5]
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let body = json!({"messages": p["messages"], "max_tokens": 5, "temperature": 0});
+    let r = s.post_json("/generate", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(harness::token_ids(&r.json()), want, "{}", r.text());
+    // Sampled answers are the same alone and among seven others (the CPU is batch-invariant).
+    let sampled = json!({"messages": p["messages"], "max_tokens": 12, "temperature": 0.8,
+        "seed": 7});
+    let alone = harness::token_ids(&s.post_json("/generate", &sampled).json());
+    let together: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, mut body) = (&s, sampled.clone());
+                if i > 0 {
+                    body["seed"] = json!(100 + i);
+                }
+                scope.spawn(move || harness::token_ids(&s.post_json("/generate", &body).json()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together[0], alone);
+}
+
+#[test]
+fn smollm2_refuses_tools_its_template_cannot_render() {
+    let s = spawn(&common::real_smollm2(), &[]);
+    let body = json!({"messages": [{"role": "user", "content": "weather?"}], "tools": [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]});
+    let r = s.post_json("/v1/chat/completions", &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "tools", "{}", r.text());
+}
+
+#[test]
+fn a_llama_model_is_ready_before_its_last_layer_and_answers_once_loaded() {
+    let model = gen_model(
+        "llama-gated",
+        &[
+            "--arch",
+            "llama",
+            "--layers",
+            "4",
+            "--hidden",
+            "256",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "512",
+        ],
+    );
+    // About 4 MB/s: each 0.8 MB layer lands a fifth of a second after the one before.
+    let s = spawn(&model, &["--load-bandwidth-limit", "4"]);
+    let h = s.get("/health").json();
+    assert!(
+        h["units_resident"].as_u64().unwrap() < h["units_total"].as_u64().unwrap(),
+        "fully resident at READY already: {h}"
+    );
+    let r = s.post_json(
+        "/generate",
+        &json!({"prompt": "hello", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(harness::token_ids(&v).len(), 4, "{v}");
+    assert!(
+        v["timings"]["waited_for_load_ms"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
