@@ -49,12 +49,13 @@ from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_util import f32_list, sha256, versions  # noqa: E402
+from model_util import (  # noqa: E402
+    EVERY_FAMILY, arch_hparams, cache_errors, config_fields, encode_texts, field, greedy_decode, plain_ids, sha256,
+    top_k, versions)
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "tests" / "golden"
 MAX_NEW = 16
-TOP_K = 5
 # Cached decoding must equal an uncached pass over the same tokens to this relative error.
 CACHE_TOLERANCE = 1e-4
 
@@ -70,43 +71,7 @@ MULTITURN = [
 SQUARES = "".join(f"{i}. The square of {i} is {i * i}.\n" for i in range(1, 61)) + "61. The square of 61 is"
 
 # Strings every family's tokenizer encodes; each family adds its own special-token strings.
-COMMON_STRINGS = [
-    "Hello, world!",
-    "The quick brown fox jumps over the lazy dog.",
-    " leading space",
-    "trailing space ",
-    "  two leading spaces and   three inside",
-    "tabs\tand\t\ttabs",
-    "line one\nline two\n\nline four\n",
-    "\n\n\n",
-    "   \n  \t \n",
-    "windows\r\nline endings\r\n",
-    "1234567",
-    "3.14159265358979",
-    "The year 2024 had 366 days; 1,000,000 people.",
-    "x = [\n    1, 2, 3,\n]  42\ta  7",
-    "I'm sure you'll see they've done it, he'd say; it's WE'LL.",
-    "naïve café résumé déjà vu",
-    "e\u0301 (decomposed e-acute) and \u00e9 (precomposed)",
-    "你好，世界！这是一个测试。",
-    "日本語のテキストとカタカナ、ひらがな。",
-    "한국어 문장입니다.",
-    "Здравствуйте, как дела?",
-    "مرحبا بالعالم",
-    "emoji: 😀🎉👍🏽 👨‍👩‍👧‍👦 🇯🇵",
-    "rare: 𓀀 \U0001f9ec \u2fff",
-    "math: ∑_{i=1}^{n} x_i² ≤ √π ≈ 1.77 ∞",
-    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    'fn main() {\n\tprintln!("{}", 1 + 2);\n}\n',
-    "<html><body class=\"x\">&amp; <td>cell</td></body></html>",
-    "https://example.com/path?query=1&other=two#frag",
-    "\u00a0non-breaking\u00a0spaces\u2003em space",
-    "zero\u200bwidth\u200djoiner",
-    "Ünïcödé Çhàràctérs ß ẞ",
-    "a\u0000b\u0007c\u001b[31mred",
-    "a",
-    " ",
-]
+COMMON_STRINGS = encode_texts(EVERY_FAMILY)  # model_util.ENCODE_TEXTS, shared with tokenizer.py
 
 
 def gemma3_turns(messages: list) -> str:
@@ -237,7 +202,7 @@ def tokenizer_meta(fam: Family, tok, reader: gguf.GGUFReader) -> dict:
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
         "special_ids": {t: tok.convert_tokens_to_ids(t) for t in fam.special_tokens},
-        "gguf_add_bos_token": bool(field_value(reader, "tokenizer.ggml.add_bos_token", False)),
+        "gguf_add_bos_token": bool(field(reader, "tokenizer.ggml.add_bos_token", False)),
         # What `tok(text)` (add_special_tokens=True, transformers' default) puts around the text's ids.
         "default_added_ids": [i for i in tok.encode("a") if i not in bare],
         "normalizer": backend.get("normalizer"),
@@ -247,16 +212,6 @@ def tokenizer_meta(fam: Family, tok, reader: gguf.GGUFReader) -> dict:
         "byte_fallback": model.get("byte_fallback"),
         "added_tokens": len(backend.get("added_tokens", [])),
     }
-
-
-def plain_ids(tok, text: str) -> list:
-    """Ids with special-token strings left as text (tokenizers' encode_special_tokens)."""
-    backend = tok.backend_tokenizer
-    backend.encode_special_tokens = True
-    try:
-        return backend.encode(text, add_special_tokens=False).ids
-    finally:
-        backend.encode_special_tokens = False
 
 
 def encode_cases(fam: Family, tok, default) -> list:
@@ -294,38 +249,20 @@ def render(fam: Family, tok, prompt: dict) -> tuple:
 # ---- the model, checked against gguf-py --------------------------------------------------------
 
 
-def field_value(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        if default is None:
-            raise KeyError(f"GGUF key '{key}' is missing")
-        return default
-    return f.contents()
-
-
 def file_hparams(reader: gguf.GGUFReader, arch: str) -> dict:
     k = lambda s: f"{arch}.{s}"  # noqa: E731
     hp = {
-        "architecture": field_value(reader, "general.architecture"),
-        "layers": int(field_value(reader, k("block_count"))),
-        "hidden": int(field_value(reader, k("embedding_length"))),
-        "ffn": int(field_value(reader, k("feed_forward_length"))),
-        "heads": int(field_value(reader, k("attention.head_count"))),
-        "kv_heads": int(field_value(reader, k("attention.head_count_kv"))),
-        "context": int(field_value(reader, k("context_length"))),
-        "rope_base": float(np.float32(field_value(reader, k("rope.freq_base")))),
-        "rms_eps": float(np.float32(field_value(reader, k("attention.layer_norm_rms_epsilon")))),
-        "vocab": len(field_value(reader, "tokenizer.ggml.tokens")),
-        "tied": all(t.name != "output.weight" for t in reader.tensors),
+        "architecture": field(reader, "general.architecture"),
+        **arch_hparams(reader, arch, vocab=len(field(reader, "tokenizer.ggml.tokens"))),
     }
     if hp["architecture"] != arch:
         raise ValueError(f"general.architecture is '{hp['architecture']}', expected '{arch}'")
     if arch == "llama":
-        hp["head_dim"] = int(field_value(reader, k("rope.dimension_count"), hp["hidden"] // hp["heads"]))
+        hp["head_dim"] = int(field(reader, k("rope.dimension_count"), hp["hidden"] // hp["heads"]))
     else:
-        hp["head_dim"] = int(field_value(reader, k("attention.key_length")))
-        hp["value_dim"] = int(field_value(reader, k("attention.value_length")))
-        hp["sliding_window"] = int(field_value(reader, k("attention.sliding_window")))
+        hp["head_dim"] = int(field(reader, k("attention.key_length")))
+        hp["value_dim"] = int(field(reader, k("attention.value_length")))
+        hp["sliding_window"] = int(field(reader, k("attention.sliding_window")))
         # Not in the file: llama.cpp's gemma3 loader fixes these (every sixth layer global, local base 1e4).
         hp["sliding_window_pattern"] = 6
         hp["rope_base_local"] = 10000.0
@@ -391,12 +328,7 @@ def inv_freq(base: float, dim: int) -> np.ndarray:
 def config_mismatches(model, hp: dict) -> list:
     c, bad = model.config, []
     want = {
-        "vocab_size": hp["vocab"],
-        "hidden_size": hp["hidden"],
-        "intermediate_size": hp["ffn"],
-        "num_hidden_layers": hp["layers"],
-        "num_attention_heads": hp["heads"],
-        "num_key_value_heads": hp["kv_heads"],
+        **config_fields(hp),
         "head_dim": hp["head_dim"],
         "tie_word_embeddings": hp["tied"],
         "max_position_embeddings": hp["context"],
@@ -484,34 +416,16 @@ def config_summary(model) -> dict:
 # ---- generation --------------------------------------------------------------------------------
 
 
-def top_k(logits: torch.Tensor) -> list:
-    values, ids = torch.topk(logits, TOP_K)
-    return [[int(i), v] for i, v in zip(ids.tolist(), f32_list(values))]
-
-
 @torch.inference_mode()
 def greedy(model, ids: list, stop_ids: tuple) -> dict:
     """Greedy continuation through the KV cache, stopping after a stop id; checked against one
     uncached pass over the prompt and the generated tokens."""
-    out = model(input_ids=torch.tensor([ids]), use_cache=True)
-    logits, past = out.logits[0, -1], out.cache
-    seen, tokens, step_tops, stopped = [logits], [], [], False
-    while len(tokens) < MAX_NEW:
-        token = int(torch.argmax(logits))
-        tokens.append(token)
-        if token in stop_ids:
-            stopped = True
-            break
-        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
-        logits, past = out.logits[0, -1], out.cache
-        seen.append(logits)
-        step_tops.append(top_k(logits))
-    full = model(input_ids=torch.tensor([ids + tokens]), use_cache=False).logits[0, len(ids) - 1:]
-    for i, step in enumerate(seen):
-        err = float((full[i] - step).abs().max() / step.abs().max())
+    seen, tokens, stopped = greedy_decode(model, ids, MAX_NEW, stop_ids)
+    for i, err in enumerate(cache_errors(model, ids, tokens, seen)):
         if err > CACHE_TOLERANCE:
             raise AssertionError(f"cached vs uncached logits differ at step {i}: {err:.2e}")
-    return {"top5": top_k(seen[0]), "greedy": tokens, "stopped_at_stop_id": stopped, "step_top5": step_tops}
+    return {"top5": top_k(seen[0]), "greedy": tokens, "stopped_at_stop_id": stopped,
+            "step_top5": [top_k(logits) for logits in seen[1:]]}
 
 
 @torch.inference_mode()

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_load  # noqa: E402
 import model_real  # noqa: E402
-from model_util import f32_list, sha256, versions  # noqa: E402
+from model_util import cache_errors, f32_list, greedy_decode, sha256, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "tests" / "golden" / "models"
@@ -73,25 +73,15 @@ def top2_gap(logits: torch.Tensor) -> float:
     return float((top[0] - top[1]) / logits.abs().max())
 
 
-@torch.inference_mode()
 def tiny_steps(model, prompt: list) -> list:
     """Prompt, then DECODE_STEPS greedy tokens fed back through the KV cache."""
-    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-    logits, past, history = out.logits[0, -1], out.cache, list(prompt)
-    steps = [{"input": list(prompt), "logits": logits}]
-    for _ in range(DECODE_STEPS):
-        token = int(torch.argmax(logits))
-        history.append(token)
-        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
-        logits, past = out.logits[0, -1], out.cache
-        steps.append({"input": [token], "logits": logits})
+    logits, tokens, _ = greedy_decode(model, prompt, DECODE_STEPS)
     # transformers against itself: the cached path must equal one uncached pass over the history.
-    full = model(input_ids=torch.tensor([history]), use_cache=False).logits[0, len(prompt) - 1:]
-    for i, step in enumerate(steps):
-        err = float((full[i] - step["logits"]).abs().max() / step["logits"].abs().max())
+    for i, err in enumerate(cache_errors(model, prompt, tokens, logits)):
         if err > 1e-5:
             raise AssertionError(f"transformers cached vs uncached differ at step {i}: {err}")
-    return steps
+    inputs = [list(prompt)] + [[token] for token in tokens]
+    return [{"input": x, "logits": step} for x, step in zip(inputs, logits)]
 
 
 def tiny_one(name: str, flags: list, prompt_seed: int) -> None:

@@ -23,6 +23,8 @@ import torch
 import gguf
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from model_util import arch_hparams, config_fields, field
+
 ARCH = "qwen2"
 
 # GGUF tensor name (per layer, without the `blk.{i}.` prefix) -> Hugging Face parameter suffix.
@@ -66,15 +68,6 @@ class Loaded:
     hp: dict
 
 
-def field(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        if default is None:
-            raise KeyError(f"GGUF key '{key}' is missing")
-        return default
-    return f.contents()
-
-
 def hf_name(gguf_name: str) -> str:
     if gguf_name in GLOBAL_TENSORS:
         return GLOBAL_TENSORS[gguf_name]
@@ -90,38 +83,20 @@ def read_file(path: Path) -> FileModel:
     arch = field(reader, "general.architecture")
     if arch != ARCH:
         raise ValueError(f"{path}: general.architecture is '{arch}', expected '{ARCH}'")
-    k = lambda s: f"{ARCH}.{s}"  # noqa: E731
     tensors = {}
     for t in reader.tensors:
         values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         # ggml dims are innermost first; numpy's shape is the reverse.
         want = tuple(int(d) for d in reversed(t.shape.tolist()))
         tensors[hf_name(t.name)] = torch.from_numpy(np.ascontiguousarray(values.reshape(want)))
-    embd = tensors["model.embed_tokens.weight"]
-    hp = {
-        "layers": int(field(reader, k("block_count"))),
-        "hidden": int(field(reader, k("embedding_length"))),
-        "ffn": int(field(reader, k("feed_forward_length"))),
-        "heads": int(field(reader, k("attention.head_count"))),
-        "kv_heads": int(field(reader, k("attention.head_count_kv"))),
-        "context": int(field(reader, k("context_length"))),
-        "rope_base": float(np.float32(field(reader, k("rope.freq_base")))),
-        "rms_eps": float(np.float32(field(reader, k("attention.layer_norm_rms_epsilon")))),
-        "vocab": int(embd.shape[0]),
-        # No output.weight: the LM head reads the embedding matrix.
-        "tied": "lm_head.weight" not in tensors,
-    }
+    # The vocabulary size from the embedding: tiny models have no tokenizer.ggml.tokens.
+    hp = arch_hparams(reader, ARCH, vocab=int(tensors["model.embed_tokens.weight"].shape[0]))
     return FileModel(hp=hp, tensors=tensors)
 
 
 def qwen2_config(hp: dict) -> Qwen2Config:
     return Qwen2Config(
-        vocab_size=hp["vocab"],
-        hidden_size=hp["hidden"],
-        intermediate_size=hp["ffn"],
-        num_hidden_layers=hp["layers"],
-        num_attention_heads=hp["heads"],
-        num_key_value_heads=hp["kv_heads"],
+        **config_fields(hp),
         max_position_embeddings=hp["context"],
         rms_norm_eps=hp["rms_eps"],
         rope_parameters={"rope_type": "default", "rope_theta": hp["rope_base"]},
@@ -147,15 +122,7 @@ def build_from_state_dict(fm: FileModel) -> Qwen2ForCausalLM:
 def mismatches(model: Qwen2ForCausalLM, fm: FileModel) -> list:
     """Every way `model` disagrees with the file as gguf-py reads it (empty when it agrees)."""
     c, hp, bad = model.config, fm.hp, []
-    want = {
-        "vocab_size": hp["vocab"],
-        "hidden_size": hp["hidden"],
-        "intermediate_size": hp["ffn"],
-        "num_hidden_layers": hp["layers"],
-        "num_attention_heads": hp["heads"],
-        "num_key_value_heads": hp["kv_heads"],
-        "tie_word_embeddings": fm.tied,
-    }
+    want = {**config_fields(hp), "tie_word_embeddings": fm.tied}
     for key, value in want.items():
         if getattr(c, key) != value:
             bad.append(f"config.{key} = {getattr(c, key)!r}, file says {value!r}")

@@ -9,12 +9,11 @@ import tokenizers
 from transformers import AutoTokenizer
 
 import model_load
-from model_util import f32_list, sha256, versions
+from model_util import greedy_decode, sha256, top_k, versions
 
 MODEL_NAME = "qwen2.5-coder-0.5b-instruct-f16.gguf"
 EOS_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 MAX_NEW = 16
-TOP_K = 5
 
 # Each prompt: chat messages (rendered by the chat template) or raw text (special tokens parsed).
 # The haiku's greedy answer is known independently (transformers F32 and llama.cpp F16 agree):
@@ -61,28 +60,12 @@ def prompt_ids(tok, prompt: dict) -> tuple:
     return text, tok(text, add_special_tokens=False)["input_ids"]
 
 
-def top_k(logits: torch.Tensor) -> list:
-    values, ids = torch.topk(logits, TOP_K)
-    return [[int(i), v] for i, v in zip(ids.tolist(), f32_list(values))]
-
-
 @torch.inference_mode()
 def greedy(model, ids: list, max_new: int) -> dict:
     """Greedy continuation through the KV cache, stopping after an EOS token."""
-    out = model(input_ids=torch.tensor([ids]), use_cache=True)
-    logits, past = out.logits[0, -1], out.cache
-    first_top = top_k(logits)
-    tokens, step_tops, stopped = [], [], False
-    while len(tokens) < max_new:
-        token = int(torch.argmax(logits))
-        tokens.append(token)
-        if token in EOS_IDS:
-            stopped = True
-            break
-        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
-        logits, past = out.logits[0, -1], out.cache
-        step_tops.append(top_k(logits))
-    return {"top5": first_top, "greedy": tokens, "stopped_at_eos": stopped, "step_top5": step_tops}
+    seen, tokens, stopped = greedy_decode(model, ids, max_new, EOS_IDS)
+    return {"top5": top_k(seen[0]), "greedy": tokens, "stopped_at_eos": stopped,
+            "step_top5": [top_k(logits) for logits in seen[1:]]}
 
 
 def run(path: Path, out: Path) -> None:

@@ -21,64 +21,16 @@ import transformers
 from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from model_util import QWEN2, encode_texts, plain_ids  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VOCAB_DIR = REPO / "tests" / "data"
 VOCAB_FILE = "qwen2-vocab.gguf"
 OUT_DIR = REPO / "tests" / "golden"
 
-STRINGS = [
-    "Hello, world!",
-    "The quick brown fox jumps over the lazy dog.",
-    " leading space",
-    "trailing space ",
-    "  two leading spaces and   three inside",
-    "tabs\tand\t\ttabs",
-    "line one\nline two\n\nline four\n",
-    "\n\n\n",
-    "   \n  \t \n",
-    "windows\r\nline endings\r\n",
-    "12345",
-    "3.14159265358979",
-    "The year 2024 had 366 days; 1,000,000 people.",
-    "123456789012345678901234567890",
-    "I'm sure you'll see they've done it, he'd say; it's WE'LL and I'M.",
-    "naïve café résumé déjà vu",
-    "e\u0301 (decomposed e-acute) and \u00e9 (precomposed)",
-    "A\u030a and \u212b and \u00c5",
-    "你好，世界！这是一个测试。",
-    "日本語のテキストとカタカナ、ひらがな。",
-    "한국어 문장입니다.",
-    "Здравствуйте, как дела?",
-    "مرحبا بالعالم",
-    "שלום עולם",
-    "नमस्ते दुनिया",
-    "ภาษาไทยไม่มีช่องว่าง",
-    "emoji: 😀🎉👍🏽 👨‍👩‍👧‍👦 🇯🇵",
-    "math: ∑_{i=1}^{n} x_i² ≤ √π ≈ 1.77 ∞",
-    "mixed: English, 中文, русский, العربية, 😀 and 123",
-    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    'fn main() {\n\tprintln!("{}", 1 + 2);\n}\n',
-    "<html><body class=\"x\">&amp; &lt;tag&gt;</body></html>",
-    '{"key": [1, 2, 3], "nested": {"a": null, "b": true}}',
-    "https://example.com/path?query=1&other=two#frag",
-    "user@example.com, +1 (555) 123-4567",
-    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
-    "text before <|endoftext|> text after",
-    "<|im_start|><|im_end|><|endoftext|>",
-    "almost special: <|im_start| and <im_start|> and <|IM_START|>",
-    "<tool_call>{\"name\": \"f\"}</tool_call>",
-    "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
-    "a",
-    " ",
-    "!",
-    "\u00a0non-breaking\u00a0spaces\u2003em space",
-    "zero\u200bwidth\u200djoiner",
-    "ALL CAPS SHOUTING AND MiXeD CaSe",
-    "----- ===== ***** ##### .....",
-    "Ünïcödé Çhàràctérs ß ẞ",
-    "\U0001f600" * 5,
-    "a\u0000b\u0007c\u001b[31mred",
-]
+# The texts tokenizer_encode.json holds: model_util.ENCODE_TEXTS, shared with family_real.py.
+STRINGS = encode_texts(QWEN2)
 
 CHATS = [
     {"name": "default_system_prompt", "messages": [{"role": "user", "content": "Write a haiku about GPU computing."}]},
@@ -186,16 +138,6 @@ def encode_cases(tok):
         assert decoded == tok.decode(ids, skip_special_tokens=False), text
         cases.append({"text": text, "prompt_ids": ids, "decoded": decoded, "plain_ids": plain_ids(tok, text)})
     return cases
-
-
-def plain_ids(tok, text):
-    """Ids with special-token strings left as text (tokenizers' encode_special_tokens)."""
-    backend = tok.backend_tokenizer
-    backend.encode_special_tokens = True
-    try:
-        return backend.encode(text, add_special_tokens=False).ids
-    finally:
-        backend.encode_special_tokens = False
 
 
 def chat_cases(tok):
