@@ -1,4 +1,5 @@
-//! The architecture table on files from our own writer: each supported family validates, an
+//! The architecture table on files from our own writer: each supported family (qwen2, llama,
+//! qwen3) validates with its own tensors, an
 //! unknown family is refused listing the supported ones, and a file of a supported family with a
 //! missing tensor, a head count that does not divide, biases in some layers only, or RoPE scaling
 //! not computed yet is refused naming the key or tensor — before any weight is read.
@@ -17,6 +18,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn random(family: Family, name: &str) -> PathBuf {
+    random_with(family, name, None)
+}
+
+fn random_with(family: Family, name: &str, head_dim: Option<usize>) -> PathBuf {
     let path = scratch(name);
     let spec = RandomModelSpec {
         family,
@@ -31,6 +36,7 @@ fn random(family: Family, name: &str) -> PathBuf {
         seed: 3,
         context: 128,
         rope_base: 10_000.0,
+        head_dim,
     };
     write_random_model(&spec, &path).unwrap();
     path
@@ -90,6 +96,16 @@ fn each_family_validates_with_its_own_tensors() {
     assert_eq!(spec.hp.family, Family::Llama);
     assert!(!spec.qkv_bias, "Llama files carry no Q/K/V biases");
     assert_eq!(spec.hp.head_dim, 8);
+    // Qwen3: q/k norms, no biases, a head dimension from attention.key_length (not 32 / 4).
+    let q3 = GgufFile::open(&random_with(Family::Qwen3, "qwen3.gguf", Some(16))).unwrap();
+    let spec = ModelSpec::from_file(&q3).unwrap();
+    assert_eq!(
+        (spec.hp.family, spec.hp.head_dim, spec.qkv_bias),
+        (Family::Qwen3, 16, false)
+    );
+    assert_eq!(spec.hp.q_dim(), 64);
+    let names: Vec<&str> = spec.layer_tensors().iter().map(|t| t.suffix()).collect();
+    assert!(names.contains(&"attn_q_norm.weight") && !names.contains(&"attn_q.bias"));
 }
 
 #[test]
@@ -123,6 +139,15 @@ fn a_missing_tensor_or_bias_is_named() {
         &[],
     ));
     assert!(e.contains("'blk.0.attn_k.bias' is missing"), "{e}");
+    let qwen3 = random(Family::Qwen3, "qwen3-missing-src.gguf");
+    let e = refusal(&rewrite(
+        &qwen3,
+        "no-k-norm.gguf",
+        &["blk.1.attn_k_norm.weight"],
+        &[],
+        &[],
+    ));
+    assert!(e.contains("'blk.1.attn_k_norm.weight' is missing"), "{e}");
     // A Llama file with biases in layer 1 but not layer 0.
     let e = refusal(&rewrite(
         &llama,

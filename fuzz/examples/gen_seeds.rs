@@ -419,6 +419,7 @@ fn valid(s: &mut Seeds) -> Result<()> {
             seed: i as u64 + 1,
             context: 64,
             rope_base: 10_000.0,
+            head_dim: None,
         };
         let path = tmp.join(format!("{name}.gguf"));
         write_random_model(&spec, &path)?;

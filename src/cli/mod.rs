@@ -127,7 +127,7 @@ pub struct ConvertArgs {
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
     /// The family (`general.architecture`) to write.
-    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2", "llama"], default_value = "qwen2")]
+    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2", "llama", "qwen3"], default_value = "qwen2")]
     pub arch: String,
     #[arg(long, env = "LAYERSTREAM_LAYERS")]
     pub layers: usize,
@@ -156,6 +156,9 @@ pub struct GenModelArgs {
     pub context: usize,
     #[arg(long, env = "LAYERSTREAM_ROPE_BASE", default_value_t = 1_000_000.0)]
     pub rope_base: f32,
+    /// Head dimension, written as `attention.key_length` (default: hidden / heads, not written).
+    #[arg(long, env = "LAYERSTREAM_HEAD_DIM")]
+    pub head_dim: Option<usize>,
     #[arg(long, env = "LAYERSTREAM_OUT")]
     pub out: PathBuf,
 }

@@ -84,6 +84,7 @@ pub fn gen_model(a: GenModelArgs) -> ExitCode {
         seed: a.seed,
         context: a.context,
         rope_base: a.rope_base,
+        head_dim: a.head_dim,
     };
     let written = {
         let bar = Bar::count(random::units(&spec), "generating (units)");

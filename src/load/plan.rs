@@ -4,7 +4,7 @@
 //! tensor; `head` = `output_norm.weight` + `output.weight` (just the norm when tied).
 
 use crate::gguf::GgufFile;
-use crate::model::names::{LayerTensor, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use crate::model::names::{OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 use crate::model::ModelSpec;
 
 /// What a unit holds.
@@ -51,11 +51,12 @@ impl LoadPlan {
             "embed".into(),
             vec![TOKEN_EMBD.into()],
         )];
+        let layer_tensors = spec.layer_tensors();
         for i in 0..spec.hp.n_layer {
             units.push(unit(
                 UnitKind::Layer(i),
                 format!("layer.{i}"),
-                LayerTensor::ALL.iter().map(|t| t.name(i)).collect(),
+                layer_tensors.iter().map(|t| t.name(i)).collect(),
             ));
         }
         let mut head = vec![OUTPUT_NORM.to_string()];

@@ -37,6 +37,8 @@ pub struct ArchInfo {
     pub name: &'static str,
     /// Biases of the Q, K and V projections.
     pub qkv_bias: Presence,
+    /// RMSNorm of each query and key head before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
     pub rope: RopeStyle,
     pub activation: Activation,
     /// Whether the CUDA backend computes this family yet (else `--device auto` uses the CPU and
@@ -51,31 +53,45 @@ pub enum Family {
     Qwen2,
     /// Llama 2/3 and the files that share its layout (Mistral 7B, SmolLM2, TinyLlama).
     Llama,
+    /// Qwen3 (dense): per-head q/k norms, no biases.
+    Qwen3,
 }
 
 const QWEN2: ArchInfo = ArchInfo {
     name: "qwen2",
     qkv_bias: Presence::Required,
+    qk_norm: false,
     rope: RopeStyle::Neox,
     activation: Activation::SiluGated,
     cuda: true,
 };
 
+const QWEN3: ArchInfo = ArchInfo {
+    name: "qwen3",
+    qkv_bias: Presence::Absent,
+    qk_norm: true,
+    rope: RopeStyle::Neox,
+    activation: Activation::SiluGated,
+    cuda: false,
+};
+
 const LLAMA: ArchInfo = ArchInfo {
     name: "llama",
     qkv_bias: Presence::Optional,
+    qk_norm: false,
     rope: RopeStyle::Interleaved,
     activation: Activation::SiluGated,
     cuda: false,
 };
 
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Qwen2, Family::Llama];
+    pub const ALL: [Family; 3] = [Family::Qwen2, Family::Llama, Family::Qwen3];
 
     pub fn info(self) -> &'static ArchInfo {
         match self {
             Family::Qwen2 => &QWEN2,
             Family::Llama => &LLAMA,
+            Family::Qwen3 => &QWEN3,
         }
     }
 
@@ -118,7 +134,11 @@ mod tests {
         assert_eq!(Family::from_name("llama").unwrap(), Family::Llama);
         assert_eq!(Family::Llama.key("block_count"), "llama.block_count");
         let e = Family::from_name("mamba").unwrap_err().to_string();
-        assert!(e.contains("'mamba'") && e.contains("qwen2, llama"), "{e}");
+        assert!(
+            e.contains("'mamba'") && e.contains("qwen2, llama, qwen3"),
+            "{e}"
+        );
+        assert_eq!(Family::from_name("qwen3").unwrap(), Family::Qwen3);
         let e = Family::from_name("mixtral").unwrap_err().to_string();
         assert!(e.contains("mixture-of-experts"), "{e}");
     }

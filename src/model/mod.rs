@@ -86,22 +86,37 @@ impl ModelSpec {
             Presence::Absent => false,
             Presence::Optional => file.tensor(&LayerTensor::AttnQBias.name(0)).is_some(),
         };
-        for layer in 0..hp.n_layer {
+        let spec = ModelSpec { hp, tied, qkv_bias };
+        let present = spec.layer_tensors();
+        for layer in 0..spec.hp.n_layer {
             for t in LayerTensor::ALL {
-                if t.is_qkv_bias() && !qkv_bias {
-                    if file.tensor(&t.name(layer)).is_some() {
-                        return Err(ModelError::Shape(format!(
-                            "tensor '{}' is present but layer 0 has no Q/K/V biases",
-                            t.name(layer)
-                        )));
-                    }
-                    continue;
+                let name = t.name(layer);
+                if present.contains(&t) {
+                    check(file, &name, Some(t.dims_in(&spec.hp)))?;
+                } else if t.is_qkv_bias() && file.tensor(&name).is_some() {
+                    return Err(ModelError::Shape(format!(
+                        "tensor '{name}' is present but layer 0 has no Q/K/V biases"
+                    )));
                 }
-                check(file, &t.name(layer), Some(t.dims_in(&hp)))?;
             }
         }
-        Ok(ModelSpec { hp, tied, qkv_bias })
+        Ok(spec)
     }
+
+    /// The tensors each layer of this model holds.
+    pub fn layer_tensors(&self) -> Vec<LayerTensor> {
+        layer_tensors(self.hp.family, self.qkv_bias)
+    }
+}
+
+/// The tensors each layer of a `family` model holds (with Q/K/V biases or not).
+pub fn layer_tensors(family: arch::Family, qkv_bias: bool) -> Vec<LayerTensor> {
+    let info = family.info();
+    LayerTensor::ALL
+        .into_iter()
+        .filter(|t| !t.is_qkv_bias() || qkv_bias)
+        .filter(|t| !t.is_qk_norm() || info.qk_norm)
+        .collect()
 }
 
 fn require<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {

@@ -24,6 +24,9 @@ pub enum LayerTensor {
     AttnKBias,
     AttnV,
     AttnVBias,
+    /// Per-head RMSNorm of the queries and keys (Qwen3): `[head_dim]`.
+    AttnQNorm,
+    AttnKNorm,
     AttnOut,
     FfnNorm,
     FfnGate,
@@ -32,7 +35,7 @@ pub enum LayerTensor {
 }
 
 impl LayerTensor {
-    pub const ALL: [LayerTensor; 12] = [
+    pub const ALL: [LayerTensor; 14] = [
         LayerTensor::AttnNorm,
         LayerTensor::AttnQ,
         LayerTensor::AttnQBias,
@@ -40,6 +43,8 @@ impl LayerTensor {
         LayerTensor::AttnKBias,
         LayerTensor::AttnV,
         LayerTensor::AttnVBias,
+        LayerTensor::AttnQNorm,
+        LayerTensor::AttnKNorm,
         LayerTensor::AttnOut,
         LayerTensor::FfnNorm,
         LayerTensor::FfnGate,
@@ -56,6 +61,8 @@ impl LayerTensor {
             LayerTensor::AttnKBias => "attn_k.bias",
             LayerTensor::AttnV => "attn_v.weight",
             LayerTensor::AttnVBias => "attn_v.bias",
+            LayerTensor::AttnQNorm => "attn_q_norm.weight",
+            LayerTensor::AttnKNorm => "attn_k_norm.weight",
             LayerTensor::AttnOut => "attn_output.weight",
             LayerTensor::FfnNorm => "ffn_norm.weight",
             LayerTensor::FfnGate => "ffn_gate.weight",
@@ -77,12 +84,19 @@ impl LayerTensor {
         )
     }
 
+    /// The per-head query and key norms.
+    pub fn is_qk_norm(self) -> bool {
+        matches!(self, LayerTensor::AttnQNorm | LayerTensor::AttnKNorm)
+    }
+
     /// True for norms and biases, which stay F32 in every file we write and every backend.
     pub fn is_vector(self) -> bool {
         matches!(
             self,
             LayerTensor::AttnNorm
                 | LayerTensor::FfnNorm
+                | LayerTensor::AttnQNorm
+                | LayerTensor::AttnKNorm
                 | LayerTensor::AttnQBias
                 | LayerTensor::AttnKBias
                 | LayerTensor::AttnVBias
@@ -101,6 +115,7 @@ impl LayerTensor {
             LayerTensor::AttnQBias => vec![q],
             LayerTensor::AttnK | LayerTensor::AttnV => vec![h, kv],
             LayerTensor::AttnKBias | LayerTensor::AttnVBias => vec![kv],
+            LayerTensor::AttnQNorm | LayerTensor::AttnKNorm => vec![hp.head_dim as u64],
             LayerTensor::AttnOut => vec![q, h],
             LayerTensor::FfnGate | LayerTensor::FfnUp => vec![h, f],
             LayerTensor::FfnDown => vec![f, h],

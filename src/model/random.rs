@@ -43,6 +43,8 @@ pub struct RandomModelSpec {
     pub seed: u64,
     pub context: usize,
     pub rope_base: f32,
+    /// Written as `attention.key_length`/`value_length` when given; else hidden / heads.
+    pub head_dim: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +82,20 @@ pub fn write_random_model_with(
 
 /// Refuse shapes the forward pass cannot run.
 fn check_shape(spec: &RandomModelSpec) -> Result<(), RandomModelError> {
+    let divides = spec.head_dim.is_some() || spec.hidden.is_multiple_of(spec.heads.max(1));
     if spec.heads == 0
         || spec.kv_heads == 0
-        || !spec.hidden.is_multiple_of(spec.heads)
+        || !divides
         || !spec.heads.is_multiple_of(spec.kv_heads)
     {
         return Err(RandomModelError::Shape(format!(
-            "heads {} must divide hidden {} and kv-heads {} must divide heads",
+            "heads {} must divide hidden {} (unless --head-dim is given) and kv-heads {} must \
+             divide heads",
             spec.heads, spec.hidden, spec.kv_heads
         )));
     }
-    if !(spec.hidden / spec.heads).is_multiple_of(2) || spec.layers == 0 || spec.ffn == 0 {
+    let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
+    if !head_dim.is_multiple_of(2) || head_dim == 0 || spec.layers == 0 || spec.ffn == 0 {
         return Err(RandomModelError::Shape(
             "head dim must be even; layers and ffn must be >= 1".into(),
         ));
@@ -127,6 +132,10 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
     )?;
     w.add_kv(k("rope.freq_base"), Value::F32(spec.rope_base))?;
     w.add_kv(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6))?;
+    if let Some(d) = spec.head_dim {
+        w.add_kv(k("attention.key_length"), Value::U32(d as u32))?;
+        w.add_kv(k("attention.value_length"), Value::U32(d as u32))?;
+    }
     let vocab = match &spec.vocab {
         VocabSource::Size(n) => *n,
         VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
@@ -138,7 +147,7 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         ffn: spec.ffn,
         n_head: spec.heads,
         n_kv_head: spec.kv_heads,
-        head_dim: spec.hidden / spec.heads,
+        head_dim: spec.head_dim.unwrap_or(spec.hidden / spec.heads),
         vocab,
         context: spec.context,
         rope_base: spec.rope_base,
@@ -160,17 +169,16 @@ fn add_tensors(
     on_unit();
     // Biases only where the family always has them (Llama-family files have none).
     let biases = spec.family.info().qkv_bias == Presence::Required;
+    let tensors = super::layer_tensors(spec.family, biases);
     for layer in 0..spec.layers {
-        for t in LayerTensor::ALL {
-            if t.is_qkv_bias() && !biases {
-                continue;
-            }
+        for &t in &tensors {
             let d = t.dims_in(hp);
             let name = t.name(layer);
             match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => {
-                    add_vector(w, &mut rng, &name, &d, 1.0, 0.2)?
-                }
+                LayerTensor::AttnNorm
+                | LayerTensor::FfnNorm
+                | LayerTensor::AttnQNorm
+                | LayerTensor::AttnKNorm => add_vector(w, &mut rng, &name, &d, 1.0, 0.2)?,
                 _ if t.is_vector() => add_vector(w, &mut rng, &name, &d, 0.0, 0.1)?,
                 _ => {
                     let std = 1.0 / (d[0] as f32).sqrt();

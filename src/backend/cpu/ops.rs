@@ -9,6 +9,18 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each head of `x` (heads of `w.len()`) in place, with the one weight vector `w`
+/// (Qwen3's q/k norms).
+pub fn rms_norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    for head in x.chunks_mut(w.len()) {
+        let ms = head.iter().map(|v| v * v).sum::<f32>() / head.len() as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, &g) in head.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
 /// `x += b` row by row (`x` holds whole rows of `b.len()`).
 pub fn add_bias(x: &mut [f32], b: &[f32]) {
     for row in x.chunks_mut(b.len()) {

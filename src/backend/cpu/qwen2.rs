@@ -2,7 +2,8 @@
 //! against, and the one copy of the layer math on this backend (prompts, decode steps and mixed
 //! batches of many sequences all take it).
 //!
-//! Reads top to bottom like the paper: embed → per layer (RMSNorm, QKV with bias, RoPE, GQA over
+//! Reads top to bottom like the paper: embed → per layer (RMSNorm, QKV (+ bias where the family
+//! has them; per-head q/k RMSNorm where it has those), RoPE, GQA over
 //! each sequence's paged KV, output projection, residual, RMSNorm, SwiGLU MLP, residual) → final
 //! norm → head. The projections are one matrix-matrix product over every row of the batch; RoPE,
 //! the KV append and attention are per row over the row's own sequence. Every reduction is per
@@ -173,6 +174,10 @@ fn attention_block(
         q.copy_from_slice(&row[..qd]);
         k.copy_from_slice(&row[qd..qd + kvd]);
         v.copy_from_slice(&row[qd + kvd..]);
+        if !lw.q_norm.is_empty() {
+            ops::rms_norm_heads(q, &lw.q_norm, hp.rms_eps);
+            ops::rms_norm_heads(k, &lw.k_norm, hp.rms_eps);
+        }
         let (c, sn) = (
             &s.cos[r * half..(r + 1) * half],
             &s.sin[r * half..(r + 1) * half],

@@ -26,6 +26,8 @@ pub struct LayerWeights {
     pub attn_norm: Vec<f32>, // (hidden)
     pub wqkv: Matrix,        // (q_dim + 2 kv_dim, hidden)
     pub bqkv: Vec<f32>,      // (q_dim + 2 kv_dim), empty when the family has no biases
+    pub q_norm: Vec<f32>,    // (head_dim), empty when the family has no q/k norms
+    pub k_norm: Vec<f32>,    // (head_dim), empty likewise
     pub wo: Matrix,          // (hidden, q_dim)
     pub ffn_norm: Vec<f32>,  // (hidden)
     pub w_gate_up: Matrix,   // (2 ffn, hidden): gate rows, then up rows
@@ -60,7 +62,14 @@ impl UnitWeights {
 
 impl LayerWeights {
     pub fn bytes(&self) -> usize {
-        let v = (self.attn_norm.len() + self.bqkv.len() + self.ffn_norm.len()) * 4;
+        let vectors = [
+            &self.attn_norm,
+            &self.bqkv,
+            &self.q_norm,
+            &self.k_norm,
+            &self.ffn_norm,
+        ];
+        let v = vectors.iter().map(|x| x.len()).sum::<usize>() * 4;
         v + self.wqkv.bytes() + self.wo.bytes() + self.w_gate_up.bytes() + self.w_down.bytes()
     }
 }
@@ -263,6 +272,9 @@ struct LayerNames {
     qkv: [String; 3],
     /// Empty when the model has no Q/K/V biases.
     bqkv: Vec<String>,
+    /// Empty when the family has no q/k norms.
+    q_norm: Vec<String>,
+    k_norm: Vec<String>,
     wo: [String; 1],
     ffn_norm: [String; 1],
     gate_up: [String; 2],
@@ -273,6 +285,7 @@ impl LayerNames {
     fn new(spec: &ModelSpec, i: usize) -> LayerNames {
         use LayerTensor as T;
         let biases = [T::AttnQBias, T::AttnKBias, T::AttnVBias];
+        let qk = spec.hp.family.info().qk_norm;
         LayerNames {
             attn_norm: [T::AttnNorm.name(i)],
             qkv: [T::AttnQ.name(i), T::AttnK.name(i), T::AttnV.name(i)],
@@ -280,6 +293,8 @@ impl LayerNames {
                 true => biases.iter().map(|t| t.name(i)).collect(),
                 false => Vec::new(),
             },
+            q_norm: qk.then(|| T::AttnQNorm.name(i)).into_iter().collect(),
+            k_norm: qk.then(|| T::AttnKNorm.name(i)).into_iter().collect(),
             wo: [T::AttnOut.name(i)],
             ffn_norm: [T::FfnNorm.name(i)],
             gate_up: [T::FfnGate.name(i), T::FfnUp.name(i)],
@@ -337,6 +352,12 @@ fn permute_rope(hp: &HParams, l: &mut LayerWeights) {
         let b = &mut l.bqkv;
         both(&mut |at, heads, n| interleaved_to_neox(&mut b[at..at + n], heads, d, 1));
     }
+    // A head's norm weights follow its rows.
+    for norm in [&mut l.q_norm, &mut l.k_norm] {
+        if !norm.is_empty() {
+            interleaved_to_neox(norm, 1, d, 1);
+        }
+    }
 }
 
 /// Reserve the memory of one unit (zeroed, not yet read).
@@ -353,6 +374,8 @@ pub fn alloc_unit(
                 attn_norm: alloc_vector(file, &refs(&n.attn_norm))?,
                 wqkv: alloc_stacked(file, &refs(&n.qkv))?,
                 bqkv: alloc_vector(file, &names_of(&n.bqkv))?,
+                q_norm: alloc_vector(file, &names_of(&n.q_norm))?,
+                k_norm: alloc_vector(file, &names_of(&n.k_norm))?,
                 wo: alloc_stacked(file, &refs(&n.wo))?,
                 ffn_norm: alloc_vector(file, &refs(&n.ffn_norm))?,
                 w_gate_up: alloc_stacked(file, &refs(&n.gate_up))?,
@@ -385,6 +408,8 @@ pub fn fill_unit(
             fill_vector(file, &refs(&n.attn_norm), &mut l.attn_norm, hook)?;
             fill_stacked(file, &refs(&n.qkv), &mut l.wqkv, hook)?;
             fill_vector(file, &names_of(&n.bqkv), &mut l.bqkv, hook)?;
+            fill_vector(file, &names_of(&n.q_norm), &mut l.q_norm, hook)?;
+            fill_vector(file, &names_of(&n.k_norm), &mut l.k_norm, hook)?;
             permute_rope(&spec.hp, l);
             fill_stacked(file, &refs(&n.wo), &mut l.wo, hook)?;
             fill_vector(file, &refs(&n.ffn_norm), &mut l.ffn_norm, hook)?;

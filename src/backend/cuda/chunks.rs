@@ -235,6 +235,7 @@ mod tests {
             seed: 5,
             context: 256,
             rope_base: 10_000.0,
+            head_dim: None,
         };
         write_random_model(&spec, &path).unwrap();
         let file = GgufFile::open(&path).unwrap();
