@@ -1,5 +1,5 @@
 //! The architecture table on files from our own writer: each supported family (qwen2, llama,
-//! qwen3) validates with its own tensors, an
+//! qwen3, gemma3) validates with its own tensors, an
 //! unknown family is refused listing the supported ones, and a file of a supported family with a
 //! missing tensor, a head count that does not divide, biases in some layers only, or RoPE scaling
 //! not computed yet is refused naming the key or tensor — before any weight is read.
@@ -37,6 +37,7 @@ fn random_with(family: Family, name: &str, head_dim: Option<usize>) -> PathBuf {
         context: 128,
         rope_base: 10_000.0,
         head_dim,
+        sliding_window: None,
     };
     write_random_model(&spec, &path).unwrap();
     path
@@ -106,6 +107,21 @@ fn each_family_validates_with_its_own_tensors() {
     assert_eq!(spec.hp.q_dim(), 64);
     let names: Vec<&str> = spec.layer_tensors().iter().map(|t| t.suffix()).collect();
     assert!(names.contains(&"attn_q_norm.weight") && !names.contains(&"attn_q.bias"));
+    // Gemma 3: q/k norms and post norms, local layers but every sixth.
+    let g = GgufFile::open(&random(Family::Gemma3, "gemma3.gguf")).unwrap();
+    let spec = ModelSpec::from_file(&g).unwrap();
+    assert_eq!(
+        spec.hp.sliding_window,
+        Some(128),
+        "the window is capped at the context"
+    );
+    assert_eq!((spec.hp.window(0), spec.hp.window(5)), (Some(128), None));
+    assert_eq!(
+        (spec.hp.rope_base_of(0), spec.hp.rope_base_of(5)),
+        (10_000.0, 10_000.0)
+    );
+    let names: Vec<&str> = spec.layer_tensors().iter().map(|t| t.suffix()).collect();
+    assert!(names.contains(&"post_ffw_norm.weight"), "{names:?}");
 }
 
 #[test]
@@ -185,4 +201,15 @@ fn shapes_and_rope_settings_that_cannot_be_computed_are_named() {
     let set = [("llama.attention.key_length", Value::U32(7))];
     let e = refusal(&rewrite(&src, "odd-head.gguf", &[], &set, &[]));
     assert!(e.contains("head dimension 7"), "{e}");
+    // A sliding window where the family has none, or one larger than the context.
+    let set = [("llama.attention.sliding_window", Value::U32(64))];
+    let e = refusal(&rewrite(&src, "llama-window.gguf", &[], &set, &[]));
+    assert!(e.contains("llama.attention.sliding_window"), "{e}");
+    let gemma = random(Family::Gemma3, "gemma3-window-src.gguf");
+    let set = [("gemma3.attention.sliding_window", Value::U32(4096))];
+    let e = refusal(&rewrite(&gemma, "gemma3-window.gguf", &[], &set, &[]));
+    assert!(
+        e.contains("gemma3.attention.sliding_window") && e.contains("4096"),
+        "{e}"
+    );
 }

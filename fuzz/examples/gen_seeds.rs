@@ -420,6 +420,7 @@ fn valid(s: &mut Seeds) -> Result<()> {
             context: 64,
             rope_base: 10_000.0,
             head_dim: None,
+            sliding_window: None,
         };
         let path = tmp.join(format!("{name}.gguf"));
         write_random_model(&spec, &path)?;

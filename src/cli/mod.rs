@@ -127,7 +127,7 @@ pub struct ConvertArgs {
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
     /// The family (`general.architecture`) to write.
-    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2", "llama", "qwen3"], default_value = "qwen2")]
+    #[arg(long, env = "LAYERSTREAM_ARCH", value_parser = ["qwen2", "llama", "qwen3", "gemma3"], default_value = "qwen2")]
     pub arch: String,
     #[arg(long, env = "LAYERSTREAM_LAYERS")]
     pub layers: usize,
@@ -159,6 +159,10 @@ pub struct GenModelArgs {
     /// Head dimension, written as `attention.key_length` (default: hidden / heads, not written).
     #[arg(long, env = "LAYERSTREAM_HEAD_DIM")]
     pub head_dim: Option<usize>,
+    /// `attention.sliding_window` of a family with local layers (default: 512, at most the
+    /// context).
+    #[arg(long, env = "LAYERSTREAM_SLIDING_WINDOW")]
+    pub sliding_window: Option<usize>,
     #[arg(long, env = "LAYERSTREAM_OUT")]
     pub out: PathBuf,
 }

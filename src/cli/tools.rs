@@ -85,6 +85,7 @@ pub fn gen_model(a: GenModelArgs) -> ExitCode {
         context: a.context,
         rope_base: a.rope_base,
         head_dim: a.head_dim,
+        sliding_window: a.sliding_window,
     };
     let written = {
         let bar = Bar::count(random::units(&spec), "generating (units)");

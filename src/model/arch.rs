@@ -28,10 +28,21 @@ pub enum RopeStyle {
 pub enum Activation {
     /// `silu(gate) * up` (SwiGLU).
     SiluGated,
+    /// `gelu_tanh(gate) * up` (GeGLU with the tanh approximation: Gemma).
+    GeluTanhGated,
+}
+
+/// Layers that attend to a window of recent positions instead of all of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlidingLayers {
+    /// Every `period`-th layer (the last of each period: `l % period == period - 1`) is global.
+    pub period: usize,
+    /// The RoPE base of the windowed (local) layers; global layers use `rope.freq_base`.
+    pub local_rope_base: f32,
 }
 
 /// One row of the table.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct ArchInfo {
     /// `general.architecture`, also the prefix of its metadata keys.
     pub name: &'static str,
@@ -41,6 +52,13 @@ pub struct ArchInfo {
     pub qk_norm: bool,
     pub rope: RopeStyle,
     pub activation: Activation,
+    /// RMSNorm of the attention output and of the MLP output before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Embeddings scaled by sqrt(hidden) (Gemma).
+    pub embed_scale: bool,
+    /// The local/global layer pattern where `attention.sliding_window` is set.
+    pub sliding: Option<SlidingLayers>,
     /// Whether the CUDA backend computes this family yet (else `--device auto` uses the CPU and
     /// `--device cuda` refuses the model, saying why).
     pub cuda: bool,
@@ -55,6 +73,8 @@ pub enum Family {
     Llama,
     /// Qwen3 (dense): per-head q/k norms, no biases.
     Qwen3,
+    /// Gemma 3 (text): sliding-window and global layers, four norms a layer, GeGLU.
+    Gemma3,
 }
 
 const QWEN2: ArchInfo = ArchInfo {
@@ -63,6 +83,9 @@ const QWEN2: ArchInfo = ArchInfo {
     qk_norm: false,
     rope: RopeStyle::Neox,
     activation: Activation::SiluGated,
+    post_norms: false,
+    embed_scale: false,
+    sliding: None,
     cuda: true,
 };
 
@@ -72,6 +95,26 @@ const QWEN3: ArchInfo = ArchInfo {
     qk_norm: true,
     rope: RopeStyle::Neox,
     activation: Activation::SiluGated,
+    post_norms: false,
+    embed_scale: false,
+    sliding: None,
+    cuda: false,
+};
+
+/// Gemma 3 (text). Its files store every RMSNorm weight as `1 + w` (llama.cpp's converter folds
+/// Gemma's `x * (1 + w)` in), so the norms are the ordinary ones.
+const GEMMA3: ArchInfo = ArchInfo {
+    name: "gemma3",
+    qkv_bias: Presence::Absent,
+    qk_norm: true,
+    rope: RopeStyle::Neox,
+    activation: Activation::GeluTanhGated,
+    post_norms: true,
+    embed_scale: true,
+    sliding: Some(SlidingLayers {
+        period: 6,
+        local_rope_base: 10_000.0,
+    }),
     cuda: false,
 };
 
@@ -81,17 +124,21 @@ const LLAMA: ArchInfo = ArchInfo {
     qk_norm: false,
     rope: RopeStyle::Interleaved,
     activation: Activation::SiluGated,
+    post_norms: false,
+    embed_scale: false,
+    sliding: None,
     cuda: false,
 };
 
 impl Family {
-    pub const ALL: [Family; 3] = [Family::Qwen2, Family::Llama, Family::Qwen3];
+    pub const ALL: [Family; 4] = [Family::Qwen2, Family::Llama, Family::Qwen3, Family::Gemma3];
 
     pub fn info(self) -> &'static ArchInfo {
         match self {
             Family::Qwen2 => &QWEN2,
             Family::Llama => &LLAMA,
             Family::Qwen3 => &QWEN3,
+            Family::Gemma3 => &GEMMA3,
         }
     }
 
@@ -135,7 +182,7 @@ mod tests {
         assert_eq!(Family::Llama.key("block_count"), "llama.block_count");
         let e = Family::from_name("mamba").unwrap_err().to_string();
         assert!(
-            e.contains("'mamba'") && e.contains("qwen2, llama, qwen3"),
+            e.contains("'mamba'") && e.contains("qwen2, llama, qwen3, gemma3"),
             "{e}"
         );
         assert_eq!(Family::from_name("qwen3").unwrap(), Family::Qwen3);

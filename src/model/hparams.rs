@@ -27,6 +27,9 @@ pub struct HParams {
     pub context: usize,
     pub rope_base: f32,
     pub rms_eps: f32,
+    /// `attention.sliding_window`: the positions a local layer attends to (its family's
+    /// `sliding` row says which layers are local).
+    pub sliding_window: Option<usize>,
 }
 
 impl HParams {
@@ -84,6 +87,7 @@ impl HParams {
             )));
         }
         let vocab = range("vocabulary size", vocab as u64, 1, MAX_VOCAB)?;
+        let sliding_window = sliding_window(meta, family, context)?;
         Ok(HParams {
             family,
             n_layer,
@@ -96,7 +100,23 @@ impl HParams {
             context,
             rope_base,
             rms_eps,
+            sliding_window,
         })
+    }
+
+    /// The window of layer `l` when it is a local (sliding-window) layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        let s = self.family.info().sliding?;
+        let local = l % s.period != s.period - 1;
+        self.sliding_window.filter(|_| local)
+    }
+
+    /// The RoPE base of layer `l` (local layers may have their own).
+    pub fn rope_base_of(&self, l: usize) -> f32 {
+        match (self.window(l), self.family.info().sliding) {
+            (Some(_), Some(s)) => s.local_rope_base,
+            _ => self.rope_base,
+        }
     }
 
     /// Width of the K and V projections.
@@ -136,6 +156,26 @@ fn head_dim(
         )));
     }
     Ok(d)
+}
+
+/// `<arch>.attention.sliding_window` for a family with local layers: at least 1 and at most the
+/// context (a larger window is a misread file, not a longer reach).
+fn sliding_window(
+    meta: &Metadata,
+    family: Family,
+    context: usize,
+) -> Result<Option<usize>, ModelError> {
+    let k = family.key("attention.sliding_window");
+    let Some(w) = meta.opt_u64(&k)? else {
+        return Ok(None);
+    };
+    if family.info().sliding.is_none() {
+        return Err(ModelError::Shape(format!(
+            "{k} is set, but sliding-window attention is not supported for '{}' models yet",
+            family.name()
+        )));
+    }
+    range(&k, w, 1, context).map(Some)
 }
 
 /// RoPE scaling (Llama 3.1's frequency factors, linear, YaRN) is not computed yet: a file that

@@ -116,6 +116,7 @@ pub fn layer_tensors(family: arch::Family, qkv_bias: bool) -> Vec<LayerTensor> {
         .into_iter()
         .filter(|t| !t.is_qkv_bias() || qkv_bias)
         .filter(|t| !t.is_qk_norm() || info.qk_norm)
+        .filter(|t| !t.is_post_norm() || info.post_norms)
         .collect()
 }
 

@@ -28,14 +28,18 @@ pub enum LayerTensor {
     AttnQNorm,
     AttnKNorm,
     AttnOut,
+    /// RMSNorm of the attention output before the residual add (Gemma): `[hidden]`.
+    AttnPostNorm,
     FfnNorm,
     FfnGate,
     FfnUp,
     FfnDown,
+    /// RMSNorm of the MLP output before the residual add (Gemma): `[hidden]`.
+    FfnPostNorm,
 }
 
 impl LayerTensor {
-    pub const ALL: [LayerTensor; 14] = [
+    pub const ALL: [LayerTensor; 16] = [
         LayerTensor::AttnNorm,
         LayerTensor::AttnQ,
         LayerTensor::AttnQBias,
@@ -46,10 +50,12 @@ impl LayerTensor {
         LayerTensor::AttnQNorm,
         LayerTensor::AttnKNorm,
         LayerTensor::AttnOut,
+        LayerTensor::AttnPostNorm,
         LayerTensor::FfnNorm,
         LayerTensor::FfnGate,
         LayerTensor::FfnUp,
         LayerTensor::FfnDown,
+        LayerTensor::FfnPostNorm,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -64,6 +70,8 @@ impl LayerTensor {
             LayerTensor::AttnQNorm => "attn_q_norm.weight",
             LayerTensor::AttnKNorm => "attn_k_norm.weight",
             LayerTensor::AttnOut => "attn_output.weight",
+            LayerTensor::AttnPostNorm => "post_attention_norm.weight",
+            LayerTensor::FfnPostNorm => "post_ffw_norm.weight",
             LayerTensor::FfnNorm => "ffn_norm.weight",
             LayerTensor::FfnGate => "ffn_gate.weight",
             LayerTensor::FfnUp => "ffn_up.weight",
@@ -84,6 +92,11 @@ impl LayerTensor {
         )
     }
 
+    /// The norms of the attention and MLP outputs (Gemma).
+    pub fn is_post_norm(self) -> bool {
+        matches!(self, LayerTensor::AttnPostNorm | LayerTensor::FfnPostNorm)
+    }
+
     /// The per-head query and key norms.
     pub fn is_qk_norm(self) -> bool {
         matches!(self, LayerTensor::AttnQNorm | LayerTensor::AttnKNorm)
@@ -95,6 +108,8 @@ impl LayerTensor {
             self,
             LayerTensor::AttnNorm
                 | LayerTensor::FfnNorm
+                | LayerTensor::AttnPostNorm
+                | LayerTensor::FfnPostNorm
                 | LayerTensor::AttnQNorm
                 | LayerTensor::AttnKNorm
                 | LayerTensor::AttnQBias
@@ -110,7 +125,10 @@ impl LayerTensor {
         let kv = (hp.n_kv_head * hp.head_dim) as u64;
         let f = hp.ffn as u64;
         match self {
-            LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+            LayerTensor::AttnNorm
+            | LayerTensor::FfnNorm
+            | LayerTensor::AttnPostNorm
+            | LayerTensor::FfnPostNorm => vec![h],
             LayerTensor::AttnQ => vec![h, q],
             LayerTensor::AttnQBias => vec![q],
             LayerTensor::AttnK | LayerTensor::AttnV => vec![h, kv],

@@ -6,7 +6,7 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::arch::{Family, Presence};
-use super::names::{self, LayerTensor};
+use super::names;
 use super::HParams;
 use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
 use crate::rng::Rng;
@@ -45,6 +45,9 @@ pub struct RandomModelSpec {
     pub rope_base: f32,
     /// Written as `attention.key_length`/`value_length` when given; else hidden / heads.
     pub head_dim: Option<usize>,
+    /// `attention.sliding_window` of a family with local layers (default 512, at most the
+    /// context); refused for others.
+    pub sliding_window: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +139,13 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         w.add_kv(k("attention.key_length"), Value::U32(d as u32))?;
         w.add_kv(k("attention.value_length"), Value::U32(d as u32))?;
     }
+    let window = match spec.family.info().sliding {
+        Some(_) => Some(spec.sliding_window.unwrap_or(512).min(spec.context)),
+        None => spec.sliding_window,
+    };
+    if let Some(win) = window {
+        w.add_kv(k("attention.sliding_window"), Value::U32(win as u32))?;
+    }
     let vocab = match &spec.vocab {
         VocabSource::Size(n) => *n,
         VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
@@ -152,6 +162,7 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         context: spec.context,
         rope_base: spec.rope_base,
         rms_eps: 1e-6,
+        sliding_window: window,
     })
 }
 
@@ -175,10 +186,9 @@ fn add_tensors(
             let d = t.dims_in(hp);
             let name = t.name(layer);
             match t {
-                LayerTensor::AttnNorm
-                | LayerTensor::FfnNorm
-                | LayerTensor::AttnQNorm
-                | LayerTensor::AttnKNorm => add_vector(w, &mut rng, &name, &d, 1.0, 0.2)?,
+                _ if t.is_vector() && !t.is_qkv_bias() => {
+                    add_vector(w, &mut rng, &name, &d, 1.0, 0.2)?
+                }
                 _ if t.is_vector() => add_vector(w, &mut rng, &name, &d, 0.0, 0.1)?,
                 _ => {
                     let std = 1.0 / (d[0] as f32).sqrt();

@@ -58,6 +58,8 @@ pub struct AttnShape {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// A local layer's window: a query at position p reads keys p - window + 1 ..= p.
+    pub window: Option<usize>,
 }
 
 /// Where one query row reads its keys: the sequence's block table and its position.
@@ -71,7 +73,8 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[r][h] = softmax(q[r][h] · K[0..=pos_r]ᵀ / √d) · V` for every row `r`, each over its own
+/// `out[r][h] = softmax(q[r][h] · K[first..=pos_r]ᵀ / √d) · V` (`first` 0, or the start of a
+/// local layer's window) for every row `r`, each over its own
 /// sequence's blocks; query head `h` reads KV head `h / (n_head / n_kv_head)`. Each (row, head)
 /// is reduced in position order on its own, so a row's result does not depend on the others.
 pub fn paged_attention(
@@ -91,15 +94,16 @@ pub fn paged_attention(
         let g = h / group;
         let qh = &q[i * hd..(i + 1) * hd];
         let len = row.pos + 1;
+        let first = s.window.map_or(0, |w| len.saturating_sub(w));
         // Offset of position p's head-g vector in the layer's pool.
         let at = |p: usize| pool_row(row.blocks, p, bs) * kv_dim + g * hd;
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             scores.clear();
-            scores.extend((0..len).map(|p| f32::dot1(&kl[at(p)..at(p) + hd], qh) * scale));
+            scores.extend((first..len).map(|p| f32::dot1(&kl[at(p)..at(p) + hd], qh) * scale));
             softmax(&mut scores);
             o.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
+            for (p, &w) in (first..).zip(scores.iter()) {
                 for (a, &b) in o.iter_mut().zip(&vl[at(p)..at(p) + hd]) {
                     *a += w * b;
                 }

@@ -42,6 +42,16 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     super::simd::silu_mul(gate, up, out);
 }
 
+/// GeGLU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`, as Gemma uses):
+/// `out[i] = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) * up[i]`.
+pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let inner = SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
+        *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+    }
+}
+
 /// Rotary tables for one position: `cos[i]`, `sin[i]` for `i < head_dim/2`.
 ///
 /// Matches HF: `inv_freq = 1 / base^(2i/d)` in F32, angle `= pos * inv_freq` in F32.
@@ -100,6 +110,18 @@ mod tests {
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    #[test]
+    fn gelu_tanh_matches_its_reference_values() {
+        // torch.nn.functional.gelu(x, approximate="tanh") at -2, -0.5, 0, 1, 3.
+        let x = [-2.0f32, -0.5, 0.0, 1.0, 3.0];
+        let want = [-0.045_402_3, -0.154_285_9, 0.0, 0.841_192, 2.996_363_7];
+        let mut out = [0.0; 5];
+        gelu_tanh_mul(&x, &[1.0; 5], &mut out);
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-5, "{o} vs {w}");
+        }
     }
 
     #[test]

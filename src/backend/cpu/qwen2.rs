@@ -5,7 +5,9 @@
 //! Reads top to bottom like the paper: embed → per layer (RMSNorm, QKV (+ bias where the family
 //! has them; per-head q/k RMSNorm where it has those), RoPE, GQA over
 //! each sequence's paged KV, output projection, residual, RMSNorm, SwiGLU MLP, residual) → final
-//! norm → head. The projections are one matrix-matrix product over every row of the batch; RoPE,
+//! norm → head. The family's row of the architecture table adds what it has: embeddings scaled by
+//! sqrt(hidden), local layers with a window and their own RoPE base, post norms before each
+//! residual add, GeGLU instead of SwiGLU (Gemma 3). The projections are one matrix-matrix product over every row of the batch; RoPE,
 //! the KV append and attention are per row over the row's own sequence. Every reduction is per
 //! row, so a sequence's logits are bit-identical whatever else shares its batch.
 
@@ -17,26 +19,29 @@ use super::ops;
 use super::weights::{HeadWeights, LayerWeights};
 use crate::backend::step::StepBatch;
 use crate::backend::BackendError;
+use crate::model::arch::Activation;
 use crate::model::HParams;
 
 /// Everything a step writes besides the KV pool, allocated once for `max_rows` rows.
 pub struct Scratch {
     max_rows: usize,
-    x: Vec<f32>,      // (rows, hidden) residual stream
-    xn: Vec<f32>,     // (rows, hidden) normed
-    qkv: Vec<f32>,    // (rows, q_dim + 2 kv_dim)
-    q: Vec<f32>,      // (rows, q_dim)
-    k: Vec<f32>,      // (rows, kv_dim)
-    v: Vec<f32>,      // (rows, kv_dim)
-    attn: Vec<f32>,   // (rows, q_dim)
-    proj: Vec<f32>,   // (rows, hidden)
-    gu: Vec<f32>,     // (rows, 2 ffn)
-    act: Vec<f32>,    // (rows, ffn)
-    cos: Vec<f32>,    // (rows, head_dim / 2)
-    sin: Vec<f32>,    // (rows, head_dim / 2)
-    pos: Vec<usize>,  // (rows) position of each row
-    seq: Vec<usize>,  // (rows) sequence of each row
-    head_x: Vec<f32>, // (logit rows, hidden)
+    x: Vec<f32>,         // (rows, hidden) residual stream
+    xn: Vec<f32>,        // (rows, hidden) normed
+    qkv: Vec<f32>,       // (rows, q_dim + 2 kv_dim)
+    q: Vec<f32>,         // (rows, q_dim)
+    k: Vec<f32>,         // (rows, kv_dim)
+    v: Vec<f32>,         // (rows, kv_dim)
+    attn: Vec<f32>,      // (rows, q_dim)
+    proj: Vec<f32>,      // (rows, hidden)
+    gu: Vec<f32>,        // (rows, 2 ffn)
+    act: Vec<f32>,       // (rows, ffn)
+    cos: Vec<f32>,       // (rows, head_dim / 2) at rope_base
+    sin: Vec<f32>,       // (rows, head_dim / 2)
+    cos_local: Vec<f32>, // (rows, head_dim / 2) at the local layers' base, when they have one
+    sin_local: Vec<f32>, // (rows, head_dim / 2)
+    pos: Vec<usize>,     // (rows) position of each row
+    seq: Vec<usize>,     // (rows) sequence of each row
+    head_x: Vec<f32>,    // (logit rows, hidden)
 }
 
 impl Scratch {
@@ -58,6 +63,8 @@ impl Scratch {
             act: z(hp.ffn),
             cos: z(hp.head_dim / 2),
             sin: z(hp.head_dim / 2),
+            cos_local: local_rope(hp).map_or(Vec::new(), |_| z(hp.head_dim / 2)),
+            sin_local: local_rope(hp).map_or(Vec::new(), |_| z(hp.head_dim / 2)),
             pos: vec![0; b],
             seq: vec![0; b],
             head_x: Vec::new(),
@@ -67,6 +74,12 @@ impl Scratch {
     pub fn max_rows(&self) -> usize {
         self.max_rows
     }
+}
+
+/// The local layers' RoPE base, when the model has local layers.
+fn local_rope(hp: &HParams) -> Option<f32> {
+    let s = hp.family.info().sliding?;
+    hp.sliding_window.map(|_| s.local_rope_base)
 }
 
 /// Read access to the weights of each unit; blocking until the unit is resident is the
@@ -125,13 +138,21 @@ fn embed_rows(
             s.seq[r] = i;
         }
     }
+    // Gemma scales the embeddings by sqrt(hidden) (rounded to F32, as transformers does).
+    let scale = hp.family.info().embed_scale.then(|| (h as f32).sqrt());
     for (r, &id) in batch.tokens.iter().enumerate() {
-        embd.row_into(id as usize, &mut s.x[r * h..(r + 1) * h]);
-        let (c, sn) = (
-            &mut s.cos[r * half..(r + 1) * half],
-            &mut s.sin[r * half..(r + 1) * half],
-        );
+        let x = &mut s.x[r * h..(r + 1) * h];
+        embd.row_into(id as usize, x);
+        if let Some(k) = scale {
+            x.iter_mut().for_each(|v| *v *= k);
+        }
+        let rows = r * half..(r + 1) * half;
+        let (c, sn) = (&mut s.cos[rows.clone()], &mut s.sin[rows.clone()]);
         ops::rope_table(s.pos[r], hp.head_dim, hp.rope_base, c, sn);
+        if let Some(base) = local_rope(hp) {
+            let (c, sn) = (&mut s.cos_local[rows.clone()], &mut s.sin_local[rows]);
+            ops::rope_table(s.pos[r], hp.head_dim, base, c, sn);
+        }
     }
     Ok(())
 }
@@ -153,6 +174,11 @@ fn attention_block(
     let n = rows.len();
     let (h, qd, kvd, half) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.head_dim / 2);
     let qkv_w = qd + 2 * kvd;
+    let window = hp.window(layer);
+    let (cos, sin) = match window.is_some() && !s.cos_local.is_empty() {
+        true => (&s.cos_local, &s.sin_local),
+        false => (&s.cos, &s.sin),
+    };
     norm_rows(
         &s.x[..n * h],
         &lw.attn_norm,
@@ -179,8 +205,8 @@ fn attention_block(
             ops::rms_norm_heads(k, &lw.k_norm, hp.rms_eps);
         }
         let (c, sn) = (
-            &s.cos[r * half..(r + 1) * half],
-            &s.sin[r * half..(r + 1) * half],
+            &cos[r * half..(r + 1) * half],
+            &sin[r * half..(r + 1) * half],
         );
         ops::rope_apply(q, hp.head_dim, c, sn);
         ops::rope_apply(k, hp.head_dim, c, sn);
@@ -190,6 +216,7 @@ fn attention_block(
         n_head: hp.n_head,
         n_kv_head: hp.n_kv_head,
         head_dim: hp.head_dim,
+        window,
     };
     paged_attention(
         &s.q[..n * qd],
@@ -200,6 +227,17 @@ fn attention_block(
         &mut s.attn[..n * qd],
     );
     lw.wo.matmul(&s.attn[..n * qd], n, &mut s.proj[..n * h]);
+    residual(hp, &lw.attn_post_norm, n, s);
+}
+
+/// `x += proj`, through the family's post norm when it has one (Gemma).
+fn residual(hp: &HParams, post_norm: &[f32], n: usize, s: &mut Scratch) {
+    let h = hp.hidden;
+    if !post_norm.is_empty() {
+        let (proj, xn) = (&s.proj[..n * h], &mut s.xn[..n * h]);
+        norm_rows(proj, post_norm, hp.rms_eps, h, xn);
+        s.proj[..n * h].copy_from_slice(&s.xn[..n * h]);
+    }
     ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
 }
 
@@ -214,13 +252,17 @@ fn mlp_block(hp: &HParams, lw: &LayerWeights, n: usize, s: &mut Scratch) {
     );
     lw.w_gate_up
         .matmul(&s.xn[..n * h], n, &mut s.gu[..n * 2 * f]);
-    // One row per task: a prompt's SwiGLU is rows × ffn exponentials.
+    // One row per task: a prompt's gated activation is rows × ffn exponentials.
+    let act = match hp.family.info().activation {
+        Activation::SiluGated => ops::silu_mul,
+        Activation::GeluTanhGated => ops::gelu_tanh_mul,
+    };
     s.act[..n * f]
         .par_chunks_mut(f)
         .zip(s.gu[..n * 2 * f].par_chunks(2 * f))
-        .for_each(|(act, row)| ops::silu_mul(&row[..f], &row[f..], act));
+        .for_each(|(out, row)| act(&row[..f], &row[f..], out));
     lw.w_down.matmul(&s.act[..n * f], n, &mut s.proj[..n * h]);
-    ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
+    residual(hp, &lw.ffn_post_norm, n, s);
 }
 
 /// Final norm and LM head over the last row of each sequence that wants logits.

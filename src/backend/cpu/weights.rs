@@ -23,15 +23,17 @@ const READ_CHUNK: usize = 4 << 20;
 /// One decoder layer.
 #[derive(Debug)]
 pub struct LayerWeights {
-    pub attn_norm: Vec<f32>, // (hidden)
-    pub wqkv: Matrix,        // (q_dim + 2 kv_dim, hidden)
-    pub bqkv: Vec<f32>,      // (q_dim + 2 kv_dim), empty when the family has no biases
-    pub q_norm: Vec<f32>,    // (head_dim), empty when the family has no q/k norms
-    pub k_norm: Vec<f32>,    // (head_dim), empty likewise
-    pub wo: Matrix,          // (hidden, q_dim)
-    pub ffn_norm: Vec<f32>,  // (hidden)
-    pub w_gate_up: Matrix,   // (2 ffn, hidden): gate rows, then up rows
-    pub w_down: Matrix,      // (hidden, ffn)
+    pub attn_norm: Vec<f32>,      // (hidden)
+    pub wqkv: Matrix,             // (q_dim + 2 kv_dim, hidden)
+    pub bqkv: Vec<f32>,           // (q_dim + 2 kv_dim), empty when the family has no biases
+    pub q_norm: Vec<f32>,         // (head_dim), empty when the family has no q/k norms
+    pub k_norm: Vec<f32>,         // (head_dim), empty likewise
+    pub attn_post_norm: Vec<f32>, // (hidden), empty when the family has no post norms
+    pub ffn_post_norm: Vec<f32>,  // (hidden), empty likewise
+    pub wo: Matrix,               // (hidden, q_dim)
+    pub ffn_norm: Vec<f32>,       // (hidden)
+    pub w_gate_up: Matrix,        // (2 ffn, hidden): gate rows, then up rows
+    pub w_down: Matrix,           // (hidden, ffn)
 }
 
 /// Final norm and LM head (`output` is None when tied to the embeddings).
@@ -275,6 +277,9 @@ struct LayerNames {
     /// Empty when the family has no q/k norms.
     q_norm: Vec<String>,
     k_norm: Vec<String>,
+    /// Empty when the family has no post norms.
+    attn_post_norm: Vec<String>,
+    ffn_post_norm: Vec<String>,
     wo: [String; 1],
     ffn_norm: [String; 1],
     gate_up: [String; 2],
@@ -285,7 +290,10 @@ impl LayerNames {
     fn new(spec: &ModelSpec, i: usize) -> LayerNames {
         use LayerTensor as T;
         let biases = [T::AttnQBias, T::AttnKBias, T::AttnVBias];
-        let qk = spec.hp.family.info().qk_norm;
+        let (qk, post) = (
+            spec.hp.family.info().qk_norm,
+            spec.hp.family.info().post_norms,
+        );
         LayerNames {
             attn_norm: [T::AttnNorm.name(i)],
             qkv: [T::AttnQ.name(i), T::AttnK.name(i), T::AttnV.name(i)],
@@ -295,6 +303,8 @@ impl LayerNames {
             },
             q_norm: qk.then(|| T::AttnQNorm.name(i)).into_iter().collect(),
             k_norm: qk.then(|| T::AttnKNorm.name(i)).into_iter().collect(),
+            attn_post_norm: post.then(|| T::AttnPostNorm.name(i)).into_iter().collect(),
+            ffn_post_norm: post.then(|| T::FfnPostNorm.name(i)).into_iter().collect(),
             wo: [T::AttnOut.name(i)],
             ffn_norm: [T::FfnNorm.name(i)],
             gate_up: [T::FfnGate.name(i), T::FfnUp.name(i)],
@@ -376,6 +386,8 @@ pub fn alloc_unit(
                 bqkv: alloc_vector(file, &names_of(&n.bqkv))?,
                 q_norm: alloc_vector(file, &names_of(&n.q_norm))?,
                 k_norm: alloc_vector(file, &names_of(&n.k_norm))?,
+                attn_post_norm: alloc_vector(file, &names_of(&n.attn_post_norm))?,
+                ffn_post_norm: alloc_vector(file, &names_of(&n.ffn_post_norm))?,
                 wo: alloc_stacked(file, &refs(&n.wo))?,
                 ffn_norm: alloc_vector(file, &refs(&n.ffn_norm))?,
                 w_gate_up: alloc_stacked(file, &refs(&n.gate_up))?,
@@ -412,9 +424,21 @@ pub fn fill_unit(
             fill_vector(file, &names_of(&n.k_norm), &mut l.k_norm, hook)?;
             permute_rope(&spec.hp, l);
             fill_stacked(file, &refs(&n.wo), &mut l.wo, hook)?;
+            fill_vector(
+                file,
+                &names_of(&n.attn_post_norm),
+                &mut l.attn_post_norm,
+                hook,
+            )?;
             fill_vector(file, &refs(&n.ffn_norm), &mut l.ffn_norm, hook)?;
             fill_stacked(file, &refs(&n.gate_up), &mut l.w_gate_up, hook)?;
-            fill_stacked(file, &refs(&n.down), &mut l.w_down, hook)
+            fill_stacked(file, &refs(&n.down), &mut l.w_down, hook)?;
+            fill_vector(
+                file,
+                &names_of(&n.ffn_post_norm),
+                &mut l.ffn_post_norm,
+                hook,
+            )
         }
         (UnitKind::Head, UnitWeights::Head(h)) => {
             fill_vector(file, &[OUTPUT_NORM], &mut h.norm, hook)?;

@@ -314,6 +314,7 @@ pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
         context: 4096,
         rope_base: 1e6,
         rms_eps: 1e-6,
+        sliding_window: None,
     }
 }
 

@@ -236,6 +236,7 @@ mod tests {
             context: 256,
             rope_base: 10_000.0,
             head_dim: None,
+            sliding_window: None,
         };
         write_random_model(&spec, &path).unwrap();
         let file = GgufFile::open(&path).unwrap();

@@ -215,8 +215,11 @@ impl Layout {
             LayerTensor::FfnGate => row(&l.wgu, 0),
             LayerTensor::FfnUp => row(&l.wgu, f),
             LayerTensor::FfnDown => row(&l.wdown, 0),
-            // No family with q/k norms runs on this backend yet (the architecture table's `cuda`).
-            LayerTensor::AttnQNorm | LayerTensor::AttnKNorm => return None,
+            // No family with these norms runs on this backend yet (the architecture table's `cuda`).
+            LayerTensor::AttnQNorm
+            | LayerTensor::AttnKNorm
+            | LayerTensor::AttnPostNorm
+            | LayerTensor::FfnPostNorm => return None,
         })
     }
 }
