@@ -15,6 +15,18 @@ pub const CHAT_TEMPLATE_KEY: &str = "tokenizer.chat_template";
 pub const RENDER_FUEL: u64 = 5_000_000;
 /// Hugging Face's default ChatML template, used when the file carries none.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+/// Gemma 3's instruct format (its official template's output), for Gemma 3 files that carry no
+/// template: BOS, a turn per message with `assistant` called `model`, a system message folded
+/// into the first turn (then a blank line), contents stripped, then the open model turn.
+pub const GEMMA3_TEMPLATE: &str = "{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{{- bos_token -}}\
+{%- for m in turns -%}\
+{{- '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' -}}\
+{{- (prefix if loop.first else '') + (m['content'] | trim) + '<end_of_turn>\n' -}}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}";
 
 const TEMPLATE_NAME: &str = "chat";
 /// Marks errors raised by the template itself so they can be told apart from engine errors.
@@ -103,7 +115,8 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The file's template, or ChatML when it has none; `bos_token`/`eos_token` come from the vocabulary.
+    /// The file's template, or (when it has none) its family's instruct format (Gemma 3's), else
+    /// ChatML; `bos_token`/`eos_token` come from the vocabulary.
     pub fn from_metadata(meta: &Metadata) -> Result<ChatTemplate, TemplateError> {
         let source = meta
             .opt_str(CHAT_TEMPLATE_KEY)
@@ -113,7 +126,13 @@ impl ChatTemplate {
             })?;
         let bos = token_string(meta, "tokenizer.ggml.bos_token_id")?;
         let eos = token_string(meta, "tokenizer.ggml.eos_token_id")?;
-        ChatTemplate::new(source.unwrap_or(CHATML_TEMPLATE), &bos, &eos)
+        // A file without a template gets its family's instruct format, else ChatML.
+        let family = meta.opt_str("general.architecture").ok().flatten();
+        let fallback = match family {
+            Some("gemma3") => GEMMA3_TEMPLATE,
+            _ => CHATML_TEMPLATE,
+        };
+        ChatTemplate::new(source.unwrap_or(fallback), &bos, &eos)
     }
 
     /// Hugging Face's default ChatML template.

@@ -50,8 +50,10 @@ struct Prompt {
 #[derive(Deserialize)]
 struct Encoded {
     text: String,
-    /// Special-token strings parsed (a raw prompt).
+    /// Special-token strings parsed, without BOS.
     prompt_ids: Vec<u32>,
+    /// Special-token strings parsed, BOS first where the vocabulary adds it (a raw prompt).
+    ids_with_special_tokens: Vec<u32>,
     /// Special-token strings as text.
     plain_ids: Vec<u32>,
     decoded: String,
@@ -81,16 +83,17 @@ fn open_checked(path: &std::path::Path, g: &Golden) -> GgufFile {
     GgufFile::open(path).expect("open model")
 }
 
-#[test]
-fn smollm2_tokenizer_and_template_match_transformers() {
-    let g = golden("family-smollm2.json");
-    let file = open_checked(&common::real_smollm2(), &g);
+/// The tokenizer on every string of `g` (raw prompt, plain text, decoding) and the chat template
+/// on every chat prompt (rendered text and ids); the family's turn end stops generation.
+fn check_tokenizer(g: &Golden, path: &std::path::Path) {
+    let file = open_checked(path, g);
     let tok = Tokenizer::from_metadata(file.metadata()).expect("tokenizer");
     let tmpl = ChatTemplate::from_metadata(file.metadata()).expect("chat template");
     assert!(g.encode.len() >= 30, "a string set of every kind");
     for e in &g.encode {
         let t = &e.text;
-        assert_eq!(tok.encode_prompt(t).unwrap(), e.prompt_ids, "prompt {t:?}");
+        let want = &e.ids_with_special_tokens;
+        assert_eq!(&tok.encode_prompt(t).unwrap(), want, "prompt {t:?}");
         assert_eq!(tok.encode_plain(t).unwrap(), e.plain_ids, "plain {t:?}");
         assert_eq!(
             tok.decode(&e.prompt_ids).unwrap(),
@@ -98,16 +101,30 @@ fn smollm2_tokenizer_and_template_match_transformers() {
             "decode {t:?}"
         );
     }
-    for p in g.prompts.iter().filter(|p| p.messages.is_some()) {
+    let chats: Vec<&Prompt> = g.prompts.iter().filter(|p| p.messages.is_some()).collect();
+    assert!(chats.len() >= 3, "chat prompts");
+    for p in chats {
         let messages = p.messages.as_ref().unwrap();
         let (text, ids) = tok.encode_chat_with_text(&tmpl, messages).unwrap();
         assert_eq!(Some(&text), p.rendered.as_ref(), "{}: rendered", p.name);
         assert_eq!(ids, p.prompt_ids, "{}: ids", p.name);
     }
-    // The family's turn end stops generation.
     for id in &g.stop_ids {
         assert!(tok.eos_ids().contains(id), "{id} does not stop generation");
     }
+}
+
+#[test]
+fn smollm2_tokenizer_and_template_match_transformers() {
+    check_tokenizer(&golden("family-smollm2.json"), &common::real_smollm2());
+}
+
+/// Gemma 3's SentencePiece-style vocabulary (merges recovered from the vocabulary, byte fallback,
+/// runs of spaces, newlines and tabs as user-defined tokens, BOS added) and its instruct format
+/// (built in: the file has no template).
+#[test]
+fn gemma3_tokenizer_and_template_match_transformers() {
+    check_tokenizer(&golden("family-gemma3.json"), &common::real_gemma3());
 }
 
 /// Every prompt of `g` through the CPU backend on `path`, teacher-forced on transformers' greedy
@@ -158,8 +175,7 @@ fn smollm2_logits_and_greedy_tokens_match_transformers() {
     assert!(steps >= 50, "too few greedy steps compared: {steps}");
 }
 
-/// Gemma 3 270M (the model; its SentencePiece tokenizer is not ours yet, so transformers' prompt
-/// ids are fed): sliding-window and global layers with two RoPE bases, q/k norms, post norms,
+/// Gemma 3 270M (transformers' prompt ids are fed, so this checks the model alone): sliding-window and global layers with two RoPE bases, q/k norms, post norms,
 /// GeGLU, scaled embeddings. `raw-squares-long` (970 tokens) is longer than the 512-position
 /// window, so a model without the window cannot pass.
 #[test]

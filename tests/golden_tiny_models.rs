@@ -1,9 +1,10 @@
-//! The CPU backend against Hugging Face transformers' `Qwen2ForCausalLM` on tiny random models.
+//! The CPU backend against Hugging Face transformers' `Qwen2ForCausalLM`, `LlamaForCausalLM` and
+//! `Qwen3ForCausalLM` on tiny random models of each family.
 //!
-//! `tests/golden/models/<name>.gguf` is written by `layerstream gen-model`; `<name>.json` holds
-//! transformers' float32 logits for a prompt and for greedy decode steps through its KV cache
-//! (`scripts/golden/model.py tiny` writes both). Every vector must match within `REL_TOL`, with
-//! the same argmax, whether the prompt is prefilled in one pass or in chunks.
+//! `tests/golden/models/<name>.gguf` is written by `layerstream gen-model --arch <family>`;
+//! `<name>.json` holds transformers' float32 logits for a prompt and for greedy decode steps through
+//! its KV cache (`scripts/golden/model.py tiny` writes both). Every vector must match within
+//! `REL_TOL`, with the same argmax, whether the prompt is prefilled in one pass or in chunks.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,17 +15,24 @@ use layerstream::model::ModelSpec;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// `max|ours - golden| / max|golden|` per logits vector. Measured on this data: at most 5.4e-7.
+/// `max|ours - golden| / max|golden|` per logits vector. Measured on this data: at most 5.9e-7
+/// (qwen2), 4.4e-7 (llama, qwen3). Without qwen3's q/k norms or llama's Q/K un-permutation the
+/// same data differ by 0.1 to 1.8.
 const REL_TOL: f32 = 1e-5;
 /// Chunked prefill against one-pass prefill of the same engine (only summation order may differ;
 /// measured: at most 5.4e-7).
 const CHUNK_TOL: f32 = 1e-5;
 /// Every golden file the directory must hold; a missing or an extra one fails the test.
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 9] = [
     "gqa-f32-untied",
     "tied-f16-gqa4to1",
     "mha-bf16-3layers",
     "odd-f16-5heads",
+    "llama-gqa-f16-untied",
+    "llama-mha-f32-tied-5heads",
+    "qwen3-f16-headdim32",
+    "qwen3-bf16-tied-gqa3to1",
+    "qwen3-f32-headdim8-mha",
 ];
 const REGENERATE: &str = "regenerate with `.venv-golden/bin/python scripts/golden/model.py tiny`";
 
@@ -32,6 +40,9 @@ const REGENERATE: &str = "regenerate with `.venv-golden/bin/python scripts/golde
 struct Golden {
     model_file: String,
     model_sha256: String,
+    /// The family transformers computed (`general.architecture`); absent in the four Qwen2 files
+    /// written before the other families.
+    architecture: Option<String>,
     hparams: GoldenHParams,
     prompt: Vec<u32>,
     steps: Vec<Step>,
@@ -44,6 +55,9 @@ struct GoldenHParams {
     ffn: usize,
     heads: usize,
     kv_heads: usize,
+    /// Where the family's transformers config has one (llama, qwen3); Qwen2's heads are
+    /// hidden / heads wide.
+    head_dim: Option<usize>,
     vocab: usize,
     rope_base: f32,
     rms_eps: f32,
@@ -161,6 +175,14 @@ fn check_model(name: &str) {
         "{name}: rope base, rms eps"
     );
     assert_eq!(
+        (hp.family.name(), hp.head_dim),
+        (
+            golden.architecture.as_deref().unwrap_or("qwen2"),
+            want.head_dim.unwrap_or(want.hidden / want.heads)
+        ),
+        "{name}: family and head dimension"
+    );
+    assert_eq!(
         golden.steps.first().map(|s| &s.input),
         Some(&golden.prompt),
         "{name}: first step is the prompt"
@@ -172,8 +194,19 @@ fn check_model(name: &str) {
     let model = CpuModel::load(&file, &spec).expect("load model");
 
     let reference = run_steps(&model, &spec, &golden, 256);
+    let errs: Vec<f32> = reference
+        .iter()
+        .zip(&golden.steps)
+        .map(|(ours, step)| rel_err(ours, &step.logits))
+        .collect();
+    // Every step's error, printed before any assertion (`--nocapture` shows it on success too).
+    let shown: Vec<String> = errs.iter().map(|e| format!("{e:.2e}")).collect();
+    eprintln!(
+        "{name}: relative error per step (prompt first): {}",
+        shown.join(" ")
+    );
     for (i, (ours, step)) in reference.iter().zip(&golden.steps).enumerate() {
-        let err = rel_err(ours, &step.logits);
+        let err = errs[i];
         assert!(
             err <= REL_TOL,
             "{name} step {i} (input {:?}): relative error {err:.3e} > {REL_TOL:e}",
@@ -227,6 +260,31 @@ fn three_layer_bf16_mha_model_matches_transformers() {
 #[test]
 fn odd_width_f16_model_with_five_heads_matches_transformers() {
     check_model("odd-f16-5heads");
+}
+
+#[test]
+fn llama_gqa_f16_model_matches_transformers() {
+    check_model("llama-gqa-f16-untied");
+}
+
+#[test]
+fn llama_tied_f32_mha_model_with_five_heads_matches_transformers() {
+    check_model("llama-mha-f32-tied-5heads");
+}
+
+#[test]
+fn qwen3_f16_model_with_head_dim_wider_than_hidden_over_heads_matches_transformers() {
+    check_model("qwen3-f16-headdim32");
+}
+
+#[test]
+fn qwen3_tied_bf16_model_with_default_head_dim_matches_transformers() {
+    check_model("qwen3-bf16-tied-gqa3to1");
+}
+
+#[test]
+fn qwen3_f32_mha_model_with_narrow_heads_matches_transformers() {
+    check_model("qwen3-f32-headdim8-mha");
 }
 
 #[test]

@@ -22,10 +22,11 @@ For each family it writes tests/golden/family-<name>.json with
   tokens added, special-token text parsed), `ids_with_special_tokens` (transformers' default: Gemma
   adds BOS), `plain_ids` (special-token text left as text) and `decoded`.
 
-The model is transformers' GGUF loader's, checked here against an independent gguf-py reading of the
-file (every config field the forward pass uses, both RoPE tables, and every tensor after undoing the
-two transforms the loader applies: llama.cpp's Q/K row permutation for `llama`, and the `+1` folded
-into Gemma's norm weights); any disagreement stops the script. Cached decoding is checked against
+The model is transformers' GGUF loader's, checked by model_load.py (the code the tiny and Qwen2
+golden files use) against an independent gguf-py reading of the file (every config field the forward
+pass uses, both RoPE tables, the RMSNorm modules, and every tensor after undoing the two transforms
+the loader applies: llama.cpp's Q/K row permutation for `llama`, and the `+1` folded into Gemma's norm
+weights); any disagreement stops the script (no fallback here). Cached decoding is checked against
 one uncached pass over the whole sequence.
 
 Tokenizer fix: transformers builds SmolLM2's tokenizer from GGUF as plain GPT-2 byte-level BPE and
@@ -42,15 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-import numpy as np
 import tokenizers
 import torch
 from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_load  # noqa: E402
 from model_util import (  # noqa: E402
-    EVERY_FAMILY, arch_hparams, cache_errors, config_fields, encode_texts, field, greedy_decode, plain_ids, sha256,
+    EVERY_FAMILY, cache_errors, encode_texts, field, greedy_decode, plain_ids, sha256,
     top_k, versions)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -250,17 +251,12 @@ def render(fam: Family, tok, prompt: dict) -> tuple:
 
 
 def file_hparams(reader: gguf.GGUFReader, arch: str) -> dict:
-    k = lambda s: f"{arch}.{s}"  # noqa: E731
     hp = {
         "architecture": field(reader, "general.architecture"),
-        **arch_hparams(reader, arch, vocab=len(field(reader, "tokenizer.ggml.tokens"))),
+        **model_load.file_hparams(reader, arch, vocab=len(field(reader, "tokenizer.ggml.tokens"))),
     }
-    if hp["architecture"] != arch:
-        raise ValueError(f"general.architecture is '{hp['architecture']}', expected '{arch}'")
-    if arch == "llama":
-        hp["head_dim"] = int(field(reader, k("rope.dimension_count"), hp["hidden"] // hp["heads"]))
-    else:
-        hp["head_dim"] = int(field(reader, k("attention.key_length")))
+    if arch == "gemma3":
+        k = lambda s: f"{arch}.{s}"  # noqa: E731
         hp["value_dim"] = int(field(reader, k("attention.value_length")))
         hp["sliding_window"] = int(field(reader, k("attention.sliding_window")))
         # Not in the file: llama.cpp's gemma3 loader fixes these (every sixth layer global, local base 1e4).
@@ -269,136 +265,15 @@ def file_hparams(reader: gguf.GGUFReader, arch: str) -> dict:
     return hp
 
 
-LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-LLAMA_LAYER_NAMES = {**LAYER_NAMES, "ffn_norm.weight": "post_attention_layernorm.weight"}
-GEMMA3_LAYER_NAMES = {
-    **LAYER_NAMES,
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-}
-GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                "output.weight": "lm_head.weight"}
-
-
-def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
-    """Undo llama.cpp's convert_hf_to_gguf permutation of llama Q/K rows (made so that ggml's
-    adjacent-pair RoPE on the file's rows equals HF's rotate-half RoPE on the original rows)."""
-    rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def file_tensors(reader: gguf.GGUFReader, hp: dict) -> dict:
-    """Every tensor, dequantized to float32 by gguf-py, under the HF name and in HF's convention."""
-    layer_names = LLAMA_LAYER_NAMES if hp["architecture"] == "llama" else GEMMA3_LAYER_NAMES
-    out = {}
-    for t in reader.tensors:
-        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        values = values.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
-        if t.name in GLOBAL_NAMES:
-            name, short = GLOBAL_NAMES[t.name], t.name
-        else:
-            blk, layer, short = t.name.split(".", 2)
-            if blk != "blk" or short not in layer_names:
-                raise ValueError(f"unexpected tensor '{t.name}' in a {hp['architecture']} file")
-            name = f"model.layers.{int(layer)}.{layer_names[short]}"
-        if hp["architecture"] == "llama" and short == "attn_q.weight":
-            values = unpermute(values, hp["heads"])
-        elif hp["architecture"] == "llama" and short == "attn_k.weight":
-            values = unpermute(values, hp["kv_heads"])
-        out[name] = torch.from_numpy(np.ascontiguousarray(values))
-    return out
-
-
-def inv_freq(base: float, dim: int) -> np.ndarray:
-    return 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-
-
-def config_mismatches(model, hp: dict) -> list:
-    c, bad = model.config, []
-    want = {
-        **config_fields(hp),
-        "head_dim": hp["head_dim"],
-        "tie_word_embeddings": hp["tied"],
-        "max_position_embeddings": hp["context"],
-    }
-    if hp["architecture"] == "llama":
-        want.update({"hidden_act": "silu", "attention_bias": False, "mlp_bias": False})
-        tables = {"": (model.model.rotary_emb.inv_freq, hp["rope_base"])}
-    else:
-        pattern = hp["sliding_window_pattern"]
-        want.update({
-            "hidden_activation": "gelu_pytorch_tanh",
-            "sliding_window": hp["sliding_window"],
-            "query_pre_attn_scalar": hp["head_dim"],
-            "final_logit_softcapping": None,
-            "attn_logit_softcapping": None,
-            "use_bidirectional_attention": False,
-            "layer_types": ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                            for i in range(hp["layers"])],
-        })
-        rotary = model.model.rotary_emb
-        tables = {"full_attention": (rotary.full_attention_inv_freq, hp["rope_base"]),
-                  "sliding_attention": (rotary.sliding_attention_inv_freq, hp["rope_base_local"])}
-        scale = float(model.model.embed_tokens.embed_scale)
-        if np.float32(scale) != np.float32(hp["hidden"] ** 0.5):
-            bad.append(f"embedding scale {scale}, expected sqrt({hp['hidden']})")
-    for key, value in want.items():
-        if getattr(c, key, None) != value:
-            bad.append(f"config.{key} = {getattr(c, key, None)!r}, expected {value!r}")
-    if np.float32(c.rms_norm_eps) != np.float32(hp["rms_eps"]):
-        bad.append(f"rms_norm_eps {c.rms_norm_eps!r}, file says {hp['rms_eps']!r}")
-    for name, (got, base) in tables.items():
-        expect = inv_freq(base, hp["head_dim"])
-        got = got.double().numpy()
-        if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-6, atol=0):
-            bad.append(f"rotary inv_freq {name} {got[:3]}... != 1/{base}^(2i/{hp['head_dim']}) {expect[:3]}...")
-    return bad
-
-
-def weight_mismatches(model, hp: dict, tensors: dict) -> list:
-    bad = []
-    params = dict(model.named_parameters(remove_duplicate=False))
-    gemma = hp["architecture"] == "gemma3"
-    for name, want in tensors.items():
-        got = params.get(name)
-        if got is None:
-            bad.append(f"parameter {name} missing")
-            continue
-        got = got.detach()
-        if gemma and name.endswith("norm.weight"):
-            # Gemma's RMSNorm scales by (1 + w); the file stores 1 + w and the loader subtracts 1.
-            same = got.shape == want.shape and torch.allclose(got + 1, want, rtol=1e-6, atol=1e-6)
-        else:
-            same = got.shape == want.shape and torch.equal(got, want)
-        if not same:
-            bad.append(f"parameter {name} differs from the file ({tuple(got.shape)} vs {tuple(want.shape)})")
-    if hp["tied"] and not torch.equal(params["lm_head.weight"], params["model.embed_tokens.weight"]):
-        bad.append("file has no output.weight but lm_head is not the embedding")
-    extra = set(params) - set(tensors) - ({"lm_head.weight"} if hp["tied"] else set())
-    if extra:
-        bad.append(f"parameters not in the file: {sorted(extra)}")
-    return bad
-
-
 def load_checked(path: Path, arch: str) -> tuple:
+    """transformers' GGUF loader, checked by model_load.mismatches against gguf-py's reading (the
+    same check as the tiny and Qwen2 files', with no fallback: any disagreement stops the script)."""
     reader = gguf.GGUFReader(str(path))
     hp = file_hparams(reader, arch)
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    bad = config_mismatches(model, hp) + weight_mismatches(model, hp, file_tensors(reader, hp))
+    bad = model_load.mismatches(model, arch, hp, model_load.read_tensors(reader, arch, hp))
     if bad:
         raise SystemExit(f"{path.name}: transformers' GGUF loader disagrees with gguf-py:\n  " + "\n  ".join(bad))
     return model, hp, reader

@@ -1,19 +1,34 @@
-"""Loading a Qwen2 GGUF file into transformers' Qwen2ForCausalLM, and proving it was read right.
+"""Loading a GGUF file into transformers, and proving it was read right: qwen2 (Qwen2ForCausalLM),
+llama (LlamaForCausalLM) and qwen3 (Qwen3ForCausalLM) files, with a fallback (model.py, model_real.py);
+gemma3 files are read and checked with the same code by family_real.py, which has no fallback.
 
 Two independent readings of the same file are compared:
 
 - transformers' own GGUF loader (`from_pretrained(dir, gguf_file=..., dtype=torch.float32)`), and
-- gguf-py (`GGUFReader` + `gguf.quants.dequantize`): every metadata key the forward pass depends
-  on and every tensor, mapped to Hugging Face names here.
+- gguf-py (`GGUFReader` + `gguf.quants.dequantize`): every metadata key the forward pass depends on
+  and every tensor, mapped to Hugging Face names and conventions here (`read_tensors`). Two
+  transforms the loader applies are made here too, independently: llama.cpp's converter permuted
+  each head's llama Q/K rows for interleaved RoPE (`unpermute` undoes it, as the loader does and as
+  our engine does at load), and Gemma's norm weights hold 1 + w (compared as such).
 
-`load_checked` uses transformers' loader when every config field and every parameter agrees with
-gguf-py's reading, and otherwise builds the model from a `Qwen2Config` and the gguf-py state dict
-(recording why), so the golden numbers never rest on a misread file.
+`mismatches` lists every disagreement: the config fields of the family (`expected_config`: shapes,
+head dimension, tying, context, activation, biases, attention layout), the RoPE tables (default
+rope type, NeoX inverse frequencies 1/base^(2i/head_dim)), the RMSNorm modules (count and eps), and
+every parameter (equal to the file's, none missing, none extra, no o_proj bias).
 
-Known mishandling of transformers 5.24's GGUF loader, worked around here:
+`load_checked` uses transformers' loader when `mismatches` is empty, and otherwise builds the model
+from the family's config and the gguf-py state dict (`build_from_state_dict`, recording why), so
+the golden numbers never rest on a misread file.
+
+Known mishandling of transformers 5.24's GGUF loader, worked around here (`loader_overrides`):
 - A file with no `tokenizer.ggml.tokens` (our tiny models are written with `--vocab-size`) has no
-  vocabulary size the loader can find; it falls back to Qwen2Config's default 151936 and the
-  embedding shapes no longer match. We pass `vocab_size` taken from `token_embd.weight`.
+  vocabulary size the loader can find; it falls back to the config class's default (Qwen2's
+  151936) and the embedding shapes no longer match. We pass `vocab_size` taken from
+  `token_embd.weight`.
+- qwen3: the loader's metadata map has no `qwen3.attention.key_length`, so the head dimension is
+  Qwen3Config's default 128 whatever the file says, and every attention shape mismatches. We pass
+  `head_dim` as the file gives it (`attention.key_length`, else hidden / heads, as our engine reads
+  it).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,38 +36,63 @@ from pathlib import Path
 import numpy as np
 import torch
 import gguf
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 from model_util import arch_hparams, config_fields, field
 
-ARCH = "qwen2"
+# The families load_checked builds, each with the classes of its fallback.
+FALLBACK_CLASSES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
 
 # GGUF tensor name (per layer, without the `blk.{i}.` prefix) -> Hugging Face parameter suffix.
-LAYER_TENSORS = {
+_ATTENTION_MLP = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+}
+_QKV_BIAS = {
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+}
+_QK_NORM = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
+_FFN_NORM = {"ffn_norm.weight": "post_attention_layernorm.weight"}
+LAYER_TENSORS = {
+    "qwen2": {**_ATTENTION_MLP, **_QKV_BIAS, **_FFN_NORM},
+    "llama": {**_ATTENTION_MLP, **_FFN_NORM},
+    "qwen3": {**_ATTENTION_MLP, **_QK_NORM, **_FFN_NORM},
+    "gemma3": {
+        **_ATTENTION_MLP,
+        **_QK_NORM,
+        "post_attention_norm.weight": "post_attention_layernorm.weight",
+        "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+        "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    },
 }
 GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# RMSNorm modules per layer: attention and MLP inputs, then q/k heads, then Gemma's two post-norms.
+NORMS_PER_LAYER = {"qwen2": 2, "llama": 2, "qwen3": 4, "gemma3": 6}
 
 
 @dataclass
 class FileModel:
-    """What gguf-py reads from the file: hyper-parameters and float32 tensors under HF names."""
+    """What gguf-py reads from the file: its family, hyper-parameters and float32 tensors under HF
+    names, in HF's conventions."""
 
+    arch: str
     hp: dict
     tensors: dict
 
@@ -63,53 +103,201 @@ class FileModel:
 
 @dataclass
 class Loaded:
-    model: Qwen2ForCausalLM
+    model: torch.nn.Module
     loader: str  # which path built `model`, and why when it is the fallback
+    arch: str
     hp: dict
 
 
-def hf_name(gguf_name: str) -> str:
-    if gguf_name in GLOBAL_TENSORS:
-        return GLOBAL_TENSORS[gguf_name]
-    blk, layer, rest = gguf_name.split(".", 2)
-    if blk != "blk" or rest not in LAYER_TENSORS:
-        raise ValueError(f"unexpected tensor '{gguf_name}' in a qwen2 file")
-    return f"model.layers.{int(layer)}.{LAYER_TENSORS[rest]}"
+# ---- gguf-py's reading -------------------------------------------------------------------------
 
 
-def read_file(path: Path) -> FileModel:
-    """Read hyper-parameters and every tensor (dequantized to float32) with gguf-py alone."""
-    reader = gguf.GGUFReader(str(path))
-    arch = field(reader, "general.architecture")
-    if arch != ARCH:
-        raise ValueError(f"{path}: general.architecture is '{arch}', expected '{ARCH}'")
-    tensors = {}
+def file_hparams(reader: gguf.GGUFReader, arch: str, vocab: int) -> dict:
+    """model_util.arch_hparams, then `head_dim` where the family's transformers config has one (Qwen2's
+    has none: its heads are hidden / heads wide): llama's from `rope.dimension_count` (the key the
+    loader maps), qwen3's and gemma3's from `attention.key_length` (qwen3: else hidden / heads)."""
+    found = field(reader, "general.architecture")
+    if found != arch:
+        raise ValueError(f"general.architecture is '{found}', expected '{arch}'")
+    hp = arch_hparams(reader, arch, vocab)
+    even = hp["hidden"] // hp["heads"]
+    if arch == "llama":
+        hp["head_dim"] = int(field(reader, "llama.rope.dimension_count", even))
+    elif arch == "qwen3":
+        hp["head_dim"] = int(field(reader, "qwen3.attention.key_length", even))
+    elif arch == "gemma3":
+        hp["head_dim"] = int(field(reader, "gemma3.attention.key_length"))
+    return hp
+
+
+def head_dim(hp: dict) -> int:
+    return hp.get("head_dim", hp["hidden"] // hp["heads"])
+
+
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's convert_hf_to_gguf permutation of llama Q/K rows (made so that ggml's
+    adjacent-pair RoPE on the file's rows equals HF's rotate-half RoPE on the original rows)."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_tensors(reader: gguf.GGUFReader, arch: str, hp: dict) -> dict:
+    """Every tensor, dequantized to float32 by gguf-py, under the HF name and in HF's convention."""
+    layer_names = LAYER_TENSORS[arch]
+    out = {}
     for t in reader.tensors:
         values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         # ggml dims are innermost first; numpy's shape is the reverse.
-        want = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors[hf_name(t.name)] = torch.from_numpy(np.ascontiguousarray(values.reshape(want)))
+        values = values.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
+        if t.name in GLOBAL_TENSORS:
+            name, short = GLOBAL_TENSORS[t.name], t.name
+        else:
+            blk, layer, short = t.name.split(".", 2)
+            if blk != "blk" or short not in layer_names:
+                raise ValueError(f"unexpected tensor '{t.name}' in a {arch} file")
+            name = f"model.layers.{int(layer)}.{layer_names[short]}"
+        if arch == "llama" and short == "attn_q.weight":
+            values = unpermute(values, hp["heads"])
+        elif arch == "llama" and short == "attn_k.weight":
+            values = unpermute(values, hp["kv_heads"])
+        out[name] = torch.from_numpy(np.ascontiguousarray(values))
+    return out
+
+
+def read_file(path: Path) -> FileModel:
+    """Read the family, hyper-parameters and every tensor (dequantized to float32) with gguf-py alone."""
+    reader = gguf.GGUFReader(str(path))
+    arch = field(reader, "general.architecture")
+    if arch not in FALLBACK_CLASSES:
+        raise ValueError(f"{path}: general.architecture is '{arch}', expected one of {sorted(FALLBACK_CLASSES)}")
     # The vocabulary size from the embedding: tiny models have no tokenizer.ggml.tokens.
-    hp = arch_hparams(reader, ARCH, vocab=int(tensors["model.embed_tokens.weight"].shape[0]))
-    return FileModel(hp=hp, tensors=tensors)
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    hp = file_hparams(reader, arch, vocab=int(embd.shape[1]))
+    return FileModel(arch=arch, hp=hp, tensors=read_tensors(reader, arch, hp))
 
 
-def qwen2_config(hp: dict) -> Qwen2Config:
-    return Qwen2Config(
-        **config_fields(hp),
-        max_position_embeddings=hp["context"],
-        rms_norm_eps=hp["rms_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": hp["rope_base"]},
-        tie_word_embeddings=hp["tied"],
-        hidden_act="silu",
+# ---- what the model must be --------------------------------------------------------------------
+
+
+def expected_config(arch: str, hp: dict) -> dict:
+    """The transformers config fields that shape the family's forward pass, as the file gives them."""
+    want = {**config_fields(hp), "tie_word_embeddings": hp["tied"], "max_position_embeddings": hp["context"]}
+    if arch != "qwen2":
+        want["head_dim"] = hp["head_dim"]
+    if arch == "gemma3":
+        pattern = hp["sliding_window_pattern"]
+        want.update({
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": hp["sliding_window"],
+            "query_pre_attn_scalar": hp["head_dim"],
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+            "use_bidirectional_attention": False,
+            "layer_types": ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                            for i in range(hp["layers"])],
+        })
+        return want
+    want["hidden_act"] = "silu"  # SwiGLU
+    if arch == "llama":
+        want.update({"attention_bias": False, "mlp_bias": False})
+    if arch == "qwen3":
+        want["attention_bias"] = False
+    if arch in ("qwen2", "qwen3"):
+        want["use_sliding_window"] = False
+    return want
+
+
+def rope_tables(model, arch: str, hp: dict) -> dict:
+    """label -> (the model's inverse frequencies, its rope parameters, the base the file gives)."""
+    c, rotary = model.config, model.model.rotary_emb
+    if arch == "gemma3":
+        return {"full_attention": (rotary.full_attention_inv_freq, c.rope_parameters["full_attention"],
+                                   hp["rope_base"]),
+                "sliding_attention": (rotary.sliding_attention_inv_freq, c.rope_parameters["sliding_attention"],
+                                      hp["rope_base_local"])}
+    return {"": (rotary.inv_freq, c.rope_parameters or {}, hp["rope_base"])}
+
+
+def inv_freq(base: float, dim: int) -> np.ndarray:
+    return 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+
+
+def config_mismatches(model, arch: str, hp: dict) -> list:
+    c, bad = model.config, []
+    for key, value in expected_config(arch, hp).items():
+        if getattr(c, key, None) != value:
+            bad.append(f"config.{key} = {getattr(c, key, None)!r}, file says {value!r}")
+    if np.float32(c.rms_norm_eps) != np.float32(hp["rms_eps"]):
+        bad.append(f"rms_norm_eps {c.rms_norm_eps!r}, file says {hp['rms_eps']!r}")
+    dim = head_dim(hp)
+    for label, (got, params, base) in rope_tables(model, arch, hp).items():
+        theta = params.get("rope_theta")
+        if params.get("rope_type") != "default" or theta is None or np.float32(theta) != np.float32(base):
+            bad.append(f"rope parameters {label} {params!r}, file says default with theta {base!r}")
+        expect = inv_freq(base, dim)
+        got = got.double().numpy()
+        if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-6, atol=0):
+            bad.append(f"rotary inv_freq {label} {got[:3]}... != NeoX 1/{base}^(2i/{dim}) {expect[:3]}...")
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    count = NORMS_PER_LAYER[arch] * hp["layers"] + 1
+    if len(norms) != count:
+        bad.append(f"{len(norms)} RMSNorm modules, expected {count}")
+    for m in norms:
+        eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+        if eps is None or np.float32(eps) != np.float32(hp["rms_eps"]):
+            bad.append(f"RMSNorm eps {eps!r}, file says {hp['rms_eps']!r}")
+            break
+    return bad
+
+
+def weight_mismatches(model, arch: str, hp: dict, tensors: dict) -> list:
+    bad = []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, want in tensors.items():
+        got = params.get(name)
+        if got is None:
+            bad.append(f"parameter {name} missing")
+            continue
+        got = got.detach()
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            # Gemma's RMSNorm scales by (1 + w); the file stores 1 + w and the loader subtracts 1.
+            same = got.shape == want.shape and torch.allclose(got + 1, want, rtol=1e-6, atol=1e-6)
+        else:
+            same = got.shape == want.shape and torch.equal(got, want)
+        if not same:
+            bad.append(f"parameter {name} differs from the file ({tuple(got.shape)} vs {tuple(want.shape)})")
+    if model.model.layers[0].self_attn.o_proj.bias is not None:
+        bad.append("o_proj has a bias; no family here has one")
+    if hp["tied"] and not torch.equal(params["lm_head.weight"], params["model.embed_tokens.weight"]):
+        bad.append("file has no output.weight but lm_head is not the embedding")
+    extra = set(params) - set(tensors) - ({"lm_head.weight"} if hp["tied"] else set())
+    if extra:
+        bad.append(f"parameters not in the file: {sorted(extra)}")
+    return bad
+
+
+def mismatches(model, arch: str, hp: dict, tensors: dict) -> list:
+    """Every way `model` disagrees with the file as gguf-py reads it (empty when it agrees)."""
+    return config_mismatches(model, arch, hp) + weight_mismatches(model, arch, hp, tensors)
+
+
+# ---- building the model ------------------------------------------------------------------------
+
+
+def hf_config(fm: FileModel):
+    """The fallback's config: expected_config's fields, the RMSNorm eps and default RoPE."""
+    config_class = FALLBACK_CLASSES[fm.arch][0]
+    return config_class(
+        **expected_config(fm.arch, fm.hp),
+        rms_norm_eps=fm.hp["rms_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": fm.hp["rope_base"]},
         attention_dropout=0.0,
-        use_sliding_window=False,
     )
 
 
-def build_from_state_dict(fm: FileModel) -> Qwen2ForCausalLM:
-    """The fallback: a Qwen2ForCausalLM from our config and gguf-py's tensors, no GGUF loader."""
-    model = Qwen2ForCausalLM(qwen2_config(fm.hp)).to(torch.float32)
+def build_from_state_dict(fm: FileModel):
+    """The fallback: the family's model from our config and gguf-py's tensors, no GGUF loader."""
+    model = FALLBACK_CLASSES[fm.arch][1](hf_config(fm)).to(torch.float32)
     missing, unexpected = model.load_state_dict(fm.tensors, strict=False)
     allowed_missing = {"lm_head.weight"} if fm.tied else set()
     if set(missing) - allowed_missing or unexpected:
@@ -119,53 +307,12 @@ def build_from_state_dict(fm: FileModel) -> Qwen2ForCausalLM:
     return model.eval()
 
 
-def mismatches(model: Qwen2ForCausalLM, fm: FileModel) -> list:
-    """Every way `model` disagrees with the file as gguf-py reads it (empty when it agrees)."""
-    c, hp, bad = model.config, fm.hp, []
-    want = {**config_fields(hp), "tie_word_embeddings": fm.tied}
-    for key, value in want.items():
-        if getattr(c, key) != value:
-            bad.append(f"config.{key} = {getattr(c, key)!r}, file says {value!r}")
-    theta = (c.rope_parameters or {}).get("rope_theta")
-    if theta is None or np.float32(theta) != np.float32(hp["rope_base"]):
-        bad.append(f"rope_theta = {theta!r}, file says {hp['rope_base']!r}")
-    head_dim = hp["hidden"] // hp["heads"]
-    inv_freq = 1.0 / (hp["rope_base"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    got = model.model.rotary_emb.inv_freq.double().numpy()
-    if got.shape != inv_freq.shape or not np.allclose(got, inv_freq, rtol=1e-6, atol=0):
-        bad.append(f"rotary inv_freq {got[:4]}... != NeoX 1/base^(2i/d) {inv_freq[:4]}...")
-    norms = [m for m in model.modules() if type(m).__name__ == "Qwen2RMSNorm"]
-    if len(norms) != 2 * hp["layers"] + 1:
-        bad.append(f"{len(norms)} RMSNorm modules, expected {2 * hp['layers'] + 1}")
-    for m in norms:
-        if np.float32(m.variance_epsilon) != np.float32(hp["rms_eps"]):
-            bad.append(f"RMSNorm eps {m.variance_epsilon!r}, file says {hp['rms_eps']!r}")
-            break
-    if c.hidden_act != "silu":
-        bad.append(f"hidden_act {c.hidden_act!r}, expected 'silu' (SwiGLU)")
-    bad += weight_mismatches(model, fm)
-    return bad
-
-
-def weight_mismatches(model: Qwen2ForCausalLM, fm: FileModel) -> list:
-    bad = []
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for name, want in fm.tensors.items():
-        got = params.get(name)
-        if got is None:
-            bad.append(f"parameter {name} missing")
-        elif got.shape != want.shape or not torch.equal(got.detach(), want):
-            bad.append(f"parameter {name} differs from the file ({tuple(got.shape)} vs {tuple(want.shape)})")
-    if model.model.layers[0].self_attn.o_proj.bias is not None:
-        bad.append("o_proj has a bias; Qwen2 has none")
-    lm_head, embd = params["lm_head.weight"], params["model.embed_tokens.weight"]
-    if fm.tied and not torch.equal(lm_head, embd):
-        bad.append("file has no output.weight but lm_head is not the embedding")
-    expected = set(fm.tensors) | ({"lm_head.weight"} if fm.tied else set())
-    extra = set(params) - expected
-    if extra:
-        bad.append(f"parameters not in the file: {sorted(extra)}")
-    return bad
+def loader_overrides(fm: FileModel) -> dict:
+    """Config values transformers' GGUF loader cannot find in our files (see the module's docstring)."""
+    out = {"vocab_size": fm.hp["vocab"]}
+    if fm.arch == "qwen3":
+        out["head_dim"] = fm.hp["head_dim"]
+    return out
 
 
 def load_checked(path: Path) -> Loaded:
@@ -175,18 +322,19 @@ def load_checked(path: Path) -> Loaded:
         str(path.parent),
         gguf_file=path.name,
         dtype=torch.float32,
-        vocab_size=fm.hp["vocab"],
         attn_implementation="eager",
+        **loader_overrides(fm),
     ).eval()
-    bad = mismatches(model, fm)
+    bad = mismatches(model, fm.arch, fm.hp, fm.tensors)
     loader = "transformers GGUF loader"
     if bad:
         print(f"{path.name}: transformers' GGUF loader misread the file; using gguf-py tensors:")
         for line in bad:
             print(f"  {line}")
         model = build_from_state_dict(fm)
-        loader = "Qwen2Config + gguf-py state dict (transformers' GGUF loader: " + "; ".join(bad[:3]) + ")"
-        still = mismatches(model, fm)
+        config_name = FALLBACK_CLASSES[fm.arch][0].__name__
+        loader = f"{config_name} + gguf-py state dict (transformers' GGUF loader: " + "; ".join(bad[:3]) + ")"
+        still = mismatches(model, fm.arch, fm.hp, fm.tensors)
         if still:
             raise ValueError(f"{path}: fallback model disagrees with the file: {still}")
-    return Loaded(model=model, loader=loader, hp=fm.hp)
+    return Loaded(model=model, loader=loader, arch=fm.arch, hp=fm.hp)

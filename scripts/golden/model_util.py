@@ -62,8 +62,8 @@ def arch_hparams(reader: gguf.GGUFReader, arch: str, vocab: int) -> dict:
 
 
 def config_fields(hp: dict) -> dict:
-    """The transformers config fields set by arch_hparams' shapes, under the names Qwen2, Llama and
-    Gemma 3 configs share."""
+    """The transformers config fields set by arch_hparams' shapes, under the names Qwen2, Qwen3, Llama
+    and Gemma 3 configs share."""
     return {
         "vocab_size": hp["vocab"],
         "hidden_size": hp["hidden"],

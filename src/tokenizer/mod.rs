@@ -6,6 +6,7 @@
 mod incremental;
 pub mod pre;
 mod split;
+mod spm;
 
 pub use incremental::IncrementalDecoder;
 
@@ -36,7 +37,7 @@ pub const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
 pub use pre::QWEN2_SPLIT_REGEX;
 /// Token strings that end a turn in the supported families' chat models (ChatML's, Llama 3's),
 /// whatever the file names as eos.
-const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>"];
+const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"];
 
 /// GGUF `token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -50,7 +51,7 @@ pub enum TokenizerError {
         #[source]
         source: GgufError,
     },
-    #[error("metadata key '{MODEL_KEY}' is '{0}'; only 'gpt2' (byte-level BPE) is supported")]
+    #[error("metadata key '{MODEL_KEY}' is '{0}'; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece-style BPE)")]
     UnsupportedModel(String),
     #[error("metadata key '{PRE_KEY}' is '{0}'; supported pre-tokenizers: {names}", names = pre::supported())]
     UnsupportedPreTokenizer(String),
@@ -133,7 +134,11 @@ impl Tokenizer {
                 .map_err(meta_err(PRE_KEY))?
                 .unwrap_or("default"),
             tokens: meta.strings(TOKENS_KEY).map_err(meta_err(TOKENS_KEY))?,
-            merges: meta.strings(MERGES_KEY).map_err(meta_err(MERGES_KEY))?,
+            // SentencePiece-style files list none: the merges follow from the vocabulary.
+            merges: match meta.contains_key(MERGES_KEY) {
+                true => meta.strings(MERGES_KEY).map_err(meta_err(MERGES_KEY))?,
+                false => &[],
+            },
             token_types: meta
                 .i32s(TOKEN_TYPE_KEY)
                 .map_err(meta_err(TOKEN_TYPE_KEY))?,
@@ -149,13 +154,17 @@ impl Tokenizer {
     }
 
     pub fn from_parts(parts: &VocabParts<'_>) -> Result<Tokenizer, TokenizerError> {
-        if parts.model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(parts.model.to_owned()));
-        }
-        let Some(pre) = pre::lookup(parts.pre) else {
-            return Err(TokenizerError::UnsupportedPreTokenizer(
-                parts.pre.to_owned(),
-            ));
+        let kind = match parts.model {
+            "gpt2" => match pre::lookup(parts.pre) {
+                Some(pre) => Kind::ByteLevel(pre),
+                None => {
+                    return Err(TokenizerError::UnsupportedPreTokenizer(
+                        parts.pre.to_owned(),
+                    ))
+                }
+            },
+            "llama" => Kind::SentencePiece,
+            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
         let n = parts.tokens.len();
         if parts.token_types.len() != n {
@@ -188,9 +197,17 @@ impl Tokenizer {
                             (is_added && !text.is_empty()).then(|| (text.clone(), id as u32))
                         }),
                 );
-                (added, token_bytes(parts.tokens))
+                let bytes = match kind {
+                    Kind::ByteLevel(_) => token_bytes(parts.tokens),
+                    Kind::SentencePiece => spm::token_bytes(parts.tokens, parts.token_types),
+                };
+                (added, bytes)
             });
-            let plain = build_bpe(parts, pre);
+            let plain = match kind {
+                Kind::ByteLevel(pre) => build_bpe(parts, pre),
+                Kind::SentencePiece => spm::build(parts.tokens),
+            }
+            .and_then(|tok| with_added_tokens(tok, parts));
             let side = side
                 .join()
                 .map_err(|_| TokenizerError::Build("a tokenizer build thread panicked".into()));
@@ -216,8 +233,15 @@ impl Tokenizer {
 
     /// Raw prompt: the caller's whole prompt; special tokens written in it ARE parsed
     /// (llama-server `/completion`, Hugging Face `encode(text, add_special_tokens=False)`).
+    /// A vocabulary that adds BOS (`add_bos_token`) gets it first, as transformers' and
+    /// llama.cpp's tokenizers add it (also before a `<bos>` the text wrote). A chat template writes
+    /// its own BOS, so `encode_chat` adds none.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.encode_segments(&[Segment::Scaffold(text)])
+        let mut ids = self.encode_segments(&[Segment::Scaffold(text)])?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
     }
 
     /// Plain text: special-token strings are ordinary text.
@@ -278,7 +302,7 @@ impl Tokenizer {
                 if let Some(found) = messages.iter().find_map(|m| self.added.find(&m.content, 0)) {
                     return Err(TokenizerError::ContentNotIsolated(found.text.to_owned()));
                 }
-                self.encode_prompt(&rendered)?
+                self.encode_segments(&[Segment::Scaffold(&rendered)])?
             }
         };
         Ok((rendered, ids))
@@ -423,6 +447,15 @@ fn end_of_sequence_ids(parts: &VocabParts<'_>) -> Result<Vec<u32>, TokenizerErro
     Ok(ids)
 }
 
+/// The two kinds of vocabulary a GGUF file holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `gpt2`: byte-level BPE with merges and a pre-tokenizer named by `tokenizer.ggml.pre`.
+    ByteLevel(&'static pre::PreTokenizer),
+    /// `llama`: SentencePiece-style BPE with byte fallback.
+    SentencePiece,
+}
+
 /// The `tokenizers` pipeline that reproduces the family's `tokenizer.json` from the GGUF arrays.
 fn build_bpe(
     parts: &VocabParts<'_>,
@@ -466,6 +499,15 @@ fn build_bpe(
     }
     tok.with_pre_tokenizer(Some(Sequence::new(steps)));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tok)
+}
+
+/// Control tokens as special added tokens, user-defined ones as plain added tokens matched whole.
+fn with_added_tokens(
+    mut tok: tokenizers::Tokenizer,
+    parts: &VocabParts<'_>,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
     let mut specials = Vec::new();
     let mut user_defined = Vec::new();
     for (text, &ty) in parts.tokens.iter().zip(parts.token_types) {
