@@ -1,7 +1,8 @@
 //! The families beside Qwen2 served over HTTP on 127.0.0.1 by the real binary, on the CPU: the
 //! real SmolLM2 file (`llama`) becomes ready, answers greedy chat requests with transformers'
-//! tokens, batches identically, works with the official `openai` client, and refuses tools its
-//! template cannot render; a random `llama` model's layers are gated while it loads.
+//! tokens, batches identically and refuses tools its template cannot render; the real Gemma 3 file
+//! answers in its built-in instruct format with transformers' tokens; a random `llama` model's
+//! layers are gated while it loads.
 
 mod common;
 #[path = "common/harness.rs"]
@@ -119,4 +120,28 @@ fn a_llama_model_is_ready_before_its_last_layer_and_answers_once_loaded() {
         v["timings"]["waited_for_load_ms"].as_f64().unwrap() > 0.0,
         "{v}"
     );
+}
+
+#[test]
+fn gemma3_serves_its_instruct_format_with_transformers_tokens_and_bos_before_raw_prompts() {
+    let s = spawn(&common::real_gemma3(), &[]);
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/family-gemma3.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let p = &g["prompts"][0];
+    assert_eq!(p["name"], "chat-haiku", "{p}");
+    // The first four greedy tokens of transformers' answer (no near-tie among them).
+    let want: Vec<u64> = p["greedy"].as_array().unwrap()[..4]
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let body = json!({"messages": p["messages"], "max_tokens": 4, "temperature": 0});
+    let r = s.post_json("/generate", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(harness::token_ids(&v), want, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], p["prompt_ids"].as_array().unwrap().len(), "{v}");
+    // A raw prompt gets BOS (the vocabulary adds it): one token more than its text.
+    let raw = s.post_json("/generate", &json!({"prompt": "Hello", "max_tokens": 1}));
+    assert_eq!(raw.json()["usage"]["prompt_tokens"], 2, "{}", raw.text());
 }
