@@ -140,7 +140,11 @@ fn gemma3_serves_its_instruct_format_with_transformers_tokens_and_bos_before_raw
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(harness::token_ids(&v), want, "{v}");
-    assert_eq!(v["usage"]["prompt_tokens"], p["prompt_ids"].as_array().unwrap().len(), "{v}");
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        p["prompt_ids"].as_array().unwrap().len(),
+        "{v}"
+    );
     // A raw prompt gets BOS (the vocabulary adds it): one token more than its text.
     let raw = s.post_json("/generate", &json!({"prompt": "Hello", "max_tokens": 1}));
     assert_eq!(raw.json()["usage"]["prompt_tokens"], 2, "{}", raw.text());
