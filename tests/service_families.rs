@@ -91,19 +91,21 @@ fn a_llama_model_is_ready_before_its_last_layer_and_answers_once_loaded() {
             "--arch",
             "llama",
             "--layers",
-            "4",
+            "8",
             "--hidden",
-            "256",
-            "--heads",
-            "4",
-            "--kv-heads",
-            "2",
-            "--ffn",
             "512",
+            "--heads",
+            "8",
+            "--kv-heads",
+            "4",
+            "--ffn",
+            "2048",
+            "--tied",
         ],
     );
-    // About 4 MB/s: each 0.8 MB layer lands a fifth of a second after the one before.
-    let s = spawn(&model, &["--load-bandwidth-limit", "4"]);
+    // 100 MB/s: READY after the 78 MB embeddings and layer 0; each 7.9 MB layer then lands 80 ms
+    // after the one before, so a request sent at READY waits about half a second for the rest.
+    let s = spawn(&model, &["--load-bandwidth-limit", "100"]);
     let h = s.get("/health").json();
     assert!(
         h["units_resident"].as_u64().unwrap() < h["units_total"].as_u64().unwrap(),
