@@ -1,6 +1,7 @@
 //! The families beside Qwen2 served over HTTP on 127.0.0.1 by the real binary, on the CPU: the
-//! real SmolLM2 file (`llama`) becomes ready, answers greedy chat requests with transformers'
-//! tokens, batches identically and refuses tools its template cannot render; the real Gemma 3 file
+//! real SmolLM2 file (`llama`) becomes ready before its last layer (a request at READY answers as
+//! one after the load), answers greedy chat requests with transformers' tokens, batches
+//! identically and refuses tools its template cannot render; the real Gemma 3 file
 //! answers in its built-in instruct format with transformers' tokens; a random `llama` model's
 //! layers are gated while it loads.
 
@@ -70,6 +71,28 @@ fn smollm2_serves_transformers_greedy_tokens_and_batches_identically() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together[0], alone);
+}
+
+#[test]
+fn smollm2_is_ready_before_its_last_layer_and_a_request_at_ready_matches_the_resident_answer() {
+    // 50 MB/s: READY after the 28 MB embeddings and layer 0, fully resident about 1.4 s later.
+    let s = spawn(&common::real_smollm2(), &["--load-bandwidth-limit", "50"]);
+    let h = s.get("/health").json();
+    assert!(
+        h["units_resident"].as_u64().unwrap() < h["units_total"].as_u64().unwrap(),
+        "fully resident at READY already: {h}"
+    );
+    let body = json!({"messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": 8, "temperature": 0});
+    let early = s.post_json("/generate", &body).json();
+    assert!(
+        early["timings"]["waited_for_load_ms"].as_f64().unwrap() > 0.0,
+        "{early}"
+    );
+    s.wait_load_state("resident", Duration::from_secs(30));
+    let late = s.post_json("/generate", &body).json();
+    assert_eq!(harness::token_ids(&early), harness::token_ids(&late));
+    assert_eq!(early["text"], late["text"]);
 }
 
 #[test]
