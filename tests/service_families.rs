@@ -22,10 +22,11 @@ fn spawn(model: &std::path::Path, args: &[&str]) -> Server {
     s
 }
 
-/// transformers' greedy tokens for SmolLM2's `chat-capital` prompt, read from the golden file.
-fn golden_prompt(name: &str) -> Value {
+/// Prompt `name` of `tests/golden/<file>` (transformers' ids and greedy tokens).
+fn golden_prompt(file: &str, name: &str) -> Value {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/family-smollm2.json");
+        .join("tests/golden")
+        .join(file);
     let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     g["prompts"]
         .as_array()
@@ -45,7 +46,7 @@ fn smollm2_serves_transformers_greedy_tokens_and_batches_identically() {
         "{models}"
     );
     // Five tokens of a prompt whose first steps are no near-ties in transformers' logits.
-    let p = golden_prompt("chat-haiku");
+    let p = golden_prompt("family-smollm2.json", "chat-haiku");
     let want: Vec<u64> = p["greedy"].as_array().unwrap()[..5]
         .iter()
         .map(|v| v.as_u64().unwrap())
@@ -150,11 +151,7 @@ fn a_llama_model_is_ready_before_its_last_layer_and_answers_once_loaded() {
 #[test]
 fn gemma3_serves_its_instruct_format_with_transformers_tokens_and_bos_before_raw_prompts() {
     let s = spawn(&common::real_gemma3(), &[]);
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/family-gemma3.json");
-    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let p = &g["prompts"][0];
-    assert_eq!(p["name"], "chat-haiku", "{p}");
+    let p = golden_prompt("family-gemma3.json", "chat-haiku");
     // The first four greedy tokens of transformers' answer (no near-tie among them).
     let want: Vec<u64> = p["greedy"].as_array().unwrap()[..4]
         .iter()

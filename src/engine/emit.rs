@@ -14,13 +14,11 @@ use crate::backend::step::{RowResult, StepRunner};
 use crate::generation::{self, Advance, FinishReason, GenerationError};
 use crate::tokenizer::Tokenizer;
 
-/// How a sequence left the batch.
-pub enum Retired {
+/// How a sequence leaves the batch (its end is counted where it happens, in `Outcomes`).
+enum Retired {
     Finished(FinishReason),
-    Cancelled,
-    Failed,
-    /// Failed on non-finite logits (counted apart: it means broken weights).
-    NonFinite,
+    /// Failed, or its client left.
+    Ended,
 }
 
 type Step = Option<Result<Advance, GenerationError>>;
@@ -30,8 +28,8 @@ type Step = Option<Result<Advance, GenerationError>>;
 /// each).
 const PARALLEL_ROWS: usize = 32;
 
-/// Count the step's work, sample, stream; returns what was retired (already removed from
-/// `running`, its blocks released). `logits`: one whole row per sequence that asked.
+/// Count the step's work, sample, stream; the sequences that end are removed from `running`,
+/// their blocks released. `logits`: one whole row per sequence that asked.
 pub fn apply(
     sched: &mut Scheduler,
     plan: &[Planned],
@@ -40,7 +38,7 @@ pub fn apply(
     tok: &Tokenizer,
     waited_ms: f64,
     out: &mut Outbox,
-) -> Vec<Retired> {
+) {
     let now = Instant::now();
     let row_idx = account(sched, plan, waited_ms);
     let mut rows: Vec<Option<&mut [f32]>> = logits.chunks_mut(vocab.max(1)).map(Some).collect();
@@ -70,7 +68,7 @@ pub fn apply_rows(
     tok: &Tokenizer,
     waited_ms: f64,
     out: &mut Outbox,
-) -> Vec<Retired> {
+) {
     let now = Instant::now();
     let row_idx = account(sched, plan, waited_ms);
     let answer = |seq: &mut Sequence, i: &Option<usize>| {
@@ -125,13 +123,7 @@ fn account(sched: &mut Scheduler, plan: &[Planned], waited_ms: f64) -> Vec<Optio
 }
 
 /// Queue each sampled token; retire the sequences that ended, failed or lost their client.
-fn retire(
-    sched: &mut Scheduler,
-    advances: Vec<Step>,
-    now: Instant,
-    out: &mut Outbox,
-) -> Vec<Retired> {
-    let mut retired = Vec::new();
+fn retire(sched: &mut Scheduler, advances: Vec<Step>, now: Instant, out: &mut Outbox) {
     for i in (0..advances.len()).rev() {
         let Some(adv) = &advances[i] else { continue };
         let seq = &mut sched.running[i];
@@ -140,11 +132,11 @@ fn retire(
             Ok(a) => stream(seq, a, out),
             Err(GenerationError::NonFinite) => {
                 fail(seq, EngineError::NonFinite, out);
-                Some(Retired::NonFinite)
+                Some(Retired::Ended)
             }
             Err(e) => {
                 fail(seq, EngineError::Internal(e.to_string()), out);
-                Some(Retired::Failed)
+                Some(Retired::Ended)
             }
         };
         if let Some(r) = outcome {
@@ -153,10 +145,8 @@ fn retire(
             if let Retired::Finished(reason) = r {
                 finish(seq, reason, out);
             }
-            retired.push(r);
         }
     }
-    retired
 }
 
 /// Queue the token; Some when the sequence leaves (ended, or its client is gone).
@@ -170,7 +160,7 @@ fn stream(seq: &mut Sequence, a: &Advance, out: &mut Outbox) -> Option<Retired> 
         seq.last_token = Some(now);
         if seq.is_abandoned() {
             seq.cancelled();
-            return Some(Retired::Cancelled);
+            return Some(Retired::Ended);
         }
         out.push(&seq.job.events, EngineEvent::Token(ev.clone()));
     }

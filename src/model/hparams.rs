@@ -111,11 +111,17 @@ impl HParams {
         self.sliding_window.filter(|_| local)
     }
 
+    /// The RoPE base of the local layers, when the model has local layers.
+    pub fn local_rope_base(&self) -> Option<f32> {
+        let s = self.family.info().sliding?;
+        self.sliding_window.map(|_| s.local_rope_base)
+    }
+
     /// The RoPE base of layer `l` (local layers may have their own).
     pub fn rope_base_of(&self, l: usize) -> f32 {
-        match (self.window(l), self.family.info().sliding) {
-            (Some(_), Some(s)) => s.local_rope_base,
-            _ => self.rope_base,
+        match self.window(l) {
+            Some(_) => self.local_rope_base().unwrap_or(self.rope_base),
+            None => self.rope_base,
         }
     }
 

@@ -81,17 +81,42 @@ impl Meta {
         data(&self.envelope(vec![c], true))
     }
 
+    /// A stream chunk's envelope around `choices` (`usage: null` when the last chunk will carry it).
     fn envelope(&self, choices: Vec<Value>, chunk: bool) -> Value {
-        let mut v = json!({
-            "id": self.id, "object": self.object(chunk), "created": self.created,
-            "model": self.model, "choices": choices,
-            "system_fingerprint": FINGERPRINT,
-        });
-        if chunk && self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
+        let usage = (chunk && self.include_usage).then_some(Value::Null);
+        serde_json::to_value(self.wrap(choices, chunk, usage)).unwrap_or(Value::Null)
     }
+
+    /// What every response holds around its choices: one definition for chunks and whole answers.
+    fn wrap<C: serde::Serialize>(
+        &self,
+        choices: C,
+        chunk: bool,
+        usage: Option<Value>,
+    ) -> Envelope<'_, C> {
+        Envelope {
+            id: &self.id,
+            object: self.object(chunk),
+            created: self.created,
+            model: &self.model,
+            choices,
+            system_fingerprint: FINGERPRINT,
+            usage,
+        }
+    }
+}
+
+/// A response's fields around its choices.
+#[derive(serde::Serialize)]
+struct Envelope<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: C,
+    system_fingerprint: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Value>,
 }
 
 const FINGERPRINT: &str = concat!("layerstream-", env!("LAYERSTREAM_COMMIT"));
@@ -195,29 +220,12 @@ async fn whole_response(meta: Meta, mut events: Events) -> Result<Response<ResBo
 /// A whole response's bytes, written in one pass: the choices' texts and log-probability
 /// records go straight from the generations into the buffer.
 fn whole_body(meta: &Meta, finished: &[Finished]) -> Result<Bytes, ApiError> {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: u64,
-        model: &'a str,
-        choices: Vec<WholeChoice<'a>>,
-        system_fingerprint: &'static str,
-        usage: Value,
-    }
-    let body = Body {
-        id: &meta.id,
-        object: meta.object(false),
-        created: meta.created,
-        model: &meta.model,
-        choices: finished
-            .iter()
-            .enumerate()
-            .map(|(i, f)| whole_choice(meta, i, f))
-            .collect(),
-        system_fingerprint: FINGERPRINT,
-        usage: usage(finished),
-    };
+    let choices: Vec<WholeChoice<'_>> = finished
+        .iter()
+        .enumerate()
+        .map(|(i, f)| whole_choice(meta, i, f))
+        .collect();
+    let body = meta.wrap(choices, false, Some(usage(finished)));
     let mut out = Vec::new();
     serde_json::to_writer(&mut out, &body)
         .map_err(|e| ApiError::Internal(format!("cannot write the response: {e}")))?;

@@ -3,12 +3,12 @@
 //! batches of many sequences all take it).
 //!
 //! Reads top to bottom like the paper: embed → per layer (RMSNorm, QKV (+ bias where the family
-//! has them; per-head q/k RMSNorm where it has those), RoPE, GQA over
-//! each sequence's paged KV, output projection, residual, RMSNorm, SwiGLU MLP, residual) → final
-//! norm → head. The family's row of the architecture table adds what it has: embeddings scaled by
-//! sqrt(hidden), local layers with a window and their own RoPE base, post norms before each
-//! residual add, GeGLU instead of SwiGLU (Gemma 3). The projections are one matrix-matrix product over every row of the batch; RoPE,
-//! the KV append and attention are per row over the row's own sequence. Every reduction is per
+//! has them; per-head q/k RMSNorm where it has those), RoPE, GQA over each sequence's paged KV,
+//! output projection, residual, RMSNorm, SwiGLU MLP, residual) → final norm → head. The family's
+//! row of the architecture table adds what it has: embeddings scaled by sqrt(hidden), local layers
+//! with a window and their own RoPE base, post norms before each residual add, GeGLU instead of
+//! SwiGLU (Gemma 3). The projections are one matrix-matrix product over every row of the batch;
+//! RoPE, the KV append and attention are per row over the row's own sequence. Every reduction is per
 //! row, so a sequence's logits are bit-identical whatever else shares its batch.
 
 use rayon::prelude::*;
@@ -63,8 +63,12 @@ impl Scratch {
             act: z(hp.ffn),
             cos: z(hp.head_dim / 2),
             sin: z(hp.head_dim / 2),
-            cos_local: local_rope(hp).map_or(Vec::new(), |_| z(hp.head_dim / 2)),
-            sin_local: local_rope(hp).map_or(Vec::new(), |_| z(hp.head_dim / 2)),
+            cos_local: hp
+                .local_rope_base()
+                .map_or(Vec::new(), |_| z(hp.head_dim / 2)),
+            sin_local: hp
+                .local_rope_base()
+                .map_or(Vec::new(), |_| z(hp.head_dim / 2)),
             pos: vec![0; b],
             seq: vec![0; b],
             head_x: Vec::new(),
@@ -74,12 +78,6 @@ impl Scratch {
     pub fn max_rows(&self) -> usize {
         self.max_rows
     }
-}
-
-/// The local layers' RoPE base, when the model has local layers.
-fn local_rope(hp: &HParams) -> Option<f32> {
-    let s = hp.family.info().sliding?;
-    hp.sliding_window.map(|_| s.local_rope_base)
 }
 
 /// Read access to the weights of each unit; blocking until the unit is resident is the
@@ -149,7 +147,7 @@ fn embed_rows(
         let rows = r * half..(r + 1) * half;
         let (c, sn) = (&mut s.cos[rows.clone()], &mut s.sin[rows.clone()]);
         ops::rope_table(s.pos[r], hp.head_dim, hp.rope_base, c, sn);
-        if let Some(base) = local_rope(hp) {
+        if let Some(base) = hp.local_rope_base() {
             let (c, sn) = (&mut s.cos_local[rows.clone()], &mut s.sin_local[rows]);
             ops::rope_table(s.pos[r], hp.head_dim, base, c, sn);
         }
@@ -230,15 +228,21 @@ fn attention_block(
     residual(hp, &lw.attn_post_norm, n, s);
 }
 
-/// `x += proj`, through the family's post norm when it has one (Gemma).
+/// `x += proj`, through the family's post norm when it has one (Gemma: `x += norm(proj)`).
 fn residual(hp: &HParams, post_norm: &[f32], n: usize, s: &mut Scratch) {
     let h = hp.hidden;
-    if !post_norm.is_empty() {
-        let (proj, xn) = (&s.proj[..n * h], &mut s.xn[..n * h]);
-        norm_rows(proj, post_norm, hp.rms_eps, h, xn);
-        s.proj[..n * h].copy_from_slice(&s.xn[..n * h]);
+    if post_norm.is_empty() {
+        ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
+        return;
     }
-    ops::add_in_place(&mut s.x[..n * h], &s.proj[..n * h]);
+    norm_rows(
+        &s.proj[..n * h],
+        post_norm,
+        hp.rms_eps,
+        h,
+        &mut s.xn[..n * h],
+    );
+    ops::add_in_place(&mut s.x[..n * h], &s.xn[..n * h]);
 }
 
 fn mlp_block(hp: &HParams, lw: &LayerWeights, n: usize, s: &mut Scratch) {

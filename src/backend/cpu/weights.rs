@@ -69,7 +69,9 @@ impl LayerWeights {
             &self.bqkv,
             &self.q_norm,
             &self.k_norm,
+            &self.attn_post_norm,
             &self.ffn_norm,
+            &self.ffn_post_norm,
         ];
         let v = vectors.iter().map(|x| x.len()).sum::<usize>() * 4;
         v + self.wqkv.bytes() + self.wo.bytes() + self.w_gate_up.bytes() + self.w_down.bytes()
@@ -289,22 +291,22 @@ struct LayerNames {
 impl LayerNames {
     fn new(spec: &ModelSpec, i: usize) -> LayerNames {
         use LayerTensor as T;
-        let biases = [T::AttnQBias, T::AttnKBias, T::AttnVBias];
-        let (qk, post) = (
-            spec.hp.family.info().qk_norm,
-            spec.hp.family.info().post_norms,
-        );
+        // The optional tensors this model's layers hold (`ModelSpec::layer_tensors` decides).
+        let present = spec.layer_tensors();
+        let names = |ts: &[T]| -> Vec<String> {
+            ts.iter()
+                .filter(|t| present.contains(t))
+                .map(|t| t.name(i))
+                .collect()
+        };
         LayerNames {
             attn_norm: [T::AttnNorm.name(i)],
             qkv: [T::AttnQ.name(i), T::AttnK.name(i), T::AttnV.name(i)],
-            bqkv: match spec.qkv_bias {
-                true => biases.iter().map(|t| t.name(i)).collect(),
-                false => Vec::new(),
-            },
-            q_norm: qk.then(|| T::AttnQNorm.name(i)).into_iter().collect(),
-            k_norm: qk.then(|| T::AttnKNorm.name(i)).into_iter().collect(),
-            attn_post_norm: post.then(|| T::AttnPostNorm.name(i)).into_iter().collect(),
-            ffn_post_norm: post.then(|| T::FfnPostNorm.name(i)).into_iter().collect(),
+            bqkv: names(&[T::AttnQBias, T::AttnKBias, T::AttnVBias]),
+            q_norm: names(&[T::AttnQNorm]),
+            k_norm: names(&[T::AttnKNorm]),
+            attn_post_norm: names(&[T::AttnPostNorm]),
+            ffn_post_norm: names(&[T::FfnPostNorm]),
             wo: [T::AttnOut.name(i)],
             ffn_norm: [T::FfnNorm.name(i)],
             gate_up: [T::FfnGate.name(i), T::FfnUp.name(i)],
