@@ -1,6 +1,8 @@
 // Causal grouped-query attention over the F16 KV cache (rows of kv_dim = n_kv * D; query head h
 // reads KV head h / (n_head / n_kv)). A sequence's position p lives in row kv_row(table, bs, p)
-// (common.cuh): its block table in a paged pool, or row p when the table is null.
+// (common.cuh): its block table in a paged pool, or row p when the table is null. Every kernel
+// takes `window`: 0 for all keys 0..=pos, else only the last `window` of them (keys
+// pos - window + 1 ..= pos: a sliding-window layer); the splits below `window_lo` are empty.
 //
 // One warp processes one query row against a range of keys with an online softmax, 32 keys at a
 // time (staged in the warp's shared tile, dynamic shared memory of 2 * tile_halves(D) bytes per
@@ -103,11 +105,14 @@ __device__ __forceinline__ void softmax_init(Softmax& st) {
     for (int i = 0; i < PER_LANE; i++) st.acc[i] = 0.0f;
 }
 
+// The first key a query at `pos` attends to.
+__device__ __forceinline__ int window_lo(int pos, int window) { return window > 0 ? max(0, pos + 1 - window) : 0; }
+
 extern "C" __global__ void attn_rows(const float* __restrict__ q, const __half* __restrict__ kc,
                                      const __half* __restrict__ vc, __half* __restrict__ out, int n,
                                      const int* __restrict__ row_pos, int pos0, const int* __restrict__ row_tab,
                                      const int* __restrict__ tables, int bs, int n_head, int n_kv, int D,
-                                     float scale) {
+                                     float scale, int window) {
     __shared__ float qs[4][MAX_D];
     extern __shared__ __align__(16) __half tiles[];
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -121,7 +126,7 @@ extern "C" __global__ void attn_rows(const float* __restrict__ q, const __half* 
     softmax_init(st);
     const int pos = row_pos ? row_pos[t] : pos0 + t;
     const int* table = tables ? tables + (row_tab ? row_tab[t] : 0) : nullptr;
-    attend_range(qs[warp], kc, vc, table, bs, kv_dim, kv_off, D, scale, 0, pos + 1, st,
+    attend_range(qs[warp], kc, vc, table, bs, kv_dim, kv_off, D, scale, window_lo(pos, window), pos + 1, st,
                  tiles + warp * tile_halves(D));
     const float inv = 1.0f / st.l;
 #pragma unroll
@@ -136,12 +141,12 @@ extern "C" __global__ void attn_rows(const float* __restrict__ q, const __half* 
 __device__ __forceinline__ void decode_split(const float* __restrict__ q, const __half* __restrict__ kc,
                                              const __half* __restrict__ vc, const int* __restrict__ table, int bs,
                                              float* __restrict__ part_acc,
-                                             float* __restrict__ part_ml, int len, int s, int h, int max_splits,
-                                             int n_head, int n_kv, int D, float scale, int chunk) {
+                                             float* __restrict__ part_ml, int len, int window, int s, int h,
+                                             int max_splits, int n_head, int n_kv, int D, float scale, int chunk) {
     __shared__ float qs[MAX_D];
     extern __shared__ __align__(16) __half tiles[];
     const int lane = threadIdx.x;
-    const int k0 = s * chunk, k1 = min(len, k0 + chunk);
+    const int k0 = max(s * chunk, window_lo(len - 1, window)), k1 = min(len, s * chunk + chunk);
     const size_t part = (size_t)h * max_splits + s;
     Softmax st;
     softmax_init(st);
@@ -215,10 +220,10 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const __half
                                        const __half* __restrict__ vc, const int* __restrict__ table, int bs,
                                        float* __restrict__ part_acc,
                                        float* __restrict__ part_ml, const int* __restrict__ pos_dev, int n_head,
-                                       int n_kv, int D, float scale, int chunk) {
+                                       int n_kv, int D, float scale, int chunk, int window) {
     grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
-    decode_split(q, kc, vc, table, bs, part_acc, part_ml, *pos_dev + 1, blockIdx.x, blockIdx.y, gridDim.x, n_head, n_kv, D,
-                 scale, chunk);
+    decode_split(q, kc, vc, table, bs, part_acc, part_ml, *pos_dev + 1, window, blockIdx.x, blockIdx.y, gridDim.x,
+                 n_head, n_kv, D, scale, chunk);
 }
 
 extern "C" __global__ void attn_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
@@ -232,11 +237,12 @@ extern "C" __global__ void attn_decode_merge(const float* __restrict__ q, const 
                                              const __half* __restrict__ vc, const int* __restrict__ table, int bs,
                                              float* part_acc, float* part_ml,
                                              float* __restrict__ out, int* count, const int* __restrict__ pos_dev,
-                                             int n_head, int n_kv, int D, float scale, int chunk) {
+                                             int n_head, int n_kv, int D, float scale, int chunk, int window) {
     const int h = blockIdx.y, max_splits = gridDim.x;
     grid_dep_sync();
     const int len = *pos_dev + 1;
-    decode_split(q, kc, vc, table, bs, part_acc, part_ml, len, blockIdx.x, h, max_splits, n_head, n_kv, D, scale, chunk);
+    decode_split(q, kc, vc, table, bs, part_acc, part_ml, len, window, blockIdx.x, h, max_splits, n_head, n_kv, D,
+                 scale, chunk);
     // Every lane's partial writes are visible device-wide before the block is counted.
     __threadfence();
     __syncwarp();
@@ -252,7 +258,8 @@ extern "C" __global__ void attn_rows_split(const float* __restrict__ q, const __
                                            const __half* __restrict__ vc, float* __restrict__ part_acc,
                                            float* __restrict__ part_ml, int n, const int* __restrict__ row_pos,
                                            int pos0, const int* __restrict__ row_tab, const int* __restrict__ tables,
-                                           int bs, int n_head, int n_kv, int D, float scale, int chunk, int splits) {
+                                           int bs, int n_head, int n_kv, int D, float scale, int chunk, int splits,
+                                           int window) {
     const int t = blockIdx.x, h = blockIdx.y % n_head, sp = blockIdx.y / n_head;
     grid_dep_sync();
     if (t >= n) return;
@@ -261,7 +268,7 @@ extern "C" __global__ void attn_rows_split(const float* __restrict__ q, const __
     // Row t's partials are its own `n_head * splits` of them, as one decode query's.
     const size_t row_parts = (size_t)t * n_head * splits;
     decode_split(q + (size_t)t * n_head * D, kc, vc, table, bs, part_acc + row_parts * D, part_ml + row_parts * 2,
-                 pos + 1, sp, h, splits, n_head, n_kv, D, scale, chunk);
+                 pos + 1, window, sp, h, splits, n_head, n_kv, D, scale, chunk);
 }
 
 extern "C" __global__ void attn_rows_merge(const float* __restrict__ part_acc, const float* __restrict__ part_ml,

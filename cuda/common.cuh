@@ -80,3 +80,21 @@ __device__ __forceinline__ void load_half8(const __half* p, float out[8]) {
 __device__ __forceinline__ size_t kv_row(const int* __restrict__ table, int bs, int p) {
     return table ? (size_t)table[p / bs] * bs + p % bs : (size_t)p;
 }
+
+// The gate's activation of a gated MLP: silu(g) (SwiGLU), or with `gelu` the tanh approximation of
+// GELU (GeGLU: Gemma's gelu_pytorch_tanh).
+__device__ __forceinline__ float gated(float g, int gelu) {
+    if (gelu) {
+        const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+        return 0.5f * g * (1.0f + tanhf(inner));
+    }
+    return g / (1.0f + expf(-g));
+}
+
+// The two columns of rotation pair i of a head starting at column `head0`: (i, i + D/2) in the
+// NeoX layout, (2i, 2i + 1) in the interleaved one (llama files' Q/K rows as the converter wrote
+// them). The angle of pair i is pos * inv_freq[i] either way.
+__device__ __forceinline__ void rope_cols(int head0, int i, int D, int interleaved, int& c0, int& c1) {
+    c0 = head0 + (interleaved ? 2 * i : i);
+    c1 = interleaved ? c0 + 1 : c0 + D / 2;
+}

@@ -2,10 +2,10 @@
 // matrix-vector product, so a decode step launches two kernels fewer per layer (the split merge of
 // the attention is folded into attn_decode_merge, attention.cu).
 //
-//   gemv_qkv_rope: RMSNorm(x) staged in shared memory (as gemv_norm), then QKV rows with the bias,
-//     RoPE and the KV append applied in the epilogue: one warp takes the two rows of a rotation pair
-//     (head h, i) and (h, i + D/2) of Q or K (their loads interleaved), adds the biases, rotates by
-//     pos * base^(-2i/D) (the formula of rope_qkv) and writes Q (F32) or the K cache row (F16);
+//   gemv_qkv_rope: RMSNorm(x) staged in shared memory (as gemv_norm), then QKV rows with the bias
+//     (when non-null), RoPE and the KV append applied in the epilogue: one warp takes the two rows
+//     of a rotation pair (rope_cols, common.cuh) of Q or K (their loads interleaved), adds the
+//     biases, rotates by pos * inv_freq[i] (as rope_qkv) and writes Q (F32) or the K cache row (F16);
 //     the remaining warps take one V row each into the V cache. Position from `pos_dev`; the K/V
 //     row from `slot_dev` (a paged pool) or the position when it is null.
 //     Launch: block 256 (8 warps), grid ceil(((n_head + n_kv) * D/2 + n_kv * D) / 8), dynamic
@@ -20,8 +20,8 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
                                          const float* __restrict__ norm_w, float eps, const float* __restrict__ bias,
                                          float* __restrict__ q_out, __half* __restrict__ k_cache,
                                          __half* __restrict__ v_cache, const int* __restrict__ pos_dev,
-                                         const int* __restrict__ slot_dev, int n_head,
-                                         int n_kv, int D, float freq_base, int K) {
+                                         const int* __restrict__ slot_dev, int n_head, int n_kv, int D,
+                                         const float* __restrict__ inv_freq, int interleaved, int K) {
     extern __shared__ float fused_xs[];
     float* xs = fused_xs;
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
@@ -32,8 +32,7 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
     // skipped: a zero row in the sums). Started before waiting on the previous kernel.
     int r[2] = {rows, rows};
     if (t < pairs) {
-        r[0] = (t / half_d) * D + t % half_d;
-        r[1] = r[0] + half_d;
+        rope_cols((t / half_d) * D, t % half_d, D, interleaved, r[0], r[1]);
     } else if (t < pairs + kv_dim) {
         r[0] = q_dim + kv_dim + (t - pairs);
     }
@@ -49,10 +48,9 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
     if (lane != 0) return;
     if (t < pairs) {
         const int head = t / half_d, i = t % half_d;
-        const float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)D);
         float sn, cs;
-        sincosf((float)pos * inv_freq, &sn, &cs);
-        const float x0 = s[0] + bias[r[0]], x1 = s[1] + bias[r[1]];
+        sincosf((float)pos * inv_freq[i], &sn, &cs);
+        const float x0 = bias ? s[0] + bias[r[0]] : s[0], x1 = bias ? s[1] + bias[r[1]] : s[1];
         const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
         if (head < n_head) {
             q_out[r[0]] = y0;
@@ -63,7 +61,7 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
             k[r[1] - q_dim] = __float2half_rn(y1);
         }
     } else {
-        v_cache[kv_at * kv_dim + (t - pairs)] = __float2half_rn(s[0] + bias[r[0]]);
+        v_cache[kv_at * kv_dim + (t - pairs)] = __float2half_rn(bias ? s[0] + bias[r[0]] : s[0]);
     }
 }
 
@@ -71,9 +69,9 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
     extern "C" __global__ void gemv_qkv_rope_c##CPL(                                                          \
         const __half* W, const float* x, const float* norm_w, float eps, const float* bias, float* q_out,     \
         __half* k_cache, __half* v_cache, const int* pos_dev, const int* slot_dev, int n_head, int n_kv, int D,  \
-        float freq_base, int K) {                                                                             \
+        const float* inv_freq, int interleaved, int K) {                                                      \
         qkv_rope<CPL>(W, x, norm_w, eps, bias, q_out, k_cache, v_cache, pos_dev, slot_dev, n_head, n_kv, D,       \
-                      freq_base, K);                                                                          \
+                      inv_freq, interleaved, K);                                                              \
     }
 QKV_ROPE_KERNEL(0)
 QKV_ROPE_KERNEL(4)

@@ -5,6 +5,7 @@
 //   gemv_plain: in(x) = x
 //   gemv_norm : in(x) = x / sqrt(mean(x^2) + eps) * norm_w        (RMSNorm of the residual stream)
 //   gemv_silu : in(x)[k] = silu(x[k]) * x[K + k]                   (x = [gate | up], SwiGLU)
+//   gemv_gelu : in(x)[k] = gelu_tanh(x[k]) * x[K + k]              (GeGLU, Gemma)
 // Algorithm: each warp owns R consecutive rows (`_r1`, `_r4` variants); a lane reads 16-byte chunks
 // (8 halves) strided by the warp, so a warp reads 512 contiguous bytes of each row per step. With
 // `_cN` (N > 0) a lane fetches its N chunks of every row into registers first, so all the warp's
@@ -59,6 +60,10 @@ __device__ __forceinline__ void gemv(const __half* __restrict__ W, const float* 
     extern "C" __global__ void gemv_silu_r##R##_c##CPL(const __half* W, const float* gu, const float* bias,     \
                                                        float* y, int N, int K, int acc) {                       \
         gemv<2, R, CPL>(W, gu, nullptr, 0.0f, bias, y, N, K, acc);                                             \
+    }                                                                                                          \
+    extern "C" __global__ void gemv_gelu_r##R##_c##CPL(const __half* W, const float* gu, const float* bias,     \
+                                                       float* y, int N, int K, int acc) {                       \
+        gemv<3, R, CPL>(W, gu, nullptr, 0.0f, bias, y, N, K, acc);                                             \
     }
 
 // (rows per warp, chunks per lane): streamed for any K, fetched for K <= 1024 / 2048 / 4096 / 6144

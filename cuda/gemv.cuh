@@ -17,12 +17,13 @@ __device__ __forceinline__ void stage_input(const float* __restrict__ x, const f
     const int n4 = K / 4;
     const float4* x4 = reinterpret_cast<const float4*>(x);
     float4* xs4 = reinterpret_cast<float4*>(xs);
-    if (MODE == 2) {
+    if (MODE == 2 || MODE == 3) {
+        const int gelu = MODE == 3;
 #pragma unroll 8
         for (int i = threadIdx.x; i < n4; i += blockDim.x) {
             const float4 g = x4[i], u = x4[n4 + i];
-            xs4[i] = make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
-                                 g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+            xs4[i] = make_float4(gated(g.x, gelu) * u.x, gated(g.y, gelu) * u.y, gated(g.z, gelu) * u.z,
+                                 gated(g.w, gelu) * u.w);
         }
         __syncthreads();
         return;

@@ -138,7 +138,7 @@ pub fn load_backend(
     at: Placement,
 ) -> Result<Arc<dyn Backend>, String> {
     let use_cuda = matches!(
-        backend::choose_device(at.device, at.gpu, spec.hp.family)?,
+        backend::choose_device(at.device, at.gpu)?,
         backend::DeviceChoice::Cuda(_)
     );
     if !use_cuda {

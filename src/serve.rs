@@ -335,7 +335,7 @@ fn start_backend(
         yield_to_startup: None,
     }
     .with_env_fault();
-    let use_cuda = match backend::choose_device(args.device, args.gpu_device, spec.hp.family)? {
+    let use_cuda = match backend::choose_device(args.device, args.gpu_device)? {
         DeviceChoice::Cuda(name) => {
             tracing::info!("using GPU {}: {name}", args.gpu_device);
             true

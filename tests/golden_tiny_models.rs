@@ -23,13 +23,14 @@ const REL_TOL: f32 = 1e-5;
 /// measured: at most 5.4e-7).
 const CHUNK_TOL: f32 = 1e-5;
 /// Every golden file the directory must hold; a missing or an extra one fails the test.
-const MODELS: [&str; 9] = [
+const MODELS: [&str; 10] = [
     "gqa-f32-untied",
     "tied-f16-gqa4to1",
     "mha-bf16-3layers",
     "odd-f16-5heads",
     "llama-gqa-f16-untied",
     "llama-mha-f32-tied-5heads",
+    "llama31-rope-f16",
     "qwen3-f16-headdim32",
     "qwen3-bf16-tied-gqa3to1",
     "qwen3-f32-headdim8-mha",
@@ -270,6 +271,12 @@ fn llama_gqa_f16_model_matches_transformers() {
 #[test]
 fn llama_tied_f32_mha_model_with_five_heads_matches_transformers() {
     check_model("llama-mha-f32-tied-5heads");
+}
+
+/// Llama 3.1's RoPE scaling (`rope_freqs.weight`), positions crossing all three bands of it.
+#[test]
+fn llama31_model_with_rope_frequency_factors_matches_transformers() {
+    check_model("llama31-rope-f16");
 }
 
 #[test]

@@ -38,6 +38,7 @@ fn random_with(family: Family, name: &str, head_dim: Option<usize>) -> PathBuf {
         rope_base: 10_000.0,
         head_dim,
         sliding_window: None,
+        rope_scaling: Default::default(),
     };
     write_random_model(&spec, &path).unwrap();
     path
@@ -117,9 +118,11 @@ fn each_family_validates_with_its_own_tensors() {
     );
     assert_eq!((spec.hp.window(0), spec.hp.window(5)), (Some(128), None));
     assert_eq!(
-        (spec.hp.rope_base_of(0), spec.hp.rope_base_of(5)),
-        (10_000.0, 10_000.0)
+        (spec.hp.local_rope(0), spec.hp.local_rope(5)),
+        (true, false)
     );
+    let d = spec.hp.head_dim as f32;
+    assert_eq!(spec.hp.inv_freq(true)[1], 1.0 / 10_000f32.powf(2.0 / d));
     let names: Vec<&str> = spec.layer_tensors().iter().map(|t| t.suffix()).collect();
     assert!(names.contains(&"post_ffw_norm.weight"), "{names:?}");
 }
@@ -202,9 +205,23 @@ fn shapes_and_rope_settings_that_cannot_be_computed_are_named() {
     let e = refusal(&rewrite(&src, "odd-head.gguf", &[], &set, &[]));
     assert!(e.contains("head dimension 7"), "{e}");
     // A sliding window where the family has none, or one larger than the context.
-    let set = [("llama.attention.sliding_window", Value::U32(64))];
-    let e = refusal(&rewrite(&src, "llama-window.gguf", &[], &set, &[]));
-    assert!(e.contains("llama.attention.sliding_window"), "{e}");
+    let qwen3 = random(Family::Qwen3, "qwen3-window-src.gguf");
+    let set = [("qwen3.attention.sliding_window", Value::U32(64))];
+    let e = refusal(&rewrite(&qwen3, "qwen3-window.gguf", &[], &set, &[]));
+    assert!(e.contains("qwen3.attention.sliding_window"), "{e}");
+    // Mistral's window covers every layer; linear scaling divides every frequency.
+    let set = [
+        ("llama.attention.sliding_window", Value::U32(64)),
+        ("llama.rope.scaling.type", Value::String("linear".into())),
+        ("llama.rope.scaling.factor", Value::F32(4.0)),
+    ];
+    let f = GgufFile::open(&rewrite(&src, "mistral-window.gguf", &[], &set, &[])).unwrap();
+    let hp = ModelSpec::from_file(&f).unwrap().hp;
+    assert_eq!((hp.window(0), hp.window(1)), (Some(64), Some(64)));
+    assert_eq!(hp.inv_freq(false)[0], 0.25);
+    let set = [("llama.rope.scaling.type", Value::String("linear".into()))];
+    let e = refusal(&rewrite(&src, "linear-no-factor.gguf", &[], &set, &[]));
+    assert!(e.contains("llama.rope.scaling.factor"), "{e}");
     let gemma = random(Family::Gemma3, "gemma3-window-src.gguf");
     let set = [("gemma3.attention.sliding_window", Value::U32(4096))];
     let e = refusal(&rewrite(&gemma, "gemma3-window.gguf", &[], &set, &[]));

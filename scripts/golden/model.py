@@ -64,7 +64,9 @@ MIN_TOP2_GAP = 0.005
 #   1e4/1e6/5e5, head dims 8/16/32/48, widths that are not multiples of the SIMD width (hidden 40,
 #   ffn 88, vocab 301), 1-3 layers;
 # - llama (Q/K rows stored permuted for interleaved RoPE, no biases): GQA 4/2 F16 untied, and MHA with
-#   5 heads of 12 (not a power of two) in hidden 60, tied, F32;
+#   5 heads of 12 (not a power of two) in hidden 60, tied, F32; Llama 3.1's RoPE scaling (factor 8,
+#   original context 32, so that the prompt's positions cross all three bands: frequencies kept,
+#   smoothed and divided), written as rope_freqs.weight;
 # - qwen3 (per-head q/k RMSNorm, no biases): head_dim 32 from attention.key_length in hidden 64 (q is
 #   wider than the hidden state) F16 untied; BF16 tied GQA 6/2 with head_dim hidden / heads (no
 #   key_length written); head_dim 8 in hidden 48 (q narrower than the hidden state) F32 MHA, 1 layer.
@@ -88,6 +90,10 @@ TINY = [
                                             "--kv-heads", "5", "--ffn", "96", "--vocab-size", "301", "--tied",
                                             "--dtype", "f32", "--seed", "66", "--context", "128",
                                             "--rope-base", "500000"], 606),
+    ("llama31-rope-f16", "llama", ["--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                                   "--ffn", "128", "--vocab-size", "512", "--dtype", "f16", "--seed", "57",
+                                   "--context", "256", "--rope-base", "10000", "--rope-scaling",
+                                   "llama3:8:1:4:32"], 508),
     ("qwen3-f16-headdim32", "qwen3", ["--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
                                       "--head-dim", "32", "--ffn", "128", "--vocab-size", "512", "--dtype",
                                       "f16", "--seed", "77", "--context", "256", "--rope-base", "1000000"], 707),
@@ -121,14 +127,27 @@ def tiny_steps(model, prompt: list) -> list:
     return [{"input": x, "logits": step} for x, step in zip(inputs, logits)]
 
 
+def rope_parameters(flags: list):
+    """transformers' rope parameters for gen-model's `--rope-scaling llama3:...` (None otherwise)."""
+    if "--rope-scaling" not in flags:
+        return None
+    kind, *nums = flags[flags.index("--rope-scaling") + 1].split(":")
+    if kind != "llama3":
+        raise ValueError(f"--rope-scaling {kind}: only llama3 is described here")
+    factor, low, high, ctx = (float(v) for v in nums)
+    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+            "original_max_position_embeddings": int(ctx)}
+
+
 def tiny_one(name: str, arch: str, flags: list, prompt_seed: int) -> None:
     gguf_path = MODELS / f"{name}.gguf"
     subprocess.run([str(BINARY), "gen-model", "--arch", arch, *flags, "--out", str(gguf_path)], check=True)
     size = gguf_path.stat().st_size
     if size >= MAX_FILE_BYTES:
         raise ValueError(f"{gguf_path} is {size} bytes; keep tiny models under {MAX_FILE_BYTES}")
-    loaded = model_load.load_checked(gguf_path)
-    fallback = model_load.build_from_state_dict(model_load.read_file(gguf_path))
+    rope = rope_parameters(flags)
+    loaded = model_load.load_checked(gguf_path, rope)
+    fallback = model_load.build_from_state_dict(model_load.read_file(gguf_path, rope))
     if loaded.arch != arch:
         raise ValueError(f"{gguf_path}: gen-model --arch {arch} wrote a {loaded.arch} file")
     prompt = prompt_ids(prompt_seed, loaded.hp["vocab"])

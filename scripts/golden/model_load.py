@@ -127,6 +127,9 @@ def file_hparams(reader: gguf.GGUFReader, arch: str, vocab: int) -> dict:
         hp["head_dim"] = int(field(reader, "qwen3.attention.key_length", even))
     elif arch == "gemma3":
         hp["head_dim"] = int(field(reader, "gemma3.attention.key_length"))
+    freqs = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
+    if freqs:
+        hp["rope_freqs"] = [float(v) for v in np.asarray(freqs[0].data, dtype=np.float32)]
     return hp
 
 
@@ -146,6 +149,8 @@ def read_tensors(reader: gguf.GGUFReader, arch: str, hp: dict) -> dict:
     layer_names = LAYER_TENSORS[arch]
     out = {}
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue  # Llama 3.1's frequency factors: hp["rope_freqs"] (file_hparams), not a parameter
         values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         # ggml dims are innermost first; numpy's shape is the reverse.
         values = values.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
@@ -164,8 +169,10 @@ def read_tensors(reader: gguf.GGUFReader, arch: str, hp: dict) -> dict:
     return out
 
 
-def read_file(path: Path) -> FileModel:
-    """Read the family, hyper-parameters and every tensor (dequantized to float32) with gguf-py alone."""
+def read_file(path: Path, rope_parameters: dict = None) -> FileModel:
+    """Read the family, hyper-parameters and every tensor (dequantized to float32) with gguf-py alone.
+    `rope_parameters`: the RoPE scaling the file was made with, where the file cannot say it whole
+    (Llama 3.1's `llama3` type is stored as its per-frequency factors only); checked against them."""
     reader = gguf.GGUFReader(str(path))
     arch = field(reader, "general.architecture")
     if arch not in FALLBACK_CLASSES:
@@ -173,6 +180,10 @@ def read_file(path: Path) -> FileModel:
     # The vocabulary size from the embedding: tiny models have no tokenizer.ggml.tokens.
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     hp = file_hparams(reader, arch, vocab=int(embd.shape[1]))
+    if rope_parameters is not None:
+        hp["rope_parameters"] = {**rope_parameters, "rope_theta": hp["rope_base"]}
+    elif "rope_freqs" in hp:
+        raise ValueError(f"{path}: rope_freqs.weight is set; say which rope parameters made it")
     return FileModel(arch=arch, hp=hp, tensors=read_tensors(reader, arch, hp))
 
 
@@ -231,13 +242,18 @@ def config_mismatches(model, arch: str, hp: dict) -> list:
         bad.append(f"rms_norm_eps {c.rms_norm_eps!r}, file says {hp['rms_eps']!r}")
     dim = head_dim(hp)
     for label, (got, params, base) in rope_tables(model, arch, hp).items():
+        want = hp.get("rope_parameters", {"rope_type": "default", "rope_theta": base})
         theta = params.get("rope_theta")
-        if params.get("rope_type") != "default" or theta is None or np.float32(theta) != np.float32(base):
-            bad.append(f"rope parameters {label} {params!r}, file says default with theta {base!r}")
+        if any(params.get(k) != v for k, v in want.items() if k != "rope_theta") or theta is None \
+                or np.float32(theta) != np.float32(base):
+            bad.append(f"rope parameters {label} {params!r}, the file says {want!r}")
         expect = inv_freq(base, dim)
+        if "rope_freqs" in hp:
+            # Llama 3.1: the converter's factors divide each frequency (as our engine applies them).
+            expect = expect / np.asarray(hp["rope_freqs"], dtype=np.float64)
         got = got.double().numpy()
         if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-6, atol=0):
-            bad.append(f"rotary inv_freq {label} {got[:3]}... != NeoX 1/{base}^(2i/{dim}) {expect[:3]}...")
+            bad.append(f"rotary inv_freq {label} {got[:3]}... != the file's {expect[:3]}...")
     norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
     count = NORMS_PER_LAYER[arch] * hp["layers"] + 1
     if len(norms) != count:
@@ -290,7 +306,7 @@ def hf_config(fm: FileModel):
     return config_class(
         **expected_config(fm.arch, fm.hp),
         rms_norm_eps=fm.hp["rms_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": fm.hp["rope_base"]},
+        rope_parameters=fm.hp.get("rope_parameters", {"rope_type": "default", "rope_theta": fm.hp["rope_base"]}),
         attention_dropout=0.0,
     )
 
@@ -312,12 +328,14 @@ def loader_overrides(fm: FileModel) -> dict:
     out = {"vocab_size": fm.hp["vocab"]}
     if fm.arch == "qwen3":
         out["head_dim"] = fm.hp["head_dim"]
+    if "rope_parameters" in fm.hp:
+        out["rope_parameters"] = fm.hp["rope_parameters"]
     return out
 
 
-def load_checked(path: Path) -> Loaded:
+def load_checked(path: Path, rope_parameters: dict = None) -> Loaded:
     """transformers' GGUF loader when it reads the file exactly as gguf-py does; else the fallback."""
-    fm = read_file(path)
+    fm = read_file(path, rope_parameters)
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent),
         gguf_file=path.name,

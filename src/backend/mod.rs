@@ -53,27 +53,18 @@ pub enum DeviceChoice {
     Cpu(Option<String>),
 }
 
-/// Resolve `--device` for a model of `family`: `cuda` insists (an error names the reason), `auto`
-/// falls back to the CPU (also for a family the CUDA backend does not compute yet).
+/// Resolve `--device`: `cuda` insists (an error names the reason), `auto` falls back to the CPU.
 pub fn choose_device(
     device: crate::config::Device,
     ordinal: usize,
-    family: crate::model::arch::Family,
 ) -> Result<DeviceChoice, String> {
     use crate::config::Device;
-    let probe = |ordinal| match family.info().cuda {
-        true => cuda::probe(ordinal),
-        false => Err(format!(
-            "the CUDA backend does not compute the '{}' family yet; it runs on the CPU",
-            family.name()
-        )),
-    };
     match device {
         Device::Cpu => Ok(DeviceChoice::Cpu(None)),
-        Device::Cuda => probe(ordinal)
+        Device::Cuda => cuda::probe(ordinal)
             .map(DeviceChoice::Cuda)
             .map_err(|e| format!("--device cuda: {e}")),
-        Device::Auto => Ok(match probe(ordinal) {
+        Device::Auto => Ok(match cuda::probe(ordinal) {
             Ok(name) => DeviceChoice::Cuda(name),
             Err(e) => DeviceChoice::Cpu(Some(e)),
         }),

@@ -86,6 +86,7 @@ pub fn gen_model(a: GenModelArgs) -> ExitCode {
         rope_base: a.rope_base,
         head_dim: a.head_dim,
         sliding_window: a.sliding_window,
+        rope_scaling: a.rope_scaling,
     };
     let written = {
         let bar = Bar::count(random::units(&spec), "generating (units)");

@@ -32,13 +32,15 @@ pub enum Activation {
     GeluTanhGated,
 }
 
-/// Layers that attend to a window of recent positions instead of all of them.
+/// Layers that attend to a window of recent positions instead of all of them, where the file
+/// sets `attention.sliding_window`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SlidingLayers {
-    /// Every `period`-th layer (the last of each period: `l % period == period - 1`) is global.
-    pub period: usize,
-    /// The RoPE base of the windowed (local) layers; global layers use `rope.freq_base`.
-    pub local_rope_base: f32,
+    /// Every `n`-th layer (the last of each period: `l % n == n - 1`) is global; `None`: every
+    /// layer is windowed (Mistral 7B v0.1).
+    pub global_every: Option<usize>,
+    /// The RoPE base of the windowed (local) layers (unscaled); `None`: the global one.
+    pub local_rope_base: Option<f32>,
 }
 
 /// One row of the table.
@@ -59,9 +61,6 @@ pub struct ArchInfo {
     pub embed_scale: bool,
     /// The local/global layer pattern where `attention.sliding_window` is set.
     pub sliding: Option<SlidingLayers>,
-    /// Whether the CUDA backend computes this family yet (else `--device auto` uses the CPU and
-    /// `--device cuda` refuses the model, saying why).
-    pub cuda: bool,
 }
 
 /// A supported family.
@@ -86,7 +85,6 @@ const QWEN2: ArchInfo = ArchInfo {
     post_norms: false,
     embed_scale: false,
     sliding: None,
-    cuda: true,
 };
 
 const QWEN3: ArchInfo = ArchInfo {
@@ -98,7 +96,6 @@ const QWEN3: ArchInfo = ArchInfo {
     post_norms: false,
     embed_scale: false,
     sliding: None,
-    cuda: false,
 };
 
 /// Gemma 3 (text). Its files store every RMSNorm weight as `1 + w` (llama.cpp's converter folds
@@ -112,12 +109,12 @@ const GEMMA3: ArchInfo = ArchInfo {
     post_norms: true,
     embed_scale: true,
     sliding: Some(SlidingLayers {
-        period: 6,
-        local_rope_base: 10_000.0,
+        global_every: Some(6),
+        local_rope_base: Some(10_000.0),
     }),
-    cuda: false,
 };
 
+/// Llama; Mistral 7B's files may set a window for every layer.
 const LLAMA: ArchInfo = ArchInfo {
     name: "llama",
     qkv_bias: Presence::Optional,
@@ -126,8 +123,10 @@ const LLAMA: ArchInfo = ArchInfo {
     activation: Activation::SiluGated,
     post_norms: false,
     embed_scale: false,
-    sliding: None,
-    cuda: false,
+    sliding: Some(SlidingLayers {
+        global_every: None,
+        local_rope_base: None,
+    }),
 };
 
 impl Family {

@@ -26,6 +26,8 @@ pub struct HParams {
     pub vocab: usize,
     pub context: usize,
     pub rope_base: f32,
+    /// How the global layers' RoPE frequencies are scaled.
+    pub rope_scaling: RopeScaling,
     pub rms_eps: f32,
     /// `attention.sliding_window`: the positions a local layer attends to (its family's
     /// `sliding` row says which layers are local).
@@ -52,7 +54,7 @@ impl HParams {
         let rms_eps = meta
             .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-6);
-        refuse_rope_scaling(meta, family)?;
+        let rope_scaling = rope_scaling(meta, family)?;
         let head_dim = head_dim(
             family,
             hidden,
@@ -99,6 +101,7 @@ impl HParams {
             vocab,
             context,
             rope_base,
+            rope_scaling,
             rms_eps,
             sliding_window,
         })
@@ -107,22 +110,41 @@ impl HParams {
     /// The window of layer `l` when it is a local (sliding-window) layer.
     pub fn window(&self, l: usize) -> Option<usize> {
         let s = self.family.info().sliding?;
-        let local = l % s.period != s.period - 1;
+        let local = s.global_every.is_none_or(|n| l % n != n - 1);
         self.sliding_window.filter(|_| local)
     }
 
-    /// The RoPE base of the local layers, when the model has local layers.
-    pub fn local_rope_base(&self) -> Option<f32> {
-        let s = self.family.info().sliding?;
-        self.sliding_window.map(|_| s.local_rope_base)
+    /// Whether layer `l` rotates with the local layers' own RoPE table (see [`HParams::inv_freq`]).
+    pub fn local_rope(&self, l: usize) -> bool {
+        self.window(l).is_some() && self.local_rope_base().is_some()
     }
 
-    /// The RoPE base of layer `l` (local layers may have their own).
-    pub fn rope_base_of(&self, l: usize) -> f32 {
-        match self.window(l) {
-            Some(_) => self.local_rope_base().unwrap_or(self.rope_base),
-            None => self.rope_base,
-        }
+    /// The RoPE base of the local layers, when the model has local layers with their own.
+    pub fn local_rope_base(&self) -> Option<f32> {
+        let s = self.family.info().sliding?;
+        self.sliding_window.and(s.local_rope_base)
+    }
+
+    /// The inverse frequencies RoPE rotates pair `i` of a head by (angle = position × `inv[i]`),
+    /// `head_dim / 2` of them: `1 / base^(2i / head_dim)` in F32 as transformers computes them,
+    /// then for the global table the file's scaling (linear: divided by the factor; Llama 3.1:
+    /// divided by `rope_freqs[i]`). `local`: the local layers' table (their own base, unscaled).
+    pub fn inv_freq(&self, local: bool) -> Vec<f32> {
+        let base = match local {
+            true => self.local_rope_base().unwrap_or(self.rope_base),
+            false => self.rope_base,
+        };
+        let d = self.head_dim;
+        (0..d / 2)
+            .map(|i| {
+                let f = 1.0 / base.powf((2 * i) as f32 / d as f32);
+                match (&self.rope_scaling, local) {
+                    (_, true) | (RopeScaling::None, _) => f,
+                    (RopeScaling::Linear(k), false) => f / k,
+                    (RopeScaling::Factors(v), false) => f / v[i],
+                }
+            })
+            .collect()
     }
 
     /// Width of the K and V projections.
@@ -177,21 +199,48 @@ fn sliding_window(
     };
     if family.info().sliding.is_none() {
         return Err(ModelError::Shape(format!(
-            "{k} is set, but sliding-window attention is not supported for '{}' models yet",
+            "{k} is set, but '{}' models have no sliding-window layers",
             family.name()
         )));
     }
     range(&k, w, 1, context).map(Some)
 }
 
-/// RoPE scaling (Llama 3.1's frequency factors, linear, YaRN) is not computed yet: a file that
-/// asks for it is refused naming the key, rather than served with wrong positions.
-fn refuse_rope_scaling(meta: &Metadata, family: Family) -> Result<(), ModelError> {
+/// How the global layers' RoPE frequencies are scaled beyond the base.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// `rope.scaling.type = linear`: every frequency divided by `rope.scaling.factor` (positions
+    /// interpolated; Gemma 3's larger models, extended Llama 2 files).
+    Linear(f32),
+    /// Llama 3.1/3.2's `rope_freqs.weight` (`head_dim / 2` F32 factors the converter computed
+    /// from the `llama3` rope type): frequency `i` divided by factor `i`. Set by
+    /// `ModelSpec::from_file`, which reads the tensor.
+    Factors(Vec<f32>),
+}
+
+/// `<arch>.rope.scaling.type`: none or linear (with its factor); YaRN and others are refused
+/// naming the key, rather than served with wrong positions.
+fn rope_scaling(meta: &Metadata, family: Family) -> Result<RopeScaling, ModelError> {
     let k = family.key("rope.scaling.type");
     match meta.opt_str(&k)? {
-        None | Some("none") => Ok(()),
+        None | Some("none") => Ok(RopeScaling::None),
+        Some("linear") => {
+            let fk = family.key("rope.scaling.factor");
+            match meta.opt_f32(&fk)? {
+                Some(f) if f.is_finite() && (1.0..=1024.0).contains(&f) => {
+                    Ok(RopeScaling::Linear(f))
+                }
+                Some(f) => Err(ModelError::Shape(format!(
+                    "{fk} {f} is out of range; expected 1 to 1024"
+                ))),
+                None => Err(ModelError::Shape(format!(
+                    "{k} is 'linear' but {fk} is missing"
+                ))),
+            }
+        }
         Some(t) => Err(ModelError::Shape(format!(
-            "{k} is '{t}'; RoPE scaling is not supported yet (expected 'none')"
+            "{k} is '{t}'; supported: none, linear (and Llama 3.1's rope_freqs.weight)"
         ))),
     }
 }

@@ -69,17 +69,15 @@ impl ModelSpec {
     pub fn from_file(file: &GgufFile) -> Result<ModelSpec, ModelError> {
         let embd = require(file, TOKEN_EMBD)?;
         let vocab = embd.dims.get(1).copied().unwrap_or(0);
-        let hp = HParams::from_metadata(file.metadata(), vocab as usize)?;
+        let mut hp = HParams::from_metadata(file.metadata(), vocab as usize)?;
+        if let Some(f) = rope_factors(file, &hp)? {
+            hp.rope_scaling = hparams::RopeScaling::Factors(f);
+        }
         check(file, TOKEN_EMBD, names::global_dims(TOKEN_EMBD, &hp))?;
         check(file, OUTPUT_NORM, names::global_dims(OUTPUT_NORM, &hp))?;
         let tied = file.tensor(OUTPUT).is_none();
         if !tied {
             check(file, OUTPUT, names::global_dims(OUTPUT, &hp))?;
-        }
-        if file.tensor(ROPE_FREQS).is_some() {
-            return Err(ModelError::Shape(format!(
-                "tensor '{ROPE_FREQS}' (Llama 3.1 RoPE frequency scaling) is not supported yet"
-            )));
         }
         let qkv_bias = match hp.family.info().qkv_bias {
             Presence::Required => true,
@@ -118,6 +116,57 @@ pub fn layer_tensors(family: arch::Family, qkv_bias: bool) -> Vec<LayerTensor> {
         .filter(|t| !t.is_qk_norm() || info.qk_norm)
         .filter(|t| !t.is_post_norm() || info.post_norms)
         .collect()
+}
+
+/// Llama 3.1's `rope_freqs.weight`: `head_dim / 2` F32 factors, each finite and positive; only
+/// for a family without local layers and without another scaling.
+fn rope_factors(file: &GgufFile, hp: &HParams) -> Result<Option<Vec<f32>>, ModelError> {
+    let Some(t) = file.tensor(ROPE_FREQS) else {
+        return Ok(None);
+    };
+    let half = hp.head_dim as u64 / 2;
+    if t.dims != [half] || t.ty != GgmlType::F32 {
+        return Err(ModelError::TensorData {
+            name: ROPE_FREQS.into(),
+            message: format!(
+                "expected {half} F32 factors (head dimension / 2), got {:?} {}",
+                t.dims,
+                t.ty.name()
+            ),
+        });
+    }
+    if hp.rope_scaling != hparams::RopeScaling::None
+        || hp
+            .family
+            .info()
+            .sliding
+            .is_some_and(|s| s.local_rope_base.is_some())
+    {
+        return Err(ModelError::TensorData {
+            name: ROPE_FREQS.into(),
+            message: format!(
+                "frequency factors cannot be combined with {} or a {} model's local layers",
+                hp.family.key("rope.scaling.type"),
+                hp.family.name()
+            ),
+        });
+    }
+    let f: Vec<f32> = file
+        .tensor_bytes(t)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some((i, v)) = f
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+    {
+        return Err(ModelError::TensorData {
+            name: ROPE_FREQS.into(),
+            message: format!("factor {i} is {v}; each must be finite and > 0"),
+        });
+    }
+    Ok(Some(f))
 }
 
 fn require<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {

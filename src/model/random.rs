@@ -6,6 +6,7 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::arch::{Family, Presence};
+use super::hparams::RopeScaling;
 use super::names;
 use super::HParams;
 use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
@@ -48,6 +49,81 @@ pub struct RandomModelSpec {
     /// `attention.sliding_window` of a family with local layers (default 512, at most the
     /// context); refused for others.
     pub sliding_window: Option<usize>,
+    /// RoPE scaling written into the file.
+    pub rope_scaling: RopeScalingSpec,
+}
+
+/// RoPE scaling of a random model, as a converter writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RopeScalingSpec {
+    #[default]
+    None,
+    /// `rope.scaling.type = linear` with this factor.
+    Linear(f32),
+    /// Llama 3.1's `llama3` rope type, written as llama.cpp's converter does: the per-frequency
+    /// factors in `rope_freqs.weight`.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_context: f64,
+    },
+}
+
+impl std::str::FromStr for RopeScalingSpec {
+    type Err = String;
+
+    /// `none`, `linear:FACTOR`, or `llama3:FACTOR:LOW:HIGH:ORIGINAL_CONTEXT`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let nums: Result<Vec<f64>, _> = parts[1..].iter().map(|p| p.parse::<f64>()).collect();
+        let nums = nums.map_err(|e| format!("'{s}': {e}"))?;
+        match (parts[0], nums.as_slice()) {
+            ("none", []) => Ok(RopeScalingSpec::None),
+            ("linear", [f]) if *f >= 1.0 => Ok(RopeScalingSpec::Linear(*f as f32)),
+            ("llama3", [f, lo, hi, ctx]) if *f >= 1.0 && hi > lo && *ctx > 0.0 => {
+                Ok(RopeScalingSpec::Llama3 {
+                    factor: *f,
+                    low_freq_factor: *lo,
+                    high_freq_factor: *hi,
+                    original_context: *ctx,
+                })
+            }
+            _ => Err(format!(
+                "'{s}': expected none, linear:FACTOR (>= 1) or llama3:FACTOR:LOW:HIGH:CONTEXT"
+            )),
+        }
+    }
+}
+
+impl RopeScalingSpec {
+    /// Llama 3.1's per-frequency factors for `head_dim` and `base` (llama.cpp's converter's
+    /// formula, in f64): 1 for short wavelengths, `factor` for long ones, smoothly between.
+    pub fn llama3_factors(&self, head_dim: usize, base: f32) -> Option<Vec<f32>> {
+        let RopeScalingSpec::Llama3 {
+            factor,
+            low_freq_factor: lo,
+            high_freq_factor: hi,
+            original_context: ctx,
+        } = *self
+        else {
+            return None;
+        };
+        let (low_wavelen, high_wavelen) = (ctx / lo, ctx / hi);
+        let factors = (0..head_dim / 2).map(|i| {
+            let freq = 1.0 / (base as f64).powf((2 * i) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (ctx / wavelen - lo) / (hi - lo);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        });
+        Some(factors.map(|f| f as f32).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +215,28 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         w.add_kv(k("attention.key_length"), Value::U32(d as u32))?;
         w.add_kv(k("attention.value_length"), Value::U32(d as u32))?;
     }
+    // A default window only where the family interleaves local and global layers (Gemma 3).
     let window = match spec.family.info().sliding {
-        Some(_) => Some(spec.sliding_window.unwrap_or(512).min(spec.context)),
-        None => spec.sliding_window,
+        Some(s) if s.global_every.is_some() => {
+            Some(spec.sliding_window.unwrap_or(512).min(spec.context))
+        }
+        _ => spec.sliding_window,
     };
     if let Some(win) = window {
         w.add_kv(k("attention.sliding_window"), Value::U32(win as u32))?;
     }
+    let rope_scaling = match spec.rope_scaling {
+        RopeScalingSpec::None => RopeScaling::None,
+        RopeScalingSpec::Linear(f) => {
+            w.add_kv(k("rope.scaling.type"), Value::String("linear".into()))?;
+            w.add_kv(k("rope.scaling.factor"), Value::F32(f))?;
+            RopeScaling::Linear(f)
+        }
+        l @ RopeScalingSpec::Llama3 { .. } => {
+            let d = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
+            RopeScaling::Factors(l.llama3_factors(d, spec.rope_base).unwrap_or_default())
+        }
+    };
     let vocab = match &spec.vocab {
         VocabSource::Size(n) => *n,
         VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
@@ -161,6 +252,7 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         vocab,
         context: spec.context,
         rope_base: spec.rope_base,
+        rope_scaling,
         rms_eps: 1e-6,
         sliding_window: window,
     })
@@ -175,6 +267,10 @@ fn add_tensors(
 ) -> Result<(), RandomModelError> {
     let mut rng = Rng::new(spec.seed);
     let dims = |n: &str| names::global_dims(n, hp).unwrap_or_default();
+    if let RopeScaling::Factors(f) = &hp.rope_scaling {
+        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor(names::ROPE_FREQS, GgmlType::F32, &[f.len() as u64], bytes)?;
+    }
     let embd = dims(names::TOKEN_EMBD);
     add_matrix(w, &mut rng, names::TOKEN_EMBD, &embd, spec.dtype, 1.0)?;
     on_unit();

@@ -52,14 +52,12 @@ pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Rotary tables for one position: `cos[i]`, `sin[i]` for `i < head_dim/2`.
-///
-/// Matches HF: `inv_freq = 1 / base^(2i/d)` in F32, angle `= pos * inv_freq` in F32.
-pub fn rope_table(pos: usize, head_dim: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
-    let half = head_dim / 2;
-    for i in 0..half {
-        let inv_freq = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
-        let angle = pos as f32 * inv_freq;
+/// Rotary tables for one position: `cos[i]`, `sin[i]` for each inverse frequency `inv_freq[i]`
+/// (`HParams::inv_freq`: `1 / base^(2i/d)` in F32 as HF computes it, scaled where the file says).
+/// The angle is `pos * inv_freq` in F32, as HF's.
+pub fn rope_table(pos: usize, inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
+    for (i, f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
         cos[i] = angle.cos();
         sin[i] = angle.sin();
     }
@@ -100,12 +98,15 @@ mod tests {
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
         let (mut c, mut s) = (vec![0.0; 4], vec![0.0; 4]);
-        rope_table(0, 8, 10_000.0, &mut c, &mut s);
+        let inv: Vec<f32> = (0..4)
+            .map(|i| 1.0 / 10_000f32.powf(i as f32 / 4.0))
+            .collect();
+        rope_table(0, &inv, &mut c, &mut s);
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let orig = x.clone();
         rope_apply(&mut x, 8, &c, &s);
         assert_eq!(x, orig);
-        rope_table(17, 8, 10_000.0, &mut c, &mut s);
+        rope_table(17, &inv, &mut c, &mut s);
         rope_apply(&mut x, 8, &c, &s);
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();

@@ -39,6 +39,8 @@ pub struct Scratch {
     sin: Vec<f32>,       // (rows, head_dim / 2)
     cos_local: Vec<f32>, // (rows, head_dim / 2) at the local layers' base, when they have one
     sin_local: Vec<f32>, // (rows, head_dim / 2)
+    inv_freq: Vec<f32>,  // (head_dim / 2) the global layers' RoPE frequencies
+    inv_local: Vec<f32>, // (head_dim / 2) the local layers', when they have their own
     pos: Vec<usize>,     // (rows) position of each row
     seq: Vec<usize>,     // (rows) sequence of each row
     head_x: Vec<f32>,    // (logit rows, hidden)
@@ -69,6 +71,10 @@ impl Scratch {
             sin_local: hp
                 .local_rope_base()
                 .map_or(Vec::new(), |_| z(hp.head_dim / 2)),
+            inv_freq: hp.inv_freq(false),
+            inv_local: hp
+                .local_rope_base()
+                .map_or(Vec::new(), |_| hp.inv_freq(true)),
             pos: vec![0; b],
             seq: vec![0; b],
             head_x: Vec::new(),
@@ -146,10 +152,10 @@ fn embed_rows(
         }
         let rows = r * half..(r + 1) * half;
         let (c, sn) = (&mut s.cos[rows.clone()], &mut s.sin[rows.clone()]);
-        ops::rope_table(s.pos[r], hp.head_dim, hp.rope_base, c, sn);
-        if let Some(base) = hp.local_rope_base() {
+        ops::rope_table(s.pos[r], &s.inv_freq, c, sn);
+        if !s.inv_local.is_empty() {
             let (c, sn) = (&mut s.cos_local[rows.clone()], &mut s.sin_local[rows]);
-            ops::rope_table(s.pos[r], hp.head_dim, base, c, sn);
+            ops::rope_table(s.pos[r], &s.inv_local, c, sn);
         }
     }
     Ok(())
@@ -173,7 +179,7 @@ fn attention_block(
     let (h, qd, kvd, half) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.head_dim / 2);
     let qkv_w = qd + 2 * kvd;
     let window = hp.window(layer);
-    let (cos, sin) = match window.is_some() && !s.cos_local.is_empty() {
+    let (cos, sin) = match hp.local_rope(layer) {
         true => (&s.cos_local, &s.sin_local),
         false => (&s.cos, &s.sin),
     };

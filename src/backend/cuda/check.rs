@@ -10,7 +10,7 @@ use half::f16;
 
 use super::blas::Blas;
 use super::driver::{ck, DevBuf, Event, Gpu, Stream};
-use super::kernels::{Kernels, Paged, RowsAt};
+use super::kernels::{Kernels, Paged, QkvPost, RowsAt};
 use crate::backend::cpu::ops;
 use crate::cli::CheckCudaArgs;
 use crate::gguf::{GgmlType, GgufFile};
@@ -138,6 +138,17 @@ pub fn run(args: &CheckCudaArgs) -> Result<String, String> {
     }
 }
 
+/// silu(g), or GELU with the tanh approximation, in f64.
+fn gated_ref(g: f64, gelu: bool) -> f64 {
+    match gelu {
+        true => {
+            0.5 * g
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+        }
+        false => g / (1.0 + (-g).exp()),
+    }
+}
+
 fn gemv_ref(w: &[f16], x: &[f64], n: usize, kk: usize) -> Vec<f64> {
     (0..n)
         .map(|i| (0..kk).map(|j| w[i * kk + j].to_f64() * x[j]).sum())
@@ -153,14 +164,14 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect();
     let (tb, ib, xb) = (upload(&table)?, upload(&ids)?, poisoned::<f32>(7 * h)?);
-    k.embed_gather(s, tb.ptr, ib.ptr, xb.ptr, 7, h)?;
+    k.embed_gather(s, tb.ptr, ib.ptr, xb.ptr, 7, h, 1.5)?;
     s.sync()?;
     let want: Vec<f64> = ids
         .iter()
         .flat_map(|&i| {
             table[i as usize * h..(i as usize + 1) * h]
                 .iter()
-                .map(|v| v.to_f64())
+                .map(|v| (v.to_f32() * 1.5) as f64)
         })
         .collect();
     r.err("embed_gather", &download::<f32>(&xb, 7 * h)?, &want, 0.0);
@@ -186,24 +197,46 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         &want.iter().map(|&v| v as f64).collect::<Vec<_>>(),
         TOL_F16,
     );
-    // SwiGLU
-    let gu = randn(rng, rows * 2 * f, 2.0);
-    let (gb, ab) = (upload(&gu)?, poisoned::<f16>(rows * f)?);
-    k.silu_mul(s, gb.ptr, ab.ptr, rows, f)?;
+    // The post-norm residual: x += rmsnorm(y) ⊙ w.
+    let y = randn(rng, rows * h, 3.0);
+    let (yb, xb) = (upload(&y)?, upload(&x)?);
+    k.rmsnorm_add(s, yb.ptr, wb.ptr, xb.ptr, rows, h, 1e-6)?;
     s.sync()?;
-    let want: Vec<f64> = (0..rows * f)
-        .map(|i| {
-            let (t, c) = (i / f, i % f);
-            let (g, u) = (gu[t * 2 * f + c] as f64, gu[t * 2 * f + f + c] as f64);
-            g / (1.0 + (-g).exp()) * u
-        })
-        .collect();
+    let mut want = vec![0f32; rows * h];
+    for i in 0..rows {
+        ops::rms_norm(
+            &y[i * h..(i + 1) * h],
+            &w,
+            1e-6,
+            &mut want[i * h..(i + 1) * h],
+        );
+    }
+    let want: Vec<f64> = want.iter().zip(&x).map(|(a, b)| (a + b) as f64).collect();
     r.err(
-        "silu_mul",
-        &f16s(&download::<f16>(&ab, rows * f)?),
+        "rmsnorm_add",
+        &download::<f32>(&xb, rows * h)?,
         &want,
-        TOL_F16,
+        TOL_F32,
     );
+    // SwiGLU and GeGLU
+    let gu = randn(rng, rows * 2 * f, 2.0);
+    for gelu in [false, true] {
+        let (gb, ab) = (upload(&gu)?, poisoned::<f16>(rows * f)?);
+        k.gated_mul(s, gb.ptr, ab.ptr, rows, f, gelu)?;
+        s.sync()?;
+        let want: Vec<f64> = (0..rows * f)
+            .map(|i| {
+                let (t, c) = (i / f, i % f);
+                gated_ref(gu[t * 2 * f + c] as f64, gelu) * gu[t * 2 * f + f + c] as f64
+            })
+            .collect();
+        r.err(
+            &format!("gated_mul gelu={gelu}"),
+            &f16s(&download::<f16>(&ab, rows * f)?),
+            &want,
+            TOL_F16,
+        );
+    }
     // The decode products both ways: weight rows fetched into registers first, and streamed.
     for (fetch, tag) in [(true, ""), (false, " streamed")] {
         k.set_fetch(fetch);
@@ -238,10 +271,12 @@ fn check_gemv(
         ("norm", 1152, 896),
         ("norm", 9728, 896),
         ("silu", 896, 4864),
+        ("gelu", 640, 2048),
         ("plain", 3000, 18944),
     ] {
         let w = randh(rng, n * kk, 0.05);
-        let xin = randn(rng, if mode == "silu" { 2 * kk } else { kk }, 1.0);
+        let gated = mode == "silu" || mode == "gelu";
+        let xin = randn(rng, if gated { 2 * kk } else { kk }, 1.0);
         let nw = randn(rng, kk, 1.0);
         let bias = randn(rng, n, 0.5);
         let y0 = randn(rng, n, 1.0);
@@ -258,11 +293,8 @@ fn check_gemv(
                 ops::rms_norm(&xin, &nw, 1e-6, &mut o);
                 o.iter().map(|&v| v as f64).collect()
             }
-            "silu" => (0..kk)
-                .map(|i| {
-                    let g = xin[i] as f64;
-                    g / (1.0 + (-g).exp()) * xin[kk + i] as f64
-                })
+            "silu" | "gelu" => (0..kk)
+                .map(|i| gated_ref(xin[i] as f64, mode == "gelu") * xin[kk + i] as f64)
                 .collect(),
             _ => xin.iter().map(|&v| v as f64).collect(),
         };
@@ -270,7 +302,17 @@ fn check_gemv(
         // With bias, accumulating into y.
         match mode {
             "norm" => k.gemv_norm(s, wb.ptr, xb.ptr, nb.ptr, 1e-6, bb.ptr, yb.ptr, n, kk, true)?,
-            "silu" => k.gemv_silu(s, wb.ptr, xb.ptr, bb.ptr, yb.ptr, n, kk, true)?,
+            "silu" | "gelu" => k.gemv_silu(
+                s,
+                wb.ptr,
+                xb.ptr,
+                bb.ptr,
+                yb.ptr,
+                n,
+                kk,
+                true,
+                mode == "gelu",
+            )?,
             _ => k.gemv_plain(s, wb.ptr, xb.ptr, bb.ptr, yb.ptr, n, kk, true)?,
         }
         s.sync()?;
@@ -287,7 +329,9 @@ fn check_gemv(
         let yb = poisoned::<f32>(n)?;
         match mode {
             "norm" => k.gemv_norm(s, wb.ptr, xb.ptr, nb.ptr, 1e-6, 0, yb.ptr, n, kk, false)?,
-            "silu" => k.gemv_silu(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false)?,
+            "silu" | "gelu" => {
+                k.gemv_silu(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false, mode == "gelu")?
+            }
             _ => k.gemv_plain(s, wb.ptr, xb.ptr, 0, yb.ptr, n, kk, false)?,
         }
         s.sync()?;
@@ -315,62 +359,121 @@ pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
         rope_base: 1e6,
         rms_eps: 1e-6,
         sliding_window: None,
+        rope_scaling: crate::model::hparams::RopeScaling::None,
     }
 }
 
 fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
-    let hp = hp_for(14, 2, 64);
-    let (q, kv, d, n, pos0, ctx) = (
-        hp.q_dim(),
-        hp.kv_dim(),
-        hp.head_dim,
-        5usize,
-        1234usize,
-        1300usize,
-    );
+    // Qwen2's biases in NeoX pairs; Qwen3's q/k norms; Llama's interleaved pairs with scaled
+    // frequencies.
+    let cases = [
+        ("bias", true, false, false),
+        ("qk-norm", false, true, false),
+        ("interleaved", false, false, true),
+    ];
+    for (tag, with_bias, norms, interleaved) in cases {
+        let mut hp = hp_for(14, 2, 64);
+        if interleaved {
+            hp.rope_scaling = crate::model::hparams::RopeScaling::Linear(4.0);
+        }
+        let case = RopeCase {
+            tag,
+            with_bias,
+            norms,
+            interleaved,
+        };
+        check_rope_case(k, s, rng, r, &hp, &case)?;
+    }
+    Ok(())
+}
+
+/// What one `check_rope_case` applies.
+struct RopeCase {
+    tag: &'static str,
+    with_bias: bool,
+    norms: bool,
+    interleaved: bool,
+}
+
+/// Rotate `x`'s heads with pairs (2i, 2i + 1), as `rope_qkv` does for interleaved files.
+fn rope_interleaved(x: &mut [f32], d: usize, cs: &[f32], sn: &[f32]) {
+    for head in x.chunks_mut(d) {
+        for i in 0..d / 2 {
+            let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = x0 * cs[i] - x1 * sn[i];
+            head[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+fn check_rope_case(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    hp: &HParams,
+    c: &RopeCase,
+) -> Result<(), String> {
+    let (q, kv, d) = (hp.q_dim(), hp.kv_dim(), hp.head_dim);
+    let (n, pos0, ctx) = (5usize, 1234usize, 1300usize);
     let row = q + 2 * kv;
     let qkv = randn(rng, n * row, 1.0);
-    let bias = randn(rng, row, 0.3);
-    let (qb, bb) = (upload(&qkv)?, upload(&bias)?);
+    let bias = match c.with_bias {
+        true => randn(rng, row, 0.3),
+        false => vec![0.0; row],
+    };
+    let (qn, kn) = (randn(rng, d, 1.0), randn(rng, d, 1.0));
+    let inv = hp.inv_freq(false);
+    let (qb, bb, qnb, knb) = (upload(&qkv)?, upload(&bias)?, upload(&qn)?, upload(&kn)?);
+    let ib = upload(&inv)?;
     let (qo, kc, vc) = (
         poisoned::<f32>(n * q)?,
         poisoned::<f16>(ctx * kv)?,
         poisoned::<f16>(ctx * kv)?,
     );
-    k.rope_qkv(
-        s,
-        qb.ptr,
-        bb.ptr,
-        qo.ptr,
-        kc.ptr,
-        vc.ptr,
-        &RowsAt::contiguous(pos0),
-        n,
-        &hp,
-    )?;
+    let on = |yes: bool, p: u64| if yes { p } else { 0 };
+    let post = QkvPost {
+        bias: on(c.with_bias, bb.ptr),
+        q_norm: on(c.norms, qnb.ptr),
+        k_norm: on(c.norms, knb.ptr),
+        inv_freq: ib.ptr,
+        interleaved: c.interleaved,
+    };
+    let at = RowsAt::contiguous(pos0);
+    k.rope_qkv(s, qb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, &at, n, hp)?;
     s.sync()?;
     let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
     for t in 0..n {
-        let mut x: Vec<f32> = (0..row).map(|c| qkv[t * row + c] + bias[c]).collect();
-        ops::rope_table(pos0 + t, d, hp.rope_base, &mut cs, &mut sn);
-        ops::rope_apply(&mut x[..q + kv], d, &cs, &sn);
+        let mut x: Vec<f32> = (0..row).map(|j| qkv[t * row + j] + bias[j]).collect();
+        if c.norms {
+            ops::rms_norm_heads(&mut x[..q], &qn, hp.rms_eps);
+            ops::rms_norm_heads(&mut x[q..q + kv], &kn, hp.rms_eps);
+        }
+        ops::rope_table(pos0 + t, &inv, &mut cs, &mut sn);
+        match c.interleaved {
+            true => rope_interleaved(&mut x[..q + kv], d, &cs, &sn),
+            false => ops::rope_apply(&mut x[..q + kv], d, &cs, &sn),
+        }
         wq.extend(x[..q].iter().map(|&v| v as f64));
         wk.extend(x[q..q + kv].iter().map(|&v| v as f64));
         wv.extend(x[q + kv..].iter().map(|&v| v as f64));
     }
-    r.err("rope_qkv q", &download::<f32>(&qo, n * q)?, &wq, TOL_F32);
+    let tag = c.tag;
+    let got_q = download::<f32>(&qo, n * q)?;
+    r.err(&format!("rope_qkv {tag} q"), &got_q, &wq, TOL_F32);
     let kh = download::<f16>(&kc, ctx * kv)?;
     let vh = download::<f16>(&vc, ctx * kv)?;
+    let rows = pos0 * kv..(pos0 + n) * kv;
     r.err(
-        "rope_qkv k cache",
-        &f16s(&kh[pos0 * kv..(pos0 + n) * kv]),
+        &format!("rope_qkv {tag} k cache"),
+        &f16s(&kh[rows.clone()]),
         &wk,
         TOL_F16,
     );
     r.err(
-        "rope_qkv v cache",
-        &f16s(&vh[pos0 * kv..(pos0 + n) * kv]),
+        &format!("rope_qkv {tag} v cache"),
+        &f16s(&vh[rows]),
         &wv,
         TOL_F16,
     );
@@ -385,13 +488,30 @@ pub(super) fn attention_ref(
     pos: &[usize],
     hp: &HParams,
 ) -> Vec<f64> {
+    attention_ref_window(q, kc, vc, pos, hp, 0)
+}
+
+/// [`attention_ref`] over the last `window` keys of each row (all with 0).
+pub(super) fn attention_ref_window(
+    q: &[f32],
+    kc: &[f16],
+    vc: &[f16],
+    pos: &[usize],
+    hp: &HParams,
+    window: usize,
+) -> Vec<f64> {
     let (d, qd, kvd) = (hp.head_dim, hp.q_dim(), hp.kv_dim());
     let group = hp.n_head / hp.n_kv_head;
     let mut out = vec![0f64; pos.len() * qd];
     for (t, &p) in pos.iter().enumerate() {
+        let lo = if window > 0 {
+            (p + 1).saturating_sub(window)
+        } else {
+            0
+        };
         for h in 0..hp.n_head {
             let off = (h / group) * d;
-            let scores: Vec<f64> = (0..=p)
+            let scores: Vec<f64> = (lo..=p)
                 .map(|j| {
                     (0..d)
                         .map(|e| q[t * qd + h * d + e] as f64 * kc[j * kvd + off + e].to_f64())
@@ -403,8 +523,8 @@ pub(super) fn attention_ref(
             let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let z: f64 = w.iter().sum();
             for e in 0..d {
-                out[t * qd + h * d + e] = (0..=p)
-                    .map(|j| w[j] * vc[j * kvd + off + e].to_f64())
+                out[t * qd + h * d + e] = (lo..=p)
+                    .map(|j| w[j - lo] * vc[j * kvd + off + e].to_f64())
                     .sum::<f64>()
                     / z;
             }
@@ -437,15 +557,17 @@ fn check_attention(
         poisoned::<f16>(n * qd)?,
     );
     let at = RowsAt::contiguous(pos0);
-    k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp)?;
-    s.sync()?;
     let pos: Vec<usize> = (pos0..len).collect();
-    r.err(
-        &format!("attn_rows contiguous {n_head}/{n_kv}x{d}"),
-        &f16s(&download::<f16>(&ob, n * qd)?),
-        &attention_ref(&q, &kc, &vc, &pos, &hp),
-        TOL_F16,
-    );
+    for window in [0, 16] {
+        k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp, window)?;
+        s.sync()?;
+        r.err(
+            &format!("attn_rows contiguous {n_head}/{n_kv}x{d} window {window}"),
+            &f16s(&download::<f16>(&ob, n * qd)?),
+            &attention_ref_window(&q, &kc, &vc, &pos, &hp, window),
+            TOL_F16,
+        );
+    }
     check_attention_decode(k, s, rng, r, &hp)
 }
 
@@ -485,6 +607,7 @@ fn check_attention_decode(
         split,
         max_splits,
         hp,
+        0,
     )?;
     s.sync()?;
     r.err(
@@ -496,7 +619,13 @@ fn check_attention_decode(
     // The same with the merge in each head's last block: three launches in a row at different
     // lengths (the per-head counts must come back to zero after each), on poisoned partials.
     let count = upload(&vec![0i32; n_head])?;
-    for len in [1000usize, 37, 700] {
+    for (len, window) in [
+        (1000usize, 0usize),
+        (37, 0),
+        (700, 0),
+        (700, 100),
+        (37, 100),
+    ] {
         let pb = upload(&[(len - 1) as i32])?;
         let (pa, pm, ob) = (
             poisoned::<f32>(n_head * max_splits * d)?,
@@ -517,19 +646,21 @@ fn check_attention_decode(
             split,
             max_splits,
             hp,
+            window,
         )?;
         s.sync()?;
+        let (kw, vw) = (&kc[..len * kvd], &vc[..len * kvd]);
         r.err(
-            &format!("attn_decode_merge {n_head}/{n_kv}x{d} len {len}"),
+            &format!("attn_decode_merge {n_head}/{n_kv}x{d} len {len} window {window}"),
             &download::<f32>(&ob, qd)?,
-            &attention_ref(&q, &kc[..len * kvd], &vc[..len * kvd], &[len - 1], hp),
+            &attention_ref_window(&q, kw, vw, &[len - 1], hp, window),
             TOL_F32,
         );
     }
     let counts = download::<i32>(&count, n_head)?;
     r.line(
         &format!("attn_decode_merge {n_head}/{n_kv}x{d} counts"),
-        format!("after 3 launches {counts:?} (all 0 expected)"),
+        format!("after 5 launches {counts:?} (all 0 expected)"),
         counts.iter().all(|&c| c == 0),
     );
     Ok(())
@@ -569,8 +700,15 @@ fn check_fused_decode(
         poisoned::<f16>(ctx * kv)?,
         poisoned::<f16>(ctx * kv)?,
     );
+    let inv = hp.inv_freq(false);
+    let ib = upload(&inv)?;
+    let post = QkvPost {
+        bias: bb.ptr,
+        inv_freq: ib.ptr,
+        ..QkvPost::default()
+    };
     k.gemv_qkv_rope(
-        s, wb.ptr, xb.ptr, nb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, pb.ptr, 0, &hp,
+        s, wb.ptr, xb.ptr, nb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, pb.ptr, 0, &hp,
     )?;
     s.sync()?;
     let mut xn = vec![0f32; h];
@@ -582,7 +720,7 @@ fn check_fused_decode(
         .map(|(a, b)| (*a + *b as f64) as f32)
         .collect();
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
-    ops::rope_table(pos, d, hp.rope_base, &mut cs, &mut sn);
+    ops::rope_table(pos, &inv, &mut cs, &mut sn);
     ops::rope_apply(&mut y[..q + kv], d, &cs, &sn);
     let as64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let name = format!("gemv_qkv_rope {n_head}/{n_kv}x{d}{tag}");

@@ -142,7 +142,61 @@ pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> 
         report_case(&format!("{name} {}", case.name), case, &run, r);
     }
     let ids = cases.first().map(|c| c.ids.as_slice()).unwrap_or_default();
+    check_decode_paths(&name, &gpu, ctx, ids, args.tokens, spec.hp.vocab, r)?;
     super::check_batch::check_batched(&name, &cpu, &gpu, ids, args.tokens, r)
+}
+
+/// The prompt then `tokens` decode steps (fed `feed`'s tokens, else its own greedy ones) on a
+/// GPU session; every step's logits.
+fn gpu_steps(
+    gpu: &Arc<dyn crate::backend::Backend>,
+    ctx: usize,
+    ids: &[u32],
+    tokens: usize,
+    feed: Option<&[u32]>,
+) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
+    let mut s = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
+    let (mut steps, mut greedy) = (Vec::new(), Vec::new());
+    let mut input = ids.to_vec();
+    for i in 0..=tokens {
+        let l = s.eval(&input).map_err(|e| e.to_string())?.to_vec();
+        let next = feed.and_then(|f| f.get(i).copied()).unwrap_or(argmax(&l));
+        greedy.push(argmax(&l));
+        steps.push(l);
+        input = vec![next];
+    }
+    Ok((steps, greedy))
+}
+
+/// The decode step's two GPU paths against each other: the fused kernels (where the family
+/// allows them) and the separate ones, over the same tokens.
+fn check_decode_paths(
+    name: &str,
+    gpu: &Arc<dyn crate::backend::Backend>,
+    ctx: usize,
+    ids: &[u32],
+    tokens: usize,
+    vocab: usize,
+    r: &mut Report,
+) -> Result<(), String> {
+    let (fused, greedy) = gpu_steps(gpu, ctx, ids, tokens, None)?;
+    super::res::force_separate_decode(true);
+    let separate = gpu_steps(gpu, ctx, ids, tokens, Some(&greedy[..]));
+    super::res::force_separate_decode(false);
+    let (separate, sep_greedy) = separate?;
+    let mut worst = 0f64;
+    for (a, b) in fused.iter().zip(&separate).skip(1) {
+        worst = worst.max(logits_err(a, b, vocab)?);
+    }
+    r.line(
+        &format!("{name} fused vs separate decode"),
+        format!(
+            "{tokens} steps: logits within {worst:.2e} (limit {TOL_MODEL:.0e}); greedy identical: {}",
+            greedy == sep_greedy
+        ),
+        worst <= TOL_MODEL,
+    );
+    Ok(())
 }
 
 /// One case evaluated on both backends.

@@ -9,7 +9,7 @@ use super::check::{
     attention_ref, download, f16s, hp_for, poisoned, randh, randn, upload, Report, TOL_F16, TOL_F32,
 };
 use super::driver::Stream;
-use super::kernels::{Kernels, Paged, RowsAt, RowsSplit};
+use super::kernels::{Kernels, Paged, QkvPost, RowsAt, RowsSplit};
 use crate::backend::cpu::ops;
 use crate::rng::Rng;
 
@@ -99,7 +99,7 @@ pub(super) fn check_paged(
         bs: BS,
         ..RowsAt::default()
     };
-    k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp)?;
+    k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp, 0)?;
     s.sync()?;
     let plain = download::<f16>(&ob, n * qd)?;
     r.err(
@@ -154,6 +154,7 @@ fn check_decode_table(
     };
     k.attn_decode_merged(
         s, qb.ptr, kc, vc, pg, pa.ptr, pm.ptr, out.ptr, count.ptr, posb.ptr, split, max_splits, hp,
+        0,
     )?;
     s.sync()?;
     r.err(
@@ -200,7 +201,23 @@ fn check_split(
         chunk,
         splits,
     };
-    k.attn_rows_split(s, q, kc, vc, so.ptr, n, at, &sp, hp)?;
+    // A window across the splits: the split rows against attn_rows with the same window (itself
+    // checked against the f64 reference in check.rs).
+    let window = chunk + 3;
+    k.attn_rows_split(s, q, kc, vc, so.ptr, n, at, &sp, hp, window)?;
+    let wo = poisoned::<f16>(n * qd)?;
+    k.attn_rows(s, q, kc, vc, wo.ptr, n, at, hp, window)?;
+    s.sync()?;
+    r.err(
+        &format!("attn_rows_split paged window {window} {n_head}/{n_kv}x{d}"),
+        &f16s(&download::<f16>(&so, n * qd)?),
+        &f16s(&download::<f16>(&wo, n * qd)?)
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>(),
+        TOL_F16,
+    );
+    k.attn_rows_split(s, q, kc, vc, so.ptr, n, at, &sp, hp, 0)?;
     s.sync()?;
     let split_out = download::<f16>(&so, n * qd)?;
     r.err(
@@ -260,7 +277,14 @@ pub(super) fn check_rope_slots(
         bs: BS,
         ..RowsAt::default()
     };
-    k.rope_qkv(s, qb.ptr, bb.ptr, qo.ptr, kc.ptr, vc.ptr, &at, n, &hp)?;
+    let inv = hp.inv_freq(false);
+    let ib = upload(&inv)?;
+    let post = QkvPost {
+        bias: bb.ptr,
+        inv_freq: ib.ptr,
+        ..QkvPost::default()
+    };
+    k.rope_qkv(s, qb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, &at, n, &hp)?;
     s.sync()?;
     let (kh, vh) = (
         download::<f16>(&kc, pool_rows * kv)?,
@@ -270,7 +294,7 @@ pub(super) fn check_rope_slots(
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
     for t in 0..n {
         let mut x: Vec<f32> = (0..row).map(|c| qkv[t * row + c] + bias[c]).collect();
-        ops::rope_table(pos[t] as usize, d, hp.rope_base, &mut cs, &mut sn);
+        ops::rope_table(pos[t] as usize, &inv, &mut cs, &mut sn);
         ops::rope_apply(&mut x[..q + kv], d, &cs, &sn);
         wq.extend(x[..q].iter().map(|&v| v as f64));
         wk.extend(x[q..q + kv].iter().map(|&v| v as f64));

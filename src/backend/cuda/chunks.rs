@@ -237,6 +237,7 @@ mod tests {
             rope_base: 10_000.0,
             head_dim: None,
             sliding_window: None,
+            rope_scaling: Default::default(),
         };
         write_random_model(&spec, &path).unwrap();
         let file = GgufFile::open(&path).unwrap();

@@ -18,11 +18,13 @@ pub struct Kernels {
     _module: Module,
     embed_gather: CUfunction,
     rmsnorm_f16: CUfunction,
-    silu_mul: CUfunction,
+    rmsnorm_add: CUfunction,
+    gated_mul: CUfunction,
     /// One per entry of [`GEMV_VARIANTS`].
     gemv_plain: Vec<CUfunction>,
     gemv_norm: Vec<CUfunction>,
     gemv_silu: Vec<CUfunction>,
+    gemv_gelu: Vec<CUfunction>,
     /// One per entry of [`FETCH_CHUNKS`], after the streamed variant.
     gemv_qkv_rope: Vec<CUfunction>,
     /// Whether the decode products fetch their weight rows into registers first (the `_cN`
@@ -91,6 +93,19 @@ impl RowsAt {
             ..RowsAt::default()
         }
     }
+}
+
+/// A layer's Q/K/V post-processing (`rope_qkv`, `gemv_qkv_rope`): device pointers, 0 where the
+/// layer has none (biases; per-head q/k norms, `head_dim` F32 each), its RoPE table (`head_dim / 2`
+/// inverse frequencies, `HParams::inv_freq`) and pair layout.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QkvPost {
+    pub bias: CUdeviceptr,
+    pub q_norm: CUdeviceptr,
+    pub k_norm: CUdeviceptr,
+    pub inv_freq: CUdeviceptr,
+    /// RoPE pairs (2i, 2i + 1) (llama files' Q/K rows) rather than (i, i + head_dim/2).
+    pub interleaved: bool,
 }
 
 /// How `attn_rows_split` splits each row's keys: `splits` ranges (at most 64) of `chunk` keys,
@@ -278,10 +293,12 @@ impl Kernels {
         Ok(Kernels {
             embed_gather: m.function("embed_gather")?,
             rmsnorm_f16: m.function("rmsnorm_f16")?,
-            silu_mul: m.function("silu_mul")?,
+            rmsnorm_add: m.function("rmsnorm_add")?,
+            gated_mul: m.function("gated_mul")?,
             gemv_plain: gemv_family("gemv_plain")?,
             gemv_norm: gemv_family("gemv_norm")?,
             gemv_silu: gemv_family("gemv_silu")?,
+            gemv_gelu: gemv_family("gemv_gelu")?,
             gemv_qkv_rope: fused_family("gemv_qkv_rope")?,
             fetch: AtomicBool::new(
                 std::env::var("LAYERSTREAM_CUDA_GEMV").map_or(true, |v| v != "streamed"),
@@ -347,6 +364,8 @@ impl Kernels {
         launch!(f, (grid, 1), 256, 0, s; src, dst, n)
     }
 
+    /// `n` embedding rows, each multiplied by `scale`.
+    #[allow(clippy::too_many_arguments)]
     pub fn embed_gather(
         &self,
         s: &Stream,
@@ -355,8 +374,24 @@ impl Kernels {
         x: CUdeviceptr,
         n: usize,
         hidden: usize,
+        scale: f32,
     ) -> Result<(), String> {
-        launch!(dep self.embed_gather, (n as u32, 1), 256, 0, s; table, ids, x, hidden as i32)
+        launch!(dep self.embed_gather, (n as u32, 1), 256, 0, s; table, ids, x, hidden as i32, scale)
+    }
+
+    /// x[r] += rmsnorm(y[r]) ⊙ w for `rows` rows of `cols` (the post-norm residual).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_add(
+        &self,
+        s: &Stream,
+        y: CUdeviceptr,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), String> {
+        launch!(dep self.rmsnorm_add, (rows as u32, 1), 256, 0, s; y, w, x, cols as i32, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -412,16 +447,18 @@ impl Kernels {
         launch!(dep l.f, l.grid, l.block, 0, s; x, w, y, m as i32, n as i32, k as i32, acc as i32)
     }
 
-    pub fn silu_mul(
+    /// act = f16(a(gate) ⊙ up) for `n` rows of `[gate | up]`: a = silu, or GELU-tanh with `gelu`.
+    pub fn gated_mul(
         &self,
         s: &Stream,
         gu: CUdeviceptr,
         act: CUdeviceptr,
         n: usize,
         ffn: usize,
+        gelu: bool,
     ) -> Result<(), String> {
         let grid = blocks(n * ffn, 256).min(65_535);
-        launch!(dep self.silu_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32)
+        launch!(dep self.gated_mul, (grid, 1), 256, 0, s; gu, act, n as i32, ffn as i32, gelu as i32)
     }
 
     /// Fetch decode weights into registers first (where K allows), or stream them (the earlier
@@ -498,7 +535,7 @@ impl Kernels {
         launch!(dep self.gemv_norm[v], (grid, 1), self.gemv_threads, smem, s; w, x, norm_w, eps, bias, y, n as i32, k as i32, acc as i32)
     }
 
-    /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias).
+    /// y[N] (+)= W[N,K] · (silu(gu[..K]) ⊙ gu[K..]) (+ bias); GELU-tanh instead of silu with `gelu`.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_silu(
         &self,
@@ -510,18 +547,24 @@ impl Kernels {
         n: usize,
         k: usize,
         acc: bool,
+        gelu: bool,
     ) -> Result<(), String> {
         let (v, grid, smem) = self.gemv_shape(n, k);
-        launch!(dep self.gemv_silu[v], (grid, 1), self.gemv_threads, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
+        let f = if gelu {
+            self.gemv_gelu[v]
+        } else {
+            self.gemv_silu[v]
+        };
+        launch!(dep f, (grid, 1), self.gemv_threads, smem, s; w, gu, bias, y, n as i32, k as i32, acc as i32)
     }
 
-    /// Bias + RoPE + KV append for `n` rows placed as `at` says.
+    /// Bias, q/k norms, RoPE and the KV append (as `post` says) for `n` rows placed as `at` says.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_qkv(
         &self,
         s: &Stream,
         qkv: CUdeviceptr,
-        bias: CUdeviceptr,
+        post: &QkvPost,
         q: CUdeviceptr,
         k_cache: CUdeviceptr,
         v_cache: CUdeviceptr,
@@ -530,8 +573,9 @@ impl Kernels {
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
         launch!(dep self.rope_qkv, (n as u32, 1), 512, 0, s;
-            qkv, bias, q, k_cache, v_cache, at.pos_dev, at.row_pos, at.slots, at.pos0 as i32, hp.n_head as i32,
-            hp.n_kv_head as i32, hp.head_dim as i32, hp.rope_base)
+            qkv, post.bias, post.q_norm, post.k_norm, hp.rms_eps, q, k_cache, v_cache, at.pos_dev, at.row_pos,
+            at.slots, at.pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, post.inv_freq,
+            post.interleaved as i32)
     }
 
     /// Causal attention of `n` query rows, each over its own sequence's keys (`at`), F16 out.
@@ -546,11 +590,12 @@ impl Kernels {
         n: usize,
         at: &RowsAt,
         hp: &crate::model::HParams,
+        window: usize,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         launch!(dep self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, out, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables, at.bs as i32,
-            hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale)
+            hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, window as i32)
     }
 
     /// As [`Kernels::attn_rows`], each row's keys split into `split.splits` ranges of
@@ -567,13 +612,15 @@ impl Kernels {
         at: &RowsAt,
         split: &RowsSplit,
         hp: &crate::model::HParams,
+        window: usize,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         let (chunk, splits) = (split.chunk as i32, split.splits as i32);
         let grid = (n as u32, (hp.n_head * split.splits) as u32);
         launch!(dep self.attn_rows_split, grid, 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, split.acc, split.ml, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables,
-            at.bs as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, chunk, splits)?;
+            at.bs as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, chunk, splits,
+            window as i32)?;
         launch!(dep self.attn_rows_merge, (n as u32, hp.n_head as u32), 32, 0, s;
             split.acc, split.ml, out, n as i32, at.row_pos, at.pos0 as i32, hp.n_head as i32,
             hp.head_dim as i32, chunk, splits)
@@ -595,9 +642,10 @@ impl Kernels {
         split_keys: usize,
         max_splits: usize,
         hp: &crate::model::HParams,
+        window: usize,
     ) -> Result<(), String> {
         self.attn_decode_splits(
-            s, q, kc, vc, pg, part_acc, part_ml, pos_dev, split_keys, max_splits, hp,
+            s, q, kc, vc, pg, part_acc, part_ml, pos_dev, split_keys, max_splits, hp, window,
         )?;
         launch!(dep self.attn_reduce, (hp.n_head as u32, 1), 32, 0, s;
             part_acc, part_ml, out, pos_dev, hp.head_dim as i32, split_keys as i32, max_splits as i32)
@@ -618,10 +666,12 @@ impl Kernels {
         split_keys: usize,
         max_splits: usize,
         hp: &crate::model::HParams,
+        window: usize,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         launch!(dep self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
-            q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32)
+            q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32,
+            window as i32)
     }
 
     /// Decode QKV product with RMSNorm, biases, RoPE and the KV append fused (`decode_fused.cu`).
@@ -632,7 +682,7 @@ impl Kernels {
         w: CUdeviceptr,
         x: CUdeviceptr,
         norm_w: CUdeviceptr,
-        bias: CUdeviceptr,
+        post: &QkvPost,
         q: CUdeviceptr,
         k_cache: CUdeviceptr,
         v_cache: CUdeviceptr,
@@ -640,11 +690,12 @@ impl Kernels {
         slot_dev: CUdeviceptr,
         hp: &crate::model::HParams,
     ) -> Result<(), String> {
+        debug_assert!(post.q_norm == 0, "the fused kernel has no q/k norms");
         let tasks = (hp.n_head + hp.n_kv_head) * hp.head_dim / 2 + hp.kv_dim();
         let f = self.gemv_qkv_rope[self.fused_variant(hp.hidden)];
         launch!(dep f, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
-            w, x, norm_w, hp.rms_eps, bias, q, k_cache, v_cache, pos_dev, slot_dev, hp.n_head as i32, hp.n_kv_head as i32,
-            hp.head_dim as i32, hp.rope_base, hp.hidden as i32)
+            w, x, norm_w, hp.rms_eps, post.bias, q, k_cache, v_cache, pos_dev, slot_dev, hp.n_head as i32, hp.n_kv_head as i32,
+            hp.head_dim as i32, post.inv_freq, post.interleaved as i32, hp.hidden as i32)
     }
 
     /// Split decode attention with the merge done by each head's last block (`attn_decode_merge`):
@@ -666,11 +717,12 @@ impl Kernels {
         split_keys: usize,
         max_splits: usize,
         hp: &crate::model::HParams,
+        window: usize,
     ) -> Result<(), String> {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         launch!(dep self.attn_decode_merge, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
-            scale, split_keys as i32)
+            scale, split_keys as i32, window as i32)
     }
 
     /// Per-row results of `rows` logit rows (`sample.cu`): `mode`, `inv_t`, `u` one per row (i32,

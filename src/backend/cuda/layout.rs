@@ -1,6 +1,7 @@
 //! Where everything lives in the one device arena reserved before the first copy: every unit's
-//! weights (F16 matrices with Q/K/V and gate/up stacked, F32 norms and biases), the KV cache for
-//! the context size, and one sequence's scratch buffers. Offsets are 256-byte aligned.
+//! weights (F16 matrices with Q/K/V and gate/up stacked, F32 norms and biases, each optional
+//! tensor only where the model has it), the RoPE tables, the KV cache for the context size, and one
+//! sequence's scratch buffers. Offsets are 256-byte aligned.
 
 use crate::model::names::{LayerTensor, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 use crate::model::{HParams, ModelSpec};
@@ -31,9 +32,17 @@ pub struct LayerLoc {
     pub attn_norm: Vector,
     /// Q rows, then K rows, then V rows.
     pub wqkv: Mat,
-    pub bqkv: Vector,
+    /// Q, K and V biases (families that have them).
+    pub bqkv: Option<Vector>,
+    /// Per-head RMSNorm weights of Q and K (`head_dim` each; Qwen3, Gemma 3).
+    pub q_norm: Option<Vector>,
+    pub k_norm: Option<Vector>,
     pub wo: Mat,
+    /// RMSNorm of the attention output before its residual add (Gemma 3).
+    pub attn_post_norm: Option<Vector>,
     pub ffn_norm: Vector,
+    /// RMSNorm of the MLP output before its residual add (Gemma 3).
+    pub ffn_post_norm: Option<Vector>,
     /// Gate rows, then up rows.
     pub wgu: Mat,
     pub wdown: Mat,
@@ -60,6 +69,9 @@ pub struct ScratchLoc {
     pub att32: usize,
     pub gu: usize,
     pub act: usize,
+    /// A projection's F32 rows before their post norm (`[MAX_BATCH, hidden]`; empty for families
+    /// without post norms).
+    pub proj: usize,
     pub logits: usize,
     pub part_acc: usize,
     pub part_ml: usize,
@@ -84,6 +96,10 @@ pub struct Layout {
     pub out_norm: Vector,
     /// The LM head (the embedding matrix when tied).
     pub out: Mat,
+    /// RoPE inverse frequencies (`head_dim / 2` F32, `HParams::inv_freq`): the global layers', and
+    /// the local layers' where they have their own; written once when the arena is made.
+    pub rope_global: Vector,
+    pub rope_local: Option<Vector>,
     pub weights_bytes: usize,
     pub kv_bytes: usize,
     pub scratch: ScratchLoc,
@@ -123,13 +139,19 @@ impl Layout {
         let mut b = Bump(0);
         let embed = b.mat(hp.vocab, h);
         let mut layers = Vec::with_capacity(hp.n_layer);
+        let info = hp.family.info();
+        let (qk_norm, post) = (info.qk_norm, info.post_norms);
         for _ in 0..hp.n_layer {
             layers.push(LayerLoc {
                 attn_norm: b.vector(h),
                 wqkv: b.mat(q + 2 * kv, h),
-                bqkv: b.vector(q + 2 * kv),
+                bqkv: spec.qkv_bias.then(|| b.vector(q + 2 * kv)),
+                q_norm: qk_norm.then(|| b.vector(hp.head_dim)),
+                k_norm: qk_norm.then(|| b.vector(hp.head_dim)),
                 wo: b.mat(h, q),
+                attn_post_norm: post.then(|| b.vector(h)),
                 ffn_norm: b.vector(h),
+                ffn_post_norm: post.then(|| b.vector(h)),
                 wgu: b.mat(2 * f, h),
                 wdown: b.mat(h, f),
                 k_cache: 0,
@@ -138,6 +160,8 @@ impl Layout {
         }
         let out_norm = b.vector(h);
         let out = if spec.tied { embed } else { b.mat(hp.vocab, h) };
+        let rope_global = b.vector(hp.head_dim / 2);
+        let rope_local = hp.local_rope_base().map(|_| b.vector(hp.head_dim / 2));
         let weights_bytes = b.0;
         for l in &mut layers {
             l.k_cache = b.take(ctx * kv * 2);
@@ -159,6 +183,7 @@ impl Layout {
             att32: b.take(q * 4),
             gu: b.take(m * 2 * f * 4),
             act: b.take(m * f * 2),
+            proj: b.take(if post { m * h * 4 } else { 0 }),
             logits: b.take(hp.vocab * 4),
             part_acc: b.take(hp.n_head * max_splits * hp.head_dim * 4),
             part_ml: b.take(hp.n_head * max_splits * 2 * 4),
@@ -170,6 +195,8 @@ impl Layout {
             layers,
             out_norm,
             out,
+            rope_global,
+            rope_local,
             weights_bytes,
             kv_bytes,
             scratch,
@@ -178,6 +205,14 @@ impl Layout {
             split_keys,
             max_splits,
             total: b.0,
+        }
+    }
+
+    /// The RoPE table layer `l` rotates with.
+    pub fn rope_of(&self, hp: &HParams, l: usize) -> usize {
+        match (hp.local_rope(l), self.rope_local) {
+            (true, Some(v)) => v.off,
+            _ => self.rope_global.off,
         }
     }
 
@@ -207,19 +242,18 @@ impl Layout {
             LayerTensor::AttnQ => row(&l.wqkv, 0),
             LayerTensor::AttnK => row(&l.wqkv, q),
             LayerTensor::AttnV => row(&l.wqkv, q + kv),
-            LayerTensor::AttnQBias => elem(&l.bqkv, 0),
-            LayerTensor::AttnKBias => elem(&l.bqkv, q),
-            LayerTensor::AttnVBias => elem(&l.bqkv, q + kv),
+            LayerTensor::AttnQBias => elem(l.bqkv.as_ref()?, 0),
+            LayerTensor::AttnKBias => elem(l.bqkv.as_ref()?, q),
+            LayerTensor::AttnVBias => elem(l.bqkv.as_ref()?, q + kv),
+            LayerTensor::AttnQNorm => elem(l.q_norm.as_ref()?, 0),
+            LayerTensor::AttnKNorm => elem(l.k_norm.as_ref()?, 0),
+            LayerTensor::AttnPostNorm => elem(l.attn_post_norm.as_ref()?, 0),
+            LayerTensor::FfnPostNorm => elem(l.ffn_post_norm.as_ref()?, 0),
             LayerTensor::AttnOut => row(&l.wo, 0),
             LayerTensor::FfnNorm => elem(&l.ffn_norm, 0),
             LayerTensor::FfnGate => row(&l.wgu, 0),
             LayerTensor::FfnUp => row(&l.wgu, f),
             LayerTensor::FfnDown => row(&l.wdown, 0),
-            // No family with these norms runs on this backend yet (the architecture table's `cuda`).
-            LayerTensor::AttnQNorm
-            | LayerTensor::AttnKNorm
-            | LayerTensor::AttnPostNorm
-            | LayerTensor::FfnPostNorm => return None,
         })
     }
 }

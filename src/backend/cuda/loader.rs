@@ -156,6 +156,7 @@ fn set_up_device(job: &CudaLoadJob, held: &mut Held) -> Result<(Arc<Device>, Cop
             job.spec.hp.n_head,
         )
     })?;
+    write_rope_tables(&arena, &layout, &job.spec.hp)?;
     held.stage = Some(DevBuf::alloc(copy.stage_bytes)?);
     held.finite = Some(FiniteCheck::new(&copy.chunks)?);
     let n_units = job.plan.units.len();
@@ -183,6 +184,23 @@ fn set_up_device(job: &CudaLoadJob, held: &mut Held) -> Result<(Arc<Device>, Cop
         device.layout.kv_bytes
     );
     Ok((device, copy))
+}
+
+/// The RoPE tables (`HParams::inv_freq`) into the arena, before any pass can read them.
+fn write_rope_tables(
+    arena: &DevBuf,
+    layout: &Layout,
+    hp: &crate::model::HParams,
+) -> Result<(), String> {
+    let tables = [(Some(layout.rope_global), false), (layout.rope_local, true)];
+    for (at, local) in tables {
+        let Some(v) = at else { continue };
+        let t = hp.inv_freq(local);
+        ck("cuMemcpyHtoD (RoPE table)", unsafe {
+            sys::cuMemcpyHtoD_v2(arena.ptr + v.off as u64, t.as_ptr().cast(), t.len() * 4)
+        })?;
+    }
+    Ok(())
 }
 
 /// Copy every chunk in unit order through the ring of pinned buffers, each unit's completion

@@ -1,7 +1,10 @@
-//! One forward pass issued on a compute stream: the Qwen2 layer math written once for the GPU.
+//! One forward pass issued on a compute stream: the layer math of every family written once for
+//! the GPU, the family's row of the architecture table choosing what each layer applies (biases,
+//! q/k norms, RoPE table and pair layout, window, post norms, gated activation, embedding scale).
 //! `rows` runs any number of rows of any sequences (cuBLAS projections, per-row RoPE and KV
 //! append, attention of each row over its own sequence's blocks); `decode` runs the one-row step
-//! with the fused GEMV kernels (kept for batch 1's speed, and captured into a CUDA graph). Before
+//! with GEMVs (kept for batch 1's speed, and captured into a CUDA graph), its attention half
+//! fused into two kernels where the family allows (no q/k norms). Before
 //! a unit's first kernel, while the unit is not known resident, the stream waits on the device
 //! (its event once recorded, else the load counter): the host never blocks on the loader.
 
@@ -12,8 +15,20 @@ use cudarc::driver::sys::CUdeviceptr;
 use super::blas::Blas;
 use super::driver::{copy_dtoh, copy_htod, wait_event, wait_value, Stream};
 use super::gemm_fixed::FixedGemm;
-use super::kernels::{Paged, RowsAt, RowsSplit};
+use super::kernels::{Paged, QkvPost, RowsAt, RowsSplit};
+use super::layout::Vector;
 use super::{CudaModel, Device};
+use crate::model::arch::{Activation, RopeStyle};
+use crate::model::HParams;
+
+/// What the embedding rows are multiplied by: sqrt(hidden) in F32 for the families that scale
+/// them (Gemma), else 1.
+fn embed_scale(hp: &HParams) -> f32 {
+    match hp.family.info().embed_scale {
+        true => (hp.hidden as f32).sqrt(),
+        false => 1.0,
+    }
+}
 
 /// Where a pass reads and writes the KV cache: each layer's K and V rows (`[rows, kv_dim]` F16).
 #[derive(Clone, Debug)]
@@ -115,12 +130,14 @@ impl<'a> Pass<'a> {
         }
         let slot = if pg.table != 0 { slot } else { 0 };
         let (h, q, f) = (hp.hidden, hp.q_dim(), hp.ffn);
+        let gelu = hp.family.info().activation == Activation::GeluTanhGated;
         self.gate(0)?;
-        k.embed_gather(s, p(l.embed.off), id, p(sc.x), 1, h)?;
+        k.embed_gather(s, p(l.embed.off), id, p(sc.x), 1, h, embed_scale(hp))?;
         for (i, ly) in l.layers.iter().enumerate() {
             self.gate(i + 1)?;
             let (kc, vc) = self.kv.layers[i];
-            if self.fused {
+            let (post, window) = (self.qkv_post(i), hp.window(i).unwrap_or(0));
+            if self.fused && post.q_norm == 0 {
                 // Three launches fewer: RoPE + KV append in the QKV product's epilogue, the split
                 // merge in the attention's last block per head.
                 k.gemv_qkv_rope(
@@ -128,7 +145,7 @@ impl<'a> Pass<'a> {
                     p(ly.wqkv.off),
                     p(sc.x),
                     p(ly.attn_norm.off),
-                    p(ly.bqkv.off),
+                    &post,
                     p(sc.q),
                     kc,
                     vc,
@@ -150,11 +167,14 @@ impl<'a> Pass<'a> {
                     l.split_keys,
                     l.max_splits,
                     hp,
+                    window,
                 )?;
             } else {
-                self.decode_attention_separate(i, pos, slot, pg)?;
+                self.decode_attention_separate(i, pos, slot, pg, &post)?;
             }
-            k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, p(sc.x), h, q, true)?;
+            self.add_out(ly.attn_post_norm, 1, |y, acc| {
+                k.gemv_plain(s, p(ly.wo.off), p(sc.att32), 0, y, h, q, acc)
+            })?;
             k.gemv_norm(
                 s,
                 p(ly.wgu.off),
@@ -167,19 +187,58 @@ impl<'a> Pass<'a> {
                 h,
                 false,
             )?;
-            k.gemv_silu(s, p(ly.wdown.off), p(sc.gu), 0, p(sc.x), h, f, true)?;
+            self.add_out(ly.ffn_post_norm, 1, |y, acc| {
+                k.gemv_silu(s, p(ly.wdown.off), p(sc.gu), 0, y, h, f, acc, gelu)
+            })?;
         }
         self.head_one(p(sc.x), p(sc.logits), logits)
     }
 
-    /// The decode step's attention half with the separate kernels (norm + QKV GEMV, RoPE + KV
-    /// append, split attention + merge), for comparison with the fused ones.
+    /// Layer `i`'s Q/K/V post-processing: its biases and q/k norms where it has them, its RoPE
+    /// table and the family's pair layout.
+    fn qkv_post(&self, i: usize) -> QkvPost {
+        let (dev, hp) = (self.dev, &self.m.hp);
+        let ly = &dev.layout.layers[i];
+        let opt = |v: Option<Vector>| v.map_or(0, |v| dev.ptr(v.off));
+        QkvPost {
+            bias: opt(ly.bqkv),
+            q_norm: opt(ly.q_norm),
+            k_norm: opt(ly.k_norm),
+            inv_freq: dev.ptr(dev.layout.rope_of(hp, i)),
+            interleaved: hp.family.info().rope == RopeStyle::Interleaved,
+        }
+    }
+
+    /// Add a projection's `n` output rows to the residual rows: `product(y, acc)` writes them to
+    /// `y`, accumulating when `acc`. Without a post norm it accumulates straight into the residual;
+    /// with one (Gemma 3) it writes the scratch `proj`, whose normed rows are then added.
+    fn add_out(
+        &self,
+        post_norm: Option<Vector>,
+        n: usize,
+        product: impl FnOnce(CUdeviceptr, bool) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let (dev, hp) = (self.dev, &self.m.hp);
+        let sc = &dev.layout.scratch;
+        let Some(w) = post_norm else {
+            return product(dev.ptr(sc.x), true);
+        };
+        product(dev.ptr(sc.proj), false)?;
+        let (y, x) = (dev.ptr(sc.proj), dev.ptr(sc.x));
+        dev.kernels
+            .rmsnorm_add(self.s, y, dev.ptr(w.off), x, n, hp.hidden, hp.rms_eps)
+    }
+
+    /// The decode step's attention half with the separate kernels (norm + QKV GEMV, the Q/K/V
+    /// post-processing with RoPE and the KV append, split attention + merge): the path of every
+    /// family the fused kernel does not compute (q/k norms), and the fused one's reference.
     fn decode_attention_separate(
         &mut self,
         i: usize,
         pos: CUdeviceptr,
         slot: CUdeviceptr,
         pg: Paged,
+        post: &QkvPost,
     ) -> Result<(), String> {
         let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
         let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
@@ -204,7 +263,7 @@ impl<'a> Pass<'a> {
             slots: slot,
             ..RowsAt::contiguous(0)
         };
-        k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, &at, 1, hp)?;
+        k.rope_qkv(s, p(sc.qkv), post, p(sc.q), kc, vc, &at, 1, hp)?;
         k.attn_decode(
             s,
             p(sc.q),
@@ -218,6 +277,7 @@ impl<'a> Pass<'a> {
             l.split_keys,
             l.max_splits,
             hp,
+            hp.window(i).unwrap_or(0),
         )
     }
 
@@ -234,50 +294,32 @@ impl<'a> Pass<'a> {
         let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
         let p = |off: usize| dev.ptr(off);
         let (h, q, kv, f) = (hp.hidden, hp.q_dim(), hp.kv_dim(), hp.ffn);
+        let gelu = hp.family.info().activation == Activation::GeluTanhGated;
         self.gate(0)?;
-        k.embed_gather(s, p(l.embed.off), ids, p(sc.x), n, h)?;
+        k.embed_gather(s, p(l.embed.off), ids, p(sc.x), n, h, embed_scale(hp))?;
         for (i, ly) in l.layers.iter().enumerate() {
             self.gate(i + 1)?;
             let (kc, vc) = self.kv.layers[i];
-            k.rmsnorm_f16(
-                s,
-                p(sc.x),
-                p(ly.attn_norm.off),
-                p(sc.xn),
-                0,
-                n,
-                h,
-                hp.rms_eps,
-            )?;
-            self.gemm(
-                blas,
-                p(sc.xn),
-                p(ly.wqkv.off),
-                p(sc.qkv),
-                n,
-                q + 2 * kv,
-                h,
-                false,
-            )?;
-            k.rope_qkv(s, p(sc.qkv), p(ly.bqkv.off), p(sc.q), kc, vc, at, n, hp)?;
+            let (post, window) = (self.qkv_post(i), hp.window(i).unwrap_or(0));
+            let eps = hp.rms_eps;
+            k.rmsnorm_f16(s, p(sc.x), p(ly.attn_norm.off), p(sc.xn), 0, n, h, eps)?;
+            let (xn, qkv) = (p(sc.xn), p(sc.qkv));
+            self.gemm(blas, xn, p(ly.wqkv.off), qkv, n, q + 2 * kv, h, false)?;
+            k.rope_qkv(s, p(sc.qkv), &post, p(sc.q), kc, vc, at, n, hp)?;
+            let (qb, att) = (p(sc.q), p(sc.att16));
             match self.split.filter(|sp| sp.splits > 1) {
-                Some(sp) => k.attn_rows_split(s, p(sc.q), kc, vc, p(sc.att16), n, at, &sp, hp)?,
-                None => k.attn_rows(s, p(sc.q), kc, vc, p(sc.att16), n, at, hp)?,
+                Some(sp) => k.attn_rows_split(s, qb, kc, vc, att, n, at, &sp, hp, window)?,
+                None => k.attn_rows(s, qb, kc, vc, att, n, at, hp, window)?,
             }
-            self.gemm(blas, p(sc.att16), p(ly.wo.off), p(sc.x), n, h, q, true)?;
-            k.rmsnorm_f16(
-                s,
-                p(sc.x),
-                p(ly.ffn_norm.off),
-                p(sc.xn),
-                0,
-                n,
-                h,
-                hp.rms_eps,
-            )?;
-            self.gemm(blas, p(sc.xn), p(ly.wgu.off), p(sc.gu), n, 2 * f, h, false)?;
-            k.silu_mul(s, p(sc.gu), p(sc.act), n, f)?;
-            self.gemm(blas, p(sc.act), p(ly.wdown.off), p(sc.x), n, h, f, true)?;
+            self.add_out(ly.attn_post_norm, n, |y, acc| {
+                self.gemm(blas, att, p(ly.wo.off), y, n, h, q, acc)
+            })?;
+            k.rmsnorm_f16(s, p(sc.x), p(ly.ffn_norm.off), p(sc.xn), 0, n, h, eps)?;
+            self.gemm(blas, xn, p(ly.wgu.off), p(sc.gu), n, 2 * f, h, false)?;
+            k.gated_mul(s, p(sc.gu), p(sc.act), n, f, gelu)?;
+            self.add_out(ly.ffn_post_norm, n, |y, acc| {
+                self.gemm(blas, p(sc.act), p(ly.wdown.off), y, n, h, f, acc)
+            })?;
         }
         Ok(())
     }

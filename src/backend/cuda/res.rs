@@ -2,6 +2,7 @@
 //! pinned buffers, the captured decode graph), made on first use and parked in the model when
 //! their owner ends; plus waiting for a pass and capturing the decode step into a graph.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,15 @@ pub struct Res {
     /// With `LAYERSTREAM_CUDA_TIMING` set: events around each replayed decode step, and the
     /// device and whole-call times (µs) they measured, logged when the owner ends.
     pub timing: Option<(Event, Event, Vec<f64>, Vec<f64>)>,
+}
+
+/// Decode with the separate kernels whatever `Res::fused` says (`check-cuda` compares the two
+/// paths of one model this way).
+static SEPARATE_DECODE: AtomicBool = AtomicBool::new(false);
+
+/// Make every following decode step take the separate kernels (`true`) or the configured path.
+pub fn force_separate_decode(on: bool) {
+    SEPARATE_DECODE.store(on, Ordering::Relaxed);
 }
 
 impl Res {
@@ -134,7 +144,7 @@ impl Res {
         all_resident: bool,
         copy: bool,
     ) -> Result<(), String> {
-        pass.fused = self.fused;
+        pass.fused = self.fused && !SEPARATE_DECODE.load(Ordering::Relaxed);
         let params = self.params_host.ptr;
         let logits = if copy {
             self.logits_host.ptr
@@ -144,7 +154,8 @@ impl Res {
         if !all_resident {
             return pass.decode(params, table_ints, pg, logits);
         }
-        let key = pass.kv.layers.first().map_or(0, |l| l.0);
+        // The KV cache's address (256-byte aligned) and, in its low bit, the path captured.
+        let key = pass.kv.layers.first().map_or(0, |l| l.0) | pass.fused as u64;
         let dependent = self.dependent;
         let slot = if copy {
             &mut self.graph
