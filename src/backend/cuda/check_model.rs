@@ -105,8 +105,20 @@ fn cases(args: &CheckCudaArgs, file: &GgufFile, vocab: usize) -> Result<Vec<Case
     Ok(out)
 }
 
-/// Stop ids of the golden model (Qwen2.5: `<|im_end|>`, `<|endoftext|>`).
-const EOS: [u32; 2] = [151645, 151643];
+/// Where greedy decoding stops: the golden file's stop ids (`stop_ids`, or the Qwen2 file's
+/// `eos_ids`), else the model's end-of-turn tokens.
+fn stop_ids(args: &CheckCudaArgs, file: &GgufFile) -> Vec<u32> {
+    let golden = args.golden.as_ref().and_then(|g| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(g).ok()?).ok()?;
+        let ids = v.get("stop_ids").or_else(|| v.get("eos_ids"))?.as_array()?;
+        Some(ids.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+    });
+    golden.unwrap_or_else(|| {
+        crate::tokenizer::Tokenizer::from_metadata(file.metadata())
+            .map(|t| t.eos_ids().to_vec())
+            .unwrap_or_default()
+    })
+}
 
 pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> Result<(), String> {
     let name = path
@@ -135,10 +147,11 @@ pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> 
         },
     )?;
     let cases = cases(args, &file, spec.hp.vocab)?;
+    let stops = stop_ids(args, &file);
     for case in &cases {
         let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
         let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
-        let run = run_case(&mut *ce, &mut *ge, &case.ids, args.tokens, spec.hp.vocab)?;
+        let run = run_case(&mut *ce, &mut *ge, &case.ids, args.tokens, spec.hp.vocab, &stops)?;
         report_case(&format!("{name} {}", case.name), case, &run, r);
     }
     let ids = cases.first().map(|c| c.ids.as_slice()).unwrap_or_default();
@@ -217,13 +230,14 @@ struct Run {
     real_diffs: usize,
 }
 
-/// Evaluate `ids` on both sessions, then decode greedily until `tokens` tokens or a stop id.
+/// Evaluate `ids` on both sessions, then decode greedily until `tokens` tokens or one of `stops`.
 fn run_case(
     ce: &mut dyn Session,
     ge: &mut dyn Session,
     ids: &[u32],
     tokens: usize,
     vocab: usize,
+    stops: &[u32],
 ) -> Result<Run, String> {
     let mut run = Run {
         prompt_err: 0.0,
@@ -268,7 +282,7 @@ fn run_case(
         }
         run.cpu.push(c);
         run.gpu.push(g);
-        if run.cpu.len() >= tokens.max(1) || EOS.contains(&c) {
+        if run.cpu.len() >= tokens.max(1) || stops.contains(&c) {
             return Ok(run);
         }
         // Both are fed the CPU's token: up to the first differing token that is each backend
