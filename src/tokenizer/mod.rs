@@ -481,6 +481,7 @@ fn build_bpe(
     let (vocab, merges) = (vocab?, merges?);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre.ignore_merges)
         .build()
         .map_err(build)?;
     let mut tok = tokenizers::Tokenizer::new(bpe);

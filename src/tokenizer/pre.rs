@@ -12,25 +12,46 @@ pub struct PreTokenizer {
     pub nfc: bool,
     /// Split regexes, applied one after the other.
     pub splits: &'static [&'static str],
+    /// A piece that is a whole token of the vocabulary is that token, merges or not (the BPE
+    /// model's `ignore_merges`: Llama 3's `tokenizer.json`, and llama.cpp for `llama-bpe`).
+    pub ignore_merges: bool,
 }
 
 /// Qwen2's split regex (from its `tokenizer.json`).
 pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split regex (from its `tokenizer.json`): Qwen2's with digits in runs of up to three.
+const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// GPT-2's split regex (the `ByteLevel` pre-tokenizer's own, `use_regex: true`).
 const GPT2_SPLIT_REGEX: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-const TABLE: [PreTokenizer; 2] = [
+const TABLE: [PreTokenizer; 4] = [
     PreTokenizer {
         names: &["qwen2", "deepseek-r1-qwen", "megrez"],
         nfc: true,
         splits: &[QWEN2_SPLIT_REGEX],
+        ignore_merges: false,
     },
     // SmolLM's `tokenizer.json`: Digits(individual_digits) then ByteLevel(use_regex).
     PreTokenizer {
         names: &["smollm"],
         nfc: false,
         splits: &[r"\p{N}", GPT2_SPLIT_REGEX],
+        ignore_merges: false,
+    },
+    // Llama 3.x (and files converted with its pre-tokenizer).
+    PreTokenizer {
+        names: &["llama-bpe", "llama3", "llama-v3"],
+        nfc: false,
+        splits: &[LLAMA3_SPLIT_REGEX],
+        ignore_merges: true,
+    },
+    // GPT-2's own: ByteLevel(use_regex).
+    PreTokenizer {
+        names: &["gpt-2", "gpt2"],
+        nfc: false,
+        splits: &[GPT2_SPLIT_REGEX],
+        ignore_merges: false,
     },
 ];
 
@@ -53,7 +74,8 @@ mod tests {
     fn names_select_their_rows() {
         assert!(lookup("qwen2").unwrap().nfc);
         assert_eq!(lookup("smollm").unwrap().splits.len(), 2);
-        assert!(lookup("llama-bpe").is_none());
+        assert!(lookup("llama-bpe").unwrap().ignore_merges);
+        assert!(lookup("falcon").is_none());
         assert!(supported().contains("megrez") && supported().contains("smollm"));
     }
 }

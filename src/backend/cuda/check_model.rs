@@ -111,7 +111,12 @@ fn stop_ids(args: &CheckCudaArgs, file: &GgufFile) -> Vec<u32> {
     let golden = args.golden.as_ref().and_then(|g| {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(g).ok()?).ok()?;
         let ids = v.get("stop_ids").or_else(|| v.get("eos_ids"))?.as_array()?;
-        Some(ids.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+        Some(
+            ids.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
+        )
     });
     golden.unwrap_or_else(|| {
         crate::tokenizer::Tokenizer::from_metadata(file.metadata())
@@ -151,7 +156,14 @@ pub(super) fn check_model(path: &Path, args: &CheckCudaArgs, r: &mut Report) -> 
     for case in &cases {
         let mut ce = cpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
         let mut ge = gpu.clone().new_session(ctx).map_err(|e| e.to_string())?;
-        let run = run_case(&mut *ce, &mut *ge, &case.ids, args.tokens, spec.hp.vocab, &stops)?;
+        let run = run_case(
+            &mut *ce,
+            &mut *ge,
+            &case.ids,
+            args.tokens,
+            spec.hp.vocab,
+            &stops,
+        )?;
         report_case(&format!("{name} {}", case.name), case, &run, r);
     }
     let ids = cases.first().map(|c| c.ids.as_slice()).unwrap_or_default();
