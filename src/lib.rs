@@ -39,4 +39,5 @@ pub mod sampler;
 pub mod serve;
 pub mod server;
 pub mod stop;
+pub mod strftime;
 pub mod tokenizer;

@@ -148,3 +148,41 @@ fn bos_and_eos_tokens_come_from_the_vocabulary() {
         "<s>hi</s>"
     );
 }
+
+/// Llama 3.1's and 3.2's templates (tests/data/templates) with tools, tool calls and tool results,
+/// against transformers' renderer (tests/golden/templates.json, scripts/golden/templates.py).
+#[test]
+fn llama3_templates_render_as_transformers_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("tests/golden/templates.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = doc["templates"].as_array().unwrap();
+    assert!(cases.len() >= 10, "{} cases", cases.len());
+    for case in cases {
+        let file = case["template"].as_str().unwrap();
+        let source = std::fs::read_to_string(root.join("tests/data/templates").join(file)).unwrap();
+        let t = ChatTemplate::new(&source, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+        assert!(t.renders_tools(), "{file}");
+        let got = t.render_json(case["variables"].as_str().unwrap()).unwrap();
+        let want = case["rendered"].as_str().unwrap();
+        assert_eq!(got, want, "{file} {}", case["case"]);
+    }
+}
+
+/// Llama 3.2's template dates its system message with `strftime_now` when it can, as transformers
+/// and llama.cpp let it: today's date, not its fallback.
+#[test]
+fn strftime_now_gives_templates_todays_date() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source =
+        std::fs::read_to_string(root.join("tests/data/templates/llama-3.2-instruct.jinja"))
+            .unwrap();
+    let t = ChatTemplate::new(&source, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+    let before = layerstream::strftime::strftime_now("%d %b %Y");
+    let got = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+    let after = layerstream::strftime::strftime_now("%d %b %Y");
+    // Either side of a midnight the render may straddle.
+    let dated = |d: &str| got.contains(&format!("Today Date: {d}\n"));
+    assert!(dated(&before) || dated(&after), "{got}");
+    assert!(!before.contains('%') && before.len() == 11, "{before}");
+}

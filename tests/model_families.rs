@@ -1,12 +1,15 @@
 //! The architecture table on files from our own writer: each supported family (qwen2, llama,
 //! qwen3, gemma3) validates with its own tensors, an
 //! unknown family is refused listing the supported ones, and a file of a supported family with a
-//! missing tensor, a head count that does not divide, biases in some layers only, or RoPE scaling
-//! not computed yet is refused naming the key or tensor — before any weight is read.
+//! missing tensor, a head count that does not divide, biases in some layers only, a window wider
+//! than the context, or RoPE scaling it cannot compute is refused naming the key or tensor — before
+//! any weight is read.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use layerstream::gguf::{GgufFile, GgufWriter, Value};
+use layerstream::gguf::{GgufFile, Value};
 use layerstream::model::arch::Family;
 use layerstream::model::random::{write_random_model, RandomModelSpec, VocabSource, WeightDtype};
 use layerstream::model::ModelSpec;
@@ -53,30 +56,7 @@ fn rewrite(
     set: &[(&str, Value)],
     add: &[(&str, usize)],
 ) -> PathBuf {
-    let file = GgufFile::open(src).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in file.metadata().iter() {
-        if !set.iter().any(|(key, _)| *key == k) {
-            w.add_kv(k, v.clone()).unwrap();
-        }
-    }
-    for (k, v) in set {
-        w.add_kv(*k, v.clone()).unwrap();
-    }
-    for t in file.tensors() {
-        if !drop.contains(&t.name.as_str()) {
-            let bytes = file.tensor_bytes(t).to_vec();
-            w.add_tensor(&t.name, t.ty, &t.dims, bytes).unwrap();
-        }
-    }
-    for (n, len) in add {
-        let bytes = vec![0u8; len * 4];
-        w.add_tensor(*n, layerstream::gguf::GgmlType::F32, &[*len as u64], bytes)
-            .unwrap();
-    }
-    let out = scratch(name);
-    w.write_file(&out).unwrap();
-    out
+    common::rewrite::rewrite(src, scratch(name), drop, set, add)
 }
 
 fn refusal(path: &Path) -> String {

@@ -1,7 +1,8 @@
 //! The families beside Qwen2 served over HTTP on 127.0.0.1 by the real binary, on the CPU: the
 //! real SmolLM2 file (`llama`) becomes ready before its last layer (a request at READY answers as
 //! one after the load), answers greedy chat requests with transformers' tokens, batches
-//! identically and refuses tools its template cannot render; the real Gemma 3 file
+//! identically and refuses tools its template cannot render (and serves them with Llama 3.1's
+//! template, which renders them); the real Gemma 3 file
 //! answers in its built-in instruct format with transformers' tokens; a random `llama` model's
 //! layers are gated while it loads.
 
@@ -105,6 +106,51 @@ fn smollm2_refuses_tools_its_template_cannot_render() {
     let r = s.post_json("/v1/chat/completions", &body);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["param"], "tools", "{}", r.text());
+}
+
+/// The SmolLM2 file carrying Llama 3.1's chat template instead of its own: the template renders
+/// tools, so a request with them is served, the tools written into the prompt.
+#[test]
+fn a_llama_model_with_llama31_template_serves_tool_requests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template =
+        std::fs::read_to_string(root.join("tests/data/templates/llama-3.1-instruct.jinja"))
+            .unwrap();
+    let dir = std::env::temp_dir().join(format!("service-families-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let set = [(
+        "tokenizer.chat_template",
+        layerstream::gguf::Value::String(template),
+    )];
+    let model = common::rewrite::rewrite(
+        &common::real_smollm2(),
+        dir.join("smollm2-llama31-template.gguf"),
+        &[],
+        &set,
+        &[],
+    );
+    let s = spawn(&model, &[]);
+    let messages = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let plain = s.post_json(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 2}),
+    );
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let with_tools = s.post_json(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "tools": tools, "max_tokens": 2}),
+    );
+    assert_eq!(with_tools.status, 200, "{}", with_tools.text());
+    let prompt = |r: &harness::HttpResponse| r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    // The tool's JSON schema and the instructions around it: well over 50 tokens.
+    assert!(
+        prompt(&with_tools) > prompt(&plain) + 50,
+        "{} vs {}",
+        with_tools.text(),
+        plain.text()
+    );
 }
 
 #[test]

@@ -1,15 +1,22 @@
-//! Tool calls in generated text: Qwen2.5's (Hermes-style) blocks
-//! `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` cut out of the text, whole or as it
-//! streams. A block whose JSON does not parse, or one still open when the text ends, stays plain
-//! text. Text outside the blocks loses its surrounding whitespace (the newlines between blocks).
-//! Small models often answer with the bare object instead (Qwen2.5-Coder-0.5B-Instruct does so
-//! greedily), so a whole answer that is exactly `{"name": ..., "arguments": ...}` naming one of the
-//! request's tools is a call too; such an answer is held back until it ends.
+//! Tool calls in generated text, in the formats of the families whose templates render tools:
+//! - Qwen2.5's (Hermes-style) blocks `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`,
+//!   cut out of the text whole or as it streams. A block whose JSON does not parse, or one still
+//!   open when the text ends, stays plain text. Text outside the blocks loses its surrounding
+//!   whitespace (the newlines between blocks).
+//! - Llama 3.1/3.2/3.3's whole answer `{"name": ..., "parameters": {...}}` (their templates ask for
+//!   exactly that; the call is the turn, ended by `<|eot_id|>` or `<|eom_id|>`), after an optional
+//!   `<|python_tag|>`.
+//! Small models often answer with the bare object in Qwen's case too (Qwen2.5-Coder-0.5B-Instruct
+//! does so greedily), so any whole answer that is exactly one such object (`arguments` or
+//! `parameters`) naming one of the request's tools is a call; such an answer is held back until it
+//! ends.
 
 use serde_json::value::RawValue;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// What Llama 3.1 writes before a call when its tokenizer's special tokens reach the text.
+const PYTHON_TAG: &str = "<|python_tag|>";
 
 /// One call the model made; `arguments` is JSON text (an object for well-formed calls).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +95,13 @@ impl ToolCallStream {
             return bare;
         }
         let visible = self.pending.trim_start();
+        if visible.is_empty() || PYTHON_TAG.starts_with(visible) {
+            return true;
+        }
+        let visible = visible
+            .strip_prefix(PYTHON_TAG)
+            .unwrap_or(visible)
+            .trim_start();
         if visible.is_empty() {
             return true;
         }
@@ -128,7 +142,9 @@ impl ToolCallStream {
     pub fn finish(&mut self) -> Vec<Piece> {
         if self.bare != Some(false) {
             self.bare = Some(false);
-            let call = parse_call(&self.pending).filter(|c| self.names.contains(&c.name));
+            let body = self.pending.trim_start();
+            let body = body.strip_prefix(PYTHON_TAG).unwrap_or(body);
+            let call = parse_call(body).filter(|c| self.names.contains(&c.name));
             if let Some(call) = call {
                 self.pending.clear();
                 return vec![Piece::Call(call)];
@@ -174,11 +190,13 @@ fn partial_open_len(s: &str) -> usize {
 #[derive(serde::Deserialize)]
 struct CallJson<'a> {
     name: String,
-    #[serde(borrow)]
+    /// `parameters` in Llama 3's format.
+    #[serde(borrow, alias = "parameters")]
     arguments: Option<&'a RawValue>,
 }
 
-/// A block's JSON as a call; `None` when it is not `{"name": "...", "arguments": ...}`.
+/// A block's JSON as a call; `None` when it is not `{"name": "...", "arguments": ...}` (or
+/// `"parameters"`).
 fn parse_call(body: &str) -> Option<ParsedCall> {
     let call: CallJson = serde_json::from_str(body.trim()).ok()?;
     if call.name.is_empty() {
@@ -214,6 +232,34 @@ mod tests {
         let p = parse(PARIS, &[]);
         assert_eq!(p.content, None);
         assert_eq!(p.calls, vec![call("get_weather", r#"{"city": "Paris"}"#)]);
+    }
+
+    /// Llama 3.1's answer: the object with `parameters`, streamed in pieces, after the python tag.
+    #[test]
+    fn llama3_answers_are_calls_whole_or_streamed() {
+        let names = vec!["get_weather".to_string()];
+        let text = r#"{"name": "get_weather", "parameters": {"city": "Paris", "days": 2}}"#;
+        let want = vec![call("get_weather", r#"{"city": "Paris", "days": 2}"#)];
+        for answer in [
+            text.to_string(),
+            format!("<|python_tag|>{text}"),
+            format!(" \n{text}"),
+        ] {
+            let p = parse(&answer, &names);
+            assert_eq!((p.content, p.calls), (None, want.clone()), "{answer:?}");
+            let mut stream = ToolCallStream::new(names.clone());
+            let mut pieces = Vec::new();
+            for chunk in answer.as_bytes().chunks(5) {
+                pieces.extend(stream.feed(std::str::from_utf8(chunk).unwrap()));
+            }
+            pieces.extend(stream.finish());
+            assert_eq!(pieces, vec![Piece::Call(want[0].clone())], "{answer:?}");
+        }
+        // A tool the request did not offer, or text after the object, is text.
+        let p = parse(r#"{"name": "other", "parameters": {}}"#, &names);
+        assert!(p.calls.is_empty() && p.content.is_some());
+        let p = parse(&format!("{text} and more"), &names);
+        assert!(p.calls.is_empty());
     }
 
     #[test]

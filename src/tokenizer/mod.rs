@@ -37,7 +37,13 @@ pub const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
 pub use pre::QWEN2_SPLIT_REGEX;
 /// Token strings that end a turn in the supported families' chat models (ChatML's, Llama 3's),
 /// whatever the file names as eos.
-const TURN_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"];
+const TURN_END_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+];
 
 /// GGUF `token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
