@@ -6,6 +6,7 @@
 //! - Llama 3.1/3.2/3.3's whole answer `{"name": ..., "parameters": {...}}` (their templates ask for
 //!   exactly that; the call is the turn, ended by `<|eot_id|>` or `<|eom_id|>`), after an optional
 //!   `<|python_tag|>`.
+//!
 //! Small models often answer with the bare object in Qwen's case too (Qwen2.5-Coder-0.5B-Instruct
 //! does so greedily), so any whole answer that is exactly one such object (`arguments` or
 //! `parameters`) naming one of the request's tools is a call; such an answer is held back until it
