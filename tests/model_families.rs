@@ -105,6 +105,11 @@ fn each_family_validates_with_its_own_tensors() {
     assert_eq!(spec.hp.inv_freq(true)[1], 1.0 / 10_000f32.powf(2.0 / d));
     let names: Vec<&str> = spec.layer_tensors().iter().map(|t| t.suffix()).collect();
     assert!(names.contains(&"post_ffw_norm.weight"), "{names:?}");
+    assert_eq!(spec.hp.attn_scale(), 1.0 / d.sqrt());
+    // Gemma 3 27B (62 layers, 5376 wide, 32 heads of 128) scales by its hidden size per head.
+    let mut big = spec.hp.clone();
+    (big.n_layer, big.hidden, big.n_head, big.head_dim) = (62, 5376, 32, 128);
+    assert_eq!(big.attn_scale(), 1.0 / 168f32.sqrt());
 }
 
 #[test]

@@ -147,6 +147,17 @@ impl HParams {
             .collect()
     }
 
+    /// The factor attention scores are scaled by: 1/sqrt(head_dim), except Gemma 3 27B's
+    /// 1/sqrt(hidden / heads) (its `query_pre_attn_scalar`; the 62-layer model, as llama.cpp tells
+    /// it apart: its files carry no key for it).
+    pub fn attn_scale(&self) -> f32 {
+        let d = match (self.family, self.n_layer) {
+            (Family::Gemma3, 62) => self.hidden / self.n_head,
+            _ => self.head_dim,
+        };
+        1.0 / (d as f32).sqrt()
+    }
+
     /// Width of the K and V projections.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_head * self.head_dim

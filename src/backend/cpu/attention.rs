@@ -58,6 +58,8 @@ pub struct AttnShape {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// What scores are multiplied by (`HParams::attn_scale`).
+    pub scale: f32,
     /// A local layer's window: a query at position p reads keys p - window + 1 ..= p.
     pub window: Option<usize>,
 }
@@ -73,7 +75,7 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[r][h] = softmax(q[r][h] · K[first..=pos_r]ᵀ / √d) · V` (`first` 0, or the start of a
+/// `out[r][h] = softmax(q[r][h] · K[first..=pos_r]ᵀ · scale) · V` (scale 1/√d but for Gemma 3 27B) (`first` 0, or the start of a
 /// local layer's window) for every row `r`, each over its own
 /// sequence's blocks; query head `h` reads KV head `h / (n_head / n_kv_head)`. Each (row, head)
 /// is reduced in position order on its own, so a row's result does not depend on the others.
@@ -87,7 +89,7 @@ pub fn paged_attention(
 ) {
     let (hd, kv_dim, bs) = (s.head_dim, kv.kv_dim, kv.geometry.block_size);
     let group = s.n_head / s.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.scale;
     let (kl, vl) = kv.layer(layer);
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (row, h) = (rows[i / s.n_head], i % s.n_head);

@@ -220,6 +220,7 @@ fn attention_block(
         n_head: hp.n_head,
         n_kv_head: hp.n_kv_head,
         head_dim: hp.head_dim,
+        scale: hp.attn_scale(),
         window,
     };
     paged_attention(

@@ -592,7 +592,7 @@ impl Kernels {
         hp: &crate::model::HParams,
         window: usize,
     ) -> Result<(), String> {
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let scale = hp.attn_scale();
         launch!(dep self.attn_rows, (blocks(n, 4), hp.n_head as u32), 128, 4 * attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, out, n as i32, at.row_pos, at.pos0 as i32, at.row_tab, at.tables, at.bs as i32,
             hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, window as i32)
@@ -614,7 +614,7 @@ impl Kernels {
         hp: &crate::model::HParams,
         window: usize,
     ) -> Result<(), String> {
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let scale = hp.attn_scale();
         let (chunk, splits) = (split.chunk as i32, split.splits as i32);
         let grid = (n as u32, (hp.n_head * split.splits) as u32);
         launch!(dep self.attn_rows_split, grid, 32, attn_tile_bytes(hp.head_dim), s;
@@ -668,7 +668,7 @@ impl Kernels {
         hp: &crate::model::HParams,
         window: usize,
     ) -> Result<(), String> {
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let scale = hp.attn_scale();
         launch!(dep self.attn_decode, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, scale, split_keys as i32,
             window as i32)
@@ -719,7 +719,7 @@ impl Kernels {
         hp: &crate::model::HParams,
         window: usize,
     ) -> Result<(), String> {
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let scale = hp.attn_scale();
         launch!(dep self.attn_decode_merge, (max_splits as u32, hp.n_head as u32), 32, attn_tile_bytes(hp.head_dim), s;
             q, kc, vc, pg.table, pg.bs as i32, part_acc, part_ml, out, count, pos_dev, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32,
             scale, split_keys as i32, window as i32)
