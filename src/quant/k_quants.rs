@@ -8,7 +8,7 @@ use super::float::f16_bits_to_f32;
 /// Bytes 0..4 hold scales 0..4 (low 6 bits) and the top 2 bits of scales 4..8; bytes 4..8 the same
 /// for minimums; bytes 8..12 the low 4 bits of scale (low nibble) and minimum (high nibble) 4..8.
 #[inline]
-fn scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];
     for j in 0..4 {

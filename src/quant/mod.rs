@@ -8,6 +8,9 @@ mod k_quants;
 mod q4;
 mod q5;
 mod q8_0;
+mod unpack;
+#[cfg(target_arch = "x86_64")]
+mod unpack_x86;
 
 use half::f16;
 use rayon::prelude::*;
@@ -15,6 +18,7 @@ use rayon::prelude::*;
 use crate::gguf::GgmlType;
 
 pub use float::{f16_bits_to_f32, f32_to_f16_bits};
+pub use unpack::{scales_finite, unpack_row, unpack_with, unpackable, GROUP};
 
 /// Output elements handled by one rayon task: big enough to amortise scheduling, small enough to
 /// balance two to dozens of cores on a single tensor.

@@ -222,3 +222,54 @@ fn arbitrary_lengths_are_decoded_or_refused() {
         }
     }
 }
+
+/// Every unpackable type, reconstructed as `a * q + b` per group, equals the dequantizer bit for
+/// bit (NaN where it gives NaN: random bytes make some scales NaN or infinite).
+#[test]
+fn unpacked_rows_reconstruct_the_dequantized_values_exactly() {
+    for ty in supported_types().filter(|&t| unpackable(t)) {
+        let n = 512;
+        let src = random_bytes(bytes_per(ty, n), 77 + ty.id() as u64);
+        let mut want = vec![0f32; n];
+        dequantize(ty, &src, &mut want).unwrap();
+        let (mut q, mut a, mut b) = (vec![0i8; n], vec![0f32; n / GROUP], vec![0f32; n / GROUP]);
+        unpack_with(ty, &src, &mut q, &mut a, &mut b, false).unwrap();
+        // The AVX2 unpackers (where the CPU and the type have one) give the same values.
+        let (mut q2, mut a2, mut b2) = (vec![0i8; n], vec![0f32; n / GROUP], vec![0f32; n / GROUP]);
+        unpack_with(ty, &src, &mut q2, &mut a2, &mut b2, true).unwrap();
+        assert_eq!(q, q2, "{}", ty.name());
+        // (NaN payloads may differ: F16C quiets signalling NaNs; such blocks are refused at load.)
+        let bits = |v: &[f32]| {
+            v.iter()
+                .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            (bits(&a), bits(&b)),
+            (bits(&a2), bits(&b2)),
+            "{}",
+            ty.name()
+        );
+        for e in 0..n {
+            let g = e / GROUP;
+            let got = a[g] * f32::from(q[e]) + b[g];
+            let same = got.to_bits() == want[e].to_bits() || (got.is_nan() && want[e].is_nan());
+            // -0 and +0 differ only where the dequantizer multiplies zero by a negative scale.
+            assert!(
+                same || got == want[e],
+                "{} element {e}: {got} vs {}",
+                ty.name(),
+                want[e]
+            );
+        }
+    }
+    let mut q = [0i8; 32];
+    let err = unpack_row(
+        GgmlType::F16,
+        &[0u8; 64],
+        &mut q,
+        &mut [0.0; 2],
+        &mut [0.0; 2],
+    );
+    assert_eq!(err, Err(QuantError::Unsupported { ty: GgmlType::F16 }));
+}

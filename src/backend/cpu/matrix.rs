@@ -1,6 +1,7 @@
 //! A weight matrix in the CPU backend's compute layout, and its parallel products.
 //!
-//! Row-major `[rows][cols]` (a GGUF tensor with dims `[cols, rows]` as stored), F16 or F32.
+//! Row-major `[rows][cols]` (a GGUF tensor with dims `[cols, rows]` as stored), F16 or F32, or
+//! the file's quantized blocks (`qmat`).
 //! Work is split over output rows with rayon; no allocation happens per call.
 
 use half::f16;
@@ -8,6 +9,7 @@ use rayon::prelude::*;
 
 use super::buffer::WeightBuf;
 use super::gemm::{GemmElem, KC, MT, NR, ROW_TOKENS};
+use super::qmat::QuantMat;
 use super::simd::WeightElem;
 
 /// Weight storage.
@@ -15,6 +17,7 @@ use super::simd::WeightElem;
 pub enum MatData {
     F16(WeightBuf<f16>),
     F32(WeightBuf<f32>),
+    Quant(QuantMat),
 }
 
 /// A `[rows][cols]` weight matrix.
@@ -33,6 +36,7 @@ impl Matrix {
         match &self.data {
             MatData::F16(v) => v.len() * 2,
             MatData::F32(v) => v.len() * 4,
+            MatData::Quant(q) => q.bytes.len(),
         }
     }
 
@@ -42,6 +46,7 @@ impl Matrix {
         match &self.data {
             MatData::F16(v) => f16::widen(&v[range], out),
             MatData::F32(v) => out.copy_from_slice(&v[range]),
+            MatData::Quant(q) => q.row_into(r, out),
         }
     }
 
@@ -50,6 +55,7 @@ impl Matrix {
         match &self.data {
             MatData::F16(w) => matvec_impl(w, self.cols, x, y),
             MatData::F32(w) => matvec_impl(w, self.cols, x, y),
+            MatData::Quant(q) => q.matmul(self.rows, self.cols, x, 1, y),
         }
     }
 
@@ -62,6 +68,7 @@ impl Matrix {
         match &self.data {
             MatData::F16(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
             MatData::F32(w) => matmul_impl(w, self.rows, self.cols, x, n_tok, y),
+            MatData::Quant(q) => q.matmul(self.rows, self.cols, x, n_tok, y),
         }
     }
 }

@@ -7,6 +7,8 @@ pub mod gemm;
 pub mod matrix;
 pub mod ops;
 pub mod pool;
+pub mod qdot;
+pub mod qmat;
 pub mod qwen2;
 mod runner;
 pub mod simd;

@@ -3,14 +3,16 @@
 //!
 //! Bytes come in with `pread` in bounded chunks (never by touching the mmap, which would SIGBUS if
 //! the file were truncated under us), and every chunk passes through a `ReadHook` that throttles,
-//! reports progress, or injects faults. Matrices become F16 (F16 and quantized sources) or F32
-//! (F32/BF16 sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer
+//! reports progress, or injects faults. Matrices whose tensors are all of a quantized type the
+//! integer kernels take stay in their blocks (`qmat`); others become F16 (F16 and other quantized
+//! sources) or F32 (F32/BF16 sources); Q/K/V are stacked into one matrix and gate/up into another, so each layer
 //! needs fewer parallel products per token. Norms and biases are F32. A family whose files pair
 //! RoPE dimensions interleaved has each head's Q and K rows permuted into NeoX order here, so the
 //! layer math has one RoPE.
 
 use super::buffer::WeightBuf;
 use super::matrix::{MatData, Matrix};
+use super::qmat::{self, QuantMat, Segment};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::load::plan::UnitKind;
 use crate::model::arch::RopeStyle;
@@ -148,6 +150,9 @@ fn alloc_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelError> 
         .collect::<Result<Vec<_>, _>>()?;
     let cols = infos.first().map(|t| t.row_len() as usize).unwrap_or(0);
     let rows: usize = infos.iter().map(|t| t.rows() as usize).sum();
+    if qmat::enabled() && infos.iter().all(|t| qmat::keeps(t.ty, cols)) {
+        return alloc_quant(&infos, names, rows, cols);
+    }
     let wide = infos
         .iter()
         .any(|t| matches!(t.ty, GgmlType::F32 | GgmlType::BF16));
@@ -157,6 +162,31 @@ fn alloc_stacked(file: &GgufFile, names: &[&str]) -> Result<Matrix, ModelError> 
     } else {
         MatData::F16(WeightBuf::zeroed(rows * cols).map_err(|e| reserve_err(names, e))?)
     };
+    Ok(Matrix { rows, cols, data })
+}
+
+/// The tensors' blocks one after the other, a segment each.
+fn alloc_quant(
+    infos: &[&TensorInfo],
+    names: &[&str],
+    rows: usize,
+    cols: usize,
+) -> Result<Matrix, ModelError> {
+    let (mut segments, mut first_row, mut off) = (Vec::new(), 0, 0);
+    for t in infos {
+        let n = t.rows() as usize;
+        segments.push(Segment {
+            first_row,
+            rows: n,
+            ty: t.ty,
+            row_bytes: t.n_bytes as usize / n.max(1),
+            off,
+        });
+        first_row += n;
+        off += t.n_bytes as usize;
+    }
+    let bytes = WeightBuf::zeroed(off).map_err(|e| reserve_err(names, e))?;
+    let data = MatData::Quant(QuantMat { bytes, segments });
     Ok(Matrix { rows, cols, data })
 }
 
@@ -194,6 +224,15 @@ fn fill_stacked(
                 crate::quant::dequantize,
                 hook,
             )?,
+            MatData::Quant(q) => {
+                let seg = q.segments.iter().find(|s| s.first_row * m.cols == at);
+                let seg = seg.ok_or_else(|| data_err(t, "no segment for this tensor"))?;
+                let bytes = &mut q.bytes[seg.off..seg.off + t.n_bytes as usize];
+                read_into(file, t, bytes, None, hook)?;
+                if !crate::quant::scales_finite(t.ty, bytes) {
+                    return Err(data_err(t, "holds NaN or infinite block scales"));
+                }
+            }
         }
         at += n;
     }
@@ -359,6 +398,16 @@ fn permute_rope(hp: &HParams, l: &mut LayerWeights) {
         MatData::F32(w) => both(&mut |at, heads, n| {
             interleaved_to_neox(&mut w[at * cols..(at + n) * cols], heads, d, cols)
         }),
+        // Whole rows of blocks move as bytes: Q's segment, then K's.
+        MatData::Quant(qm) => {
+            let segs = qm.segments.clone();
+            both(&mut |at, heads, _| {
+                if let Some(s) = segs.iter().find(|s| s.first_row == at) {
+                    let rows = &mut qm.bytes[s.off..s.off + s.rows * s.row_bytes];
+                    interleaved_to_neox(rows, heads, d, s.row_bytes);
+                }
+            })
+        }
     }
     if !l.bqkv.is_empty() {
         let b = &mut l.bqkv;
