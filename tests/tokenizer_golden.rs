@@ -291,7 +291,7 @@ fn unsupported_pre_tokenizer_is_a_named_error() {
     let tokens = vec!["a".to_owned()];
     let parts = VocabParts {
         model: "gpt2",
-        pre: "llama-bpe",
+        pre: "falcon",
         tokens: &tokens,
         merges: &[],
         token_types: &[1],
@@ -301,7 +301,7 @@ fn unsupported_pre_tokenizer_is_a_named_error() {
         add_bos: false,
     };
     let err = Tokenizer::from_parts(&parts).unwrap_err();
-    assert!(matches!(err, TokenizerError::UnsupportedPreTokenizer(ref p) if p == "llama-bpe"));
+    assert!(matches!(err, TokenizerError::UnsupportedPreTokenizer(ref p) if p == "falcon"));
     assert!(err.to_string().contains("tokenizer.ggml.pre"), "{err}");
     let bad_merge = ["ab".to_owned()];
     let err = Tokenizer::from_parts(&VocabParts {

@@ -64,37 +64,68 @@ pub fn simd() -> bool {
     })
 }
 
-/// `Σ_e (a[e/16] * w[e] + b[e/16]) * (dx[e/32] * x[e])` over the row, for each of `xs` (one or
-/// two rows: the kernel reads the weights once for both; each result is computed exactly as if
-/// alone). `offsets`: whether any `b` is non-zero (the term is skipped otherwise).
-pub fn dot(w: &[i8], a: &[f32], b: &[f32], xs: &[&QRow], offsets: bool, out: &mut [f32]) {
+/// Tokens one pass over a weight row serves.
+pub const TOKENS: usize = 4;
+
+/// How a row's scales fall: one per block of 32 (every type but Q6_K: its two groups' integer
+/// sums are added before scaling) or one per group of 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scales {
+    Per32,
+    Per16,
+}
+
+/// `Σ_e (a[e/16] * w[e] + b[e/16]) * (dx[e/32] * x[e])` over the row, for each of `xs` (one to
+/// [`TOKENS`] rows: the kernel reads and widens the weights once for all of them; each result is
+/// computed exactly as if alone). `offsets`: whether any `b` is non-zero (else skipped).
+pub fn dot(
+    w: &[i8],
+    (a, b): (&[f32], &[f32]),
+    scales: Scales,
+    xs: &[&QRow],
+    offsets: bool,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: AVX2 and FMA were detected; the lengths are checked inside.
-        unsafe { x86::dot(w, a, b, xs, offsets, out) };
+        unsafe { x86::dot(w, (a, b), scales, xs, offsets, out) };
         return;
     }
     for (x, o) in xs.iter().zip(out.iter_mut()) {
-        *o = dot_scalar(w, a, b, x, offsets);
+        *o = dot_scalar(w, (a, b), scales, x, offsets);
     }
 }
 
-/// The kernel's arithmetic, lane by lane: even groups into one set of eight lanes, odd groups
-/// into another, the two added lane by lane, then the lanes reduced in a fixed tree.
-pub fn dot_scalar(w: &[i8], a: &[f32], b: &[f32], x: &QRow, offsets: bool) -> f32 {
+/// The kernel's arithmetic, lane by lane: each step's eight pair sums (a block of 32 with
+/// `Per32`, a group of 16 with `Per16`) scaled into one of two sets of eight lanes (even and odd
+/// steps), the two added lane by lane, then the lanes reduced in a fixed tree.
+pub fn dot_scalar(
+    w: &[i8],
+    (a, b): (&[f32], &[f32]),
+    scales: Scales,
+    x: &QRow,
+    offsets: bool,
+) -> f32 {
     let groups = w.len() / GROUP;
     assert!(x.q.len() >= w.len() && a.len() >= groups && b.len() >= groups);
+    let pairs = |g: usize, l: usize| {
+        let e = g * GROUP + 2 * l;
+        i32::from(w[e]) * i32::from(x.q[e]) + i32::from(w[e + 1]) * i32::from(x.q[e + 1])
+    };
     let mut lanes = [[0f32; 8]; 2];
-    for g in 0..groups {
-        let (wg, xg) = (
-            &w[g * GROUP..(g + 1) * GROUP],
-            &x.q[g * GROUP..(g + 1) * GROUP],
-        );
+    let step = match scales {
+        Scales::Per32 => 2,
+        Scales::Per16 => 1,
+    };
+    for (i, g) in (0..groups).step_by(step).enumerate() {
         let scale = a[g] * x.d[g / 2];
-        for (l, lane) in lanes[g % 2].iter_mut().enumerate() {
-            let pair = i32::from(wg[2 * l]) * i32::from(xg[2 * l])
-                + i32::from(wg[2 * l + 1]) * i32::from(xg[2 * l + 1]);
-            *lane = (pair as f32).mul_add(scale, *lane);
+        for (l, lane) in lanes[i % 2].iter_mut().enumerate() {
+            let p = match scales {
+                Scales::Per32 => pairs(g, l) + pairs(g + 1, l),
+                Scales::Per16 => pairs(g, l),
+            };
+            *lane = (p as f32).mul_add(scale, *lane);
         }
     }
     let l: Vec<f32> = (0..8).map(|i| lanes[0][i] + lanes[1][i]).collect();
@@ -109,8 +140,8 @@ fn offset_term(b: &[f32], x: &QRow, groups: usize, offsets: bool) -> f32 {
         return 0.0;
     }
     let mut acc = 0f32;
-    for g in 0..groups {
-        acc = (b[g] * x.d[g / 2]).mul_add(x.sums[g] as f32, acc);
+    for (g, (bg, &s)) in b.iter().zip(&x.sums).take(groups).enumerate() {
+        acc = (bg * x.d[g / 2]).mul_add(s as f32, acc);
     }
     acc
 }
@@ -119,7 +150,7 @@ fn offset_term(b: &[f32], x: &QRow, groups: usize, offsets: bool) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{offset_term, QRow};
+    use super::{offset_term, QRow, Scales, TOKENS};
     use crate::quant::GROUP;
 
     #[inline]
@@ -133,61 +164,102 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// One group's pair sums scaled into `acc`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn group(wv: __m256i, x: &QRow, g: usize, a: f32, acc: __m256) -> __m256 {
-        let xv = _mm256_loadu_si256(x.q.as_ptr().add(g * GROUP).cast());
-        let pairs = _mm256_cvtepi32_ps(_mm256_madd_epi16(wv, xv));
-        let scale = a * *x.d.get_unchecked(g / 2);
-        _mm256_fmadd_ps(pairs, _mm256_set1_ps(scale), acc)
+    unsafe fn widen(w: *const i8, g: usize) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * GROUP).cast()))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn madd(wv: __m256i, x: &QRow, g: usize) -> __m256i {
+        _mm256_madd_epi16(wv, _mm256_loadu_si256(x.q.as_ptr().add(g * GROUP).cast()))
+    }
+
+    /// `N` tokens against the row: per step the weights are widened once, then each token's pair
+    /// sums are scaled into its even or odd accumulator.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tokens<const N: usize>(
+        w: &[i8],
+        a: &[f32],
+        scales: Scales,
+        xs: &[&QRow],
+    ) -> [__m256; N] {
+        let (wp, groups) = (w.as_ptr(), w.len() / GROUP);
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        // One block of 32 (Per32) into the token's even or odd accumulator.
+        let block = |acc: &mut [[__m256; 2]; N], g: usize, odd: usize| {
+            let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
+            let a0 = *a.get_unchecked(g);
+            for (t, x) in xs.iter().enumerate().take(N) {
+                let p = _mm256_add_epi32(madd(w0, x, g), madd(w1, x, g + 1));
+                let s = _mm256_set1_ps(a0 * *x.d.get_unchecked(g / 2));
+                acc[t][odd] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[t][odd]);
+            }
+        };
+        let mut g = 0;
+        match scales {
+            Scales::Per32 => {
+                // Blocks alternate between the accumulators; a lone last block is even.
+                while g + 4 <= groups {
+                    block(&mut acc, g, 0);
+                    block(&mut acc, g + 2, 1);
+                    g += 4;
+                }
+                if g < groups {
+                    block(&mut acc, g, 0);
+                }
+            }
+            Scales::Per16 => {
+                while g < groups {
+                    let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
+                    let (a0, a1) = (*a.get_unchecked(g), *a.get_unchecked(g + 1));
+                    for (t, x) in xs.iter().enumerate().take(N) {
+                        let d = *x.d.get_unchecked(g / 2);
+                        let p0 = _mm256_cvtepi32_ps(madd(w0, x, g));
+                        let p1 = _mm256_cvtepi32_ps(madd(w1, x, g + 1));
+                        acc[t][0] = _mm256_fmadd_ps(p0, _mm256_set1_ps(a0 * d), acc[t][0]);
+                        acc[t][1] = _mm256_fmadd_ps(p1, _mm256_set1_ps(a1 * d), acc[t][1]);
+                    }
+                    g += 2;
+                }
+            }
+        }
+        let mut out = [_mm256_setzero_ps(); N];
+        for t in 0..N {
+            out[t] = _mm256_add_ps(acc[t][0], acc[t][1]);
+        }
+        out
     }
 
     /// See [`super::dot`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(
         w: &[i8],
-        a: &[f32],
-        b: &[f32],
+        (a, b): (&[f32], &[f32]),
+        scales: Scales,
         xs: &[&QRow],
         offsets: bool,
         out: &mut [f32],
     ) {
         let groups = w.len() / GROUP;
-        assert!(groups % 2 == 0 && !xs.is_empty() && xs.len() <= 2);
-        assert!(a.len() >= groups && b.len() >= groups && out.len() >= xs.len());
+        assert!(
+            groups.is_multiple_of(2) && (1..=TOKENS).contains(&xs.len()) && out.len() >= xs.len()
+        );
+        assert!(a.len() >= groups && b.len() >= groups);
         for x in xs {
             assert!(x.q.len() >= w.len() && x.d.len() * 2 >= groups);
         }
-        let wp = w.as_ptr();
-        match xs {
-            // Groups come in pairs (rows are whole blocks of 32): even ones into `e`, odd into `o`.
-            [x] => {
-                let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for g in (0..groups).step_by(2) {
-                    let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(g * GROUP).cast()));
-                    let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add((g + 1) * GROUP).cast()));
-                    e = group(w0, x, g, *a.get_unchecked(g), e);
-                    o = group(w1, x, g + 1, *a.get_unchecked(g + 1), o);
-                }
-                out[0] = hsum(_mm256_add_ps(e, o)) + offset_term(b, x, groups, offsets);
-            }
-            _ => {
-                let (x0, x1) = (xs[0], xs[1]);
-                let (mut e0, mut o0) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let (mut e1, mut o1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for g in (0..groups).step_by(2) {
-                    let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(g * GROUP).cast()));
-                    let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add((g + 1) * GROUP).cast()));
-                    let (a0, a1) = (*a.get_unchecked(g), *a.get_unchecked(g + 1));
-                    e0 = group(w0, x0, g, a0, e0);
-                    o0 = group(w1, x0, g + 1, a1, o0);
-                    e1 = group(w0, x1, g, a0, e1);
-                    o1 = group(w1, x1, g + 1, a1, o1);
-                }
-                out[0] = hsum(_mm256_add_ps(e0, o0)) + offset_term(b, x0, groups, offsets);
-                out[1] = hsum(_mm256_add_ps(e1, o1)) + offset_term(b, x1, groups, offsets);
-            }
+        let mut sums = [_mm256_setzero_ps(); TOKENS];
+        match xs.len() {
+            1 => sums[..1].copy_from_slice(&tokens::<1>(w, a, scales, xs)),
+            2 => sums[..2].copy_from_slice(&tokens::<2>(w, a, scales, xs)),
+            3 => sums[..3].copy_from_slice(&tokens::<3>(w, a, scales, xs)),
+            _ => sums.copy_from_slice(&tokens::<4>(w, a, scales, xs)),
+        }
+        for (t, x) in xs.iter().enumerate() {
+            out[t] = hsum(sums[t]) + offset_term(b, x, groups, offsets);
         }
     }
 }
@@ -221,37 +293,53 @@ mod tests {
     fn both_paths_agree_bit_for_bit_and_match_the_real_sum() {
         let n = 256;
         let w: Vec<i8> = (0..n).map(|i| ((i * 37 % 61) as i32 - 30) as i8).collect();
-        let a: Vec<f32> = (0..n / 16).map(|g| 0.01 + g as f32 * 1e-3).collect();
-        let b: Vec<f32> = (0..n / 16).map(|g| -0.05 * g as f32).collect();
-        let x: Vec<f32> = (0..n)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+        // Per-32 rows repeat each scale over a block's two groups.
+        let per16: Vec<f32> = (0..n / 16).map(|g| 0.01 + g as f32 * 1e-3).collect();
+        let per32: Vec<f32> = (0..n / 16).map(|g| 0.01 + (g / 2) as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..n / 16).map(|g| -0.05 * (g / 2) as f32).collect();
+        let rows: Vec<QRow> = (0..5)
+            .map(|t| {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i * 13 + t * 7) % 29) as f32 / 3.0 - 4.5 * (t as f32 + 1.0))
+                    .collect();
+                let mut r = QRow::default();
+                r.quantize(&x);
+                r
+            })
             .collect();
-        let mut r = QRow::default();
-        r.quantize(&x);
-        let mut r2 = QRow::default();
-        r2.quantize(&x.iter().map(|v| v * -0.5).collect::<Vec<_>>());
-        for offsets in [false, true] {
-            let s = dot_scalar(&w, &a, &b, &r, offsets);
-            let s2 = dot_scalar(&w, &a, &b, &r2, offsets);
-            let (mut one, mut two) = ([0f32; 1], [0f32; 2]);
-            dot(&w, &a, &b, &[&r], offsets, &mut one);
-            dot(&w, &a, &b, &[&r, &r2], offsets, &mut two);
-            assert_eq!(one[0].to_bits(), s.to_bits(), "offsets {offsets}");
-            assert_eq!(
-                [two[0].to_bits(), two[1].to_bits()],
-                [s.to_bits(), s2.to_bits()]
-            );
-            let exact: f64 = (0..n)
-                .map(|e| {
-                    let wv = a[e / 16] as f64 * w[e] as f64
-                        + if offsets { b[e / 16] as f64 } else { 0.0 };
-                    wv * (r.d[e / 32] as f64 * r.q[e] as f64)
-                })
-                .sum();
-            assert!(
-                (s as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()),
-                "{s} vs {exact}"
-            );
+        for (scales, a) in [(Scales::Per32, &per32), (Scales::Per16, &per16)] {
+            for offsets in [false, true] {
+                let alone: Vec<f32> = rows
+                    .iter()
+                    .map(|r| dot_scalar(&w, (a, &b), scales, r, offsets))
+                    .collect();
+                // The kernel with one to four tokens a pass gives each token's scalar result.
+                for k in 1..=TOKENS {
+                    let xs: Vec<&QRow> = rows[..k].iter().collect();
+                    let mut got = [0f32; TOKENS];
+                    dot(&w, (a, &b), scales, &xs, offsets, &mut got);
+                    for t in 0..k {
+                        assert_eq!(
+                            got[t].to_bits(),
+                            alone[t].to_bits(),
+                            "{scales:?} {k} tokens, token {t}"
+                        );
+                    }
+                }
+                let r = &rows[0];
+                let exact: f64 = (0..n)
+                    .map(|e| {
+                        let off = if offsets { b[e / 16] as f64 } else { 0.0 };
+                        let wv = a[e / 16] as f64 * w[e] as f64 + off;
+                        wv * (r.d[e / 32] as f64 * r.q[e] as f64)
+                    })
+                    .sum();
+                let s = alone[0] as f64;
+                assert!(
+                    (s - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                    "{s} vs {exact}"
+                );
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::buffer::WeightBuf;
-use super::qdot::{self, QRow};
+use super::qdot::{self, QRow, Scales};
 use crate::gguf::GgmlType;
 use crate::quant::{self, GROUP};
 
@@ -103,8 +103,8 @@ impl QuantMat {
             });
     }
 
-    /// Unpack each row of `r` once and dot it with every token's activations (two at a time,
-    /// each computed as if alone).
+    /// Unpack each row of `r` once and dot it with every token's activations (`qdot::TOKENS` at
+    /// a time, each computed as if alone).
     fn rows_task(
         &self,
         r: std::ops::Range<usize>,
@@ -124,18 +124,21 @@ impl QuantMat {
                     a.fill(f32::NAN);
                 }
                 let offsets = has_offsets(ty);
-                let mut t = 0;
-                while t < acts.len() {
-                    let n = (acts.len() - t).min(2);
-                    let pair = [&acts[t], &acts[t + n - 1]];
-                    let mut v = [0f32; 2];
-                    qdot::dot(q, a, b, &pair[..n], offsets, &mut v);
-                    for (k, val) in v[..n].iter().enumerate() {
+                let scales = match ty {
+                    GgmlType::Q6K => Scales::Per16,
+                    _ => Scales::Per32,
+                };
+                let mut v = [0f32; qdot::TOKENS];
+                for (c, chunk) in acts.chunks(qdot::TOKENS).enumerate() {
+                    let xs: [&QRow; qdot::TOKENS] =
+                        std::array::from_fn(|k| &chunk[k.min(chunk.len() - 1)]);
+                    qdot::dot(q, (a, b), scales, &xs[..chunk.len()], offsets, &mut v);
+                    for (k, val) in v[..chunk.len()].iter().enumerate() {
+                        let t = c * qdot::TOKENS + k;
                         // SAFETY: `y` holds `n_tok * rows` (asserted by the caller); this task
                         // alone writes row `row`'s outputs.
-                        unsafe { *out.0.add((t + k) * rows + row) = *val };
+                        unsafe { *out.0.add(t * rows + row) = *val };
                     }
-                    t += n;
                 }
             }
         });
