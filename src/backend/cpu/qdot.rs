@@ -29,6 +29,8 @@ pub struct QRow {
     pub d: Vec<f32>,
     /// The sum of the quants of each group of 16.
     pub sums: Vec<i32>,
+    /// Each group's sum times its block's scale: what a weight row's offsets `b` multiply.
+    pub offs: Vec<f32>,
 }
 
 impl QRow {
@@ -38,6 +40,7 @@ impl QRow {
         self.q.resize(n, 0);
         self.d.resize(n / ACT_BLOCK, 0.0);
         self.sums.resize(n / GROUP, 0);
+        self.offs.resize(n / GROUP, 0.0);
         for (b, xs) in x.chunks_exact(ACT_BLOCK).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / QMAX;
@@ -49,7 +52,9 @@ impl QRow {
             }
             for h in 0..2 {
                 let half = &qs[h * GROUP..(h + 1) * GROUP];
-                self.sums[2 * b + h] = half.iter().map(|&v| i32::from(v)).sum();
+                let sum: i32 = half.iter().map(|&v| i32::from(v)).sum();
+                self.sums[2 * b + h] = sum;
+                self.offs[2 * b + h] = d * sum as f32;
             }
         }
     }
@@ -128,22 +133,32 @@ pub fn dot_scalar(
             *lane = (p as f32).mul_add(scale, *lane);
         }
     }
-    let l: Vec<f32> = (0..8).map(|i| lanes[0][i] + lanes[1][i]).collect();
-    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
-    let total = (s[0] + s[2]) + (s[1] + s[3]);
-    total + offset_term(b, x, groups, offsets)
+    let l: [f32; 8] = std::array::from_fn(|i| lanes[0][i] + lanes[1][i]);
+    tree(&l) + offset_term(b, x, groups, offsets)
 }
 
-/// `Σ_g b[g] * dx * sum(x quants of g)`, in group order.
+/// `Σ_g b[g] * offs[g]` (each group's offset times its share of the activations): group g
+/// into lane g % 8 with fused multiply-adds, the lanes reduced in the kernels' fixed tree.
 fn offset_term(b: &[f32], x: &QRow, groups: usize, offsets: bool) -> f32 {
     if !offsets {
         return 0.0;
     }
-    let mut acc = 0f32;
-    for (g, (bg, &s)) in b.iter().zip(&x.sums).take(groups).enumerate() {
-        acc = (bg * x.d[g / 2]).mul_add(s as f32, acc);
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA were detected; `groups` is within both slices (checked by `dot`).
+        return unsafe { x86::offsets(&b[..groups], &x.offs[..groups]) };
     }
-    acc
+    let mut lanes = [0f32; 8];
+    for (g, (bg, o)) in b.iter().zip(&x.offs).take(groups).enumerate() {
+        lanes[g % 8] = bg.mul_add(*o, lanes[g % 8]);
+    }
+    tree(&lanes)
+}
+
+/// Eight lanes summed as the kernels' horizontal sum does.
+fn tree(l: &[f32; 8]) -> f32 {
+    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -174,6 +189,27 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn madd(wv: __m256i, x: &QRow, g: usize) -> __m256i {
         _mm256_madd_epi16(wv, _mm256_loadu_si256(x.q.as_ptr().add(g * GROUP).cast()))
+    }
+
+    /// See [`super::offset_term`]: eight groups a step, a partial last step lane by lane.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn offsets(b: &[f32], o: &[f32]) -> f32 {
+        let n = b.len().min(o.len());
+        let mut acc = _mm256_setzero_ps();
+        let full = n / 8 * 8;
+        for g in (0..full).step_by(8) {
+            let (bv, ov) = (
+                _mm256_loadu_ps(b.as_ptr().add(g)),
+                _mm256_loadu_ps(o.as_ptr().add(g)),
+            );
+            acc = _mm256_fmadd_ps(bv, ov, acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for g in full..n {
+            lanes[g % 8] = b[g].mul_add(o[g], lanes[g % 8]);
+        }
+        super::tree(&lanes)
     }
 
     /// `N` tokens against the row: per step the weights are widened once, then each token's pair
@@ -340,6 +376,35 @@ mod tests {
                     "{s} vs {exact}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn offset_terms_agree_on_both_paths_with_a_partial_last_step() {
+        for n in [96, 256, 416] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 11 % 23) as f32 - 11.0) / 5.0)
+                .collect();
+            let mut r = QRow::default();
+            r.quantize(&x);
+            let b: Vec<f32> = (0..n / 16).map(|g| 0.3 - 0.07 * g as f32).collect();
+            let mut lanes = [0f32; 8];
+            for g in 0..n / 16 {
+                lanes[g % 8] = b[g].mul_add(r.offs[g], lanes[g % 8]);
+            }
+            let want = tree(&lanes);
+            assert_eq!(
+                offset_term(&b, &r, n / 16, true).to_bits(),
+                want.to_bits(),
+                "{n}"
+            );
+            let exact: f64 = (0..n / 16)
+                .map(|g| b[g] as f64 * r.d[g / 2] as f64 * r.sums[g] as f64)
+                .sum();
+            assert!(
+                (want as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                "{want} vs {exact}"
+            );
         }
     }
 }
