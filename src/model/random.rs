@@ -12,12 +12,47 @@ use super::HParams;
 use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
 use crate::rng::Rng;
 
-/// Element type of the 2-D weights (norms and biases are always F32).
+/// Element type of the 2-D weights (norms and biases are always F32). The quantized ones are
+/// written by our quantizer (`quant::quantize`): rows must be whole blocks (32 values; 256 for the
+/// K types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightDtype {
     F16,
     F32,
     Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q5_1")]
+    Q5_1,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q5_k")]
+    Q5K,
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+impl WeightDtype {
+    /// The quantized type it writes, if any.
+    pub fn quantized(self) -> Option<GgmlType> {
+        Some(match self {
+            WeightDtype::F16 | WeightDtype::F32 | WeightDtype::Bf16 => return None,
+            WeightDtype::Q8_0 => GgmlType::Q8_0,
+            WeightDtype::Q4_0 => GgmlType::Q4_0,
+            WeightDtype::Q4_1 => GgmlType::Q4_1,
+            WeightDtype::Q5_0 => GgmlType::Q5_0,
+            WeightDtype::Q5_1 => GgmlType::Q5_1,
+            WeightDtype::Q4K => GgmlType::Q4K,
+            WeightDtype::Q5K => GgmlType::Q5K,
+            WeightDtype::Q6K => GgmlType::Q6K,
+        })
+    }
 }
 
 /// Where the vocabulary comes from.
@@ -197,6 +232,15 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
         WeightDtype::F32 => 0,
         WeightDtype::F16 => 1,
         WeightDtype::Bf16 => 32,
+        // llama.cpp's `general.file_type` of the "mostly" types.
+        WeightDtype::Q4_0 => 2,
+        WeightDtype::Q4_1 => 3,
+        WeightDtype::Q8_0 => 7,
+        WeightDtype::Q5_0 => 8,
+        WeightDtype::Q5_1 => 9,
+        WeightDtype::Q4K => 15,
+        WeightDtype::Q5K => 17,
+        WeightDtype::Q6K => 18,
     };
     w.add_kv("general.file_type", Value::U32(file_type))?;
     let k = |s: &str| spec.family.key(s);
@@ -368,6 +412,29 @@ fn add_matrix(
     std: f32,
 ) -> Result<(), RandomModelError> {
     let n: u64 = dims.iter().product();
+    if let Some(ty) = dtype.quantized() {
+        let cols = dims[0] as usize;
+        let block = ty.block_elems() as usize;
+        if !cols.is_multiple_of(block) {
+            return Err(RandomModelError::Shape(format!(
+                "{name} has rows of {cols} values; {} needs a multiple of {block}",
+                ty.name()
+            )));
+        }
+        let raw = random_bytes(rng, n, 4, 0.0, std, |v, o| {
+            o.copy_from_slice(&v.to_le_bytes())
+        });
+        let x: Vec<f32> = bytemuck::pod_collect_to_vec(&raw);
+        use rayon::prelude::*;
+        let parts = x
+            .par_chunks(cols * 64)
+            .map(|rows| crate::quant::quantize(ty, rows))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RandomModelError::Shape(e.to_string()))?;
+        let bytes = parts.concat();
+        w.add_tensor(name, ty, dims, bytes)?;
+        return Ok(());
+    }
     let (ty, bytes) = match dtype {
         WeightDtype::F32 => (
             GgmlType::F32,
@@ -381,7 +448,7 @@ fn add_matrix(
                 o.copy_from_slice(&f16::from_f32(v).to_le_bytes())
             }),
         ),
-        WeightDtype::Bf16 => (
+        _ => (
             GgmlType::BF16,
             random_bytes(rng, n, 2, 0.0, std, |v, o| {
                 o.copy_from_slice(&bf16::from_f32(v).to_le_bytes())

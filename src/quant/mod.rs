@@ -1,5 +1,5 @@
-//! Dequantization of GGUF tensor data to f32 and f16. Owns the block layouts of every supported
-//! type and the reference order of float operations: results are bit-identical to gguf-py's
+//! Dequantization of GGUF tensor data to f32 and f16, and quantization of f32 rows (`quantize`).
+//! Owns the block layouts of every supported type and the reference order of float operations: results are bit-identical to gguf-py's
 //! `gguf.quants.dequantize` (numpy float32), which the golden tests check. Block formats live one
 //! family per file; this module validates lengths and spreads the blocks over rayon's threads.
 
@@ -8,6 +8,7 @@ mod k_quants;
 mod q4;
 mod q5;
 mod q8_0;
+mod quantize;
 mod unpack;
 #[cfg(target_arch = "x86_64")]
 mod unpack_x86;
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 use crate::gguf::GgmlType;
 
 pub use float::{f16_bits_to_f32, f32_to_f16_bits};
+pub use quantize::{quantizable, quantize};
 pub use unpack::{scales_finite, unpack_row, unpack_with, unpackable, GROUP};
 
 /// Output elements handled by one rayon task: big enough to amortise scheduling, small enough to

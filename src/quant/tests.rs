@@ -273,3 +273,93 @@ fn unpacked_rows_reconstruct_the_dequantized_values_exactly() {
     );
     assert_eq!(err, Err(QuantError::Unsupported { ty: GgmlType::F16 }));
 }
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 blocks bit-identical to gguf-py's quantizer on rows with ties,
+/// zeros, outliers and tiny values (tests/golden/quantize.json, scripts/golden/quantize.py).
+#[test]
+fn legacy_quantizers_match_gguf_py_bit_for_bit() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/quantize.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 15);
+    for case in cases {
+        let ty = GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name() == case["type"].as_str().unwrap())
+            .unwrap();
+        let x: Vec<f32> = from_hex(case["x_hex"].as_str().unwrap())
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want = from_hex(case["blocks_hex"].as_str().unwrap());
+        assert_eq!(quantize(ty, &x).unwrap(), want, "{}", ty.name());
+    }
+}
+
+/// The K-quantizers' round trip: every value within half a step of its sub-block (plus the
+/// rounding of the 6-bit scales and minimums, or Q6_K's 8-bit scales) of the original.
+#[test]
+fn k_quantizers_round_trip_within_their_steps() {
+    let mut state = 7u64;
+    let mut normal = || {
+        // Box-Muller over splitmix64.
+        let mut u = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (a, b) = (u().max(1e-12), u());
+        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+    };
+    let mut x: Vec<f32> = (0..4096).map(|_| normal()).collect();
+    x[300] = 12.0; // an outlier in one sub-block
+    x[1024..1056].fill(0.0); // a zero sub-block
+    for (ty, levels) in [
+        (GgmlType::Q4K, 15.0f32),
+        (GgmlType::Q5K, 31.0),
+        (GgmlType::Q6K, 63.0),
+    ] {
+        let q = quantize(ty, &x).unwrap();
+        let mut y = vec![0f32; x.len()];
+        dequantize(ty, &q, &mut y).unwrap();
+        let (mut worst, mut sq) = (0f32, 0f64);
+        for (blk, (xs, ys)) in x.chunks(256).zip(y.chunks(256)).enumerate() {
+            // The coarsest step any sub-block may get: the block's range over the levels, twice
+            // (the 6-bit scale rounding and clamping), plus what the minimum's rounding shifts.
+            let range = xs.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0;
+            let bound = range / levels + range / 63.0 + 1e-6;
+            for (a, b) in xs.iter().zip(ys) {
+                let e = (a - b).abs();
+                worst = worst.max(e / bound);
+                sq += f64::from(e * e);
+                assert!(
+                    e <= bound,
+                    "{} block {blk}: {a} became {b} (bound {bound})",
+                    ty.name()
+                );
+            }
+        }
+        let rms = (sq / x.len() as f64).sqrt();
+        // Typical error: about a step / sqrt(12) of a unit normal's sub-block range.
+        assert!(
+            rms < 4.0 / f64::from(levels),
+            "{} rms error {rms}",
+            ty.name()
+        );
+    }
+    assert!(matches!(
+        quantize(GgmlType::Q4K, &x[..100]),
+        Err(QuantError::PartialBlock { .. })
+    ));
+    assert!(!quantizable(GgmlType::F16));
+}
