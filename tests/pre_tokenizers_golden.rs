@@ -37,6 +37,7 @@ fn tokenizer_with_pre(pre: &str) -> Tokenizer {
         eos_id: m.opt_u64("tokenizer.ggml.eos_token_id").unwrap(),
         eot_id: None,
         add_bos: false,
+        spm: Default::default(),
     };
     Tokenizer::from_parts(&parts).unwrap()
 }
@@ -103,6 +104,7 @@ fn llama3_takes_whole_word_tokens_without_merges() {
         eos_id: None,
         eot_id: None,
         add_bos: false,
+        spm: Default::default(),
     };
     let llama = Tokenizer::from_parts(&parts("llama-bpe")).unwrap();
     let gpt2 = Tokenizer::from_parts(&parts("gpt-2")).unwrap();

@@ -275,6 +275,7 @@ fn tokenizer_builds_from_plain_parts_and_renders_control_tokens_as_text() {
         eos_id: Some(151645),
         eot_id: None,
         add_bos: false,
+        spm: Default::default(),
     };
     let t = Tokenizer::from_parts(&parts).unwrap();
     assert_eq!(t.token_text(IM_START).as_deref(), Some("<|im_start|>"));
@@ -299,6 +300,7 @@ fn unsupported_pre_tokenizer_is_a_named_error() {
         eos_id: None,
         eot_id: None,
         add_bos: false,
+        spm: Default::default(),
     };
     let err = Tokenizer::from_parts(&parts).unwrap_err();
     assert!(matches!(err, TokenizerError::UnsupportedPreTokenizer(ref p) if p == "falcon"));

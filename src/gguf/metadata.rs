@@ -100,6 +100,14 @@ impl Metadata {
         })
     }
 
+    /// An array of F32.
+    pub fn f32s(&self, key: &str) -> Result<&[f32], GgufError> {
+        self.required(key, EXPECT_F32S, |v| match v.as_array() {
+            Some(Array::F32(items)) => Some(items.as_slice()),
+            _ => None,
+        })
+    }
+
     /// Absent => None; present with a type other than a non-negative integer => error.
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
         self.optional(key, EXPECT_U64, Value::as_u64)
@@ -157,6 +165,7 @@ const EXPECT_STR: &str = "STRING";
 const EXPECT_BOOL: &str = "BOOL";
 const EXPECT_STRINGS: &str = "an array of STRING";
 const EXPECT_I32S: &str = "an array of I32";
+const EXPECT_F32S: &str = "an array of f32";
 
 fn as_u32(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())

@@ -33,6 +33,8 @@ pub const BOS_KEY: &str = "tokenizer.ggml.bos_token_id";
 pub const EOS_KEY: &str = "tokenizer.ggml.eos_token_id";
 pub const EOT_KEY: &str = "tokenizer.ggml.eot_token_id";
 pub const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
+pub const SCORES_KEY: &str = "tokenizer.ggml.scores";
+pub const SPACE_PREFIX_KEY: &str = "tokenizer.ggml.add_space_prefix";
 
 pub use pre::QWEN2_SPLIT_REGEX;
 /// Token strings that end a turn in the supported families' chat models (ChatML's, Llama 3's),
@@ -101,6 +103,21 @@ pub struct VocabParts<'a> {
     pub eos_id: Option<u64>,
     pub eot_id: Option<u64>,
     pub add_bos: bool,
+    /// SentencePiece-style vocabularies: how the merges recovered from the vocabulary are ranked,
+    /// and whether a space is put before the text (`tokenizer.ggml.add_space_prefix`).
+    pub spm: SpmOptions<'a>,
+}
+
+/// What a SentencePiece-style vocabulary needs besides its tokens (ignored for byte-level BPE).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpmOptions<'a> {
+    /// `tokenizer.ggml.scores`: a higher score merges first. Empty: rank by position in the file
+    /// (Gemma, whose scores do not follow its merge order, as transformers handles it).
+    pub scores: &'a [f32],
+    /// Put a space (`▁`) before the text when it does not start with one (Llama 2, Mistral,
+    /// TinyLlama; not Gemma) — only before the first stretch at the start of the input, as
+    /// transformers' `Metaspace(prepend_scheme="first")` does.
+    pub space_prefix: bool,
 }
 
 pub struct Tokenizer {
@@ -115,6 +132,8 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     bos_id: Option<u32>,
     add_bos: bool,
+    /// A space before the text at the start of the input (SentencePiece `add_space_prefix`).
+    space_prefix: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -125,6 +144,29 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos_id", &self.bos_id)
             .finish_non_exhaustive()
     }
+}
+
+/// The SentencePiece settings of a file: merges ranked by its scores except for Gemma files
+/// (by position, as transformers' Gemma builder does), a space prefix unless the file says not
+/// (llama.cpp's default for these vocabularies is to add one).
+fn spm_options(meta: &Metadata) -> Result<SpmOptions<'_>, TokenizerError> {
+    let arch = meta
+        .opt_str("general.architecture")
+        .ok()
+        .flatten()
+        .unwrap_or("");
+    let scores = match meta.contains_key(SCORES_KEY) && !arch.starts_with("gemma") {
+        true => meta.f32s(SCORES_KEY).map_err(meta_err(SCORES_KEY))?,
+        false => &[],
+    };
+    let space_prefix = meta
+        .opt_bool(SPACE_PREFIX_KEY)
+        .map_err(meta_err(SPACE_PREFIX_KEY))?
+        .unwrap_or(true);
+    Ok(SpmOptions {
+        scores,
+        space_prefix,
+    })
 }
 
 fn meta_err(key: &'static str) -> impl FnOnce(GgufError) -> TokenizerError {
@@ -155,6 +197,7 @@ impl Tokenizer {
                 .opt_bool(ADD_BOS_KEY)
                 .map_err(meta_err(ADD_BOS_KEY))?
                 .unwrap_or(false),
+            spm: spm_options(meta)?,
         };
         Tokenizer::from_parts(&parts)
     }
@@ -211,7 +254,7 @@ impl Tokenizer {
             });
             let plain = match kind {
                 Kind::ByteLevel(pre) => build_bpe(parts, pre),
-                Kind::SentencePiece => spm::build(parts.tokens),
+                Kind::SentencePiece => spm::build(parts.tokens, parts.spm.scores),
             }
             .and_then(|tok| with_added_tokens(tok, parts));
             let side = side
@@ -229,6 +272,7 @@ impl Tokenizer {
             eos_ids,
             bos_id,
             add_bos: parts.add_bos,
+            space_prefix: kind == Kind::SentencePiece && parts.spm.space_prefix,
         })
     }
 
@@ -250,8 +294,13 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// Plain text: special-token strings are ordinary text.
+    /// Plain text: special-token strings are ordinary text (with the space prefix of a
+    /// SentencePiece vocabulary that adds one).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_stretch(text, true)
+    }
+
+    fn encode_plain_inner(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         if text.is_empty() {
             return Ok(Vec::new());
         }
@@ -340,6 +389,8 @@ impl Tokenizer {
     fn encode_segments(&self, segments: &[Segment<'_>]) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::new();
         let mut stretch = String::new();
+        // Only the stretch at the very start of the input may get the space prefix.
+        let mut at_start = true;
         for segment in segments {
             match *segment {
                 Segment::Content(text) => stretch.push_str(text),
@@ -347,7 +398,8 @@ impl Tokenizer {
                     let mut pos = 0;
                     while let Some(found) = self.added.find(text, pos) {
                         stretch.push_str(&text[pos..found.start]);
-                        ids.extend(self.encode_plain(&stretch)?);
+                        ids.extend(self.encode_stretch(&stretch, at_start)?);
+                        at_start = false;
                         stretch.clear();
                         ids.push(found.id);
                         pos = found.end;
@@ -356,8 +408,29 @@ impl Tokenizer {
                 }
             }
         }
-        ids.extend(self.encode_plain(&stretch)?);
+        ids.extend(self.encode_stretch(&stretch, at_start)?);
         Ok(ids)
+    }
+
+    /// Text between special tokens; at the start of the input a SentencePiece vocabulary with a
+    /// space prefix gets one first, unless the text already starts with a space.
+    /// (transformers' `Metaspace` with `prepend_scheme="first"`: text that starts with an added
+    /// token matched whole — a user-defined one; special ones never reach here — gets none.)
+    fn encode_stretch(&self, text: &str, at_start: bool) -> Result<Vec<u32>, TokenizerError> {
+        let starts_added = || {
+            self.added
+                .find(text, 0)
+                .is_some_and(|m| m.start == 0 && !self.special[m.id as usize])
+        };
+        if self.space_prefix
+            && at_start
+            && !text.is_empty()
+            && !text.starts_with(' ')
+            && !starts_added()
+        {
+            return self.encode_plain_inner(&format!(" {text}"));
+        }
+        self.encode_plain_inner(text)
     }
 
     /// Text of `ids`, skipping nothing: control tokens appear as their text (`<|im_end|>`).
@@ -454,7 +527,7 @@ fn end_of_sequence_ids(parts: &VocabParts<'_>) -> Result<Vec<u32>, TokenizerErro
 }
 
 /// The two kinds of vocabulary a GGUF file holds.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// `gpt2`: byte-level BPE with merges and a pre-tokenizer named by `tokenizer.ggml.pre`.
     ByteLevel(&'static pre::PreTokenizer),

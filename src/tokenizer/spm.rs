@@ -2,8 +2,10 @@
 //! Mistral), as Hugging Face's `GemmaTokenizer` reads them from a GGUF file: spaces become `▁`,
 //! no pre-tokenizer splits the text, characters outside the vocabulary fall back to `<0xXX>`
 //! byte tokens, and the merges — which the file does not list — are recovered from the
-//! vocabulary: every token that two other tokens concatenate to is a merge, ranked by the
-//! position of the token in the file (the order Gemma's vocabulary was built in).
+//! vocabulary: every token that two other tokens concatenate to is a merge, ranked by the token's
+//! score (`tokenizer.ggml.scores`: Llama 2, Mistral, TinyLlama) or, for Gemma, whose scores do not
+//! follow its merge order, by its position in the file (the order its vocabulary was built in), as
+//! transformers' GGUF tokenizer builders do.
 
 use std::collections::HashMap;
 
@@ -28,38 +30,51 @@ fn respelled(token: &str) -> String {
 }
 
 /// The merges a vocabulary implies: for each token (first occurrence order), every split into two
-/// tokens of the vocabulary (by their ids), then all of them ranked by the merged token's position
-/// (earlier first), a longer left part first, then a longer right part; ties keep that order.
-fn merges_from_vocab(tokens: &[String], vocab: &HashMap<String, u32>) -> Merges {
+/// tokens of the vocabulary (by their ids), then all of them ranked by the merged token's score
+/// (higher first; without scores, minus its position: earlier first), a longer left part first,
+/// then a longer right part; ties keep that order (transformers' `generate_merges`).
+fn merges_from_vocab(tokens: &[String], vocab: &HashMap<String, u32>, scores: &[f32]) -> Merges {
+    // A token's score is its last occurrence's, as Python's `dict(zip(tokens, scores))` keeps.
+    let score_of: HashMap<&str, f32> = match scores.len() == tokens.len() {
+        true => tokens
+            .iter()
+            .map(String::as_str)
+            .zip(scores.iter().copied())
+            .collect(),
+        false => HashMap::new(),
+    };
     let mut seen = HashMap::with_capacity(tokens.len());
-    // (left, right, merged token's last position, chars of left, chars of right)
-    let mut all: Vec<(&str, &str, u32, usize, usize)> = Vec::new();
+    // (left, right, merged token's rank, chars of left, chars of right)
+    let mut all: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
     for t in tokens {
         if seen.insert(t.as_str(), ()).is_some() {
             continue;
         }
-        let position = vocab[t];
-        let mut local: Vec<(&str, &str, u32, usize, usize)> = t
+        let rank = match score_of.get(t.as_str()) {
+            Some(&s) => s,
+            None => -(vocab[t] as f32),
+        };
+        let mut local: Vec<(&str, &str, f32, usize, usize)> = t
             .char_indices()
             .skip(1)
             .filter_map(|(at, _)| {
                 let (l, r) = t.split_at(at);
                 (vocab.contains_key(l) && vocab.contains_key(r))
-                    .then(|| (l, r, position, l.chars().count(), r.chars().count()))
+                    .then(|| (l, r, rank, l.chars().count(), r.chars().count()))
             })
             .collect();
         local.sort_by_key(|m| (vocab[m.0], vocab[m.1]));
         all.extend(local);
     }
-    // Python's `sorted(key=(-position, len l, len r), reverse=True)`, which is stable.
-    all.sort_by(|a, b| a.2.cmp(&b.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
+    // Python's `sorted(key=(rank, len l, len r), reverse=True)`, which is stable.
+    all.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
     all.into_iter()
         .map(|(l, r, ..)| (l.to_owned(), r.to_owned()))
         .collect()
 }
 
 /// The `tokenizers` pipeline of a SentencePiece-style vocabulary (added tokens come after).
-pub fn build(tokens: &[String]) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub fn build(tokens: &[String], scores: &[f32]) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
     let spelled: Vec<String> = tokens.iter().map(|t| respelled(t)).collect();
     let vocab: HashMap<String, u32> = spelled
@@ -67,7 +82,7 @@ pub fn build(tokens: &[String]) -> Result<tokenizers::Tokenizer, TokenizerError>
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    let merges = merges_from_vocab(&spelled, &vocab);
+    let merges = merges_from_vocab(&spelled, &vocab, scores);
     // A respelled token keeps its file spelling too: as an added token (a run of spaces) it is
     // matched in the raw text and must find its id there.
     let mut model_vocab: Vocab = vocab.iter().map(|(k, &v)| (k.clone(), v)).collect();
@@ -134,10 +149,15 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let m = merges_from_vocab(&tokens, &vocab(&tokens));
+        let m = merges_from_vocab(&tokens, &vocab(&tokens), &[]);
         let m: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         // "ab" (position 3) first; then "abc" (4) as ab+c before a+bc; then "bc" (5).
         assert_eq!(m, vec![("a", "b"), ("ab", "c"), ("a", "bc"), ("b", "c")]);
+        // With scores the best score merges first, whatever the position: "bc" now leads.
+        let scores = [0.0, 0.0, 0.0, -2.0, -3.0, -1.0];
+        let m = merges_from_vocab(&tokens, &vocab(&tokens), &scores);
+        let m: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(m, vec![("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);
     }
 
     #[test]
