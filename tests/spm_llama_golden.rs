@@ -73,7 +73,10 @@ fn llama_style_sentencepiece_matches_transformers() {
             "{text:?} as plain text"
         );
     }
-    // The prefix is a space before the first word only: "a" at the start and after a special token.
-    let a = t.encode_prompt("a").unwrap();
-    assert_eq!(t.decode(&a).unwrap(), " a");
+    // Decoding drops the prefix's space again, whole or streamed (transformers' `Strip(left=1)`).
+    let ids = t.encode_prompt("Hello there, world").unwrap();
+    assert_eq!(t.decode(&ids).unwrap(), "Hello there, world");
+    let mut d = layerstream::tokenizer::IncrementalDecoder::new();
+    let streamed: String = ids.iter().map(|&id| d.push(&t, id).unwrap()).collect();
+    assert_eq!(streamed, "Hello there, world");
 }

@@ -1,7 +1,8 @@
 //! Streaming detokenization. Byte-level BPE decodes each token to bytes on its own, so the text of
 //! a sequence is the lossy UTF-8 of the concatenated bytes; the decoder keeps only the unfinished
 //! tail of a character (at most 3 bytes) between pushes, so each push costs the token's length and
-//! the pieces always add up to `Tokenizer::decode` of the whole sequence.
+//! the pieces always add up to `Tokenizer::decode` of the whole sequence (the first piece drops a
+//! leading space where `decode` does).
 
 use super::{Tokenizer, TokenizerError};
 
@@ -9,12 +10,15 @@ use super::{Tokenizer, TokenizerError};
 pub struct IncrementalDecoder {
     /// Bytes not yet emitted: a prefix of one UTF-8 character.
     pending: Vec<u8>,
+    /// Whether any text has been emitted (the first may drop a leading space, as `decode` does).
+    emitted: bool,
 }
 
 impl IncrementalDecoder {
     pub fn new() -> Self {
         IncrementalDecoder {
             pending: Vec::with_capacity(8),
+            emitted: false,
         }
     }
 
@@ -53,7 +57,19 @@ impl IncrementalDecoder {
             }
         }
         self.pending.drain(..start.min(self.pending.len()));
-        Ok(out)
+        Ok(self.first_text(tokenizer.strips_leading_space(), out))
+    }
+
+    /// `out`, without its leading space when it is the stream's first text and `strip`.
+    fn first_text(&mut self, strip: bool, out: String) -> String {
+        if self.emitted || out.is_empty() {
+            return out;
+        }
+        self.emitted = true;
+        match (strip, out.strip_prefix(' ')) {
+            (true, Some(rest)) => rest.to_owned(),
+            _ => out,
+        }
     }
 
     /// Ends the stream: an unfinished character becomes U+FFFD, as in `decode`.

@@ -433,14 +433,19 @@ impl Tokenizer {
         self.encode_plain_inner(text)
     }
 
-    /// Text of `ids`, skipping nothing: control tokens appear as their text (`<|im_end|>`).
+    /// Text of `ids`, skipping nothing: control tokens appear as their text (`<|im_end|>`); one
+    /// leading space dropped where the vocabulary prefixes one (`strips_leading_space`).
     /// Byte sequences that are not UTF-8 become U+FFFD, as in Hugging Face's ByteLevel decoder.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         let mut buf = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             buf.extend_from_slice(self.bytes_of(id)?);
         }
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        let text = String::from_utf8_lossy(&buf);
+        Ok(match (self.space_prefix, text.strip_prefix(' ')) {
+            (true, Some(rest)) => rest.to_owned(),
+            _ => text.into_owned(),
+        })
     }
 
     /// The bytes token `id` decodes to (may be part of a UTF-8 character).
@@ -471,6 +476,12 @@ impl Tokenizer {
 
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
+    }
+
+    /// Whether decoded text drops one leading space: a SentencePiece vocabulary with a space
+    /// prefix put it there (transformers' decoder strips it: `Strip(left=1)`).
+    pub fn strips_leading_space(&self) -> bool {
+        self.space_prefix
     }
 
     /// `tokenizer.ggml.add_bos_token` (false for Qwen2).
