@@ -21,7 +21,8 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
                                          float* __restrict__ q_out, __half* __restrict__ k_cache,
                                          __half* __restrict__ v_cache, const int* __restrict__ pos_dev,
                                          const int* __restrict__ slot_dev, int n_head, int n_kv, int D,
-                                         const float* __restrict__ inv_freq, int interleaved, int K) {
+                                         const float* __restrict__ inv_freq, int interleaved, float mscale,
+                                         int K) {
     extern __shared__ float fused_xs[];
     float* xs = fused_xs;
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
@@ -50,6 +51,8 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
         const int head = t / half_d, i = t % half_d;
         float sn, cs;
         sincosf((float)pos * inv_freq[i], &sn, &cs);
+        sn *= mscale;
+        cs *= mscale;
         const float x0 = bias ? s[0] + bias[r[0]] : s[0], x1 = bias ? s[1] + bias[r[1]] : s[1];
         const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
         if (head < n_head) {
@@ -69,9 +72,9 @@ __device__ __forceinline__ void qkv_rope(const __half* __restrict__ W, const flo
     extern "C" __global__ void gemv_qkv_rope_c##CPL(                                                          \
         const __half* W, const float* x, const float* norm_w, float eps, const float* bias, float* q_out,     \
         __half* k_cache, __half* v_cache, const int* pos_dev, const int* slot_dev, int n_head, int n_kv, int D,  \
-        const float* inv_freq, int interleaved, int K) {                                                      \
+        const float* inv_freq, int interleaved, float mscale, int K) {                                        \
         qkv_rope<CPL>(W, x, norm_w, eps, bias, q_out, k_cache, v_cache, pos_dev, slot_dev, n_head, n_kv, D,       \
-                      inv_freq, interleaved, K);                                                              \
+                      inv_freq, interleaved, mscale, K);                                                      \
     }
 QKV_ROPE_KERNEL(0)
 QKV_ROPE_KERNEL(4)

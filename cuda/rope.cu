@@ -1,7 +1,7 @@
 // Q/K/V post-processing after the QKV product, for a run of tokens: add the Q/K/V biases (when
 // `bias` is non-null), RMS-normalise each Q and K head with q_norm / k_norm (D weights each, when
-// non-null: Qwen3, Gemma 3), rotate Q and K with RoPE (pair i by pos * inv_freq[i], pairs as
-// rope_cols in common.cuh says), write Q (F32) for attention, and append K and V to the F16 KV
+// non-null: Qwen3, Gemma 3), rotate Q and K with RoPE (pair i by pos * inv_freq[i], cos and sin
+// times mscale — YaRN's attention factor, else 1 —, pairs as rope_cols in common.cuh says), write Q (F32) for attention, and append K and V to the F16 KV
 // cache. Token t's position: *pos_dev + t when pos_dev is non-null (decode inside a captured
 // graph), else row_pos[t] when that is non-null (a batch of many sequences), else pos0 + t. Its K/V
 // row: slots[t] when slots is non-null (a paged pool), else the position.
@@ -18,7 +18,7 @@ extern "C" __global__ void rope_qkv(const float* __restrict__ qkv, const float* 
                                     __half* __restrict__ v_cache, const int* __restrict__ pos_dev,
                                     const int* __restrict__ row_pos, const int* __restrict__ slots, int pos0,
                                     int n_head, int n_kv, int D, const float* __restrict__ inv_freq,
-                                    int interleaved) {
+                                    int interleaved, float mscale) {
     __shared__ float head_scale[ROPE_MAX_HEADS];
     const int t = blockIdx.x;
     grid_dep_sync();  // may be a programmatic dependent launch (common.cuh)
@@ -42,6 +42,8 @@ extern "C" __global__ void rope_qkv(const float* __restrict__ qkv, const float* 
         const int head = p / half_d, i = p % half_d;
         float sn, cs;
         sincosf((float)pos * inv_freq[i], &sn, &cs);
+        sn *= mscale;
+        cs *= mscale;
         int c0, c1;  // columns within Q|K (K starts at q_dim)
         rope_cols(head * D, i, D, interleaved, c0, c1);
         float x0 = in(c0), x1 = in(c1);

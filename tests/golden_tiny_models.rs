@@ -23,7 +23,7 @@ const REL_TOL: f32 = 1e-5;
 /// measured: at most 5.4e-7).
 const CHUNK_TOL: f32 = 1e-5;
 /// Every golden file the directory must hold; a missing or an extra one fails the test.
-const MODELS: [&str; 10] = [
+const MODELS: [&str; 11] = [
     "gqa-f32-untied",
     "tied-f16-gqa4to1",
     "mha-bf16-3layers",
@@ -31,6 +31,7 @@ const MODELS: [&str; 10] = [
     "llama-gqa-f16-untied",
     "llama-mha-f32-tied-5heads",
     "llama31-rope-f16",
+    "qwen2-yarn-f16",
     "qwen3-f16-headdim32",
     "qwen3-bf16-tied-gqa3to1",
     "qwen3-f32-headdim8-mha",
@@ -277,6 +278,12 @@ fn llama_tied_f32_mha_model_with_five_heads_matches_transformers() {
 #[test]
 fn llama31_model_with_rope_frequency_factors_matches_transformers() {
     check_model("llama31-rope-f16");
+}
+
+/// YaRN: kept, blended and interpolated frequencies, cos/sin scaled by its attention factor.
+#[test]
+fn qwen2_model_with_yarn_rope_scaling_matches_transformers() {
+    check_model("qwen2-yarn-f16");
 }
 
 #[test]

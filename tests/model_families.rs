@@ -172,10 +172,20 @@ fn shapes_and_rope_settings_that_cannot_be_computed_are_named() {
         e.contains("llama.attention.head_count") && e.contains("does not divide"),
         "{e}"
     );
-    let set = [("llama.rope.scaling.type", Value::String("yarn".into()))];
+    let set = [("llama.rope.scaling.type", Value::String("longrope".into()))];
+    let e = refusal(&rewrite(&src, "longrope.gguf", &[], &set, &[]));
+    assert!(
+        e.contains("llama.rope.scaling.type") && e.contains("longrope"),
+        "{e}"
+    );
+    // YaRN needs its original context.
+    let set = [
+        ("llama.rope.scaling.type", Value::String("yarn".into())),
+        ("llama.rope.scaling.factor", Value::F32(4.0)),
+    ];
     let e = refusal(&rewrite(&src, "yarn.gguf", &[], &set, &[]));
     assert!(
-        e.contains("llama.rope.scaling.type") && e.contains("yarn"),
+        e.contains("llama.rope.scaling.original_context_length"),
         "{e}"
     );
     let e = refusal(&rewrite(

@@ -67,6 +67,8 @@ MIN_TOP2_GAP = 0.005
 #   5 heads of 12 (not a power of two) in hidden 60, tied, F32; Llama 3.1's RoPE scaling (factor 8,
 #   original context 32, so that the prompt's positions cross all three bands: frequencies kept,
 #   smoothed and divided), written as rope_freqs.weight;
+# - qwen2 with YaRN (factor 4 over an original context of 2048: heads of 16 put the ramp over pairs
+#   2..6, so some frequencies are kept, some blended, some interpolated; cos/sin scaled by 1.139);
 # - qwen3 (per-head q/k RMSNorm, no biases): head_dim 32 from attention.key_length in hidden 64 (q is
 #   wider than the hidden state) F16 untied; BF16 tied GQA 6/2 with head_dim hidden / heads (no
 #   key_length written); head_dim 8 in hidden 48 (q narrower than the hidden state) F32 MHA, 1 layer.
@@ -94,6 +96,9 @@ TINY = [
                                    "--ffn", "128", "--vocab-size", "512", "--dtype", "f16", "--seed", "57",
                                    "--context", "256", "--rope-base", "10000", "--rope-scaling",
                                    "llama3:8:1:4:32"], 508),
+    ("qwen2-yarn-f16", "qwen2", ["--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                                 "--ffn", "128", "--vocab-size", "512", "--dtype", "f16", "--seed", "59",
+                                 "--context", "256", "--rope-base", "10000", "--rope-scaling", "yarn:4:2048"], 509),
     ("qwen3-f16-headdim32", "qwen3", ["--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
                                       "--head-dim", "32", "--ffn", "128", "--vocab-size", "512", "--dtype",
                                       "f16", "--seed", "77", "--context", "256", "--rope-base", "1000000"], 707),
@@ -132,8 +137,11 @@ def rope_parameters(flags: list):
     if "--rope-scaling" not in flags:
         return None
     kind, *nums = flags[flags.index("--rope-scaling") + 1].split(":")
+    if kind == "yarn":
+        factor, ctx = (float(v) for v in nums)
+        return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(ctx)}
     if kind != "llama3":
-        raise ValueError(f"--rope-scaling {kind}: only llama3 is described here")
+        raise ValueError(f"--rope-scaling {kind}: only llama3 and yarn are described here")
     factor, low, high, ctx = (float(v) for v in nums)
     return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
             "original_max_position_embeddings": int(ctx)}

@@ -233,6 +233,20 @@ def inv_freq(base: float, dim: int) -> np.ndarray:
     return 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
 
 
+def yarn_inv_freq(base: float, dim: int, factor: float, ctx: int, beta_fast=32.0, beta_slow=1.0) -> np.ndarray:
+    """YaRN's frequencies from the paper's definition, in float64: kept below the dimension that
+    turns `beta_fast` times over `ctx`, divided by `factor` above the one that turns `beta_slow`
+    times, blended linearly between (boundaries truncated to whole dimensions)."""
+    def dim_of(rotations):
+        return dim * np.log(ctx / (rotations * 2 * np.pi)) / (2 * np.log(base))
+    low, high = max(np.floor(dim_of(beta_fast)), 0), min(np.ceil(dim_of(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    kept = inv_freq(base, dim)
+    return kept / factor * ramp + kept * (1 - ramp)
+
+
 def config_mismatches(model, arch: str, hp: dict) -> list:
     c, bad = model.config, []
     for key, value in expected_config(arch, hp).items():
@@ -251,6 +265,11 @@ def config_mismatches(model, arch: str, hp: dict) -> list:
         if "rope_freqs" in hp:
             # Llama 3.1: the converter's factors divide each frequency (as our engine applies them).
             expect = expect / np.asarray(hp["rope_freqs"], dtype=np.float64)
+        if want.get("rope_type") == "yarn":
+            expect = yarn_inv_freq(base, dim, want["factor"], want["original_max_position_embeddings"])
+            scaling = model.model.rotary_emb.attention_scaling
+            if not np.isclose(scaling, 0.1 * np.log(want["factor"]) + 1, rtol=1e-9):
+                bad.append(f"yarn attention scaling {scaling}, expected 0.1 ln(factor) + 1")
         got = got.double().numpy()
         if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-6, atol=0):
             bad.append(f"rotary inv_freq {label} {got[:3]}... != the file's {expect[:3]}...")

@@ -163,8 +163,9 @@ pub struct GenModelArgs {
     /// context).
     #[arg(long, env = "LAYERSTREAM_SLIDING_WINDOW")]
     pub sliding_window: Option<usize>,
-    /// RoPE scaling: none, linear:FACTOR, or llama3:FACTOR:LOW:HIGH:ORIGINAL_CONTEXT (Llama
-    /// 3.1's, written as `rope_freqs.weight` like llama.cpp's converter does).
+    /// RoPE scaling: none, linear:FACTOR, llama3:FACTOR:LOW:HIGH:ORIGINAL_CONTEXT (Llama 3.1's,
+    /// written as `rope_freqs.weight` like llama.cpp's converter does) or
+    /// yarn:FACTOR:ORIGINAL_CONTEXT.
     #[arg(long, env = "LAYERSTREAM_ROPE_SCALING", default_value = "none")]
     pub rope_scaling: crate::model::random::RopeScalingSpec,
     #[arg(long, env = "LAYERSTREAM_OUT")]

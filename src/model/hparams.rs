@@ -135,16 +135,33 @@ impl HParams {
             false => self.rope_base,
         };
         let d = self.head_dim;
+        let ramp = yarn_ramp(&self.rope_scaling, d, base);
         (0..d / 2)
             .map(|i| {
-                let f = 1.0 / base.powf((2 * i) as f32 / d as f32);
+                let pos = base.powf((2 * i) as f32 / d as f32);
+                let f = 1.0 / pos;
                 match (&self.rope_scaling, local) {
                     (_, true) | (RopeScaling::None, _) => f,
                     (RopeScaling::Linear(k), false) => f / k,
                     (RopeScaling::Factors(v), false) => f / v[i],
+                    (RopeScaling::Yarn { factor, .. }, false) => {
+                        let keep = 1.0 - ramp[i];
+                        (1.0 / (factor * pos)) * (1.0 - keep) + f * keep
+                    }
                 }
             })
             .collect()
+    }
+
+    /// What RoPE's cos and sin are multiplied by: YaRN's attention factor `0.1 ln(factor) + 1`
+    /// for the global layers, else 1.
+    pub fn rope_mscale(&self, local: bool) -> f32 {
+        match (&self.rope_scaling, local) {
+            (RopeScaling::Yarn { factor, .. }, false) if *factor > 1.0 => {
+                (0.1 * f64::from(*factor).ln() + 1.0) as f32
+            }
+            _ => 1.0,
+        }
     }
 
     /// The factor attention scores are scaled by: 1/sqrt(head_dim), except Gemma 3 27B's
@@ -228,10 +245,48 @@ pub enum RopeScaling {
     /// from the `llama3` rope type): frequency `i` divided by factor `i`. Set by
     /// `ModelSpec::from_file`, which reads the tensor.
     Factors(Vec<f32>),
+    /// YaRN (`rope.scaling.type = yarn`, Qwen2/Qwen3 beyond their trained context): frequencies
+    /// blended between interpolated (divided by `factor`) and kept along a ramp between the
+    /// dimensions that turn `beta_fast` and `beta_slow` times over `original_context`, and cos/sin
+    /// scaled by `0.1 ln(factor) + 1`, as transformers computes them.
+    Yarn {
+        factor: f32,
+        original_context: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+    },
 }
 
-/// `<arch>.rope.scaling.type`: none or linear (with its factor); YaRN and others are refused
-/// naming the key, rather than served with wrong positions.
+/// YaRN's ramp over the `head_dim / 2` frequencies (0 below the fast boundary, 1 above the slow
+/// one), as transformers' `linear_ramp_factor` over `find_correction_range` (truncated); empty for
+/// other scalings.
+fn yarn_ramp(scaling: &RopeScaling, d: usize, base: f32) -> Vec<f32> {
+    let RopeScaling::Yarn {
+        original_context,
+        beta_fast,
+        beta_slow,
+        ..
+    } = *scaling
+    else {
+        return Vec::new();
+    };
+    let (dim, base, ctx) = (d as f64, f64::from(base), original_context as f64);
+    let correction = |rotations: f64| {
+        (dim * (ctx / (rotations * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+    };
+    let low = correction(f64::from(beta_fast)).floor().max(0.0);
+    let high = correction(f64::from(beta_slow)).ceil().min(dim - 1.0);
+    let (low, mut high) = (low as f32, high as f32);
+    if low == high {
+        high += 0.001;
+    }
+    (0..d / 2)
+        .map(|i| ((i as f32 - low) / (high - low)).clamp(0.0, 1.0))
+        .collect()
+}
+
+/// `<arch>.rope.scaling.type`: none, linear (with its factor) or yarn (with its factor and
+/// original context); others are refused naming the key, rather than served with wrong positions.
 fn rope_scaling(meta: &Metadata, family: Family) -> Result<RopeScaling, ModelError> {
     let k = family.key("rope.scaling.type");
     match meta.opt_str(&k)? {
@@ -250,10 +305,47 @@ fn rope_scaling(meta: &Metadata, family: Family) -> Result<RopeScaling, ModelErr
                 ))),
             }
         }
+        Some("yarn") => yarn_scaling(meta, family),
         Some(t) => Err(ModelError::Shape(format!(
-            "{k} is '{t}'; supported: none, linear (and Llama 3.1's rope_freqs.weight)"
+            "{k} is '{t}'; supported: none, linear, yarn (and Llama 3.1's rope_freqs.weight)"
         ))),
     }
+}
+
+/// YaRN's keys: the factor and the original context (required), the ramp's boundaries (llama.cpp's
+/// `yarn_beta_fast` / `yarn_beta_slow`, default 32 and 1).
+fn yarn_scaling(meta: &Metadata, family: Family) -> Result<RopeScaling, ModelError> {
+    let (fk, ck) = (
+        family.key("rope.scaling.factor"),
+        family.key("rope.scaling.original_context_length"),
+    );
+    let factor = match meta.opt_f32(&fk)? {
+        Some(f) if f.is_finite() && (1.0..=1024.0).contains(&f) => f,
+        Some(f) => {
+            return Err(ModelError::Shape(format!(
+                "{fk} {f} is out of range; expected 1 to 1024"
+            )))
+        }
+        None => return Err(ModelError::Shape(format!("yarn scaling needs {fk}"))),
+    };
+    let original_context = match meta.opt_u64(&ck)? {
+        Some(c) => range(&ck, c, 1, 1 << 24)?,
+        None => return Err(ModelError::Shape(format!("yarn scaling needs {ck}"))),
+    };
+    let beta = |k: &str, default: f32| -> Result<f32, ModelError> {
+        let key = family.key(k);
+        match meta.opt_f32(&key)? {
+            None => Ok(default),
+            Some(b) if b.is_finite() && b > 0.0 => Ok(b),
+            Some(b) => Err(ModelError::Shape(format!("{key} {b} must be > 0"))),
+        }
+    };
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_context,
+        beta_fast: beta("rope.scaling.yarn_beta_fast", 32.0)?,
+        beta_slow: beta("rope.scaling.yarn_beta_slow", 1.0)?,
+    })
 }
 
 fn range(key: &str, v: u64, lo: usize, hi: usize) -> Result<usize, ModelError> {

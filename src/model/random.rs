@@ -103,12 +103,18 @@ pub enum RopeScalingSpec {
         high_freq_factor: f64,
         original_context: f64,
     },
+    /// `rope.scaling.type = yarn` with this factor and original context.
+    Yarn {
+        factor: f32,
+        original_context: usize,
+    },
 }
 
 impl std::str::FromStr for RopeScalingSpec {
     type Err = String;
 
-    /// `none`, `linear:FACTOR`, or `llama3:FACTOR:LOW:HIGH:ORIGINAL_CONTEXT`.
+    /// `none`, `linear:FACTOR`, `llama3:FACTOR:LOW:HIGH:ORIGINAL_CONTEXT` or
+    /// `yarn:FACTOR:ORIGINAL_CONTEXT`.
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
         let nums: Result<Vec<f64>, _> = parts[1..].iter().map(|p| p.parse::<f64>()).collect();
@@ -124,8 +130,13 @@ impl std::str::FromStr for RopeScalingSpec {
                     original_context: *ctx,
                 })
             }
+            ("yarn", [f, ctx]) if *f >= 1.0 && *ctx >= 1.0 => Ok(RopeScalingSpec::Yarn {
+                factor: *f as f32,
+                original_context: *ctx as usize,
+            }),
             _ => Err(format!(
-                "'{s}': expected none, linear:FACTOR (>= 1) or llama3:FACTOR:LOW:HIGH:CONTEXT"
+                "'{s}': expected none, linear:FACTOR (>= 1), llama3:FACTOR:LOW:HIGH:CONTEXT or \
+                 yarn:FACTOR:CONTEXT"
             )),
         }
     }
@@ -275,6 +286,23 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
             w.add_kv(k("rope.scaling.type"), Value::String("linear".into()))?;
             w.add_kv(k("rope.scaling.factor"), Value::F32(f))?;
             RopeScaling::Linear(f)
+        }
+        RopeScalingSpec::Yarn {
+            factor,
+            original_context,
+        } => {
+            w.add_kv(k("rope.scaling.type"), Value::String("yarn".into()))?;
+            w.add_kv(k("rope.scaling.factor"), Value::F32(factor))?;
+            w.add_kv(
+                k("rope.scaling.original_context_length"),
+                Value::U32(original_context as u32),
+            )?;
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+            }
         }
         l @ RopeScalingSpec::Llama3 { .. } => {
             let d = spec.head_dim.unwrap_or(spec.hidden / spec.heads);

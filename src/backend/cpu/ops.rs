@@ -54,12 +54,13 @@ pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// Rotary tables for one position: `cos[i]`, `sin[i]` for each inverse frequency `inv_freq[i]`
 /// (`HParams::inv_freq`: `1 / base^(2i/d)` in F32 as HF computes it, scaled where the file says).
-/// The angle is `pos * inv_freq` in F32, as HF's.
-pub fn rope_table(pos: usize, inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
+/// The angle is `pos * inv_freq` in F32, as HF's; both are then multiplied by `mscale`
+/// (`HParams::rope_mscale`: YaRN's attention factor, else 1), as HF scales them.
+pub fn rope_table(pos: usize, inv_freq: &[f32], mscale: f32, cos: &mut [f32], sin: &mut [f32]) {
     for (i, f) in inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
-        cos[i] = angle.cos();
-        sin[i] = angle.sin();
+        cos[i] = angle.cos() * mscale;
+        sin[i] = angle.sin() * mscale;
     }
 }
 
@@ -101,12 +102,12 @@ mod tests {
         let inv: Vec<f32> = (0..4)
             .map(|i| 1.0 / 10_000f32.powf(i as f32 / 4.0))
             .collect();
-        rope_table(0, &inv, &mut c, &mut s);
+        rope_table(0, &inv, 1.0, &mut c, &mut s);
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let orig = x.clone();
         rope_apply(&mut x, 8, &c, &s);
         assert_eq!(x, orig);
-        rope_table(17, &inv, &mut c, &mut s);
+        rope_table(17, &inv, 1.0, &mut c, &mut s);
         rope_apply(&mut x, 8, &c, &s);
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();

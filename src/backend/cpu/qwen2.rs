@@ -152,10 +152,10 @@ fn embed_rows(
         }
         let rows = r * half..(r + 1) * half;
         let (c, sn) = (&mut s.cos[rows.clone()], &mut s.sin[rows.clone()]);
-        ops::rope_table(s.pos[r], &s.inv_freq, c, sn);
+        ops::rope_table(s.pos[r], &s.inv_freq, hp.rope_mscale(false), c, sn);
         if !s.inv_local.is_empty() {
             let (c, sn) = (&mut s.cos_local[rows.clone()], &mut s.sin_local[rows]);
-            ops::rope_table(s.pos[r], &s.inv_local, c, sn);
+            ops::rope_table(s.pos[r], &s.inv_local, hp.rope_mscale(true), c, sn);
         }
     }
     Ok(())

@@ -364,8 +364,8 @@ pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
 }
 
 fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
-    // Qwen2's biases in NeoX pairs; Qwen3's q/k norms; Llama's interleaved pairs with scaled
-    // frequencies.
+    // Qwen2's biases in NeoX pairs; Qwen3's q/k norms (with YaRN); Llama's interleaved pairs with
+    // linearly scaled frequencies.
     let cases = [
         ("bias", true, false, false),
         ("qk-norm", false, true, false),
@@ -373,8 +373,18 @@ fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<
     ];
     for (tag, with_bias, norms, interleaved) in cases {
         let mut hp = hp_for(14, 2, 64);
+        use crate::model::hparams::RopeScaling;
         if interleaved {
-            hp.rope_scaling = crate::model::hparams::RopeScaling::Linear(4.0);
+            hp.rope_scaling = RopeScaling::Linear(4.0);
+        }
+        if norms {
+            // YaRN: blended frequencies and cos/sin scaled by its attention factor.
+            hp.rope_scaling = RopeScaling::Yarn {
+                factor: 4.0,
+                original_context: 1024,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+            };
         }
         let case = RopeCase {
             tag,
@@ -437,6 +447,7 @@ fn check_rope_case(
         q_norm: on(c.norms, qnb.ptr),
         k_norm: on(c.norms, knb.ptr),
         inv_freq: ib.ptr,
+        mscale: hp.rope_mscale(false),
         interleaved: c.interleaved,
     };
     let at = RowsAt::contiguous(pos0);
@@ -450,7 +461,7 @@ fn check_rope_case(
             ops::rms_norm_heads(&mut x[..q], &qn, hp.rms_eps);
             ops::rms_norm_heads(&mut x[q..q + kv], &kn, hp.rms_eps);
         }
-        ops::rope_table(pos0 + t, &inv, &mut cs, &mut sn);
+        ops::rope_table(pos0 + t, &inv, hp.rope_mscale(false), &mut cs, &mut sn);
         match c.interleaved {
             true => rope_interleaved(&mut x[..q + kv], d, &cs, &sn),
             false => ops::rope_apply(&mut x[..q + kv], d, &cs, &sn),
@@ -720,7 +731,7 @@ fn check_fused_decode(
         .map(|(a, b)| (*a + *b as f64) as f32)
         .collect();
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
-    ops::rope_table(pos, &inv, &mut cs, &mut sn);
+    ops::rope_table(pos, &inv, 1.0, &mut cs, &mut sn);
     ops::rope_apply(&mut y[..q + kv], d, &cs, &sn);
     let as64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let name = format!("gemv_qkv_rope {n_head}/{n_kv}x{d}{tag}");

@@ -294,7 +294,7 @@ pub(super) fn check_rope_slots(
     let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
     for t in 0..n {
         let mut x: Vec<f32> = (0..row).map(|c| qkv[t * row + c] + bias[c]).collect();
-        ops::rope_table(pos[t] as usize, &inv, &mut cs, &mut sn);
+        ops::rope_table(pos[t] as usize, &inv, 1.0, &mut cs, &mut sn);
         ops::rope_apply(&mut x[..q + kv], d, &cs, &sn);
         wq.extend(x[..q].iter().map(|&v| v as f64));
         wk.extend(x[q..q + kv].iter().map(|&v| v as f64));

@@ -97,15 +97,30 @@ impl RowsAt {
 
 /// A layer's Q/K/V post-processing (`rope_qkv`, `gemv_qkv_rope`): device pointers, 0 where the
 /// layer has none (biases; per-head q/k norms, `head_dim` F32 each), its RoPE table (`head_dim / 2`
-/// inverse frequencies, `HParams::inv_freq`) and pair layout.
-#[derive(Clone, Copy, Debug, Default)]
+/// inverse frequencies, `HParams::inv_freq`), what cos and sin are scaled by
+/// (`HParams::rope_mscale`) and the pair layout.
+#[derive(Clone, Copy, Debug)]
 pub struct QkvPost {
     pub bias: CUdeviceptr,
     pub q_norm: CUdeviceptr,
     pub k_norm: CUdeviceptr,
     pub inv_freq: CUdeviceptr,
+    pub mscale: f32,
     /// RoPE pairs (2i, 2i + 1) (llama files' Q/K rows) rather than (i, i + head_dim/2).
     pub interleaved: bool,
+}
+
+impl Default for QkvPost {
+    fn default() -> Self {
+        QkvPost {
+            bias: 0,
+            q_norm: 0,
+            k_norm: 0,
+            inv_freq: 0,
+            mscale: 1.0,
+            interleaved: false,
+        }
+    }
 }
 
 /// How `attn_rows_split` splits each row's keys: `splits` ranges (at most 64) of `chunk` keys,
@@ -575,7 +590,7 @@ impl Kernels {
         launch!(dep self.rope_qkv, (n as u32, 1), 512, 0, s;
             qkv, post.bias, post.q_norm, post.k_norm, hp.rms_eps, q, k_cache, v_cache, at.pos_dev, at.row_pos,
             at.slots, at.pos0 as i32, hp.n_head as i32, hp.n_kv_head as i32, hp.head_dim as i32, post.inv_freq,
-            post.interleaved as i32)
+            post.interleaved as i32, post.mscale)
     }
 
     /// Causal attention of `n` query rows, each over its own sequence's keys (`at`), F16 out.
@@ -695,7 +710,7 @@ impl Kernels {
         let f = self.gemv_qkv_rope[self.fused_variant(hp.hidden)];
         launch!(dep f, (blocks(tasks, 8), 1), 256, hp.hidden * 4, s;
             w, x, norm_w, hp.rms_eps, post.bias, q, k_cache, v_cache, pos_dev, slot_dev, hp.n_head as i32, hp.n_kv_head as i32,
-            hp.head_dim as i32, post.inv_freq, post.interleaved as i32, hp.hidden as i32)
+            hp.head_dim as i32, post.inv_freq, post.interleaved as i32, post.mscale, hp.hidden as i32)
     }
 
     /// Split decode attention with the merge done by each head's last block (`attn_decode_merge`):

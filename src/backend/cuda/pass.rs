@@ -205,6 +205,7 @@ impl<'a> Pass<'a> {
             q_norm: opt(ly.q_norm),
             k_norm: opt(ly.k_norm),
             inv_freq: dev.ptr(dev.layout.rope_of(hp, i)),
+            mscale: hp.rope_mscale(hp.local_rope(i)),
             interleaved: hp.family.info().rope == RopeStyle::Interleaved,
         }
     }
