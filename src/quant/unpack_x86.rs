@@ -44,9 +44,14 @@ pub unsafe fn row(ty: GgmlType, src: &[u8], q: &mut [i8], a: &mut [f32], b: &mut
         match ty {
             GgmlType::Q4K => q4_k(blk, qo, ao, bo),
             GgmlType::Q6K => q6_k(blk, qo, ao, bo),
-            GgmlType::Q4_0 | GgmlType::Q4_1 => q4_legacy(blk, ty == GgmlType::Q4_1, qo, ao, bo),
-            GgmlType::Q5_0 | GgmlType::Q5_1 => q5_legacy(blk, ty == GgmlType::Q5_1, qo, ao, bo),
-            _ => q8_0(blk, qo, ao, bo),
+            GgmlType::Q4_1 => q4_legacy(blk, true, qo, ao, bo),
+            GgmlType::Q5_1 => q5_legacy(blk, true, qo, ao, bo),
+            _ => {
+                let (v, d) = centred32(ty, blk);
+                ao[..2].fill(d);
+                bo[..2].fill(0.0);
+                _mm256_storeu_si256(qo.as_mut_ptr().cast(), v);
+            }
         }
     }
     true
@@ -88,17 +93,32 @@ unsafe fn q4_k(blk: &[u8], q: &mut [i8], a: &mut [f32], b: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q6_k(blk: &[u8], q: &mut [i8], a: &mut [f32], b: &mut [f32]) {
-    let d = f16_at(blk, 208);
+    let (values, d) = q6k_values(blk);
     for (g, &s) in blk[192..208].iter().enumerate() {
         a[g] = d * f32::from(s as i8);
         b[g] = 0.0;
     }
+    for (k, v) in values.iter().enumerate() {
+        _mm256_storeu_si256(q.as_mut_ptr().add(32 * k).cast(), *v);
+    }
+}
+
+/// A Q6_K block's 256 values, 32 a register in element order, and its `d` (group g's scale is
+/// `d * scales[g]`, the signed bytes 192..208).
+///
+/// # Safety
+/// AVX2 and F16C must be available; `blk` must hold one whole block.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn q6k_values(blk: &[u8]) -> ([__m256i; 8], f32) {
+    let d = f16_at(blk, 208);
+    let mut out = [_mm256_setzero_si256(); 8];
     let (m4, m30, k32) = (
         _mm256_set1_epi8(0x0f),
         _mm256_set1_epi8(0x30),
         _mm256_set1_epi8(32),
     );
-    let (p, dst) = (blk.as_ptr(), q.as_mut_ptr());
+    let p = blk.as_ptr();
     for n in 0..2 {
         let ql0 = _mm256_loadu_si256(p.add(64 * n).cast());
         let ql1 = _mm256_loadu_si256(p.add(64 * n + 32).cast());
@@ -117,10 +137,58 @@ unsafe fn q6_k(blk: &[u8], q: &mut [i8], a: &mut [f32], b: &mut [f32]) {
             _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
         ];
         for k in 0..4 {
-            let v = _mm256_sub_epi8(_mm256_or_si256(low[k], high[k]), k32);
-            _mm256_storeu_si256(dst.add(128 * n + 32 * k).cast(), v);
+            out[4 * n + k] = _mm256_sub_epi8(_mm256_or_si256(low[k], high[k]), k32);
         }
     }
+    (out, d)
+}
+
+/// A Q4_1 block's 32 values (its nibbles), its scale and its minimum.
+///
+/// # Safety
+/// As for [`q6k_values`].
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn q4_1_values(blk: &[u8]) -> (__m256i, f32, f32) {
+    let v = _mm_loadu_si128(blk.as_ptr().add(4).cast());
+    (nibbles(v), f16_at(blk, 0), f16_at(blk, 2))
+}
+
+/// The 32 values and the scale of a block of a type centred on zero with one scale per 32 and no
+/// minimum (Q8_0, Q4_0, Q5_0; anything else is read as Q5_0): what the unpackers below store, held
+/// in a register (the CPU's decode products use it directly).
+///
+/// # Safety
+/// AVX2 and F16C must be available; `blk` must hold one whole block.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn centred32(ty: GgmlType, blk: &[u8]) -> (__m256i, f32) {
+    let d = f16_at(blk, 0);
+    match ty {
+        GgmlType::Q8_0 => (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), d),
+        GgmlType::Q4_0 => {
+            let v = _mm_loadu_si128(blk.as_ptr().add(2).cast());
+            (_mm256_sub_epi8(nibbles(v), _mm256_set1_epi8(8)), d)
+        }
+        _ => {
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            let v = _mm_loadu_si128(blk.as_ptr().add(6).cast());
+            let high = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+            let vals = _mm256_or_si256(nibbles(v), high);
+            (_mm256_sub_epi8(vals, _mm256_set1_epi8(16)), d)
+        }
+    }
+}
+
+/// 16 bytes' low nibbles (elements 0..16) then their high nibbles (16..32).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn nibbles(v: __m128i) -> __m256i {
+    let mask = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16(v, 4), mask),
+        _mm_and_si128(v, mask),
+    )
 }
 
 /// Q4_0 (18 bytes, `offset` 8) or Q4_1 (20 bytes, `offset` 0, its minimum in `b`) into 32 values.
@@ -186,17 +254,4 @@ unsafe fn q5_legacy(blk: &[u8], one: bool, q: &mut [i8], a: &mut [f32], b: &mut 
     let high = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
     let vals = _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(offset));
     _mm256_storeu_si256(q.as_mut_ptr().cast(), vals);
-}
-
-/// Q8_0 (34 bytes) into 32 values.
-///
-/// # Safety
-/// As for [`q4_legacy`].
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn q8_0(blk: &[u8], q: &mut [i8], a: &mut [f32], b: &mut [f32]) {
-    a[..2].fill(f16_at(blk, 0));
-    b[..2].fill(0.0);
-    let v = _mm256_loadu_si256(blk.as_ptr().add(2).cast());
-    _mm256_storeu_si256(q.as_mut_ptr().cast(), v);
 }

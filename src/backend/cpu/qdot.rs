@@ -102,6 +102,32 @@ pub fn dot(
     }
 }
 
+/// One token against a row of Q8_0, Q4_0, Q5_0, Q4_1 or Q6_K blocks straight from their bytes:
+/// the values decoded in registers (`quant::centred32` and its siblings) instead of unpacked to
+/// memory first, the arithmetic exactly [`dot`]'s for those types (bit for bit). `None` where there
+/// is no such kernel (the type, the row's length, or the CPU).
+pub fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> Option<f32> {
+    use crate::gguf::GgmlType as T;
+    let fits = |n: usize| n <= x.q.len();
+    if !matches!(ty, T::Q8_0 | T::Q4_0 | T::Q5_0 | T::Q4_1 | T::Q6K)
+        || !fits(bytes.len() / ty.block_bytes() as usize * ty.block_elems() as usize)
+    {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd() && std::is_x86_feature_detected!("f16c") {
+        // SAFETY: AVX2, FMA and F16C were detected; `bytes` is whole blocks of `ty` (checked inside).
+        return Some(unsafe {
+            match ty {
+                T::Q6K => x86::dot_q6k(bytes, x),
+                T::Q4_1 => x86::dot_q4_1(bytes, x),
+                _ => x86::dot_blocks(ty, bytes, x),
+            }
+        });
+    }
+    None
+}
+
 /// The kernel's arithmetic, lane by lane: each step's eight pair sums (a block of 32 with
 /// `Per32`, a group of 16 with `Per16`) scaled into one of two sets of eight lanes (even and odd
 /// steps), the two added lane by lane, then the lanes reduced in a fixed tree.
@@ -210,6 +236,104 @@ mod x86 {
             lanes[g % 8] = b[g].mul_add(o[g], lanes[g % 8]);
         }
         super::tree(&lanes)
+    }
+
+    /// See [`super::dot_blocks`]: block j's pair sums into the even or odd accumulator as `tokens`
+    /// puts them for one token.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> f32 {
+        let size = ty.block_bytes() as usize;
+        let blocks = bytes.len() / size;
+        assert!(bytes.len() == blocks * size && x.q.len() >= blocks * 32 && x.d.len() >= blocks);
+        let xp = x.q.as_ptr();
+        let step = |j: usize, acc: __m256| {
+            let (v, d) = crate::quant::centred32(ty, bytes.get_unchecked(j * size..(j + 1) * size));
+            let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+            let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
+            let x0 = _mm256_loadu_si256(xp.add(j * 32).cast());
+            let x1 = _mm256_loadu_si256(xp.add(j * 32 + 16).cast());
+            let p = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+            let s = _mm256_set1_ps(d * *x.d.get_unchecked(j));
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc)
+        };
+        let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut j = 0;
+        while j + 2 <= blocks {
+            e = step(j, e);
+            o = step(j + 1, o);
+            j += 2;
+        }
+        if j < blocks {
+            e = step(j, e);
+        }
+        // `dot` adds the (absent) offsets' 0.0 too.
+        hsum(_mm256_add_ps(e, o)) + 0.0
+    }
+
+    /// [`super::dot_blocks`] for Q6_K: each chunk of 32 is two groups with their own scales, into
+    /// the even and the odd accumulator as `tokens` puts `Per16` groups.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6k(bytes: &[u8], x: &QRow) -> f32 {
+        let blocks = bytes.len() / 210;
+        assert!(
+            bytes.len() == blocks * 210 && x.q.len() >= blocks * 256 && x.d.len() >= blocks * 8
+        );
+        let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for blk in 0..blocks {
+            let b = bytes.get_unchecked(blk * 210..(blk + 1) * 210);
+            let (values, d) = crate::quant::q6k_values(b);
+            for (k, v) in values.iter().enumerate() {
+                let g = blk * 16 + 2 * k;
+                let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(*v));
+                let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(*v, 1));
+                let p0 = _mm256_cvtepi32_ps(madd(w0, x, g));
+                let p1 = _mm256_cvtepi32_ps(madd(w1, x, g + 1));
+                let dx = *x.d.get_unchecked(g / 2);
+                let (a0, a1) = (
+                    d * f32::from(b[192 + 2 * k] as i8),
+                    d * f32::from(b[193 + 2 * k] as i8),
+                );
+                e = _mm256_fmadd_ps(p0, _mm256_set1_ps(a0 * dx), e);
+                o = _mm256_fmadd_ps(p1, _mm256_set1_ps(a1 * dx), o);
+            }
+        }
+        hsum(_mm256_add_ps(e, o)) + 0.0
+    }
+
+    /// [`super::dot_blocks`] for Q4_1: [`dot_blocks`]'s sums, then the minimums' term as
+    /// `offset_term` computes it (lane by lane, in the same order).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(bytes: &[u8], x: &QRow) -> f32 {
+        let blocks = bytes.len() / 20;
+        assert!(bytes.len() == blocks * 20 && x.q.len() >= blocks * 32 && x.d.len() >= blocks);
+        assert!(x.offs.len() >= 2 * blocks);
+        let xp = x.q.as_ptr();
+        // The minimums' term lane by lane as `offsets` sums it (group g into lane g % 8, in order).
+        let mut lanes = [0f32; 8];
+        let mut step = |j: usize, acc: __m256| {
+            let (v, d, m) = crate::quant::q4_1_values(bytes.get_unchecked(j * 20..(j + 1) * 20));
+            for g in [2 * j, 2 * j + 1] {
+                lanes[g % 8] = m.mul_add(*x.offs.get_unchecked(g), lanes[g % 8]);
+            }
+            let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+            let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
+            let x0 = _mm256_loadu_si256(xp.add(j * 32).cast());
+            let x1 = _mm256_loadu_si256(xp.add(j * 32 + 16).cast());
+            let p = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+            let s = _mm256_set1_ps(d * *x.d.get_unchecked(j));
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc)
+        };
+        let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut j = 0;
+        while j + 2 <= blocks {
+            e = step(j, e);
+            o = step(j + 1, o);
+            j += 2;
+        }
+        if j < blocks {
+            e = step(j, e);
+        }
+        hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
     }
 
     /// `N` tokens against the row: per step the weights are widened once, then each token's pair

@@ -120,6 +120,14 @@ impl QuantMat {
             b.resize(cols / GROUP, 0.0);
             for row in r {
                 let (bytes, ty) = self.row(row);
+                // One token: decode the blocks in registers where a kernel does (same sums).
+                if let [x] = acts {
+                    if let Some(v) = qdot::dot_blocks(ty, bytes, x) {
+                        // SAFETY: as below.
+                        unsafe { *out.0.add(row) = v };
+                        continue;
+                    }
+                }
                 if quant::unpack_row(ty, bytes, q, a, b).is_err() {
                     a.fill(f32::NAN);
                 }
