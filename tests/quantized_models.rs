@@ -149,3 +149,35 @@ fn a_row_that_is_not_whole_blocks_is_refused_naming_the_tensor() {
     let e = write_random_model(&spec, &path).unwrap_err().to_string();
     assert!(e.contains("token_embd.weight") && e.contains("256"), "{e}");
 }
+
+/// A block scale that is NaN (a corrupt file) is refused at load, naming the tensor, as the
+/// F16 path refuses non-finite values.
+#[test]
+fn a_nan_block_scale_is_refused_naming_the_tensor() {
+    let src = generate(WeightDtype::Q8_0, Family::Llama, "nan-src.gguf");
+    let file = GgufFile::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata().iter() {
+        w.add_kv(k, v.clone()).unwrap();
+    }
+    for t in file.tensors() {
+        let mut bytes = file.tensor_bytes(t).to_vec();
+        if t.name == "blk.1.ffn_up.weight" {
+            // Block 3's f16 scale: a quiet NaN.
+            bytes[3 * 34..3 * 34 + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        }
+        w.add_tensor(&t.name, t.ty, &t.dims, bytes).unwrap();
+    }
+    let path = scratch("nan.gguf");
+    w.write_file(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let spec = ModelSpec::from_file(&file).unwrap();
+    let e = match CpuModel::load(&file, &spec) {
+        Ok(_) => panic!("a NaN block scale was loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("blk.1.ffn_up.weight") && e.contains("NaN"),
+        "{e}"
+    );
+}
