@@ -92,6 +92,12 @@ pub fn dot(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if vnni() {
+        // SAFETY: AVX2, FMA and AVX-VNNI were detected; the lengths are checked inside.
+        unsafe { x86::dot_vnni(w, (a, b), scales, xs, offsets, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: AVX2 and FMA were detected; the lengths are checked inside.
         unsafe { x86::dot(w, (a, b), scales, xs, offsets, out) };
@@ -100,6 +106,24 @@ pub fn dot(
     for (x, o) in xs.iter().zip(out.iter_mut()) {
         *o = dot_scalar(w, (a, b), scales, x, offsets);
     }
+}
+
+/// Whether the AVX-VNNI variant runs (`vpdpwssd`; the same results): the AVX2 kernel runs and the
+/// CPU has AVX-VNNI, unless `LAYERSTREAM_CPU_NO_VNNI` is set.
+pub fn vnni() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            simd()
+                && std::is_x86_feature_detected!("avxvnni")
+                && std::env::var_os("LAYERSTREAM_CPU_NO_VNNI").is_none()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// One token against a row of Q8_0, Q4_0, Q5_0, Q4_1 or Q6_K blocks straight from their bytes:
@@ -336,91 +360,118 @@ mod x86 {
         hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
     }
 
-    /// `N` tokens against the row: per step the weights are widened once, then each token's pair
-    /// sums are scaled into its even or odd accumulator.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tokens<const N: usize>(
-        w: &[i8],
-        a: &[f32],
-        scales: Scales,
-        xs: &[&QRow],
-    ) -> [__m256; N] {
-        let (wp, groups) = (w.as_ptr(), w.len() / GROUP);
-        let mut acc = [[_mm256_setzero_ps(); 2]; N];
-        // One block of 32 (Per32) into the token's even or odd accumulator.
-        let block = |acc: &mut [[__m256; 2]; N], g: usize, odd: usize| {
-            let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
-            let a0 = *a.get_unchecked(g);
-            for (t, x) in xs.iter().enumerate().take(N) {
-                let p = _mm256_add_epi32(madd(w0, x, g), madd(w1, x, g + 1));
-                let s = _mm256_set1_ps(a0 * *x.d.get_unchecked(g / 2));
-                acc[t][odd] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[t][odd]);
+    /// The kernel (`tokens` and `dot`) for a set of CPU features and a way to sum a block's
+    /// sixteen pairs of products into eight lanes (the integers are exact either way, so every
+    /// variant gives the same results bit for bit).
+    macro_rules! kernel {
+        ($tokens:ident, $dot:ident, $feat:literal, $pairs:ident) => {
+            /// `N` tokens against the row: per step the weights are widened once, then each token's pair
+            /// sums are scaled into its even or odd accumulator.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn $tokens<const N: usize>(
+                w: &[i8],
+                a: &[f32],
+                scales: Scales,
+                xs: &[&QRow],
+            ) -> [__m256; N] {
+                let (wp, groups) = (w.as_ptr(), w.len() / GROUP);
+                let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                // One block of 32 (Per32) into the token's even or odd accumulator.
+                let block = |acc: &mut [[__m256; 2]; N], g: usize, odd: usize| {
+                    let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
+                    let a0 = *a.get_unchecked(g);
+                    for (t, x) in xs.iter().enumerate().take(N) {
+                        let p = $pairs(w0, w1, x, g);
+                        let s = _mm256_set1_ps(a0 * *x.d.get_unchecked(g / 2));
+                        acc[t][odd] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[t][odd]);
+                    }
+                };
+                let mut g = 0;
+                match scales {
+                    Scales::Per32 => {
+                        // Blocks alternate between the accumulators; a lone last block is even.
+                        while g + 4 <= groups {
+                            block(&mut acc, g, 0);
+                            block(&mut acc, g + 2, 1);
+                            g += 4;
+                        }
+                        if g < groups {
+                            block(&mut acc, g, 0);
+                        }
+                    }
+                    Scales::Per16 => {
+                        while g < groups {
+                            let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
+                            let (a0, a1) = (*a.get_unchecked(g), *a.get_unchecked(g + 1));
+                            for (t, x) in xs.iter().enumerate().take(N) {
+                                let d = *x.d.get_unchecked(g / 2);
+                                let p0 = _mm256_cvtepi32_ps(madd(w0, x, g));
+                                let p1 = _mm256_cvtepi32_ps(madd(w1, x, g + 1));
+                                acc[t][0] = _mm256_fmadd_ps(p0, _mm256_set1_ps(a0 * d), acc[t][0]);
+                                acc[t][1] = _mm256_fmadd_ps(p1, _mm256_set1_ps(a1 * d), acc[t][1]);
+                            }
+                            g += 2;
+                        }
+                    }
+                }
+                let mut out = [_mm256_setzero_ps(); N];
+                for t in 0..N {
+                    out[t] = _mm256_add_ps(acc[t][0], acc[t][1]);
+                }
+                out
+            }
+
+            /// See [`super::dot`].
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $dot(
+                w: &[i8],
+                (a, b): (&[f32], &[f32]),
+                scales: Scales,
+                xs: &[&QRow],
+                offsets: bool,
+                out: &mut [f32],
+            ) {
+                let groups = w.len() / GROUP;
+                assert!(
+                    groups.is_multiple_of(2)
+                        && (1..=TOKENS).contains(&xs.len())
+                        && out.len() >= xs.len()
+                );
+                assert!(a.len() >= groups && b.len() >= groups);
+                for x in xs {
+                    assert!(x.q.len() >= w.len() && x.d.len() * 2 >= groups);
+                }
+                let mut sums = [_mm256_setzero_ps(); TOKENS];
+                match xs.len() {
+                    1 => sums[..1].copy_from_slice(&$tokens::<1>(w, a, scales, xs)),
+                    2 => sums[..2].copy_from_slice(&$tokens::<2>(w, a, scales, xs)),
+                    3 => sums[..3].copy_from_slice(&$tokens::<3>(w, a, scales, xs)),
+                    _ => sums.copy_from_slice(&$tokens::<4>(w, a, scales, xs)),
+                }
+                for (t, x) in xs.iter().enumerate() {
+                    out[t] = hsum(sums[t]) + offset_term(b, x, groups, offsets);
+                }
             }
         };
-        let mut g = 0;
-        match scales {
-            Scales::Per32 => {
-                // Blocks alternate between the accumulators; a lone last block is even.
-                while g + 4 <= groups {
-                    block(&mut acc, g, 0);
-                    block(&mut acc, g + 2, 1);
-                    g += 4;
-                }
-                if g < groups {
-                    block(&mut acc, g, 0);
-                }
-            }
-            Scales::Per16 => {
-                while g < groups {
-                    let (w0, w1) = (widen(wp, g), widen(wp, g + 1));
-                    let (a0, a1) = (*a.get_unchecked(g), *a.get_unchecked(g + 1));
-                    for (t, x) in xs.iter().enumerate().take(N) {
-                        let d = *x.d.get_unchecked(g / 2);
-                        let p0 = _mm256_cvtepi32_ps(madd(w0, x, g));
-                        let p1 = _mm256_cvtepi32_ps(madd(w1, x, g + 1));
-                        acc[t][0] = _mm256_fmadd_ps(p0, _mm256_set1_ps(a0 * d), acc[t][0]);
-                        acc[t][1] = _mm256_fmadd_ps(p1, _mm256_set1_ps(a1 * d), acc[t][1]);
-                    }
-                    g += 2;
-                }
-            }
-        }
-        let mut out = [_mm256_setzero_ps(); N];
-        for t in 0..N {
-            out[t] = _mm256_add_ps(acc[t][0], acc[t][1]);
-        }
-        out
     }
 
-    /// See [`super::dot`].
+    kernel!(tokens, dot, "avx2,fma", pairs);
+    kernel!(tokens_vnni, dot_vnni, "avx2,fma,avxvnni", pairs_vnni);
+
+    /// A block's pair sums: each half's `vpmaddwd`, added.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(
-        w: &[i8],
-        (a, b): (&[f32], &[f32]),
-        scales: Scales,
-        xs: &[&QRow],
-        offsets: bool,
-        out: &mut [f32],
-    ) {
-        let groups = w.len() / GROUP;
-        assert!(
-            groups.is_multiple_of(2) && (1..=TOKENS).contains(&xs.len()) && out.len() >= xs.len()
-        );
-        assert!(a.len() >= groups && b.len() >= groups);
-        for x in xs {
-            assert!(x.q.len() >= w.len() && x.d.len() * 2 >= groups);
-        }
-        let mut sums = [_mm256_setzero_ps(); TOKENS];
-        match xs.len() {
-            1 => sums[..1].copy_from_slice(&tokens::<1>(w, a, scales, xs)),
-            2 => sums[..2].copy_from_slice(&tokens::<2>(w, a, scales, xs)),
-            3 => sums[..3].copy_from_slice(&tokens::<3>(w, a, scales, xs)),
-            _ => sums.copy_from_slice(&tokens::<4>(w, a, scales, xs)),
-        }
-        for (t, x) in xs.iter().enumerate() {
-            out[t] = hsum(sums[t]) + offset_term(b, x, groups, offsets);
-        }
+    unsafe fn pairs(w0: __m256i, w1: __m256i, x: &QRow, g: usize) -> __m256i {
+        _mm256_add_epi32(madd(w0, x, g), madd(w1, x, g + 1))
+    }
+
+    /// The same with AVX-VNNI: the second half multiplied and added in one `vpdpwssd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    unsafe fn pairs_vnni(w0: __m256i, w1: __m256i, x: &QRow, g: usize) -> __m256i {
+        let x1 = _mm256_loadu_si256(x.q.as_ptr().add((g + 1) * GROUP).cast());
+        _mm256_dpwssd_avx_epi32(madd(w0, x, g), w1, x1)
     }
 }
 
@@ -478,6 +529,14 @@ mod tests {
                     let xs: Vec<&QRow> = rows[..k].iter().collect();
                     let mut got = [0f32; TOKENS];
                     dot(&w, (a, &b), scales, &xs, offsets, &mut got);
+                    #[cfg(target_arch = "x86_64")]
+                    if simd() && std::is_x86_feature_detected!("avxvnni") {
+                        // Both variants, whichever `dot` picked.
+                        let (mut v, mut p) = ([0f32; TOKENS], [0f32; TOKENS]);
+                        unsafe { x86::dot_vnni(&w, (a, &b), scales, &xs, offsets, &mut v) };
+                        unsafe { x86::dot(&w, (a, &b), scales, &xs, offsets, &mut p) };
+                        assert_eq!(v.map(f32::to_bits), p.map(f32::to_bits));
+                    }
                     for t in 0..k {
                         assert_eq!(
                             got[t].to_bits(),
