@@ -22,7 +22,7 @@ pub use float::{f16_bits_to_f32, f32_to_f16_bits};
 pub use quantize::{quantizable, quantize};
 pub use unpack::{scales_finite, unpack_row, unpack_with, unpackable, GROUP};
 #[cfg(target_arch = "x86_64")]
-pub use unpack_x86::{centred32, q4_1_values, q6k_values};
+pub use unpack_x86::{centred32, q4_1_values, q4k_values, q6k_values};
 
 /// Output elements handled by one rayon task: big enough to amortise scheduling, small enough to
 /// balance two to dozens of cores on a single tensor.

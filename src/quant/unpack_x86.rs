@@ -64,26 +64,37 @@ pub unsafe fn row(ty: GgmlType, src: &[u8], q: &mut [i8], a: &mut [f32], b: &mut
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q4_k(blk: &[u8], q: &mut [i8], a: &mut [f32], b: &mut [f32]) {
+    let (values, ds, dm) = q4k_values(blk);
+    for j in 0..8 {
+        a[2 * j..2 * j + 2].fill(ds[j]);
+        b[2 * j..2 * j + 2].fill(-dm[j]);
+        _mm256_storeu_si256(q.as_mut_ptr().add(32 * j).cast(), values[j]);
+    }
+}
+
+/// A Q4_K block's eight sub-blocks of 32 values (one a register, in element order), each one's
+/// scale `d * sc` and the minimum `dmin * m` it subtracts.
+///
+/// # Safety
+/// AVX2 and F16C must be available; `blk` must hold one whole block.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn q4k_values(blk: &[u8]) -> ([__m256i; 8], [f32; 8], [f32; 8]) {
     let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
     let mut s = [0u8; 12];
     s.copy_from_slice(&blk[4..16]);
     let (sc, mn) = scales_mins(&s);
-    for j in 0..8 {
-        let (ds, dm) = (d * f32::from(sc[j]), dmin * f32::from(mn[j]));
-        a[2 * j] = ds;
-        a[2 * j + 1] = ds;
-        b[2 * j] = -dm;
-        b[2 * j + 1] = -dm;
-    }
+    let ds: [f32; 8] = std::array::from_fn(|j| d * f32::from(sc[j]));
+    let dm: [f32; 8] = std::array::from_fn(|j| dmin * f32::from(mn[j]));
     let mask = _mm256_set1_epi8(0x0f);
-    let (src, dst) = (blk.as_ptr().add(16), q.as_mut_ptr());
+    let src = blk.as_ptr().add(16);
+    let mut values = [_mm256_setzero_si256(); 8];
     for c in 0..4 {
         let v = _mm256_loadu_si256(src.add(32 * c).cast());
-        let lo = _mm256_and_si256(v, mask);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-        _mm256_storeu_si256(dst.add(64 * c).cast(), lo);
-        _mm256_storeu_si256(dst.add(64 * c + 32).cast(), hi);
+        values[2 * c] = _mm256_and_si256(v, mask);
+        values[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
     }
+    (values, ds, dm)
 }
 
 /// Q6_K (`blk`: 210 bytes) into 256 values centred on 32 and 16 scales.

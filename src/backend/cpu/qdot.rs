@@ -126,14 +126,14 @@ pub fn vnni() -> bool {
     })
 }
 
-/// One token against a row of Q8_0, Q4_0, Q5_0, Q4_1 or Q6_K blocks straight from their bytes:
+/// One token against a row of Q8_0, Q4_0, Q5_0, Q4_1, Q4_K or Q6_K blocks straight from their bytes:
 /// the values decoded in registers (`quant::centred32` and its siblings) instead of unpacked to
 /// memory first, the arithmetic exactly [`dot`]'s for those types (bit for bit). `None` where there
 /// is no such kernel (the type, the row's length, or the CPU).
 pub fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> Option<f32> {
     use crate::gguf::GgmlType as T;
     let fits = |n: usize| n <= x.q.len();
-    if !matches!(ty, T::Q8_0 | T::Q4_0 | T::Q5_0 | T::Q4_1 | T::Q6K)
+    if !matches!(ty, T::Q8_0 | T::Q4_0 | T::Q5_0 | T::Q4_1 | T::Q4K | T::Q6K)
         || !fits(bytes.len() / ty.block_bytes() as usize * ty.block_elems() as usize)
     {
         return None;
@@ -144,6 +144,7 @@ pub fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> Option<f
         return Some(unsafe {
             match ty {
                 T::Q6K => x86::dot_q6k(bytes, x),
+                T::Q4K => x86::dot_q4k(bytes, x),
                 T::Q4_1 => x86::dot_q4_1(bytes, x),
                 _ => x86::dot_blocks(ty, bytes, x),
             }
@@ -322,6 +323,41 @@ mod x86 {
             }
         }
         hsum(_mm256_add_ps(e, o)) + 0.0
+    }
+
+    /// [`super::dot_blocks`] for Q4_K: eight sub-blocks of 32 a block, each with its scale into
+    /// the even or odd accumulator (by its index in the row) and its minimum into the offsets'
+    /// lanes, as `tokens` and `offset_term` take them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4k(bytes: &[u8], x: &QRow) -> f32 {
+        let blocks = bytes.len() / 144;
+        assert!(bytes.len() == blocks * 144 && x.q.len() >= blocks * 256);
+        assert!(x.d.len() >= blocks * 8 && x.offs.len() >= blocks * 16);
+        let mut lanes = [0f32; 8];
+        let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for blk in 0..blocks {
+            let b = bytes.get_unchecked(blk * 144..(blk + 1) * 144);
+            let (values, ds, dm) = crate::quant::q4k_values(b);
+            for j in 0..8 {
+                let sb = blk * 8 + j;
+                let g = 2 * sb;
+                for gg in [g, g + 1] {
+                    lanes[gg % 8] = (-dm[j]).mul_add(*x.offs.get_unchecked(gg), lanes[gg % 8]);
+                }
+                let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(values[j]));
+                let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(values[j], 1));
+                let p = _mm256_add_epi32(madd(w0, x, g), madd(w1, x, g + 1));
+                let s = _mm256_set1_ps(ds[j] * *x.d.get_unchecked(sb));
+                let pf = _mm256_cvtepi32_ps(p);
+                // Eight sub-blocks a block: even ones to `e`, odd ones to `o`, as `tokens` does.
+                if j % 2 == 0 {
+                    e = _mm256_fmadd_ps(pf, s, e);
+                } else {
+                    o = _mm256_fmadd_ps(pf, s, o);
+                }
+            }
+        }
+        hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
     }
 
     /// [`super::dot_blocks`] for Q4_1: [`dot_blocks`]'s sums, then the minimums' term as
