@@ -60,7 +60,7 @@ impl QRow {
     }
 }
 
-/// Whether the AVX2 kernel runs: the CPU has AVX2 and FMA and `LAYERSTREAM_CPU_QUANT_SCALAR` is
+/// Whether the AVX2 kernel runs: the CPU has AVX2, FMA and F16C and `LAYERSTREAM_CPU_QUANT_SCALAR` is
 /// unset (it forces the scalar path, for tests and comparisons).
 pub fn simd() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -139,8 +139,8 @@ pub fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> Option<f
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd() && std::is_x86_feature_detected!("f16c") {
-        // SAFETY: AVX2, FMA and F16C were detected; `bytes` is whole blocks of `ty` (checked inside).
+    if simd() {
+        // SAFETY: AVX2, FMA and F16C were detected (`simd`); `bytes` is whole blocks of `ty` (checked inside).
         return Some(unsafe {
             match ty {
                 T::Q6K => x86::dot_q6k(bytes, x),
@@ -216,19 +216,9 @@ fn tree(l: &[f32; 8]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::simd::x86::hsum;
     use super::{offset_term, QRow, Scales, TOKENS};
     use crate::quant::GROUP;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -267,12 +257,35 @@ mod x86 {
     /// puts them for one token.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_blocks(ty: crate::gguf::GgmlType, bytes: &[u8], x: &QRow) -> f32 {
-        let size = ty.block_bytes() as usize;
+        per32(bytes, ty.block_bytes() as usize, x, |b| {
+            let (v, d) = crate::quant::centred32(ty, b);
+            (v, d, None)
+        })
+    }
+
+    /// The one-token kernel over blocks of 32 with one scale each: `decode` gives a block's
+    /// values, scale and (Q4_1) minimum; the sums as `tokens` makes them, then the minimums' term
+    /// lane by lane as `offset_term` makes it (group g into lane g % 8, in order; 0 without).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn per32(
+        bytes: &[u8],
+        size: usize,
+        x: &QRow,
+        decode: impl Fn(&[u8]) -> (__m256i, f32, Option<f32>),
+    ) -> f32 {
         let blocks = bytes.len() / size;
         assert!(bytes.len() == blocks * size && x.q.len() >= blocks * 32 && x.d.len() >= blocks);
+        assert!(x.offs.len() >= 2 * blocks);
         let xp = x.q.as_ptr();
-        let step = |j: usize, acc: __m256| {
-            let (v, d) = crate::quant::centred32(ty, bytes.get_unchecked(j * size..(j + 1) * size));
+        let mut lanes = [0f32; 8];
+        let mut step = |j: usize, acc: __m256| {
+            let (v, d, min) = decode(bytes.get_unchecked(j * size..(j + 1) * size));
+            if let Some(m) = min {
+                for g in [2 * j, 2 * j + 1] {
+                    lanes[g % 8] = m.mul_add(*x.offs.get_unchecked(g), lanes[g % 8]);
+                }
+            }
             let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
             let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
             let x0 = _mm256_loadu_si256(xp.add(j * 32).cast());
@@ -291,8 +304,8 @@ mod x86 {
         if j < blocks {
             e = step(j, e);
         }
-        // `dot` adds the (absent) offsets' 0.0 too.
-        hsum(_mm256_add_ps(e, o)) + 0.0
+        // Without minimums the lanes stay 0: `dot` adds the absent offsets' 0.0 too.
+        hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
     }
 
     /// [`super::dot_blocks`] for Q6_K: each chunk of 32 is two groups with their own scales, into
@@ -360,40 +373,13 @@ mod x86 {
         hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
     }
 
-    /// [`super::dot_blocks`] for Q4_1: [`dot_blocks`]'s sums, then the minimums' term as
-    /// `offset_term` computes it (lane by lane, in the same order).
+    /// [`super::dot_blocks`] for Q4_1: its minimums in the offsets' term.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1(bytes: &[u8], x: &QRow) -> f32 {
-        let blocks = bytes.len() / 20;
-        assert!(bytes.len() == blocks * 20 && x.q.len() >= blocks * 32 && x.d.len() >= blocks);
-        assert!(x.offs.len() >= 2 * blocks);
-        let xp = x.q.as_ptr();
-        // The minimums' term lane by lane as `offsets` sums it (group g into lane g % 8, in order).
-        let mut lanes = [0f32; 8];
-        let mut step = |j: usize, acc: __m256| {
-            let (v, d, m) = crate::quant::q4_1_values(bytes.get_unchecked(j * 20..(j + 1) * 20));
-            for g in [2 * j, 2 * j + 1] {
-                lanes[g % 8] = m.mul_add(*x.offs.get_unchecked(g), lanes[g % 8]);
-            }
-            let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
-            let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
-            let x0 = _mm256_loadu_si256(xp.add(j * 32).cast());
-            let x1 = _mm256_loadu_si256(xp.add(j * 32 + 16).cast());
-            let p = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-            let s = _mm256_set1_ps(d * *x.d.get_unchecked(j));
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc)
-        };
-        let (mut e, mut o) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut j = 0;
-        while j + 2 <= blocks {
-            e = step(j, e);
-            o = step(j + 1, o);
-            j += 2;
-        }
-        if j < blocks {
-            e = step(j, e);
-        }
-        hsum(_mm256_add_ps(e, o)) + super::tree(&lanes)
+        per32(bytes, 20, x, |b| {
+            let (v, d, m) = crate::quant::q4_1_values(b);
+            (v, d, Some(m))
+        })
     }
 
     /// The kernel (`tokens` and `dot`) for a set of CPU features and a way to sum a block's

@@ -125,13 +125,14 @@ fn dot_scalar<W: WeightElem>(row: &[W], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// The eight lanes summed: (l + l+4), then pairs of those (`qdot`'s `tree` in scalar form).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(in crate::backend::cpu) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);
