@@ -280,7 +280,36 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
     if let Some(win) = window {
         w.add_kv(k("attention.sliding_window"), Value::U32(win as u32))?;
     }
-    let rope_scaling = match spec.rope_scaling {
+    let rope_scaling = add_rope_scaling(w, spec)?;
+    let vocab = match &spec.vocab {
+        VocabSource::Size(n) => *n,
+        VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
+    };
+    Ok(HParams {
+        family: spec.family,
+        n_layer: spec.layers,
+        hidden: spec.hidden,
+        ffn: spec.ffn,
+        n_head: spec.heads,
+        n_kv_head: spec.kv_heads,
+        head_dim: spec.head_dim.unwrap_or(spec.hidden / spec.heads),
+        vocab,
+        context: spec.context,
+        rope_base: spec.rope_base,
+        rope_scaling,
+        rms_eps: 1e-6,
+        sliding_window: window,
+    })
+}
+
+/// The RoPE scaling keys `spec` asks for (Llama 3.1's factors go in as `rope_freqs.weight`, with
+/// the tensors); what the file then says.
+fn add_rope_scaling(
+    w: &mut GgufWriter,
+    spec: &RandomModelSpec,
+) -> Result<RopeScaling, RandomModelError> {
+    let k = |s: &str| spec.family.key(s);
+    Ok(match spec.rope_scaling {
         RopeScalingSpec::None => RopeScaling::None,
         RopeScalingSpec::Linear(f) => {
             w.add_kv(k("rope.scaling.type"), Value::String("linear".into()))?;
@@ -308,25 +337,6 @@ fn add_metadata(w: &mut GgufWriter, spec: &RandomModelSpec) -> Result<HParams, R
             let d = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
             RopeScaling::Factors(l.llama3_factors(d, spec.rope_base).unwrap_or_default())
         }
-    };
-    let vocab = match &spec.vocab {
-        VocabSource::Size(n) => *n,
-        VocabSource::FromFile(p) => copy_tokenizer(w, p)?,
-    };
-    Ok(HParams {
-        family: spec.family,
-        n_layer: spec.layers,
-        hidden: spec.hidden,
-        ffn: spec.ffn,
-        n_head: spec.heads,
-        n_kv_head: spec.kv_heads,
-        head_dim: spec.head_dim.unwrap_or(spec.hidden / spec.heads),
-        vocab,
-        context: spec.context,
-        rope_base: spec.rope_base,
-        rope_scaling,
-        rms_eps: 1e-6,
-        sliding_window: window,
     })
 }
 

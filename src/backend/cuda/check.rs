@@ -10,7 +10,7 @@ use half::f16;
 
 use super::blas::Blas;
 use super::driver::{ck, DevBuf, Event, Gpu, Stream};
-use super::kernels::{Kernels, Paged, QkvPost, RowsAt};
+use super::kernels::Kernels;
 use crate::backend::cpu::ops;
 use crate::cli::CheckCudaArgs;
 use crate::gguf::{GgmlType, GgufFile};
@@ -175,6 +175,36 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
         })
         .collect();
     r.err("embed_gather", &download::<f32>(&xb, 7 * h)?, &want, 0.0);
+    check_norms_and_gates(k, s, rng, r, h, f)?;
+    // The decode products both ways: weight rows fetched into registers first, and streamed.
+    for (fetch, tag) in [(true, ""), (false, " streamed")] {
+        k.set_fetch(fetch);
+        check_gemv(k, s, rng, r, tag)?;
+        for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
+            check_fused_decode(k, s, rng, r, heads, kv, d, tag)?;
+        }
+    }
+    k.set_fetch(true);
+    super::check_rope::check_rope(k, s, rng, r)?;
+    for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
+        super::check_attention::check_attention(k, s, rng, r, heads, kv, d)?;
+        super::check_paged::check_paged(k, s, rng, r, heads, kv, d)?;
+    }
+    super::check_paged::check_rope_slots(k, s, rng, r)?;
+    super::check_sample::check_logits_rows(k, s, rng, r)?;
+    super::check_gemm_fixed::check_gemm_fixed(k, s, rng, r)?;
+    check_gemm(s, rng, r)
+}
+
+/// RMSNorm to F16, the post-norm residual, SwiGLU and GeGLU on rows of `h` and `f`.
+fn check_norms_and_gates(
+    k: &Kernels,
+    s: &Stream,
+    rng: &mut Rng,
+    r: &mut Report,
+    h: usize,
+    f: usize,
+) -> Result<(), String> {
     // rmsnorm to F16
     let rows = 5;
     let x = randn(rng, rows * h, 2.0);
@@ -237,24 +267,7 @@ fn check_ops(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(
             TOL_F16,
         );
     }
-    // The decode products both ways: weight rows fetched into registers first, and streamed.
-    for (fetch, tag) in [(true, ""), (false, " streamed")] {
-        k.set_fetch(fetch);
-        check_gemv(k, s, rng, r, tag)?;
-        for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
-            check_fused_decode(k, s, rng, r, heads, kv, d, tag)?;
-        }
-    }
-    k.set_fetch(true);
-    check_rope(k, s, rng, r)?;
-    for (heads, kv, d) in [(14, 2, 64), (28, 4, 128), (5, 1, 8)] {
-        check_attention(k, s, rng, r, heads, kv, d)?;
-        super::check_paged::check_paged(k, s, rng, r, heads, kv, d)?;
-    }
-    super::check_paged::check_rope_slots(k, s, rng, r)?;
-    super::check_sample::check_logits_rows(k, s, rng, r)?;
-    super::check_gemm_fixed::check_gemm_fixed(k, s, rng, r)?;
-    check_gemm(s, rng, r)
+    Ok(())
 }
 
 fn check_gemv(
@@ -363,320 +376,6 @@ pub(super) fn hp_for(n_head: usize, n_kv: usize, d: usize) -> HParams {
     }
 }
 
-fn check_rope(k: &Kernels, s: &Stream, rng: &mut Rng, r: &mut Report) -> Result<(), String> {
-    // Qwen2's biases in NeoX pairs; Qwen3's q/k norms (with YaRN); Llama's interleaved pairs with
-    // linearly scaled frequencies.
-    let cases = [
-        ("bias", true, false, false),
-        ("qk-norm", false, true, false),
-        ("interleaved", false, false, true),
-    ];
-    for (tag, with_bias, norms, interleaved) in cases {
-        let mut hp = hp_for(14, 2, 64);
-        use crate::model::hparams::RopeScaling;
-        if interleaved {
-            hp.rope_scaling = RopeScaling::Linear(4.0);
-        }
-        if norms {
-            // YaRN: blended frequencies and cos/sin scaled by its attention factor.
-            hp.rope_scaling = RopeScaling::Yarn {
-                factor: 4.0,
-                original_context: 1024,
-                beta_fast: 32.0,
-                beta_slow: 1.0,
-            };
-        }
-        let case = RopeCase {
-            tag,
-            with_bias,
-            norms,
-            interleaved,
-        };
-        check_rope_case(k, s, rng, r, &hp, &case)?;
-    }
-    Ok(())
-}
-
-/// What one `check_rope_case` applies.
-struct RopeCase {
-    tag: &'static str,
-    with_bias: bool,
-    norms: bool,
-    interleaved: bool,
-}
-
-/// Rotate `x`'s heads with pairs (2i, 2i + 1), as `rope_qkv` does for interleaved files.
-fn rope_interleaved(x: &mut [f32], d: usize, cs: &[f32], sn: &[f32]) {
-    for head in x.chunks_mut(d) {
-        for i in 0..d / 2 {
-            let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = x0 * cs[i] - x1 * sn[i];
-            head[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
-        }
-    }
-}
-
-fn check_rope_case(
-    k: &Kernels,
-    s: &Stream,
-    rng: &mut Rng,
-    r: &mut Report,
-    hp: &HParams,
-    c: &RopeCase,
-) -> Result<(), String> {
-    let (q, kv, d) = (hp.q_dim(), hp.kv_dim(), hp.head_dim);
-    let (n, pos0, ctx) = (5usize, 1234usize, 1300usize);
-    let row = q + 2 * kv;
-    let qkv = randn(rng, n * row, 1.0);
-    let bias = match c.with_bias {
-        true => randn(rng, row, 0.3),
-        false => vec![0.0; row],
-    };
-    let (qn, kn) = (randn(rng, d, 1.0), randn(rng, d, 1.0));
-    let inv = hp.inv_freq(false);
-    let (qb, bb, qnb, knb) = (upload(&qkv)?, upload(&bias)?, upload(&qn)?, upload(&kn)?);
-    let ib = upload(&inv)?;
-    let (qo, kc, vc) = (
-        poisoned::<f32>(n * q)?,
-        poisoned::<f16>(ctx * kv)?,
-        poisoned::<f16>(ctx * kv)?,
-    );
-    let on = |yes: bool, p: u64| if yes { p } else { 0 };
-    let post = QkvPost {
-        bias: on(c.with_bias, bb.ptr),
-        q_norm: on(c.norms, qnb.ptr),
-        k_norm: on(c.norms, knb.ptr),
-        inv_freq: ib.ptr,
-        mscale: hp.rope_mscale(false),
-        interleaved: c.interleaved,
-    };
-    let at = RowsAt::contiguous(pos0);
-    k.rope_qkv(s, qb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, &at, n, hp)?;
-    s.sync()?;
-    let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cs, mut sn) = (vec![0f32; d / 2], vec![0f32; d / 2]);
-    for t in 0..n {
-        let mut x: Vec<f32> = (0..row).map(|j| qkv[t * row + j] + bias[j]).collect();
-        if c.norms {
-            ops::rms_norm_heads(&mut x[..q], &qn, hp.rms_eps);
-            ops::rms_norm_heads(&mut x[q..q + kv], &kn, hp.rms_eps);
-        }
-        ops::rope_table(pos0 + t, &inv, hp.rope_mscale(false), &mut cs, &mut sn);
-        match c.interleaved {
-            true => rope_interleaved(&mut x[..q + kv], d, &cs, &sn),
-            false => ops::rope_apply(&mut x[..q + kv], d, &cs, &sn),
-        }
-        wq.extend(x[..q].iter().map(|&v| v as f64));
-        wk.extend(x[q..q + kv].iter().map(|&v| v as f64));
-        wv.extend(x[q + kv..].iter().map(|&v| v as f64));
-    }
-    let tag = c.tag;
-    let got_q = download::<f32>(&qo, n * q)?;
-    r.err(&format!("rope_qkv {tag} q"), &got_q, &wq, TOL_F32);
-    let kh = download::<f16>(&kc, ctx * kv)?;
-    let vh = download::<f16>(&vc, ctx * kv)?;
-    let rows = pos0 * kv..(pos0 + n) * kv;
-    r.err(
-        &format!("rope_qkv {tag} k cache"),
-        &f16s(&kh[rows.clone()]),
-        &wk,
-        TOL_F16,
-    );
-    r.err(
-        &format!("rope_qkv {tag} v cache"),
-        &f16s(&vh[rows]),
-        &wv,
-        TOL_F16,
-    );
-    Ok(())
-}
-
-/// Causal attention of query rows at positions `pos[i]` over cache rows `0..=pos[i]`, in f64.
-pub(super) fn attention_ref(
-    q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
-    pos: &[usize],
-    hp: &HParams,
-) -> Vec<f64> {
-    attention_ref_window(q, kc, vc, pos, hp, 0)
-}
-
-/// [`attention_ref`] over the last `window` keys of each row (all with 0).
-pub(super) fn attention_ref_window(
-    q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
-    pos: &[usize],
-    hp: &HParams,
-    window: usize,
-) -> Vec<f64> {
-    let (d, qd, kvd) = (hp.head_dim, hp.q_dim(), hp.kv_dim());
-    let group = hp.n_head / hp.n_kv_head;
-    let mut out = vec![0f64; pos.len() * qd];
-    for (t, &p) in pos.iter().enumerate() {
-        let lo = if window > 0 {
-            (p + 1).saturating_sub(window)
-        } else {
-            0
-        };
-        for h in 0..hp.n_head {
-            let off = (h / group) * d;
-            let scores: Vec<f64> = (lo..=p)
-                .map(|j| {
-                    (0..d)
-                        .map(|e| q[t * qd + h * d + e] as f64 * kc[j * kvd + off + e].to_f64())
-                        .sum::<f64>()
-                        / (d as f64).sqrt()
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let z: f64 = w.iter().sum();
-            for e in 0..d {
-                out[t * qd + h * d + e] = (lo..=p)
-                    .map(|j| w[j - lo] * vc[j * kvd + off + e].to_f64())
-                    .sum::<f64>()
-                    / z;
-            }
-        }
-    }
-    out
-}
-
-fn check_attention(
-    k: &Kernels,
-    s: &Stream,
-    rng: &mut Rng,
-    r: &mut Report,
-    n_head: usize,
-    n_kv: usize,
-    d: usize,
-) -> Result<(), String> {
-    let hp = hp_for(n_head, n_kv, d);
-    let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
-    // Prefill: 37 rows after 20 cached positions.
-    let (n, pos0) = (37usize, 20usize);
-    let len = pos0 + n;
-    let q = randn(rng, n * qd, 1.0);
-    let kc = randh(rng, len * kvd, 1.0);
-    let vc = randh(rng, len * kvd, 1.0);
-    let (qb, kb, vb, ob) = (
-        upload(&q)?,
-        upload(&kc)?,
-        upload(&vc)?,
-        poisoned::<f16>(n * qd)?,
-    );
-    let at = RowsAt::contiguous(pos0);
-    let pos: Vec<usize> = (pos0..len).collect();
-    for window in [0, 16] {
-        k.attn_rows(s, qb.ptr, kb.ptr, vb.ptr, ob.ptr, n, &at, &hp, window)?;
-        s.sync()?;
-        r.err(
-            &format!("attn_rows contiguous {n_head}/{n_kv}x{d} window {window}"),
-            &f16s(&download::<f16>(&ob, n * qd)?),
-            &attention_ref_window(&q, &kc, &vc, &pos, &hp, window),
-            TOL_F16,
-        );
-    }
-    check_attention_decode(k, s, rng, r, &hp)
-}
-
-/// The split decode attention (merge launched apart, then merged by each head's last block) of
-/// one query over up to 1000 cached rows, against the f64 reference.
-fn check_attention_decode(
-    k: &Kernels,
-    s: &Stream,
-    rng: &mut Rng,
-    r: &mut Report,
-    hp: &HParams,
-) -> Result<(), String> {
-    let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
-    let (n_head, n_kv, d) = (hp.n_head, hp.n_kv_head, hp.head_dim);
-    // Decode: one query at position 999 over 1000 cached rows, split 64 keys at a time.
-    let (len, split, max_splits) = (1000usize, 64usize, 64usize);
-    let q = randn(rng, qd, 1.0);
-    let kc = randh(rng, len * kvd, 1.0);
-    let vc = randh(rng, len * kvd, 1.0);
-    let p = [(len - 1) as i32];
-    let (qb, kb, vb, pb) = (upload(&q)?, upload(&kc)?, upload(&vc)?, upload(&p)?);
-    let (pa, pm, ob) = (
-        poisoned::<f32>(n_head * max_splits * d)?,
-        poisoned::<f32>(n_head * max_splits * 2)?,
-        poisoned::<f32>(qd)?,
-    );
-    k.attn_decode(
-        s,
-        qb.ptr,
-        kb.ptr,
-        vb.ptr,
-        Paged::CONTIGUOUS,
-        pa.ptr,
-        pm.ptr,
-        ob.ptr,
-        pb.ptr,
-        split,
-        max_splits,
-        hp,
-        0,
-    )?;
-    s.sync()?;
-    r.err(
-        &format!("attn_decode {n_head}/{n_kv}x{d} len {len}"),
-        &download::<f32>(&ob, qd)?,
-        &attention_ref(&q, &kc, &vc, &[len - 1], hp),
-        TOL_F32,
-    );
-    // The same with the merge in each head's last block: three launches in a row at different
-    // lengths (the per-head counts must come back to zero after each), on poisoned partials.
-    let count = upload(&vec![0i32; n_head])?;
-    for (len, window) in [
-        (1000usize, 0usize),
-        (37, 0),
-        (700, 0),
-        (700, 100),
-        (37, 100),
-    ] {
-        let pb = upload(&[(len - 1) as i32])?;
-        let (pa, pm, ob) = (
-            poisoned::<f32>(n_head * max_splits * d)?,
-            poisoned::<f32>(n_head * max_splits * 2)?,
-            poisoned::<f32>(qd)?,
-        );
-        k.attn_decode_merged(
-            s,
-            qb.ptr,
-            kb.ptr,
-            vb.ptr,
-            Paged::CONTIGUOUS,
-            pa.ptr,
-            pm.ptr,
-            ob.ptr,
-            count.ptr,
-            pb.ptr,
-            split,
-            max_splits,
-            hp,
-            window,
-        )?;
-        s.sync()?;
-        let (kw, vw) = (&kc[..len * kvd], &vc[..len * kvd]);
-        r.err(
-            &format!("attn_decode_merge {n_head}/{n_kv}x{d} len {len} window {window}"),
-            &download::<f32>(&ob, qd)?,
-            &attention_ref_window(&q, kw, vw, &[len - 1], hp, window),
-            TOL_F32,
-        );
-    }
-    let counts = download::<i32>(&count, n_head)?;
-    r.line(
-        &format!("attn_decode_merge {n_head}/{n_kv}x{d} counts"),
-        format!("after 5 launches {counts:?} (all 0 expected)"),
-        counts.iter().all(|&c| c == 0),
-    );
-    Ok(())
-}
-
 /// The fused decode kernels against the same steps done separately on the CPU (f64 products).
 #[allow(clippy::too_many_arguments)]
 fn check_fused_decode(
@@ -711,13 +410,7 @@ fn check_fused_decode(
         poisoned::<f16>(ctx * kv)?,
         poisoned::<f16>(ctx * kv)?,
     );
-    let inv = hp.inv_freq(false);
-    let ib = upload(&inv)?;
-    let post = QkvPost {
-        bias: bb.ptr,
-        inv_freq: ib.ptr,
-        ..QkvPost::default()
-    };
+    let (post, inv, _ib) = super::check_rope::biased_post(&hp, bb.ptr)?;
     k.gemv_qkv_rope(
         s, wb.ptr, xb.ptr, nb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, pb.ptr, 0, &hp,
     )?;

@@ -6,10 +6,11 @@
 use half::f16;
 
 use super::check::{
-    attention_ref, download, f16s, hp_for, poisoned, randh, randn, upload, Report, TOL_F16, TOL_F32,
+    download, f16s, hp_for, poisoned, randh, randn, upload, Report, TOL_F16, TOL_F32,
 };
+use super::check_attention::attention_ref;
 use super::driver::Stream;
-use super::kernels::{Kernels, Paged, QkvPost, RowsAt, RowsSplit};
+use super::kernels::{Kernels, Paged, RowsAt, RowsSplit};
 use crate::backend::cpu::ops;
 use crate::rng::Rng;
 
@@ -277,13 +278,7 @@ pub(super) fn check_rope_slots(
         bs: BS,
         ..RowsAt::default()
     };
-    let inv = hp.inv_freq(false);
-    let ib = upload(&inv)?;
-    let post = QkvPost {
-        bias: bb.ptr,
-        inv_freq: ib.ptr,
-        ..QkvPost::default()
-    };
+    let (post, inv, _ib) = super::check_rope::biased_post(&hp, bb.ptr)?;
     k.rope_qkv(s, qb.ptr, &post, qo.ptr, kc.ptr, vc.ptr, &at, n, &hp)?;
     s.sync()?;
     let (kh, vh) = (

@@ -6,10 +6,12 @@
 mod blas;
 pub mod check;
 mod check_answers;
+mod check_attention;
 mod check_batch;
 mod check_gemm_fixed;
 mod check_model;
 mod check_paged;
+mod check_rope;
 mod check_sample;
 mod chunks;
 mod driver;

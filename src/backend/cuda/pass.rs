@@ -135,40 +135,9 @@ impl<'a> Pass<'a> {
         k.embed_gather(s, p(l.embed.off), id, p(sc.x), 1, h, embed_scale(hp))?;
         for (i, ly) in l.layers.iter().enumerate() {
             self.gate(i + 1)?;
-            let (kc, vc) = self.kv.layers[i];
             let (post, window) = (self.qkv_post(i), hp.window(i).unwrap_or(0));
             if self.fused && post.q_norm == 0 {
-                // Three launches fewer: RoPE + KV append in the QKV product's epilogue, the split
-                // merge in the attention's last block per head.
-                k.gemv_qkv_rope(
-                    s,
-                    p(ly.wqkv.off),
-                    p(sc.x),
-                    p(ly.attn_norm.off),
-                    &post,
-                    p(sc.q),
-                    kc,
-                    vc,
-                    pos,
-                    slot,
-                    hp,
-                )?;
-                k.attn_decode_merged(
-                    s,
-                    p(sc.q),
-                    kc,
-                    vc,
-                    pg,
-                    p(sc.part_acc),
-                    p(sc.part_ml),
-                    p(sc.att32),
-                    p(sc.merge_count),
-                    pos,
-                    l.split_keys,
-                    l.max_splits,
-                    hp,
-                    window,
-                )?;
+                self.decode_attention_fused(i, pos, slot, pg, &post, window)?;
             } else {
                 self.decode_attention_separate(i, pos, slot, pg, &post)?;
             }
@@ -192,6 +161,53 @@ impl<'a> Pass<'a> {
             })?;
         }
         self.head_one(p(sc.x), p(sc.logits), logits)
+    }
+
+    /// The decode step's attention half fused: RoPE + KV append in the QKV product's epilogue,
+    /// the split merge in the attention's last block per head (three launches fewer).
+    fn decode_attention_fused(
+        &mut self,
+        i: usize,
+        pos: CUdeviceptr,
+        slot: CUdeviceptr,
+        pg: Paged,
+        post: &QkvPost,
+        window: usize,
+    ) -> Result<(), String> {
+        let (dev, hp, s) = (self.dev, &self.m.hp, self.s);
+        let (l, sc, k) = (&dev.layout, &dev.layout.scratch, &dev.kernels);
+        let p = |off: usize| dev.ptr(off);
+        let ly = &l.layers[i];
+        let (kc, vc) = self.kv.layers[i];
+        k.gemv_qkv_rope(
+            s,
+            p(ly.wqkv.off),
+            p(sc.x),
+            p(ly.attn_norm.off),
+            post,
+            p(sc.q),
+            kc,
+            vc,
+            pos,
+            slot,
+            hp,
+        )?;
+        k.attn_decode_merged(
+            s,
+            p(sc.q),
+            kc,
+            vc,
+            pg,
+            p(sc.part_acc),
+            p(sc.part_ml),
+            p(sc.att32),
+            p(sc.merge_count),
+            pos,
+            l.split_keys,
+            l.max_splits,
+            hp,
+            window,
+        )
     }
 
     /// Layer `i`'s Q/K/V post-processing: its biases and q/k norms where it has them, its RoPE
